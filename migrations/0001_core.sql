@@ -1,0 +1,176 @@
+-- Herald lives in its own schema so it can share a database with the SaaS that feeds it.
+-- Every Herald connection sets search_path = herald; objects called from outside are
+-- schema-qualified (herald.send_message).
+
+-- Time-ordered UUIDs (version 7). PostgreSQL 15 has no built-in, and ids generated in SQL
+-- (by herald.send_message) must sort with the ones generated in Rust.
+create function herald.uuid_v7() returns uuid
+language sql volatile parallel safe as $$
+  select encode(
+    set_bit(
+      set_bit(
+        overlay(uuid_send(gen_random_uuid())
+                placing substring(int8send((extract(epoch from clock_timestamp()) * 1000)::bigint) from 3)
+                from 1 for 6),
+        52, 1),
+      53, 1),
+    'hex')::uuid
+$$;
+
+create table herald.application (
+    id          uuid primary key default herald.uuid_v7(),
+    uid         text unique check (uid ~ '^[A-Za-z0-9_.:-]+$' and length(uid) <= 256),
+    name        text not null check (length(name) between 1 and 256),
+    created_at  timestamptz not null default now(),
+    updated_at  timestamptz not null default now()
+);
+
+create table herald.endpoint (
+    id              uuid primary key default herald.uuid_v7(),
+    app_id          uuid not null references herald.application (id) on delete cascade,
+    url             text not null,
+    description     text not null default '',
+    event_types     text[] not null default '{}',
+    disabled        boolean not null default false,
+    disabled_reason text,
+    -- Per-endpoint cap on concurrent requests; null means the server default.
+    max_in_flight   integer check (max_in_flight between 1 and 1000),
+    headers         jsonb not null default '{}',
+    -- Start of the current run of consecutive failures; drives automatic disabling.
+    failing_since   timestamptz,
+    created_at      timestamptz not null default now(),
+    updated_at      timestamptz not null default now()
+);
+create index endpoint_app on herald.endpoint (app_id, id);
+
+-- Signing secrets. The current one has expires_at null; a rotated-out one stays valid
+-- (and is signed with) until expires_at.
+create table herald.endpoint_secret (
+    id          uuid primary key default herald.uuid_v7(),
+    endpoint_id uuid not null references herald.endpoint (id) on delete cascade,
+    secret      text not null,
+    created_at  timestamptz not null default now(),
+    expires_at  timestamptz
+);
+create index endpoint_secret_endpoint on herald.endpoint_secret (endpoint_id);
+create unique index endpoint_secret_current on herald.endpoint_secret (endpoint_id) where expires_at is null;
+
+create table herald.message (
+    id              uuid primary key default herald.uuid_v7(),
+    app_id          uuid not null references herald.application (id) on delete cascade,
+    event_type      text not null check (event_type ~ '^[A-Za-z0-9_.-]+$' and length(event_type) <= 256),
+    -- json, not jsonb: the receiver gets the exact text the sender gave.
+    payload         json not null,
+    idempotency_key text check (length(idempotency_key) between 1 and 256),
+    created_at      timestamptz not null default now(),
+    unique (app_id, idempotency_key)
+);
+create index message_app on herald.message (app_id, id);
+
+create type herald.delivery_state as enum ('pending', 'in_flight', 'succeeded', 'dead');
+
+-- The outbox: one row per (message x matching endpoint).
+create table herald.delivery (
+    id               uuid primary key default herald.uuid_v7(),
+    message_id       uuid not null references herald.message (id) on delete cascade,
+    endpoint_id      uuid not null references herald.endpoint (id) on delete cascade,
+    state            herald.delivery_state not null default 'pending',
+    attempt_count    integer not null default 0,
+    next_attempt_at  timestamptz not null default now(),
+    locked_by        uuid,
+    lease_expires_at timestamptz,
+    last_error       text,
+    created_at       timestamptz not null default now(),
+    updated_at       timestamptz not null default now()
+);
+-- Workers scan this index in due order; finished rows drop out of it.
+create index delivery_due on herald.delivery (next_attempt_at) where state in ('pending', 'in_flight');
+create index delivery_in_flight on herald.delivery (endpoint_id) where state = 'in_flight';
+create index delivery_message on herald.delivery (message_id);
+create index delivery_endpoint on herald.delivery (endpoint_id, id);
+
+create type herald.attempt_trigger as enum ('scheduled', 'replay');
+create type herald.attempt_outcome as enum ('succeeded', 'retrying', 'dead');
+
+-- One row per HTTP try. message/endpoint/app are copied from the delivery so attempt
+-- listings need no joins.
+create table herald.attempt (
+    id              uuid primary key default herald.uuid_v7(),
+    delivery_id     uuid not null references herald.delivery (id) on delete cascade,
+    message_id      uuid not null,
+    endpoint_id     uuid not null,
+    app_id          uuid not null,
+    attempt         integer not null,
+    trigger         herald.attempt_trigger not null,
+    outcome         herald.attempt_outcome not null,
+    response_status integer,
+    response_body   text,
+    error_kind      text,
+    error           text,
+    duration_ms     integer not null,
+    created_at      timestamptz not null,
+    next_attempt_at timestamptz
+);
+create index attempt_message on herald.attempt (message_id, id);
+create index attempt_endpoint on herald.attempt (endpoint_id, id);
+create index attempt_delivery on herald.attempt (delivery_id);
+
+-- The outbox entry point, shared by the REST API and by any backend that writes to this
+-- database: call it inside your own transaction and the event is delivered if and only if
+-- that transaction commits.
+--
+--   select herald.message_ref(id) from herald.send_message('customer-42', 'invoice.paid',
+--                                                          '{"invoice": "in_1"}', 'inv_1-paid');
+--
+-- p_app is an application id (app_...) or uid. A repeated idempotency key returns the
+-- original message and queues nothing.
+create function herald.send_message(
+    p_app text,
+    p_event_type text,
+    p_payload json,
+    p_idempotency_key text default null
+) returns herald.message
+language plpgsql
+set search_path = herald, pg_temp
+as $$
+declare
+    v_app_id uuid;
+    v_message herald.message;
+begin
+    select id into v_app_id from application
+     where uid = p_app
+        or (p_app ~ '^app_[0-9a-f]{32}$' and id = substring(p_app from 5)::uuid);
+    if v_app_id is null then
+        raise exception 'herald: application % not found', p_app
+            using errcode = 'no_data_found';
+    end if;
+
+    insert into message (app_id, event_type, payload, idempotency_key)
+    values (v_app_id, p_event_type, p_payload, p_idempotency_key)
+    on conflict (app_id, idempotency_key) do nothing
+    returning * into v_message;
+
+    if v_message.id is null then
+        select * into v_message from message
+         where app_id = v_app_id and idempotency_key = p_idempotency_key;
+        return v_message;
+    end if;
+
+    insert into delivery (message_id, endpoint_id)
+    select v_message.id, e.id
+      from endpoint e
+     where e.app_id = v_app_id
+       and not e.disabled
+       and (cardinality(e.event_types) = 0 or p_event_type = any (e.event_types));
+
+    if found then
+        perform pg_notify('herald_delivery', '');
+    end if;
+    return v_message;
+end
+$$;
+
+-- The public form of a message id, as the API and the webhook-id header show it.
+create function herald.message_ref(p_id uuid) returns text
+language sql immutable parallel safe
+as $$ select 'msg_' || replace(p_id::text, '-', '') $$;

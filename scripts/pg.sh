@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# A private PostgreSQL 15 cluster for development and tests.
+#
+#   scripts/pg.sh start <dir> <port> [test]   create if needed, start if stopped
+#   scripts/pg.sh stop  <dir>
+#
+# initdb refuses to run as root, so as root the cluster belongs to the `postgres` user.
+# "test" trades durability for speed (fsync off); never use it for real data.
+set -euo pipefail
+
+for bin in /usr/lib/postgresql/15/bin /usr/lib/postgresql/*/bin; do
+  if [ -x "$bin/initdb" ]; then PATH="$bin:$PATH"; break; fi
+done
+command -v initdb >/dev/null || { echo "pg.sh: PostgreSQL server binaries (initdb) not found" >&2; exit 1; }
+
+as_owner() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+cmd=$1 dir=$2
+case "$cmd" in
+  start)
+    port=$3 mode=${4:-dev}
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    if [ "$(id -u)" = 0 ]; then chown postgres: "$dir"; fi
+    if [ ! -f "$dir/data/PG_VERSION" ]; then
+      as_owner initdb -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+        || { cat "$dir/initdb.log" >&2; exit 1; }
+    fi
+    opts="-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=400"
+    if [ "$mode" = test ]; then
+      opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    fi
+    if ! as_owner pg_ctl -D "$dir/data" status >/dev/null 2>&1; then
+      as_owner pg_ctl -D "$dir/data" -l "$dir/postgres.log" -o "$opts" -w -t 60 start >/dev/null \
+        || { tail -20 "$dir/postgres.log" >&2; exit 1; }
+    fi
+    ;;
+  stop)
+    if [ -f "$dir/data/PG_VERSION" ] && as_owner pg_ctl -D "$dir/data" status >/dev/null 2>&1; then
+      as_owner pg_ctl -D "$dir/data" -m fast -w stop >/dev/null
+    fi
+    ;;
+  *) echo "usage: $0 start <dir> <port> [test] | stop <dir>" >&2; exit 2 ;;
+esac

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# make run: a working Herald on a fresh machine. Creates .env with an admin token on first
+# run, starts a private PostgreSQL under .data/ unless DATABASE_URL is set, then serves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -f .env ]; then
+  cp .env.example .env
+fi
+if ! grep -q '^HERALD_ADMIN_TOKEN=.\+' .env; then
+  token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  sed -i '/^HERALD_ADMIN_TOKEN=/d' .env
+  echo "HERALD_ADMIN_TOKEN=$token" >> .env
+fi
+set -a; . ./.env; set +a
+
+if [ -z "${DATABASE_URL:-}" ]; then
+  port=${HERALD_DEV_PG_PORT:-54329}
+  scripts/pg.sh start .data/pg "$port"
+  psql -h 127.0.0.1 -p "$port" -U postgres -tAc "select 1 from pg_database where datname = 'herald'" postgres | grep -q 1 \
+    || psql -h 127.0.0.1 -p "$port" -U postgres -qc "create database herald" postgres
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$port/herald"
+  echo "PostgreSQL: $DATABASE_URL (data in .data/pg; stop it with: make db-stop)"
+fi
+
+cargo build --release --bin herald
+echo
+echo "Herald:      http://${HERALD_LISTEN:-127.0.0.1:8080}"
+echo "Admin token: $HERALD_ADMIN_TOKEN"
+echo
+exec target/release/herald serve

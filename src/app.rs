@@ -1,0 +1,102 @@
+//! Start-up: connect, migrate, bind, and run the API and the worker pool together until
+//! the cancellation token fires.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Config;
+use crate::db;
+use crate::delivery::{WorkerPool, WorkerSettings, client};
+use crate::http::{self, AppState};
+
+pub struct App {
+    listener: TcpListener,
+    router: axum::Router,
+    pool: PgPool,
+    workers: WorkerPool,
+    cancel: CancellationToken,
+}
+
+impl App {
+    /// Binds `config.listen` (port 0 picks a free port) and starts the workers.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let pool = db::connect(config.database_url.expose(), config.db_pool_size)
+            .await
+            .context("cannot connect to the database")?;
+        db::migrate(&pool).await.context("migrations failed")?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let client = client::build(config.request_timeout, config.allow_private_targets)?;
+        let cancel = CancellationToken::new();
+        let workers = WorkerPool::spawn(
+            pool.clone(),
+            client,
+            WorkerSettings::from(&config),
+            cancel.clone(),
+        );
+        let router = http::router(AppState::new(pool.clone(), config));
+        Ok(Self {
+            listener,
+            router,
+            pool,
+            workers,
+            cancel,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Cancel this to shut down: the server stops accepting, workers stop claiming and
+    /// finish what is in flight within the grace period.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    pub async fn run(self) -> anyhow::Result<()> {
+        info!(addr = %self.local_addr(), "herald listening");
+        let cancel = self.cancel.clone();
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await?;
+        self.workers.join().await;
+        self.pool.close().await;
+        info!("herald stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,232 @@
+//! Typed configuration from the environment (and `.env`), validated once at start-up.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::delivery::RetrySchedule;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub database_url: Secret,
+    pub listen: SocketAddr,
+    pub admin_token: Secret,
+    pub public_url: String,
+    pub allow_private_targets: bool,
+    /// Requests in flight at once in this process.
+    pub worker_concurrency: usize,
+    /// Default cap on concurrent requests to one endpoint (an endpoint may set its own).
+    pub endpoint_concurrency: i32,
+    pub request_timeout: Duration,
+    pub retry_schedule: RetrySchedule,
+    /// How long a rotated-out signing secret keeps signing.
+    pub secret_grace_period: Duration,
+    /// An endpoint failing without a single success for this long is disabled.
+    pub disable_after: Duration,
+    pub max_payload_bytes: usize,
+    /// Fallback wake-up for workers when no NOTIFY arrives (retries falling due, lost
+    /// notifications).
+    pub poll_interval: Duration,
+    /// How long in-flight sends may take to finish after SIGTERM before we exit anyway.
+    pub shutdown_grace: Duration,
+    pub db_pool_size: u32,
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// A value that must never reach a log line; `Debug` redacts it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Config {
+    /// Reads `HERALD_*`, `DATABASE_URL` and `RUST_LOG` through `get` (the process
+    /// environment in production, a map in tests).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let parsed = |name: &str, default: &str| -> String { var(name).unwrap_or(default.into()) };
+        let duration = |name: &str, default: &str| -> anyhow::Result<Duration> {
+            parse_duration(&parsed(name, default))
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("{name} is not a duration"))
+        };
+        let number = |name: &str, default: &str| -> anyhow::Result<u64> {
+            parsed(name, default)
+                .trim()
+                .parse()
+                .with_context(|| format!("{name} must be a whole number"))
+        };
+
+        let database_url = var("DATABASE_URL").context("DATABASE_URL is not set")?;
+        let admin_token = var("HERALD_ADMIN_TOKEN").context(
+            "HERALD_ADMIN_TOKEN is not set (make run writes one into .env on first start)",
+        )?;
+        if admin_token.len() < 16 {
+            bail!("HERALD_ADMIN_TOKEN must be at least 16 characters");
+        }
+        let listen: SocketAddr = parsed("HERALD_LISTEN", "127.0.0.1:8080")
+            .parse()
+            .context("HERALD_LISTEN must be host:port, e.g. 127.0.0.1:8080")?;
+        let public_url = var("HERALD_PUBLIC_URL")
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_owned();
+        let allow_private_targets = match parsed("HERALD_ALLOW_PRIVATE_TARGETS", "false")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            other => bail!("HERALD_ALLOW_PRIVATE_TARGETS must be true or false, not {other:?}"),
+        };
+        let retry_schedule =
+            RetrySchedule::parse(&parsed("HERALD_RETRY_SCHEDULE", RetrySchedule::DEFAULT))
+                .map_err(anyhow::Error::msg)
+                .context("HERALD_RETRY_SCHEDULE")?;
+        let request_timeout = duration("HERALD_REQUEST_TIMEOUT", "15s")?;
+        if request_timeout.is_zero() {
+            bail!("HERALD_REQUEST_TIMEOUT must be positive");
+        }
+        let worker_concurrency = number("HERALD_WORKER_CONCURRENCY", "64")? as usize;
+        if worker_concurrency == 0 {
+            bail!("HERALD_WORKER_CONCURRENCY must be at least 1");
+        }
+        let endpoint_concurrency = number("HERALD_ENDPOINT_CONCURRENCY", "16")?;
+        if !(1..=1000).contains(&endpoint_concurrency) {
+            bail!("HERALD_ENDPOINT_CONCURRENCY must be between 1 and 1000");
+        }
+        let log_format = match parsed("HERALD_LOG_FORMAT", "pretty").as_str() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => bail!("HERALD_LOG_FORMAT must be pretty or json, not {other:?}"),
+        };
+        Ok(Self {
+            database_url: Secret(database_url),
+            listen,
+            admin_token: Secret(admin_token),
+            public_url,
+            allow_private_targets,
+            worker_concurrency,
+            endpoint_concurrency: endpoint_concurrency as i32,
+            request_timeout,
+            retry_schedule,
+            secret_grace_period: duration("HERALD_SECRET_GRACE_PERIOD", "24h")?,
+            disable_after: duration("HERALD_DISABLE_AFTER", "5d")?,
+            max_payload_bytes: number("HERALD_MAX_PAYLOAD_BYTES", "1048576")? as usize,
+            poll_interval: duration("HERALD_POLL_INTERVAL", "1s")?.max(Duration::from_millis(10)),
+            shutdown_grace: duration("HERALD_SHUTDOWN_GRACE", "20s")?,
+            db_pool_size: number("HERALD_DB_POOL_SIZE", "16")?.clamp(2, 1000) as u32,
+            log_format,
+        })
+    }
+
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// A worker's claim on a delivery outlives the longest possible request, so a live
+    /// worker never loses its lease mid-send; a dead one's lease expires soon after.
+    pub fn lease(&self) -> Duration {
+        self.request_timeout * 2 + Duration::from_secs(5)
+    }
+}
+
+/// `250ms`, `15s`, `5m`, `2h`, `5d`; a bare number means seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 15s, 5m, 2h or 1d"))?;
+    let secs = |k: u64| Duration::from_secs(n.saturating_mul(k));
+    Ok(match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86400),
+        _ => {
+            return Err(format!(
+                "{s:?} is not a duration like 500ms, 15s, 5m, 2h or 1d"
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const BASE: [(&str, &str); 2] = [
+        ("DATABASE_URL", "postgres://localhost/herald"),
+        ("HERALD_ADMIN_TOKEN", "0123456789abcdef0123"),
+    ];
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = config(&BASE).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.request_timeout, Duration::from_secs(15));
+        assert!(!c.allow_private_targets);
+        assert_eq!(c.max_payload_bytes, 1 << 20);
+        assert_eq!(c.retry_schedule.max_attempts(), 10);
+        assert!(c.lease() > c.request_timeout);
+        assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        let with = |k, v| {
+            let mut vars = BASE.to_vec();
+            vars.push((k, v));
+            config(&vars)
+        };
+        assert!(with("HERALD_REQUEST_TIMEOUT", "soon").is_err());
+        assert!(with("HERALD_ALLOW_PRIVATE_TARGETS", "maybe").is_err());
+        assert!(with("HERALD_WORKER_CONCURRENCY", "0").is_err());
+        assert!(with("HERALD_ADMIN_TOKEN", "short").is_err());
+        assert!(config(&BASE[1..]).is_err());
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("3w").is_err());
+    }
+}

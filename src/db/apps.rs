@@ -1,0 +1,55 @@
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgExecutor;
+
+use crate::domain::AppId;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct App {
+    pub id: AppId,
+    pub uid: Option<String>,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn create(db: impl PgExecutor<'_>, name: &str, uid: Option<&str>) -> sqlx::Result<App> {
+    sqlx::query_as("insert into application (id, name, uid) values ($1, $2, $3) returning *")
+        .bind(AppId::new())
+        .bind(name)
+        .bind(uid)
+        .fetch_one(db)
+        .await
+}
+
+/// `key` is an application's id (`app_…`) or its uid.
+pub async fn find(db: impl PgExecutor<'_>, key: &str) -> sqlx::Result<Option<App>> {
+    let id = key.parse::<AppId>().ok();
+    sqlx::query_as("select * from application where id = $1 or uid = $2 limit 1")
+        .bind(id)
+        .bind(key)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    after: Option<AppId>,
+    limit: i64,
+) -> sqlx::Result<Vec<App>> {
+    sqlx::query_as(
+        "select * from application where $1::uuid is null or id > $1 order by id limit $2",
+    )
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await
+}
+
+pub async fn delete(db: impl PgExecutor<'_>, id: AppId) -> sqlx::Result<()> {
+    sqlx::query("delete from application where id = $1")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! The worker's side of the outbox: claim due rows under a lease, complete them fenced.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::domain::{AppId, AttemptId, DeliveryId, EndpointId, MessageId};
+
+/// A claimed delivery with everything needed to send it, fetched in the claim itself.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Claimed {
+    pub id: DeliveryId,
+    /// Already incremented: the number of the attempt about to be made. Also the fence.
+    pub attempt_count: i32,
+    pub message_id: MessageId,
+    pub app_id: AppId,
+    pub event_type: String,
+    pub payload: String,
+    pub message_created_at: DateTime<Utc>,
+    pub endpoint_id: EndpointId,
+    pub url: String,
+    pub headers: Json<BTreeMap<String, String>>,
+    pub disabled: bool,
+    pub disabled_reason: Option<String>,
+    pub max_in_flight: i32,
+    /// Valid signing secrets, newest first.
+    pub secrets: Vec<String>,
+}
+
+/// Claims up to `limit` due deliveries (pending and due, or in flight with an expired
+/// lease) in one statement. Rows other workers hold are skipped, not waited for; endpoints
+/// already at their in-flight cap are left alone.
+pub async fn claim(
+    db: impl PgExecutor<'_>,
+    worker: Uuid,
+    lease: Duration,
+    limit: i64,
+    default_max_in_flight: i32,
+) -> sqlx::Result<Vec<Claimed>> {
+    sqlx::query_as(
+        "with busy as (
+             select endpoint_id, count(*) as n
+               from delivery
+              where state = 'in_flight' and lease_expires_at > now()
+              group by endpoint_id
+         ), picked as (
+             select d.id
+               from delivery d
+              where ((d.state = 'pending' and d.next_attempt_at <= now())
+                  or (d.state = 'in_flight' and d.lease_expires_at <= now()))
+                and not exists (
+                    select 1 from busy b join endpoint e on e.id = b.endpoint_id
+                     where b.endpoint_id = d.endpoint_id
+                       and b.n >= coalesce(e.max_in_flight, $4))
+              order by d.next_attempt_at
+              limit $3
+              for update of d skip locked
+         )
+         update delivery d
+            set state = 'in_flight',
+                locked_by = $1,
+                lease_expires_at = now() + make_interval(secs => $2),
+                attempt_count = d.attempt_count + 1,
+                updated_at = now()
+           from picked p, message m, endpoint e
+          where d.id = p.id and m.id = d.message_id and e.id = d.endpoint_id
+         returning d.id, d.attempt_count, d.message_id, m.app_id, m.event_type,
+                   m.payload::text as payload, m.created_at as message_created_at,
+                   d.endpoint_id, e.url, e.headers, e.disabled, e.disabled_reason,
+                   coalesce(e.max_in_flight, $4) as max_in_flight,
+                   array(select s.secret from endpoint_secret s
+                          where s.endpoint_id = e.id
+                            and (s.expires_at is null or s.expires_at > now())
+                          order by s.created_at desc) as secrets",
+    )
+    .bind(worker)
+    .bind(lease.as_secs_f64())
+    .bind(limit)
+    .bind(default_max_in_flight)
+    .fetch_all(db)
+    .await
+}
+
+/// Hands claimed rows back untouched (the attempt was never made).
+pub async fn release(
+    db: impl PgExecutor<'_>,
+    worker: Uuid,
+    rows: &[(DeliveryId, i32)],
+) -> sqlx::Result<()> {
+    let (ids, counts): (Vec<DeliveryId>, Vec<i32>) = rows.iter().copied().unzip();
+    sqlx::query(
+        "update delivery d
+            set state = 'pending', locked_by = null, lease_expires_at = null,
+                attempt_count = d.attempt_count - 1, updated_at = now()
+           from unnest($2::uuid[], $3::int[]) as u(id, attempt_count)
+          where d.id = u.id and d.locked_by = $1 and d.attempt_count = u.attempt_count
+            and d.state = 'in_flight'",
+    )
+    .bind(worker)
+    .bind(ids)
+    .bind(counts)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The end of one attempt, as the worker decided it.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub delivery_id: DeliveryId,
+    pub attempt_count: i32,
+    pub message_id: MessageId,
+    pub endpoint_id: EndpointId,
+    pub app_id: AppId,
+    /// `succeeded`, `pending` (retry at `next_attempt_at`) or `dead`.
+    pub state: &'static str,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    /// `None` when no request was made (the endpoint was disabled).
+    pub attempt: Option<AttemptRecord>,
+    pub endpoint_effect: EndpointEffect,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub id: AttemptId,
+    pub trigger: &'static str,
+    pub outcome: &'static str,
+    pub response_status: Option<i32>,
+    pub response_body: Option<String>,
+    pub error_kind: Option<&'static str>,
+    pub error: Option<String>,
+    pub duration_ms: i32,
+    pub started_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointEffect {
+    None,
+    Succeeded,
+    Failed,
+    /// The receiver answered 410 Gone: it asked never to be called again.
+    Gone,
+}
+
+/// Writes a batch of completions in one transaction. Each is fenced on (worker, attempt
+/// number): a worker whose lease expired and whose row was claimed again writes nothing,
+/// so it can never overwrite a newer attempt. Returns the deliveries actually completed.
+pub async fn complete(
+    tx: &mut PgConnection,
+    worker: Uuid,
+    batch: &[Completion],
+    disable_after: Duration,
+) -> sqlx::Result<Vec<DeliveryId>> {
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut counts = Vec::with_capacity(batch.len());
+    let mut states = Vec::with_capacity(batch.len());
+    let mut next_at = Vec::with_capacity(batch.len());
+    let mut errors = Vec::with_capacity(batch.len());
+    for c in batch {
+        ids.push(c.delivery_id);
+        counts.push(c.attempt_count);
+        states.push(c.state);
+        next_at.push(c.next_attempt_at);
+        errors.push(c.last_error.as_deref());
+    }
+    let completed: Vec<DeliveryId> = sqlx::query_scalar(
+        "update delivery d
+            set state = u.state::delivery_state,
+                next_attempt_at = coalesce(u.next_attempt_at, d.next_attempt_at),
+                locked_by = null,
+                lease_expires_at = null,
+                last_error = u.last_error,
+                updated_at = now()
+           from unnest($2::uuid[], $3::int[], $4::text[], $5::timestamptz[], $6::text[])
+                as u(id, attempt_count, state, next_attempt_at, last_error)
+          where d.id = u.id and d.locked_by = $1 and d.attempt_count = u.attempt_count
+            and d.state = 'in_flight'
+         returning d.id",
+    )
+    .bind(worker)
+    .bind(&ids)
+    .bind(&counts)
+    .bind(&states)
+    .bind(&next_at)
+    .bind(&errors)
+    .fetch_all(&mut *tx)
+    .await?;
+
+    let fenced: Vec<&Completion> = batch
+        .iter()
+        .filter(|c| completed.contains(&c.delivery_id))
+        .collect();
+    insert_attempts(&mut *tx, &fenced, batch).await?;
+    apply_endpoint_effects(&mut *tx, &fenced, disable_after).await?;
+    Ok(completed)
+}
+
+async fn insert_attempts(
+    tx: &mut PgConnection,
+    fenced: &[&Completion],
+    batch: &[Completion],
+) -> sqlx::Result<()> {
+    let with_attempt: Vec<(&Completion, &AttemptRecord)> = fenced
+        .iter()
+        .filter_map(|c| c.attempt.as_ref().map(|a| (*c, a)))
+        .collect();
+    if with_attempt.is_empty() {
+        return Ok(());
+    }
+    let n = batch.len();
+    let mut cols = AttemptColumns::with_capacity(n);
+    for (c, a) in with_attempt {
+        cols.push(c, a);
+    }
+    sqlx::query(
+        "insert into attempt (id, delivery_id, message_id, endpoint_id, app_id, attempt, trigger,
+                              outcome, response_status, response_body, error_kind, error,
+                              duration_ms, created_at, next_attempt_at)
+         select id, delivery_id, message_id, endpoint_id, app_id, attempt,
+                trigger::attempt_trigger, outcome::attempt_outcome, response_status,
+                response_body, error_kind, error, duration_ms, created_at, next_attempt_at
+           from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::int[],
+                       $7::text[], $8::text[], $9::int[], $10::text[], $11::text[], $12::text[],
+                       $13::int[], $14::timestamptz[], $15::timestamptz[])
+                as u(id, delivery_id, message_id, endpoint_id, app_id, attempt, trigger, outcome,
+                     response_status, response_body, error_kind, error, duration_ms,
+                     created_at, next_attempt_at)",
+    )
+    .bind(cols.id)
+    .bind(cols.delivery_id)
+    .bind(cols.message_id)
+    .bind(cols.endpoint_id)
+    .bind(cols.app_id)
+    .bind(cols.attempt)
+    .bind(cols.trigger)
+    .bind(cols.outcome)
+    .bind(cols.response_status)
+    .bind(cols.response_body)
+    .bind(cols.error_kind)
+    .bind(cols.error)
+    .bind(cols.duration_ms)
+    .bind(cols.created_at)
+    .bind(cols.next_attempt_at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Column-wise buffers for one multi-row insert through `unnest`.
+#[derive(Default)]
+struct AttemptColumns<'a> {
+    id: Vec<AttemptId>,
+    delivery_id: Vec<DeliveryId>,
+    message_id: Vec<MessageId>,
+    endpoint_id: Vec<EndpointId>,
+    app_id: Vec<AppId>,
+    attempt: Vec<i32>,
+    trigger: Vec<&'static str>,
+    outcome: Vec<&'static str>,
+    response_status: Vec<Option<i32>>,
+    response_body: Vec<Option<&'a str>>,
+    error_kind: Vec<Option<&'static str>>,
+    error: Vec<Option<&'a str>>,
+    duration_ms: Vec<i32>,
+    created_at: Vec<DateTime<Utc>>,
+    next_attempt_at: Vec<Option<DateTime<Utc>>>,
+}
+
+impl<'a> AttemptColumns<'a> {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            id: Vec::with_capacity(n),
+            ..Default::default()
+        }
+    }
+
+    fn push(&mut self, c: &'a Completion, a: &'a AttemptRecord) {
+        self.id.push(a.id);
+        self.delivery_id.push(c.delivery_id);
+        self.message_id.push(c.message_id);
+        self.endpoint_id.push(c.endpoint_id);
+        self.app_id.push(c.app_id);
+        self.attempt.push(c.attempt_count);
+        self.trigger.push(a.trigger);
+        self.outcome.push(a.outcome);
+        self.response_status.push(a.response_status);
+        self.response_body.push(a.response_body.as_deref());
+        self.error_kind.push(a.error_kind);
+        self.error.push(a.error.as_deref());
+        self.duration_ms.push(a.duration_ms);
+        self.created_at.push(a.started_at);
+        self.next_attempt_at.push(c.next_attempt_at);
+    }
+}
+
+/// Tracks each endpoint's run of failures: a success ends it, a 410 or a run longer than
+/// `disable_after` disables the endpoint with the reason.
+async fn apply_endpoint_effects(
+    tx: &mut PgConnection,
+    fenced: &[&Completion],
+    disable_after: Duration,
+) -> sqlx::Result<()> {
+    // The latest word per endpoint wins, except that a 410 anywhere in the batch sticks.
+    let mut effects: BTreeMap<EndpointId, (EndpointEffect, DateTime<Utc>)> = BTreeMap::new();
+    for c in fenced {
+        let at = c.attempt.as_ref().map_or_else(Utc::now, |a| a.started_at);
+        if c.endpoint_effect == EndpointEffect::None {
+            continue;
+        }
+        let entry = effects
+            .entry(c.endpoint_id)
+            .or_insert((c.endpoint_effect, at));
+        if entry.0 != EndpointEffect::Gone {
+            *entry = (c.endpoint_effect, at);
+        }
+    }
+    if effects.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(effects.len());
+    let mut kinds = Vec::with_capacity(effects.len());
+    let mut ats = Vec::with_capacity(effects.len());
+    for (id, (effect, at)) in effects {
+        ids.push(id);
+        kinds.push(match effect {
+            EndpointEffect::Succeeded => "ok",
+            EndpointEffect::Gone => "gone",
+            _ => "failed",
+        });
+        ats.push(at);
+    }
+    sqlx::query(
+        "update endpoint e
+            set failing_since = case when u.kind = 'ok' then null
+                                     else coalesce(e.failing_since, u.at) end,
+                disabled = e.disabled
+                           or u.kind = 'gone'
+                           or (u.kind = 'failed'
+                               and coalesce(e.failing_since, u.at)
+                                   < now() - make_interval(secs => $4)),
+                disabled_reason = case
+                    when e.disabled then e.disabled_reason
+                    when u.kind = 'gone' then 'the endpoint answered 410 Gone'
+                    when u.kind = 'failed'
+                         and coalesce(e.failing_since, u.at) < now() - make_interval(secs => $4)
+                        then 'failing continuously since '
+                             || to_char(coalesce(e.failing_since, u.at) at time zone 'UTC',
+                                        'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                end,
+                updated_at = now()
+           from unnest($1::uuid[], $2::text[], $3::timestamptz[]) as u(id, kind, at)
+          where e.id = u.id",
+    )
+    .bind(ids)
+    .bind(kinds)
+    .bind(ats)
+    .bind(disable_after.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

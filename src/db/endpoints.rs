@@ -1,0 +1,208 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgExecutor};
+
+use crate::domain::{AppId, EndpointId, SigningSecret};
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Endpoint {
+    pub id: EndpointId,
+    pub app_id: AppId,
+    pub url: String,
+    pub description: String,
+    pub event_types: Vec<String>,
+    pub disabled: bool,
+    pub disabled_reason: Option<String>,
+    pub max_in_flight: Option<i32>,
+    pub headers: Json<BTreeMap<String, String>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Everything an endpoint has that a caller may set; `None` on update means "unchanged".
+#[derive(Debug, Default)]
+pub struct EndpointFields {
+    pub url: Option<String>,
+    pub description: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    pub disabled: Option<bool>,
+    pub max_in_flight: Option<Option<i32>>,
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+macro_rules! endpoint_columns {
+    () => {
+        "id, app_id, url, description, event_types, disabled, disabled_reason, \
+                       max_in_flight, headers, created_at, updated_at"
+    };
+}
+
+pub async fn create(
+    tx: &mut PgConnection,
+    app_id: AppId,
+    fields: EndpointFields,
+    secret: &SigningSecret,
+) -> sqlx::Result<Endpoint> {
+    let disabled = fields.disabled.unwrap_or(false);
+    let endpoint: Endpoint = sqlx::query_as(concat!(
+        "insert into endpoint (id, app_id, url, description, event_types, disabled, \
+                               disabled_reason, max_in_flight, headers)
+         values ($1, $2, $3, $4, $5, $6, case when $6 then 'disabled by an operator' end, $7, $8)
+         returning ",
+        endpoint_columns!()
+    ))
+    .bind(EndpointId::new())
+    .bind(app_id)
+    .bind(fields.url.unwrap_or_default())
+    .bind(fields.description.unwrap_or_default())
+    .bind(fields.event_types.unwrap_or_default())
+    .bind(disabled)
+    .bind(fields.max_in_flight.flatten())
+    .bind(Json(fields.headers.unwrap_or_default()))
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("insert into endpoint_secret (endpoint_id, secret) values ($1, $2)")
+        .bind(endpoint.id)
+        .bind(secret.expose())
+        .execute(&mut *tx)
+        .await?;
+    Ok(endpoint)
+}
+
+pub async fn find(
+    db: impl PgExecutor<'_>,
+    app_id: AppId,
+    id: EndpointId,
+) -> sqlx::Result<Option<Endpoint>> {
+    sqlx::query_as(concat!(
+        "select ",
+        endpoint_columns!(),
+        " from endpoint where app_id = $1 and id = $2"
+    ))
+    .bind(app_id)
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    app_id: AppId,
+    after: Option<EndpointId>,
+    limit: i64,
+) -> sqlx::Result<Vec<Endpoint>> {
+    sqlx::query_as(concat!(
+        "select ",
+        endpoint_columns!(),
+        " from endpoint
+          where app_id = $1 and ($2::uuid is null or id > $2)
+          order by id limit $3"
+    ))
+    .bind(app_id)
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await
+}
+
+pub async fn update(
+    db: impl PgExecutor<'_>,
+    app_id: AppId,
+    id: EndpointId,
+    fields: EndpointFields,
+) -> sqlx::Result<Option<Endpoint>> {
+    let (set_max, max_in_flight) = match fields.max_in_flight {
+        Some(v) => (true, v),
+        None => (false, None),
+    };
+    sqlx::query_as(concat!(
+        "update endpoint set
+             url = coalesce($3, url),
+             description = coalesce($4, description),
+             event_types = coalesce($5, event_types),
+             disabled = coalesce($6, disabled),
+             disabled_reason = case
+                 when $6 is null then disabled_reason
+                 when $6 then coalesce(disabled_reason, 'disabled by an operator')
+             end,
+             -- re-enabling starts a fresh failure window
+             failing_since = case when $6 = false then null else failing_since end,
+             max_in_flight = case when $7 then $8 else max_in_flight end,
+             headers = coalesce($9, headers),
+             updated_at = now()
+          where app_id = $1 and id = $2
+          returning ",
+        endpoint_columns!()
+    ))
+    .bind(app_id)
+    .bind(id)
+    .bind(fields.url)
+    .bind(fields.description)
+    .bind(fields.event_types)
+    .bind(fields.disabled)
+    .bind(set_max)
+    .bind(max_in_flight)
+    .bind(fields.headers.map(Json))
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn delete(db: impl PgExecutor<'_>, app_id: AppId, id: EndpointId) -> sqlx::Result<bool> {
+    let done = sqlx::query("delete from endpoint where app_id = $1 and id = $2")
+        .bind(app_id)
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The secret new signatures are made with.
+pub async fn current_secret(
+    db: impl PgExecutor<'_>,
+    id: EndpointId,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "select secret from endpoint_secret where endpoint_id = $1 and expires_at is null",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Installs `secret` as the current one; the previous one keeps signing for `grace`.
+pub async fn rotate_secret(
+    tx: &mut PgConnection,
+    id: EndpointId,
+    secret: &SigningSecret,
+    grace: Duration,
+) -> sqlx::Result<()> {
+    // Serialises concurrent rotations of one endpoint.
+    sqlx::query("select 1 from endpoint where id = $1 for update")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "update endpoint_secret
+            set expires_at = now() + make_interval(secs => $2)
+          where endpoint_id = $1 and expires_at is null",
+    )
+    .bind(id)
+    .bind(grace.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
+    // Secrets past their grace period are dead weight; drop them while we are here.
+    sqlx::query("delete from endpoint_secret where endpoint_id = $1 and expires_at < now()")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("insert into endpoint_secret (endpoint_id, secret) values ($1, $2)")
+        .bind(id)
+        .bind(secret.expose())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,11 @@
+//! Out of the outbox: claim, sign, send, decide, complete.
+
+pub mod client;
+mod outcome;
+mod schedule;
+pub mod signature;
+mod worker;
+
+pub use outcome::{Verdict, decide};
+pub use schedule::RetrySchedule;
+pub use worker::{WorkerPool, WorkerSettings};

@@ -1,0 +1,586 @@
+//! The worker pool: one dispatcher claims due deliveries in batches and spawns a task per
+//! request; one completer writes finished attempts back in batches. Wake-ups come from
+//! `LISTEN herald_delivery`, with a poll as the fallback.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+use uuid::Uuid;
+
+use super::client::BlockedTarget;
+use super::outcome::parse_retry_after;
+use super::signature::signature_header;
+use super::{RetrySchedule, Verdict, decide};
+use crate::config::Config;
+use crate::db::deliveries::{self, AttemptRecord, Claimed, Completion, EndpointEffect};
+use crate::domain::{AttemptId, EndpointId, SigningSecret, is_public_ip};
+
+/// The channel deliveries are announced on (by `herald.send_message`).
+pub const CHANNEL: &str = "herald_delivery";
+/// Bytes of a response body kept on the attempt.
+const RESPONSE_BODY_LIMIT: usize = 4096;
+/// Largest claim or completion batch.
+const MAX_BATCH: usize = 256;
+
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    pub concurrency: usize,
+    pub endpoint_concurrency: i32,
+    pub lease: Duration,
+    pub poll_interval: Duration,
+    pub retry_schedule: RetrySchedule,
+    pub disable_after: Duration,
+    pub allow_private_targets: bool,
+    pub shutdown_grace: Duration,
+}
+
+impl From<&Config> for WorkerSettings {
+    fn from(c: &Config) -> Self {
+        Self {
+            concurrency: c.worker_concurrency,
+            endpoint_concurrency: c.endpoint_concurrency,
+            lease: c.lease(),
+            poll_interval: c.poll_interval,
+            retry_schedule: c.retry_schedule.clone(),
+            disable_after: c.disable_after,
+            allow_private_targets: c.allow_private_targets,
+            shutdown_grace: c.shutdown_grace,
+        }
+    }
+}
+
+pub struct WorkerPool {
+    dispatcher: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    pool: PgPool,
+    client: reqwest::Client,
+    settings: WorkerSettings,
+    /// This process's identity in `delivery.locked_by`.
+    worker_id: Uuid,
+    /// Requests in flight per endpoint in this process.
+    in_flight: Mutex<HashMap<EndpointId, i32>>,
+    wake: Notify,
+}
+
+impl WorkerPool {
+    pub fn spawn(
+        pool: PgPool,
+        client: reqwest::Client,
+        settings: WorkerSettings,
+        cancel: CancellationToken,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            pool,
+            client,
+            settings,
+            worker_id: Uuid::now_v7(),
+            in_flight: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+        });
+        info!(worker_id = %shared.worker_id, concurrency = shared.settings.concurrency, "worker pool started");
+        tokio::spawn(listen(shared.clone(), cancel.clone()));
+        let dispatcher = tokio::spawn(dispatch(shared, cancel));
+        Self { dispatcher }
+    }
+
+    /// Resolves once the pool has stopped (after the cancellation token fired and in-flight
+    /// sends finished or ran out of grace).
+    pub async fn join(self) {
+        if let Err(e) = self.dispatcher.await {
+            error!(error = %e, "worker dispatcher panicked");
+        }
+    }
+}
+
+async fn listen(shared: Arc<Shared>, cancel: CancellationToken) {
+    loop {
+        let connected = async {
+            let mut listener = PgListener::connect_with(&shared.pool).await?;
+            listener.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = tokio::select! {
+            l = connected => match l {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(error = %e, "cannot LISTEN; relying on polling for now");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = cancel.cancelled() => return,
+                    }
+                }
+            },
+            _ = cancel.cancelled() => return,
+        };
+        // Anything announced while we were not listening is picked up by this claim.
+        shared.wake.notify_one();
+        loop {
+            tokio::select! {
+                n = listener.recv() => match n {
+                    Ok(_) => shared.wake.notify_one(),
+                    Err(e) => {
+                        warn!(error = %e, "LISTEN connection lost; reconnecting");
+                        break;
+                    }
+                },
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+}
+
+async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(shared.settings.concurrency));
+    let (done_tx, done_rx) = mpsc::channel(shared.settings.concurrency * 2);
+    let completer = tokio::spawn(complete(shared.clone(), done_rx));
+    let mut tasks = JoinSet::new();
+
+    while !cancel.is_cancelled() {
+        while tasks.try_join_next().is_some() {}
+        let free = permits.available_permits();
+        if free == 0 {
+            tokio::select! {
+                p = permits.clone().acquire_owned() => drop(p),
+                _ = cancel.cancelled() => break,
+            }
+            continue;
+        }
+        let limit = free.min(MAX_BATCH);
+        let claimed = deliveries::claim(
+            &shared.pool,
+            shared.worker_id,
+            shared.settings.lease,
+            limit as i64,
+            shared.settings.endpoint_concurrency,
+        )
+        .await;
+        let more_due = match claimed {
+            Ok(rows) => {
+                let full = rows.len() == limit;
+                let mut over_cap = Vec::new();
+                for row in rows {
+                    if !shared.take_endpoint_slot(row.endpoint_id, row.max_in_flight) {
+                        over_cap.push((row.id, row.attempt_count));
+                        continue;
+                    }
+                    let permit = permits
+                        .clone()
+                        .try_acquire_owned()
+                        .expect("claimed no more rows than free permits");
+                    let span = info_span!("deliver", message_id = %row.message_id,
+                        endpoint_id = %row.endpoint_id, attempt = row.attempt_count);
+                    tasks.spawn(
+                        shared
+                            .clone()
+                            .deliver(row, done_tx.clone(), permit)
+                            .instrument(span),
+                    );
+                }
+                if !over_cap.is_empty() {
+                    debug!(
+                        count = over_cap.len(),
+                        "endpoint at its in-flight cap; handing rows back"
+                    );
+                    if let Err(e) =
+                        deliveries::release(&shared.pool, shared.worker_id, &over_cap).await
+                    {
+                        warn!(error = %e, "could not hand rows back; their leases will expire");
+                    }
+                }
+                full && over_cap.is_empty()
+            }
+            Err(e) => {
+                warn!(error = %e, "claiming deliveries failed");
+                false
+            }
+        };
+        if more_due {
+            continue;
+        }
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(shared.settings.poll_interval) => {}
+            _ = cancel.cancelled() => break,
+        }
+    }
+
+    // Stop claiming; give in-flight sends a bounded time to finish. Whatever is cut off
+    // keeps its lease, which expires and lets another worker try again.
+    let in_flight = tasks.len();
+    if in_flight > 0 {
+        info!(in_flight, "shutting down: waiting for in-flight deliveries");
+    }
+    let drained = tokio::time::timeout(shared.settings.shutdown_grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            abandoned = tasks.len(),
+            "shutdown grace ran out; abandoned deliveries will be retried after their lease"
+        );
+        tasks.shutdown().await;
+    }
+    drop(done_tx);
+    let _ = completer.await;
+    info!("worker pool stopped");
+}
+
+impl Shared {
+    fn take_endpoint_slot(&self, endpoint: EndpointId, cap: i32) -> bool {
+        let mut in_flight = self.in_flight.lock().expect("in-flight map poisoned");
+        let n = in_flight.entry(endpoint).or_insert(0);
+        if *n >= cap {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn free_endpoint_slot(&self, endpoint: EndpointId, cap: i32) {
+        let mut in_flight = self.in_flight.lock().expect("in-flight map poisoned");
+        if let Some(n) = in_flight.get_mut(&endpoint) {
+            let was_full = *n >= cap;
+            *n -= 1;
+            if *n <= 0 {
+                in_flight.remove(&endpoint);
+            }
+            if was_full {
+                // Rows for this endpoint may have been handed back; look again now.
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    async fn deliver(
+        self: Arc<Self>,
+        row: Claimed,
+        done: mpsc::Sender<Completion>,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let completion = if row.disabled {
+            let reason = row.disabled_reason.as_deref().unwrap_or("disabled");
+            Completion {
+                state: "dead",
+                next_attempt_at: None,
+                last_error: Some(format!("endpoint disabled: {reason}")),
+                attempt: None,
+                endpoint_effect: EndpointEffect::None,
+                ..completion_base(&row)
+            }
+        } else {
+            self.attempt(&row).await
+        };
+        self.free_endpoint_slot(row.endpoint_id, row.max_in_flight);
+        if done.send(completion).await.is_err() {
+            warn!("completer gone; the lease will expire and the delivery will be retried");
+        }
+    }
+
+    async fn attempt(&self, row: &Claimed) -> Completion {
+        let started_at = Utc::now();
+        let clock = Instant::now();
+        let result = self.send(row, started_at.timestamp()).await;
+        let duration_ms = i32::try_from(clock.elapsed().as_millis()).unwrap_or(i32::MAX);
+
+        let (status, retry_after, body, failure) = match result {
+            Ok(r) => {
+                let failure = match r.status {
+                    200..=299 => None,
+                    300..=399 => Some((
+                        "redirect",
+                        format!("HTTP {} (redirects are not followed)", r.status),
+                    )),
+                    s => Some(("http_status", format!("HTTP {s}"))),
+                };
+                (Some(r.status), r.retry_after, Some(r.body), failure)
+            }
+            Err(f) => (None, None, None, Some((f.kind, f.message))),
+        };
+        let verdict = decide(
+            status,
+            retry_after,
+            row.attempt_count,
+            &self.settings.retry_schedule,
+        );
+        let (state, outcome, next_attempt_at, effect) = match verdict {
+            Verdict::Succeeded => ("succeeded", "succeeded", None, EndpointEffect::Succeeded),
+            Verdict::Retry(delay) => (
+                "pending",
+                "retrying",
+                Some(Utc::now() + delay),
+                EndpointEffect::Failed,
+            ),
+            Verdict::Dead => ("dead", "dead", None, EndpointEffect::Failed),
+            Verdict::Gone => ("dead", "dead", None, EndpointEffect::Gone),
+        };
+        let (error_kind, error) = match failure {
+            Some((kind, message)) => (Some(kind), Some(message)),
+            None => (None, None),
+        };
+        match verdict {
+            Verdict::Succeeded => debug!(status, duration_ms, "delivered"),
+            _ => info!(
+                status,
+                duration_ms,
+                error = error.as_deref(),
+                outcome,
+                "attempt failed"
+            ),
+        }
+        Completion {
+            state,
+            next_attempt_at,
+            last_error: error.clone(),
+            attempt: Some(AttemptRecord {
+                id: AttemptId::new(),
+                trigger: "scheduled",
+                outcome,
+                response_status: status.map(i32::from),
+                response_body: body,
+                error_kind,
+                error,
+                duration_ms,
+                started_at,
+            }),
+            endpoint_effect: effect,
+            ..completion_base(row)
+        }
+    }
+
+    async fn send(&self, row: &Claimed, timestamp: i64) -> Result<Response, Failure> {
+        let url = reqwest::Url::parse(&row.url).map_err(|e| Failure {
+            kind: "invalid_url",
+            message: e.to_string(),
+        })?;
+        // IP literals skip DNS, so the resolver's check never sees them: check here.
+        if !self.settings.allow_private_targets {
+            let literal = match url.host() {
+                Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+                Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+                _ => None,
+            };
+            if let Some(ip) = literal.filter(|ip| !is_public_ip(*ip)) {
+                return Err(Failure {
+                    kind: "blocked",
+                    message: format!("{ip} is not a public address"),
+                });
+            }
+        }
+        let body = envelope(row);
+        let msg_id = row.message_id.to_string();
+        let secrets: Vec<SigningSecret> = row
+            .secrets
+            .iter()
+            .filter_map(|s| SigningSecret::parse(s).ok())
+            .collect();
+        let mut headers = HeaderMap::new();
+        for (name, value) in row.headers.iter() {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert("webhook-id", header_value(&msg_id));
+        headers.insert("webhook-timestamp", header_value(&timestamp.to_string()));
+        headers.insert(
+            "webhook-signature",
+            header_value(&signature_header(
+                &secrets,
+                &msg_id,
+                timestamp,
+                body.as_bytes(),
+            )),
+        );
+
+        let mut response = self
+            .client
+            .post(url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(Failure::from_reqwest)?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, Utc::now()));
+        let mut kept = Vec::new();
+        while kept.len() < RESPONSE_BODY_LIMIT {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = RESPONSE_BODY_LIMIT - kept.len();
+                    kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+                // The status already decided the attempt; a body cut short changes nothing.
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let body = String::from_utf8_lossy(&kept).replace('\0', "");
+        Ok(Response {
+            status,
+            retry_after,
+            body,
+        })
+    }
+}
+
+struct Response {
+    status: u16,
+    retry_after: Option<Duration>,
+    body: String,
+}
+
+/// Why no response arrived.
+struct Failure {
+    kind: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn from_reqwest(e: reqwest::Error) -> Self {
+        let chain = error_chain(&e);
+        let kind = if source_is::<BlockedTarget>(&e) {
+            "blocked"
+        } else if e.is_timeout() {
+            "timeout"
+        } else if chain.contains("certificate") || chain.contains("tls") || chain.contains("ssl") {
+            "tls"
+        } else if e.is_connect() {
+            "connect"
+        } else {
+            "request"
+        };
+        Self {
+            kind,
+            message: chain,
+        }
+    }
+}
+
+fn source_is<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err.is::<T>() {
+            return true;
+        }
+        current = err.source();
+    }
+    false
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut current = e.source();
+    while let Some(err) = current {
+        let text = err.to_string();
+        if !parts.last().is_some_and(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = err.source();
+    }
+    parts.join(": ").to_lowercase()
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).expect("ids, timestamps and signatures are ASCII")
+}
+
+/// The exact bytes that are signed and sent:
+/// `{"type":<event_type>,"timestamp":<RFC 3339>,"data":<payload as given>}`.
+fn envelope(row: &Claimed) -> String {
+    let event_type = serde_json::to_string(&row.event_type).expect("a string serialises");
+    let timestamp = row
+        .message_created_at
+        .to_rfc3339_opts(SecondsFormat::Micros, true);
+    format!(
+        r#"{{"type":{event_type},"timestamp":"{timestamp}","data":{}}}"#,
+        row.payload
+    )
+}
+
+fn completion_base(row: &Claimed) -> Completion {
+    Completion {
+        delivery_id: row.id,
+        attempt_count: row.attempt_count,
+        message_id: row.message_id,
+        endpoint_id: row.endpoint_id,
+        app_id: row.app_id,
+        state: "pending",
+        next_attempt_at: None,
+        last_error: None,
+        attempt: None,
+        endpoint_effect: EndpointEffect::None,
+    }
+}
+
+async fn complete(shared: Arc<Shared>, mut done: mpsc::Receiver<Completion>) {
+    while let Some(first) = done.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match done.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        write_completions(&shared, &batch).await;
+    }
+}
+
+/// Retries a failed write a few times; if the database stays away, the rows keep their
+/// leases, which expire, and the deliveries are attempted again (at-least-once).
+async fn write_completions(shared: &Shared, batch: &[Completion]) {
+    let mut wait = Duration::from_millis(100);
+    for _ in 0..8 {
+        let written = async {
+            let mut tx = shared.pool.begin().await?;
+            let completed = deliveries::complete(
+                &mut tx,
+                shared.worker_id,
+                batch,
+                shared.settings.disable_after,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(completed)
+        }
+        .await;
+        match written {
+            Ok(completed) => {
+                if completed.len() < batch.len() {
+                    let completed: HashSet<_> = completed.into_iter().collect();
+                    for c in batch.iter().filter(|c| !completed.contains(&c.delivery_id)) {
+                        warn!(delivery_id = %c.delivery_id, attempt = c.attempt_count,
+                            "lease lost before completion; a newer attempt owns this delivery");
+                    }
+                }
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, count = batch.len(), "recording attempts failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    error!(
+        count = batch.len(),
+        "could not record attempts; they will be retried when their leases expire"
+    );
+}

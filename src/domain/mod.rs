@@ -1,0 +1,11 @@
+//! Values parsed once at the edge; past this point they are known to be valid.
+
+mod event_type;
+mod id;
+mod secret;
+mod url;
+
+pub use event_type::EventType;
+pub use id::{AppId, AttemptId, DeliveryId, EndpointId, InvalidId, MessageId};
+pub use secret::SigningSecret;
+pub use url::{EndpointUrl, is_public_ip};

@@ -1,0 +1,82 @@
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use super::AppState;
+use crate::db::{self, Page, PageParams};
+use crate::domain::AppId;
+use crate::error::{AppError, AppResult, Json, Query};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/apps", post(create).get(list))
+        .route("/apps/{app}", get(show).delete(remove))
+}
+
+#[derive(Deserialize)]
+struct CreateApp {
+    name: String,
+    uid: Option<String>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Json(body): Json<CreateApp>,
+) -> AppResult<(StatusCode, Json<db::apps::App>)> {
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 256 {
+        return Err(AppError::Invalid("name must be 1 to 256 characters".into()));
+    }
+    if let Some(uid) = &body.uid {
+        validate_uid(uid)?;
+    }
+    let app = db::apps::create(&state.pool, name, body.uid.as_deref())
+        .await
+        .map_err(|e| {
+            AppError::from_db(e, |_| "an application with this uid already exists".into())
+        })?;
+    Ok((StatusCode::CREATED, Json(app)))
+}
+
+fn validate_uid(uid: &str) -> AppResult<()> {
+    let ok_chars = uid
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'));
+    if uid.is_empty() || uid.len() > 256 || !ok_chars {
+        return Err(AppError::Invalid(
+            "uid must be 1 to 256 characters of A-Z, a-z, 0-9, '_', '.', ':' and '-'".into(),
+        ));
+    }
+    if uid.starts_with(AppId::PREFIX) {
+        return Err(AppError::Invalid(format!(
+            "uid must not start with {:?}, which marks application ids",
+            AppId::PREFIX
+        )));
+    }
+    Ok(())
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Query(page): Query<PageParams>,
+) -> AppResult<Json<Page<db::apps::App>>> {
+    let limit = page.limit().map_err(AppError::BadRequest)?;
+    let after = page.cursor::<AppId>().map_err(AppError::BadRequest)?;
+    let rows = db::apps::list(&state.pool, after, limit).await?;
+    Ok(Json(Page::from_rows(rows, limit, |a| a.id.to_string())))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+) -> AppResult<Json<db::apps::App>> {
+    Ok(Json(state.app(&app).await?))
+}
+
+async fn remove(State(state): State<AppState>, Path(app): Path<String>) -> AppResult<StatusCode> {
+    let app = state.app(&app).await?;
+    db::apps::delete(&state.pool, app.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

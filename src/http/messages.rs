@@ -1,0 +1,137 @@
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{AppState, path_id};
+use crate::db::attempts::{Attempt, Of};
+use crate::db::messages::{DeliveryStatus, Message};
+use crate::db::{self, Page, PageParams};
+use crate::domain::{AttemptId, EventType, MessageId};
+use crate::error::{AppError, AppResult, Json, Query};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/apps/{app}/messages", post(send).get(list))
+        .route("/apps/{app}/messages/{msg}", get(show))
+        .route("/apps/{app}/messages/{msg}/attempts", get(attempts))
+}
+
+#[derive(Deserialize)]
+struct SendMessage {
+    event_type: String,
+    payload: Box<RawValue>,
+    idempotency_key: Option<String>,
+}
+
+/// Answers 202 only after the message and all its deliveries are committed: from here on
+/// nothing is lost.
+async fn send(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<SendMessage>,
+) -> AppResult<(StatusCode, Json<Message>)> {
+    let app_id = state.app_id(&app).await?;
+    let event_type = EventType::parse(&body.event_type).map_err(AppError::Invalid)?;
+    let payload = body.payload.get();
+    if payload.len() > state.config.max_payload_bytes {
+        return Err(AppError::PayloadTooLarge(format!(
+            "payload is {} bytes; the limit is {}",
+            payload.len(),
+            state.config.max_payload_bytes
+        )));
+    }
+    let header_key = headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .map(str::to_owned)
+                .map_err(|_| AppError::Invalid("Idempotency-Key must be visible ASCII".into()))
+        })
+        .transpose()?;
+    let key = match (body.idempotency_key, header_key) {
+        (Some(b), Some(h)) if b != h => {
+            return Err(AppError::Invalid(
+                "idempotency_key and the Idempotency-Key header differ".into(),
+            ));
+        }
+        (b, h) => b.or(h),
+    };
+    if let Some(k) = &key
+        && (k.is_empty() || k.len() > 256)
+    {
+        return Err(AppError::Invalid(
+            "idempotency key must be 1 to 256 characters".into(),
+        ));
+    }
+    let message = db::messages::send(
+        &state.pool,
+        app_id,
+        event_type.as_str(),
+        payload,
+        key.as_deref(),
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(message)))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    Query(page): Query<PageParams>,
+) -> AppResult<Json<Page<Message>>> {
+    let app_id = state.app_id(&app).await?;
+    let limit = page.limit().map_err(AppError::BadRequest)?;
+    let before = page.cursor::<MessageId>().map_err(AppError::BadRequest)?;
+    let rows = db::messages::list(&state.pool, app_id, before, limit).await?;
+    Ok(Json(Page::from_rows(rows, limit, |m| m.id.to_string())))
+}
+
+#[derive(Serialize)]
+struct MessageWithDeliveries {
+    #[serde(flatten)]
+    message: Message,
+    deliveries: Vec<DeliveryStatus>,
+}
+
+async fn find(state: &AppState, app: &str, msg: &str) -> AppResult<Message> {
+    let app_id = state.app_id(app).await?;
+    let id = path_id(msg, "message")?;
+    db::messages::find(&state.pool, app_id, id)
+        .await?
+        .ok_or(AppError::NotFound("message"))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Path((app, msg)): Path<(String, String)>,
+) -> AppResult<Json<MessageWithDeliveries>> {
+    let message = find(&state, &app, &msg).await?;
+    let deliveries = db::messages::deliveries(&state.pool, message.id).await?;
+    Ok(Json(MessageWithDeliveries {
+        message,
+        deliveries,
+    }))
+}
+
+async fn attempts(
+    State(state): State<AppState>,
+    Path((app, msg)): Path<(String, String)>,
+    Query(page): Query<PageParams>,
+) -> AppResult<Json<Page<Attempt>>> {
+    let message = find(&state, &app, &msg).await?;
+    let limit = page.limit().map_err(AppError::BadRequest)?;
+    let before = page.cursor::<AttemptId>().map_err(AppError::BadRequest)?;
+    let rows = db::attempts::list(
+        &state.pool,
+        message.app_id,
+        Of::Message(message.id),
+        before,
+        limit,
+    )
+    .await?;
+    Ok(Json(Page::from_rows(rows, limit, |a| a.id.to_string())))
+}

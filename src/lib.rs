@@ -1,0 +1,15 @@
+//! Herald: self-hosted, reliable webhook delivery on PostgreSQL.
+//!
+//! Request in ([`http`]) → values parsed once ([`domain`]) → the outbox ([`db`]) →
+//! the worker pool ([`delivery`]) → signed POSTs out.
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod delivery;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod telemetry;
+
+pub use delivery::signature::{VerifyError, verify};

@@ -1,0 +1,243 @@
+//! Every kind of bad input gets a clear 4xx in the `{"code","message"}` shape.
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TOKEN, TestApp, answer, spawn_app};
+
+fn assert_error(status: StatusCode, body: &Value, expected: StatusCode) {
+    assert_eq!(status, expected, "{body}");
+    assert!(body["code"].is_string(), "no code in {body}");
+    assert!(
+        !body["message"].as_str().unwrap_or_default().is_empty(),
+        "no message in {body}"
+    );
+}
+
+async fn post_raw(app: &TestApp, path: &str, body: &'static str) -> (StatusCode, Value) {
+    answer(
+        app.http
+            .post(app.url(path))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn malformed_missing_and_mistyped_bodies() {
+    let app = spawn_app().await;
+    let app_id = app.create_app().await;
+    let messages = format!("/apps/{app_id}/messages");
+
+    let (s, b) = post_raw(&app, "/apps", "{\"name\": ").await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST);
+    let (s, b) = post_raw(&app, &messages, "not json").await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST);
+    let (s, b) = app.post("/apps", json!({})).await;
+    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, b) = app.post("/apps", json!({"name": 42})).await;
+    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, b) = app.post(&messages, json!({"event_type": "a.b"})).await;
+    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, b) = app
+        .post(&messages, json!({"event_type": ["a"], "payload": {}}))
+        .await;
+    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, b) = app
+        .post(&format!("/apps/{app_id}/endpoints"), json!({"url": 7}))
+        .await;
+    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, b) = app
+        .post(
+            &format!("/apps/{app_id}/endpoints"),
+            json!({"description": "no url"}),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    let no_type = answer(
+        app.http
+            .post(app.url("/apps"))
+            .bearer_auth(TOKEN)
+            .body(r#"{"name": "x"}"#)
+            .send()
+            .await,
+    )
+    .await;
+    assert_error(no_type.0, &no_type.1, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (s, b) = app
+        .post("/apps", json!({"name": "x", "uid": "has space"}))
+        .await;
+    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn event_types_outside_the_alphabet_or_too_long() {
+    let app = spawn_app().await;
+    let app_id = app.create_app().await;
+    let messages = format!("/apps/{app_id}/messages");
+    for bad in [
+        "invoice paid",
+        "invoice/paid",
+        "",
+        "ünïcode",
+        &"a".repeat(257),
+    ] {
+        let (s, b) = app
+            .post(&messages, json!({"event_type": bad, "payload": {}}))
+            .await;
+        assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+        let (s, b) = app
+            .post(
+                &format!("/apps/{app_id}/endpoints"),
+                json!({"url": "https://example.com", "event_types": [bad]}),
+            )
+            .await;
+        assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let (s, _) = app
+        .post(
+            &messages,
+            json!({"event_type": "a".repeat(256), "payload": {}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn urls_that_are_not_http_or_do_not_parse() {
+    let app = spawn_app().await;
+    let app_id = app.create_app().await;
+    let path = format!("/apps/{app_id}/endpoints");
+    for bad in [
+        "ftp://example.com/x",
+        "example.com/hook",
+        "http://",
+        "javascript:alert(1)",
+        "::",
+    ] {
+        let (s, b) = app.post(&path, json!({"url": bad})).await;
+        assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let (ep, _) = app
+        .create_endpoint(&app_id, json!({"url": "https://example.com"}))
+        .await;
+    let (s, b) = app
+        .patch(&format!("{path}/{ep}"), json!({"url": "gopher://x"}))
+        .await;
+    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn secrets_that_are_not_base64_or_the_wrong_size() {
+    let app = spawn_app().await;
+    let app_id = app.create_app().await;
+    let path = format!("/apps/{app_id}/endpoints");
+    for bad in [
+        "whsec_%%%not-base64%%%",
+        "whsec_AAAAAAAAAAAAAAAAAAAAAA==",        // 16 bytes
+        "C2FVsBQIhrscChlQIMV+b5sSYspob7oD",      // no prefix
+        &format!("whsec_{}", "QUFB".repeat(22)), // 66 bytes
+    ] {
+        let (s, b) = app
+            .post(&path, json!({"url": "https://example.com", "secret": bad}))
+            .await;
+        assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let (ep, _) = app
+        .create_endpoint(&app_id, json!({"url": "https://example.com"}))
+        .await;
+    let (s, b) = app
+        .post(
+            &format!("{path}/{ep}/secret/rotate"),
+            json!({"secret": "whsec_short"}),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn payloads_over_the_limit_get_413() {
+    let app = spawn_app().await;
+    let app_id = app.create_app().await;
+    let messages = format!("/apps/{app_id}/messages");
+    // Just over 1 MiB of payload: within the body allowance, over the payload limit.
+    let big = "x".repeat(1024 * 1024);
+    let (s, b) = app
+        .post(
+            &messages,
+            json!({"event_type": "big", "payload": {"blob": big}}),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::PAYLOAD_TOO_LARGE);
+    // Far over: refused while reading the body.
+    let huge = "x".repeat(3 * 1024 * 1024);
+    let (s, b) = app
+        .post(
+            &messages,
+            json!({"event_type": "big", "payload": {"blob": huge}}),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::PAYLOAD_TOO_LARGE);
+    let (_, list) = app.get(&messages).await;
+    assert_eq!(list["data"], json!([]));
+}
+
+#[tokio::test]
+async fn unknown_apps_endpoints_and_messages_get_404() {
+    let app = spawn_app().await;
+    let app_id = app.create_app().await;
+    for path in [
+        "/apps/app_0192f3a0000070008000000000000000".to_owned(),
+        "/apps/no-such-uid".to_owned(),
+        format!("/apps/{app_id}/endpoints/ep_0192f3a0000070008000000000000000"),
+        format!("/apps/{app_id}/endpoints/garbage"),
+        format!("/apps/{app_id}/messages/msg_0192f3a0000070008000000000000000"),
+        format!("/apps/{app_id}/messages/msg_0192f3a0000070008000000000000000/attempts"),
+        "/apps/nope/messages".to_owned(),
+        "/no/such/route".to_owned(),
+    ] {
+        let (s, b) = app.get(&path).await;
+        assert_error(s, &b, StatusCode::NOT_FOUND);
+    }
+    let (s, b) = app
+        .post(
+            "/apps/nope/messages",
+            json!({"event_type": "a", "payload": {}}),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_token_gets_401() {
+    let app = spawn_app().await;
+    let url = app.url("/apps");
+    for request in [
+        app.http.get(&url),
+        app.http.get(&url).bearer_auth("wrong-token-wrong-token"),
+        app.http.get(&url).header("authorization", TOKEN),
+        app.http.post(&url).json(&json!({"name": "x"})),
+    ] {
+        let (s, b) = answer(request.send().await).await;
+        assert_error(s, &b, StatusCode::UNAUTHORIZED);
+    }
+    let (_, list) = app.get("/apps").await;
+    assert_eq!(
+        list["data"],
+        json!([]),
+        "nothing was created without a token"
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_uid_gets_409() {
+    let app = spawn_app().await;
+    let (s, _) = app.post("/apps", json!({"name": "a", "uid": "same"})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, b) = app.post("/apps", json!({"name": "b", "uid": "same"})).await;
+    assert_error(s, &b, StatusCode::CONFLICT);
+}

@@ -1,0 +1,152 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Receiver, Reply, all_delivered, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn delivers_a_signed_standard_webhook() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let app_id = app.create_app().await;
+    let (_, secret) = app
+        .create_endpoint(
+            &app_id,
+            json!({"url": receiver.url(), "headers": {"x-tenant": "acme"}}),
+        )
+        .await;
+    let payload = json!({"b": 1, "a": "é", "list": [3, 2, 1]});
+    let msg = app.send(&app_id, "invoice.paid", payload.clone()).await;
+
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let r = &got[0];
+    assert!(r.verify(&secret), "standardwebhooks rejects the signature");
+    assert_eq!(r.header("webhook-id"), msg);
+    assert_eq!(r.header("content-type"), "application/json");
+    assert_eq!(r.header("x-tenant"), "acme");
+    let ts: i64 = r.header("webhook-timestamp").parse().unwrap();
+    assert!((chrono::Utc::now().timestamp() - ts).abs() < 30);
+
+    // The body is {"type","timestamp","data"} with the payload as given.
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["type"], "invoice.paid");
+    assert_eq!(body["data"], payload);
+    let stamp = body["timestamp"].as_str().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(stamp).is_ok(),
+        "{stamp}"
+    );
+    let text = std::str::from_utf8(&r.body).unwrap();
+    assert!(
+        text.starts_with(r#"{"type":"invoice.paid","timestamp":""#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn fans_out_by_event_type_and_skips_disabled_endpoints() {
+    let app = spawn_app().await;
+    let all = Receiver::start().await;
+    let invoices = Receiver::start().await;
+    let disabled = Receiver::start().await;
+    let app_id = app.create_app().await;
+    app.create_endpoint(&app_id, json!({"url": all.url()}))
+        .await;
+    app.create_endpoint(
+        &app_id,
+        json!({"url": invoices.url(), "event_types": ["invoice.paid", "invoice.voided"]}),
+    )
+    .await;
+    app.create_endpoint(&app_id, json!({"url": disabled.url(), "disabled": true}))
+        .await;
+
+    let paid = app.send(&app_id, "invoice.paid", json!({})).await;
+    let created = app.send(&app_id, "user.created", json!({})).await;
+    let m = app
+        .wait_for_message(&app_id, &paid, Duration::from_secs(10), all_delivered)
+        .await;
+    assert_eq!(m["deliveries"].as_array().unwrap().len(), 2);
+    let m = app
+        .wait_for_message(&app_id, &created, Duration::from_secs(10), all_delivered)
+        .await;
+    assert_eq!(m["deliveries"].as_array().unwrap().len(), 1);
+
+    assert_eq!(all.count(), 2);
+    assert_eq!(invoices.count(), 1);
+    assert_eq!(invoices.received()[0].header("webhook-id"), paid);
+    assert_eq!(disabled.count(), 0);
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_does_not_hold_up_the_others() {
+    // 4 workers; the slow endpoint may only occupy 2 of them.
+    let app = spawn_app_with(&[
+        ("HERALD_WORKER_CONCURRENCY", "4"),
+        ("HERALD_ENDPOINT_CONCURRENCY", "2"),
+        ("HERALD_REQUEST_TIMEOUT", "10s"),
+    ])
+    .await;
+    let slow = Receiver::with(Arc::new(|_| Reply {
+        status: 200,
+        delay: Duration::from_secs(3),
+        ..Default::default()
+    }))
+    .await;
+    let fast = Receiver::start().await;
+    let slow_app = app.create_app().await;
+    let fast_app = app.create_app().await;
+    app.create_endpoint(&slow_app, json!({"url": slow.url()}))
+        .await;
+    app.create_endpoint(&fast_app, json!({"url": fast.url()}))
+        .await;
+
+    for i in 0..10 {
+        app.send(&slow_app, "slow.event", json!({"i": i})).await;
+    }
+    slow.wait_for(2, Duration::from_secs(5)).await;
+    let started = Instant::now();
+    for i in 0..10 {
+        app.send(&fast_app, "fast.event", json!({"i": i})).await;
+    }
+    fast.wait_for(10, Duration::from_secs(2)).await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The cap held: never more than two requests at the slow endpoint at once.
+    assert_eq!(slow.count(), 2);
+}
+
+#[tokio::test]
+async fn notify_wakes_the_workers_without_waiting_for_the_poll() {
+    let app = spawn_app_with(&[("HERALD_POLL_INTERVAL", "60s")]).await;
+    let receiver = Receiver::start().await;
+    let app_id = app.create_app().await;
+    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
+        .await;
+    // Let the listener settle, then send: only NOTIFY can deliver within the window.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        app.send(&app_id, "ping", json!({})).await;
+    }
+    receiver.wait_for(3, Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn the_poll_finds_deliveries_no_one_announced() {
+    let app = spawn_app_with(&[("HERALD_POLL_INTERVAL", "200ms")]).await;
+    let receiver = Receiver::start().await;
+    let app_id = app.create_app().await;
+    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
+        .await;
+    let msg = app.send(&app_id, "ping", json!({})).await;
+    receiver.wait_for(1, Duration::from_secs(5)).await;
+    // Queue a second delivery behind the API's back, without NOTIFY.
+    sqlx::query(
+        "insert into delivery (message_id, endpoint_id)
+         select message_id, endpoint_id from delivery limit 1",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let got = receiver.wait_for(2, Duration::from_secs(5)).await;
+    assert_eq!(got[1].header("webhook-id"), msg);
+}

@@ -1,0 +1,111 @@
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn endpoint_crud() {
+    let app = spawn_app().await;
+    let app_id = app.create_app().await;
+    let base = format!("/apps/{app_id}/endpoints");
+
+    let (status, ep) = app
+        .post(
+            &base,
+            json!({"url": "https://example.com/hook", "description": "billing",
+                   "event_types": ["invoice.paid"], "headers": {"x-tenant": "acme"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{ep}");
+    let id = ep["id"].as_str().unwrap();
+    assert!(id.starts_with("ep_"));
+    assert_eq!(ep["url"], "https://example.com/hook");
+    assert_eq!(ep["event_types"], json!(["invoice.paid"]));
+    assert_eq!(ep["disabled"], false);
+    let secret = ep["secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_"));
+
+    // The secret is shown to its owner on request, never in plain listings.
+    let (_, shown) = app.get(&format!("{base}/{id}")).await;
+    assert!(shown.get("secret").is_none());
+    let (_, s) = app.get(&format!("{base}/{id}/secret")).await;
+    assert_eq!(s["secret"], secret);
+
+    let (status, patched) = app
+        .patch(
+            &format!("{base}/{id}"),
+            json!({"url": "https://example.org/new", "event_types": [], "disabled": true,
+                   "max_in_flight": 3}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["url"], "https://example.org/new");
+    assert_eq!(patched["event_types"], json!([]));
+    assert_eq!(patched["disabled"], true);
+    assert_eq!(patched["max_in_flight"], 3);
+    assert_eq!(patched["description"], "billing");
+
+    let (_, patched) = app
+        .patch(
+            &format!("{base}/{id}"),
+            json!({"disabled": false, "max_in_flight": null}),
+        )
+        .await;
+    assert_eq!(patched["disabled"], false);
+    assert_eq!(patched["disabled_reason"], json!(null));
+    assert_eq!(patched["max_in_flight"], json!(null));
+
+    let (status, list) = app.get(&base).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+
+    assert_eq!(
+        app.delete(&format!("{base}/{id}")).await,
+        StatusCode::NO_CONTENT
+    );
+    let (status, _) = app.get(&format!("{base}/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_given_secret_is_kept_and_rotation_returns_a_new_one() {
+    let app = spawn_app().await;
+    let app_id = app.create_app().await;
+    let given = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let (id, secret) = app
+        .create_endpoint(
+            &app_id,
+            json!({"url": "https://example.com", "secret": given}),
+        )
+        .await;
+    assert_eq!(secret, given);
+    let path = format!("/apps/{app_id}/endpoints/{id}/secret/rotate");
+    let (status, rotated) = app.post(&path, json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let new = rotated["secret"].as_str().unwrap();
+    assert!(new.starts_with("whsec_") && new != given);
+    let (_, current) = app
+        .get(&format!("/apps/{app_id}/endpoints/{id}/secret"))
+        .await;
+    assert_eq!(current["secret"], new);
+}
+
+#[tokio::test]
+async fn tenants_cannot_reach_each_others_endpoints() {
+    let app = spawn_app().await;
+    let a = app.create_app().await;
+    let b = app.create_app().await;
+    let (ep, _) = app
+        .create_endpoint(&a, json!({"url": "https://example.com"}))
+        .await;
+    let (status, _) = app.get(&format!("/apps/{b}/endpoints/{ep}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = app.get(&format!("/apps/{b}/endpoints/{ep}/secret")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.delete(&format!("/apps/{b}/endpoints/{ep}")).await,
+        StatusCode::NOT_FOUND
+    );
+    let (status, _) = app.get(&format!("/apps/{a}/endpoints/{ep}")).await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -1,0 +1,346 @@
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use herald::app::App;
+use herald::config::Config;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+/// The server every test starts from: fast retries, quick polling, loopback allowed.
+pub fn base_env() -> HashMap<String, String> {
+    [
+        ("HERALD_LISTEN", "127.0.0.1:0"),
+        ("HERALD_ADMIN_TOKEN", TOKEN),
+        ("HERALD_ALLOW_PRIVATE_TARGETS", "true"),
+        ("HERALD_RETRY_SCHEDULE", "50ms,100ms,150ms"),
+        ("HERALD_POLL_INTERVAL", "50ms"),
+        ("HERALD_REQUEST_TIMEOUT", "2s"),
+        ("HERALD_SHUTDOWN_GRACE", "5s"),
+        ("HERALD_DB_POOL_SIZE", "5"),
+        ("HERALD_WORKER_CONCURRENCY", "8"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// A fresh, empty database on the test cluster; returns its URL.
+pub async fn fresh_database() -> String {
+    let server = std::env::var("HERALD_TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .expect("run the tests with `make test` (it provides HERALD_TEST_DATABASE_URL)");
+    let name = format!("herald_test_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = PgConnection::connect(&server).await.expect("test cluster");
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&server).unwrap();
+    url.set_path(&name);
+    url.to_string()
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db_url: String,
+    pub pool: PgPool,
+    pub http: reqwest::Client,
+    cancel: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_on(fresh_database().await, overrides).await
+}
+
+/// Starts Herald in-process on an existing database.
+pub async fn spawn_app_on(db_url: String, overrides: &[(&str, &str)]) -> TestApp {
+    let mut env = base_env();
+    env.insert("DATABASE_URL".into(), db_url.clone());
+    for (k, v) in overrides {
+        env.insert(k.to_string(), v.to_string());
+    }
+    let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
+    let app = App::build(config).await.expect("app starts");
+    let addr = app.local_addr();
+    let pool = app.pool().clone();
+    let cancel = app.cancel_token();
+    let task = tokio::spawn(app.run());
+    TestApp {
+        addr,
+        db_url,
+        pool,
+        http: reqwest::Client::new(),
+        cancel,
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/api/v1{path}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        answer(
+            self.http
+                .get(self.url(path))
+                .bearer_auth(TOKEN)
+                .send()
+                .await,
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str) -> StatusCode {
+        let r = self
+            .http
+            .delete(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await;
+        StatusCode::from_u16(r.unwrap().status().as_u16()).unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        answer(
+            self.http
+                .post(self.url(path))
+                .bearer_auth(TOKEN)
+                .json(&body)
+                .send()
+                .await,
+        )
+        .await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        answer(
+            self.http
+                .patch(self.url(path))
+                .bearer_auth(TOKEN)
+                .json(&body)
+                .send()
+                .await,
+        )
+        .await
+    }
+
+    pub async fn create_app(&self) -> String {
+        let (status, app) = self.post("/apps", json!({"name": "Acme"})).await;
+        assert_eq!(status, StatusCode::CREATED, "{app}");
+        app["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates an endpoint; returns (id, secret).
+    pub async fn create_endpoint(&self, app: &str, body: Value) -> (String, String) {
+        let (status, ep) = self.post(&format!("/apps/{app}/endpoints"), body).await;
+        assert_eq!(status, StatusCode::CREATED, "{ep}");
+        (
+            ep["id"].as_str().unwrap().to_owned(),
+            ep["secret"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn send(&self, app: &str, event_type: &str, payload: Value) -> String {
+        let (status, msg) = self
+            .post(
+                &format!("/apps/{app}/messages"),
+                json!({"event_type": event_type, "payload": payload}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{msg}");
+        msg["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls a message until `done` holds for it, or fails after `within`.
+    pub async fn wait_for_message(
+        &self,
+        app: &str,
+        msg: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (_, m) = self.get(&format!("/apps/{app}/messages/{msg}")).await;
+            if done(&m) {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "timed out; last state: {m:#}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn attempts(&self, app: &str, msg: &str) -> Vec<Value> {
+        let (status, page) = self
+            .get(&format!("/apps/{app}/messages/{msg}/attempts"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        page["data"].as_array().unwrap().clone()
+    }
+
+    /// Shuts down as on SIGTERM and waits until it has.
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+pub fn all_delivered(m: &Value) -> bool {
+    deliveries_in(m, "succeeded")
+}
+
+pub fn deliveries_in(m: &Value, state: &str) -> bool {
+    m["deliveries"]
+        .as_array()
+        .is_some_and(|d| !d.is_empty() && d.iter().all(|d| d["state"] == state))
+}
+
+pub async fn answer(r: reqwest::Result<reqwest::Response>) -> (StatusCode, Value) {
+    let r = r.expect("request reaches the server");
+    let status = StatusCode::from_u16(r.status().as_u16()).unwrap();
+    let text = r.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// One request as a receiver saw it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// Verifies with the independent `standardwebhooks` crate, not Herald's own code.
+    pub fn verify(&self, secret: &str) -> bool {
+        standardwebhooks::Webhook::new(secret)
+            .unwrap()
+            .verify(&self.body, &self.headers)
+            .is_ok()
+    }
+}
+
+/// What the receiver answers to its n-th request (0-based): a status, extra headers, a
+/// body, and how long to wait first.
+pub type Responder = Arc<dyn Fn(usize) -> Reply + Send + Sync>;
+
+#[derive(Clone, Default)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            ..Default::default()
+        }
+    }
+}
+
+/// A real HTTP server on port 0 that records every request.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        Self::with(Arc::new(|_| Reply::status(204))).await
+    }
+
+    pub async fn with(responder: Responder) -> Self {
+        let requests: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let seen = requests.clone();
+        let handler = move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+            let seen = seen.clone();
+            let responder = responder.clone();
+            async move {
+                let n = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(Received {
+                        path: uri.path().to_owned(),
+                        headers,
+                        body,
+                        at: Instant::now(),
+                    });
+                    seen.len() - 1
+                };
+                let reply = responder(n);
+                tokio::time::sleep(reply.delay).await;
+                let mut response: Response = (
+                    StatusCode::from_u16(reply.status).unwrap(),
+                    reply.body.clone(),
+                )
+                    .into_response();
+                for (k, v) in reply.headers {
+                    response.headers_mut().insert(k, v.parse().unwrap());
+                }
+                response
+            }
+        };
+        let router = axum::Router::new().fallback(handler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Self { addr, requests }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + within;
+        while self.count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "receiver got {} of {n} requests",
+                self.count()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.received()
+    }
+}

@@ -1,0 +1,411 @@
+//! Restarts, signals and crashes: nothing accepted is lost.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use herald::db::deliveries::{self, AttemptRecord, Completion, EndpointEffect};
+use herald::domain::{AttemptId, DeliveryId};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::helpers::{
+    Receiver, Reply, TOKEN, all_delivered, base_env, fresh_database, spawn_app_on,
+};
+
+/// The real `herald serve` binary, for what only a process can show: signals, kill -9
+/// and its log output.
+struct Process {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Process {
+    async fn start(db_url: &str, overrides: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = std::env::temp_dir().join(format!("herald-{}.log", uuid::Uuid::now_v7()));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(base_env())
+            .env("DATABASE_URL", db_url)
+            .env("HERALD_LISTEN", addr.to_string())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap());
+        for (k, v) in overrides {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("herald binary starts");
+        let process = Self { child, addr, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(format!("http://{addr}/readyz")).await
+                && r.status().is_success()
+            {
+                return process;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "herald did not start: {}",
+                process.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    /// Waits for the process to exit by itself; returns whether it exited cleanly.
+    async fn wait_exit(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "herald did not exit: {}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        reqwest::Client::new()
+            .request(method, format!("http://{}/api/v1{path}", self.addr))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+async fn db(url: &str) -> PgPool {
+    herald::db::connect(url, 2).await.unwrap()
+}
+
+/// Sets up an app and an endpoint through a process's API; returns (app id, secret).
+async fn app_and_endpoint(p: &Process, url: &str) -> (String, String) {
+    let app = p
+        .api(reqwest::Method::POST, "/apps", json!({"name": "Acme"}))
+        .await;
+    let app_id = app["id"].as_str().unwrap().to_owned();
+    let ep = p
+        .api(
+            reqwest::Method::POST,
+            &format!("/apps/{app_id}/endpoints"),
+            json!({"url": url}),
+        )
+        .await;
+    (app_id, ep["secret"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn a_restart_in_the_middle_of_the_retry_schedule_resumes_it() {
+    let db_url = fresh_database().await;
+    let schedule = [("HERALD_RETRY_SCHEDULE", "1s,1s")];
+    let receiver = Receiver::with(Arc::new(|n| match n {
+        0 => Reply::status(500),
+        _ => Reply::status(204),
+    }))
+    .await;
+    let first = spawn_app_on(db_url.clone(), &schedule).await;
+    let app_id = first.create_app().await;
+    first
+        .create_endpoint(&app_id, json!({"url": receiver.url()}))
+        .await;
+    let msg = first.send(&app_id, "survives.restart", json!({})).await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    first
+        .wait_for_message(&app_id, &msg, Duration::from_secs(5), |m| {
+            m["deliveries"][0]["state"] == "pending" && m["deliveries"][0]["attempt_count"] == 1
+        })
+        .await;
+    first.stop().await;
+
+    // While nothing runs, the schedule lives in the database.
+    let pool = db(&db_url).await;
+    let (state, next): (String, DateTime<Utc>) =
+        sqlx::query_as("select state::text, next_attempt_at from delivery")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(state, "pending");
+    assert!(next > Utc::now() - chrono::Duration::seconds(2));
+    assert_eq!(receiver.count(), 1);
+
+    let second = spawn_app_on(db_url, &schedule).await;
+    let m = second
+        .wait_for_message(&app_id, &msg, Duration::from_secs(10), all_delivered)
+        .await;
+    assert_eq!(m["deliveries"][0]["attempt_count"], 2);
+    let got = receiver.received();
+    assert_eq!(got.len(), 2);
+    assert!(got[1].at - got[0].at >= Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_sends_finish_and_records_them() {
+    let db_url = fresh_database().await;
+    let receiver = Receiver::with(Arc::new(|_| Reply {
+        status: 200,
+        delay: Duration::from_millis(1500),
+        ..Default::default()
+    }))
+    .await;
+    let mut p = Process::start(&db_url, &[]).await;
+    let (app_id, _) = app_and_endpoint(&p, &receiver.url()).await;
+    p.api(
+        reqwest::Method::POST,
+        &format!("/apps/{app_id}/messages"),
+        json!({"event_type": "in.flight", "payload": {}}),
+    )
+    .await;
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    p.signal("-TERM");
+    assert!(p.wait_exit(Duration::from_secs(10)).await, "{}", p.logs());
+    assert!(
+        got[0].at.elapsed() >= Duration::from_millis(1400),
+        "exited before the send finished"
+    );
+
+    let pool = db(&db_url).await;
+    let (state, status): (String, Option<i32>) = sqlx::query_as(
+        "select d.state::text, a.response_status from delivery d join attempt a on a.delivery_id = d.id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((state.as_str(), status), ("succeeded", Some(200)));
+}
+
+#[tokio::test]
+async fn kill_9_mid_send_loses_nothing() {
+    let db_url = fresh_database().await;
+    // The first request never gets an answer in time; later ones succeed at once.
+    let receiver = Receiver::with(Arc::new(|n| Reply {
+        status: 204,
+        delay: if n == 0 {
+            Duration::from_secs(60)
+        } else {
+            Duration::ZERO
+        },
+        ..Default::default()
+    }))
+    .await;
+    // Request timeout 1s: a lease of 2 x 1s + 5s.
+    let fast = [("HERALD_REQUEST_TIMEOUT", "1s")];
+    let mut first = Process::start(&db_url, &fast).await;
+    let (app_id, _) = app_and_endpoint(&first, &receiver.url()).await;
+    let msg = first
+        .api(
+            reqwest::Method::POST,
+            &format!("/apps/{app_id}/messages"),
+            json!({"event_type": "crash.test", "payload": {"n": 1}}),
+        )
+        .await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    first.signal("-KILL");
+    first.wait_exit(Duration::from_secs(5)).await;
+
+    let second = Process::start(&db_url, &fast).await;
+    let got = receiver.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(got[0].header("webhook-id"), msg["id"].as_str().unwrap());
+    assert_eq!(got[1].header("webhook-id"), got[0].header("webhook-id"));
+    let pool = db(&db_url).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (state, count): (String, i32) =
+            sqlx::query_as("select state::text, attempt_count from delivery")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if state == "succeeded" {
+            assert_eq!(count, 2);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {state}: {}",
+            second.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn no_secret_ever_reaches_the_logs() {
+    let db_url = fresh_database().await;
+    let receiver =
+        Receiver::with(Arc::new(|n| Reply::status(if n == 0 { 500 } else { 204 }))).await;
+    let mut p = Process::start(
+        &db_url,
+        &[("RUST_LOG", "trace"), ("HERALD_LOG_FORMAT", "json")],
+    )
+    .await;
+    let given = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let app = p
+        .api(reqwest::Method::POST, "/apps", json!({"name": "Acme"}))
+        .await;
+    let app_id = app["id"].as_str().unwrap();
+    let ep = p
+        .api(
+            reqwest::Method::POST,
+            &format!("/apps/{app_id}/endpoints"),
+            json!({"url": receiver.url(), "secret": given}),
+        )
+        .await;
+    let ep_id = ep["id"].as_str().unwrap();
+    let rotated = p
+        .api(
+            reqwest::Method::POST,
+            &format!("/apps/{app_id}/endpoints/{ep_id}/secret/rotate"),
+            json!({}),
+        )
+        .await;
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    let msg = p
+        .api(
+            reqwest::Method::POST,
+            &format!("/apps/{app_id}/messages"),
+            json!({"event_type": "log.test", "payload": {}}),
+        )
+        .await;
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+    p.signal("-TERM");
+    p.wait_exit(Duration::from_secs(10)).await;
+
+    let logs = p.logs();
+    assert!(
+        logs.contains(msg["id"].as_str().unwrap()),
+        "the logs say nothing useful"
+    );
+    for secret in [TOKEN, given, &given[6..], &new, &new[6..]] {
+        assert!(!logs.contains(secret), "a secret leaked into the logs");
+    }
+}
+
+#[tokio::test]
+async fn a_worker_that_lost_its_lease_cannot_overwrite_a_newer_attempt() {
+    let db_url = fresh_database().await;
+    let pool = db(&db_url).await;
+    herald::db::migrate(&pool).await.unwrap();
+    sqlx::query("insert into application (name, uid) values ('a', 'a')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into endpoint (app_id, url) select id, 'http://127.0.0.1:9/' from application",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("select herald.send_message('a', 'x', '{}')")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let lease = Duration::from_secs(60);
+    let claimed_a = deliveries::claim(&pool, a, lease, 10, 10).await.unwrap();
+    assert_eq!(claimed_a.len(), 1);
+    assert_eq!(claimed_a[0].attempt_count, 1);
+    // A live lease is skipped by everyone else.
+    assert!(
+        deliveries::claim(&pool, b, lease, 10, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    sqlx::query("update delivery set lease_expires_at = now() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let claimed_b = deliveries::claim(&pool, b, lease, 10, 10).await.unwrap();
+    assert_eq!(claimed_b.len(), 1);
+    assert_eq!(claimed_b[0].attempt_count, 2);
+
+    let completion = |row: &deliveries::Claimed, state: &'static str| Completion {
+        delivery_id: row.id,
+        attempt_count: row.attempt_count,
+        message_id: row.message_id,
+        endpoint_id: row.endpoint_id,
+        app_id: row.app_id,
+        state,
+        next_attempt_at: None,
+        last_error: None,
+        attempt: Some(AttemptRecord {
+            id: AttemptId::new(),
+            trigger: "scheduled",
+            outcome: if state == "succeeded" {
+                "succeeded"
+            } else {
+                "dead"
+            },
+            response_status: Some(200),
+            response_body: None,
+            error_kind: None,
+            error: None,
+            duration_ms: 1,
+            started_at: Utc::now(),
+        }),
+        endpoint_effect: EndpointEffect::None,
+    };
+    let mut tx = pool.begin().await.unwrap();
+    let stale = deliveries::complete(&mut tx, a, &[completion(&claimed_a[0], "succeeded")], lease)
+        .await
+        .unwrap();
+    let current = deliveries::complete(&mut tx, b, &[completion(&claimed_b[0], "dead")], lease)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(stale, Vec::<DeliveryId>::new());
+    assert_eq!(current, vec![claimed_b[0].id]);
+    let (state, attempts): (String, i64) =
+        sqlx::query_as("select d.state::text, (select count(*) from attempt) from delivery d")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), attempts), ("dead", 1));
+}

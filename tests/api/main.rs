@@ -1,0 +1,15 @@
+//! Integration tests: one binary, real PostgreSQL (a fresh database per test), real HTTP
+//! receivers on port 0, and the real `herald` binary where a process must die.
+
+mod helpers;
+
+mod apps;
+mod bad_input;
+mod delivery;
+mod endpoints;
+mod lifecycle;
+mod messages;
+mod outbox;
+mod retries;
+mod signing;
+mod ssrf;

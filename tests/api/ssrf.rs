@@ -1,0 +1,78 @@
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{Receiver, deliveries_in, spawn_app_with};
+
+const STRICT: [(&str, &str); 2] = [
+    ("HERALD_ALLOW_PRIVATE_TARGETS", "false"),
+    ("HERALD_RETRY_SCHEDULE", "none"),
+];
+
+#[tokio::test]
+async fn private_address_literals_are_refused_when_the_endpoint_is_created() {
+    let app = spawn_app_with(&STRICT).await;
+    let app_id = app.create_app().await;
+    for url in [
+        "http://127.0.0.1/hook",
+        "http://10.0.0.8/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://100.64.1.1/",
+        "http://[::1]/",
+        "http://[fd00::1]/",
+        "http://[::ffff:127.0.0.1]/",
+    ] {
+        let (status, err) = app
+            .post(&format!("/apps/{app_id}/endpoints"), json!({"url": url}))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {err}");
+    }
+}
+
+/// `localhost` is a name, so only its resolved address can betray it: the check must
+/// apply to the address actually connected to.
+#[tokio::test]
+async fn a_name_resolving_to_loopback_is_blocked_at_connect_time() {
+    let app = spawn_app_with(&STRICT).await;
+    let receiver = Receiver::start().await;
+    let app_id = app.create_app().await;
+    let url = format!("http://localhost:{}/hook", receiver.addr.port());
+    app.create_endpoint(&app_id, json!({"url": url})).await;
+    let msg = app.send(&app_id, "probe", json!({})).await;
+    app.wait_for_message(&app_id, &msg, Duration::from_secs(10), |m| {
+        deliveries_in(m, "dead")
+    })
+    .await;
+    let attempts = app.attempts(&app_id, &msg).await;
+    assert_eq!(attempts[0]["error_kind"], "blocked", "{:#}", attempts[0]);
+    assert_eq!(receiver.count(), 0);
+}
+
+/// An endpoint stored while private targets were allowed is still refused once they
+/// are not.
+#[tokio::test]
+async fn a_stored_private_literal_is_blocked_at_send_time() {
+    let app = spawn_app_with(&STRICT).await;
+    let receiver = Receiver::start().await;
+    let app_id = app.create_app().await;
+    let (ep, _) = app
+        .create_endpoint(&app_id, json!({"url": "https://example.com/hook"}))
+        .await;
+    sqlx::query("update endpoint set url = $1 where id = $2")
+        .bind(receiver.url())
+        .bind(ep.parse::<herald::domain::EndpointId>().unwrap())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let msg = app.send(&app_id, "probe", json!({})).await;
+    app.wait_for_message(&app_id, &msg, Duration::from_secs(10), |m| {
+        deliveries_in(m, "dead")
+    })
+    .await;
+    assert_eq!(
+        app.attempts(&app_id, &msg).await[0]["error_kind"],
+        "blocked"
+    );
+    assert_eq!(receiver.count(), 0);
+}
