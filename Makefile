@@ -8,7 +8,7 @@ run:
 	scripts/run.sh
 
 test:
-	scripts/test.sh
+	scripts/test.sh $(ARGS)
 
 # Stops the development database that `make run` started.
 db-stop:

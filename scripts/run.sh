@@ -12,7 +12,11 @@ if ! grep -q '^HERALD_ADMIN_TOKEN=.\+' .env; then
   sed -i '/^HERALD_ADMIN_TOKEN=/d' .env
   echo "HERALD_ADMIN_TOKEN=$token" >> .env
 fi
-set -a; . ./.env; set +a
+# .env fills in what the environment does not already say (the environment wins).
+while IFS='=' read -r key value; do
+  [[ $key =~ ^[A-Z_][A-Z0-9_]*$ ]] || continue
+  [ -n "${!key+x}" ] || export "$key=$value"
+done < .env
 
 if [ -z "${DATABASE_URL:-}" ]; then
   port=${HERALD_DEV_PG_PORT:-54329}
