@@ -2,13 +2,17 @@
 # including a private PostgreSQL when DATABASE_URL is not set.
 SHELL := bash
 
-.PHONY: run test db-stop fmt lint
+.PHONY: run test bench db-stop fmt lint
 
 run:
 	scripts/run.sh
 
 test:
 	scripts/test.sh $(ARGS)
+
+# Delivery speed against this machine's own ceiling; see bench/README.md.
+bench:
+	scripts/bench.sh $(ARGS)
 
 # Stops the development database that `make run` started.
 db-stop:
@@ -19,4 +23,4 @@ fmt:
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings

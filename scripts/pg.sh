@@ -29,6 +29,8 @@ case "$cmd" in
         || { cat "$dir/initdb.log" >&2; exit 1; }
     fi
     opts="-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=400"
+    # Per-statement timings for profiling (bench/README.md): cheap enough to leave on.
+    opts="$opts -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
     if [ "$mode" = test ]; then
       opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     fi

@@ -31,9 +31,13 @@ pub struct Claimed {
     pub secrets: Vec<String>,
 }
 
+/// How far down the due queue one claim looks when spreading a batch over endpoints.
+const CLAIM_WINDOW: i64 = 1024;
+
 /// Claims up to `limit` due deliveries (pending and due, or in flight with an expired
-/// lease) in one statement. Rows other workers hold are skipped, not waited for; endpoints
-/// already at their in-flight cap are left alone.
+/// lease) in one statement. Rows other workers hold are skipped, not waited for. No
+/// endpoint is given more rows than its in-flight cap leaves room for, counting what every
+/// worker already has in flight there; endpoints at their cap are passed over.
 pub async fn claim(
     db: impl PgExecutor<'_>,
     worker: Uuid,
@@ -43,21 +47,32 @@ pub async fn claim(
 ) -> sqlx::Result<Vec<Claimed>> {
     sqlx::query_as(
         "with busy as (
-             select endpoint_id, count(*) as n
-               from delivery
-              where state = 'in_flight' and lease_expires_at > now()
-              group by endpoint_id
-         ), picked as (
-             select d.id
-               from delivery d
-              where ((d.state = 'pending' and d.next_attempt_at <= now())
-                  or (d.state = 'in_flight' and d.lease_expires_at <= now()))
-                and not exists (
-                    select 1 from busy b join endpoint e on e.id = b.endpoint_id
-                     where b.endpoint_id = d.endpoint_id
-                       and b.n >= coalesce(e.max_in_flight, $4))
-              order by d.next_attempt_at
+             select d.endpoint_id, count(*)::int as n, min(coalesce(e.max_in_flight, $4)) as cap
+               from delivery d join endpoint e on e.id = d.endpoint_id
+              where d.state = 'in_flight' and d.lease_expires_at > now()
+              group by d.endpoint_id
+         ), candidates as (
+             select c.id, c.endpoint_id, c.next_attempt_at,
+                    row_number() over (partition by c.endpoint_id order by c.next_attempt_at) as rank
+               from (select d.id, d.endpoint_id, d.next_attempt_at
+                       from delivery d
+                      where ((d.state = 'pending' and d.next_attempt_at <= now())
+                          or (d.state = 'in_flight' and d.lease_expires_at <= now()))
+                        and not exists (select 1 from busy b
+                                         where b.endpoint_id = d.endpoint_id and b.n >= b.cap)
+                      order by d.next_attempt_at
+                      limit $5) c
+         ), allowed as (
+             select c.id
+               from candidates c
+               join endpoint e on e.id = c.endpoint_id
+               left join busy b on b.endpoint_id = c.endpoint_id
+              where c.rank <= coalesce(e.max_in_flight, $4) - coalesce(b.n, 0)
+              order by c.next_attempt_at
               limit $3
+         ), picked as (
+             select d.id from delivery d
+              where d.id in (select id from allowed)
               for update of d skip locked
          )
          update delivery d
@@ -81,6 +96,7 @@ pub async fn claim(
     .bind(lease.as_secs_f64())
     .bind(limit)
     .bind(default_max_in_flight)
+    .bind(CLAIM_WINDOW.max(limit))
     .fetch_all(db)
     .await
 }

@@ -248,17 +248,16 @@ impl Shared {
         true
     }
 
-    fn free_endpoint_slot(&self, endpoint: EndpointId, cap: i32) {
+    /// Called once the completions are written, so that this count and the database's
+    /// view of what is in flight (which the claim consults) agree.
+    fn free_endpoint_slots(&self, batch: &[Completion]) {
         let mut in_flight = self.in_flight.lock().expect("in-flight map poisoned");
-        if let Some(n) = in_flight.get_mut(&endpoint) {
-            let was_full = *n >= cap;
-            *n -= 1;
-            if *n <= 0 {
-                in_flight.remove(&endpoint);
-            }
-            if was_full {
-                // Rows for this endpoint may have been handed back; look again now.
-                self.wake.notify_one();
+        for c in batch {
+            if let Some(n) = in_flight.get_mut(&c.endpoint_id) {
+                *n -= 1;
+                if *n <= 0 {
+                    in_flight.remove(&c.endpoint_id);
+                }
             }
         }
     }
@@ -282,7 +281,6 @@ impl Shared {
         } else {
             self.attempt(&row).await
         };
-        self.free_endpoint_slot(row.endpoint_id, row.max_in_flight);
         if done.send(completion).await.is_err() {
             warn!("completer gone; the lease will expire and the delivery will be retried");
         }
@@ -540,6 +538,9 @@ async fn complete(shared: Arc<Shared>, mut done: mpsc::Receiver<Completion>) {
             }
         }
         write_completions(&shared, &batch).await;
+        shared.free_endpoint_slots(&batch);
+        // Room was made at these endpoints: rows held back by their caps can go now.
+        shared.wake.notify_one();
     }
 }
 

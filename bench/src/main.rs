@@ -1,0 +1,210 @@
+//! `herald-bench`: measures Herald's delivery speed on this machine.
+//!
+//! - `suite`: everything `make bench` reports (ceiling, five scenarios, table, JSON, SVG).
+//! - `receive`: the counting receiver on its own.
+//! - `drive`: the load driver on its own, against a running Herald.
+
+mod driver;
+mod receiver;
+mod report;
+mod stats;
+mod suite;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the whole benchmark against a PostgreSQL cluster.
+    Suite {
+        /// Superuser connection to the cluster to benchmark on.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[arg(long, default_value = "target/release/herald")]
+        herald: PathBuf,
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// Divide every message count by this (a quick smoke run).
+        #[arg(long, default_value_t = 1)]
+        scale: usize,
+        /// Seconds of pgbench for the ceiling; 0 skips it.
+        #[arg(long, default_value_t = 15)]
+        ceiling_secs: u32,
+        /// Have the receiver verify every signature.
+        #[arg(long)]
+        verify: bool,
+        /// Extra environment for `herald serve`, as KEY=VALUE (repeatable).
+        #[arg(long = "herald-env", value_parser = parse_kv)]
+        herald_env: Vec<(String, String)>,
+        /// Run only scenarios whose names contain this (repeatable).
+        #[arg(long)]
+        only: Vec<String>,
+    },
+    /// Run the counting receiver until Ctrl-C; endpoints are /e/{name}.
+    Receive {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// Answer every request after this many milliseconds.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Share of requests to answer with 500 (0.0 to 1.0).
+        #[arg(long, default_value_t = 0.0)]
+        fail_share: f64,
+        /// Verify every signature with this secret.
+        #[arg(long)]
+        secret: Option<String>,
+    },
+    /// Send messages to one application of a running Herald.
+    Drive {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, env = "HERALD_ADMIN_TOKEN")]
+        token: String,
+        /// Application id or uid; when absent, one is created with `fan_out` endpoints
+        /// pointing at `receiver`.
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long, default_value = "http://127.0.0.1:9000")]
+        receiver: String,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Offer this many messages per second (open loop) instead of a closed loop.
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 256)]
+        payload_bytes: usize,
+        #[arg(long, default_value_t = 1)]
+        fan_out: usize,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Suite {
+            database_url,
+            herald,
+            out,
+            scale,
+            ceiling_secs,
+            verify,
+            herald_env,
+            only,
+        } => {
+            let report = suite::run(suite::Settings {
+                server_url: database_url,
+                herald_bin: herald,
+                out_dir: out.clone(),
+                scale,
+                ceiling_secs,
+                verify_signatures: verify,
+                herald_env,
+                only,
+            })
+            .await?;
+            suite::write_outputs(&report, &out)?;
+            println!("{}", report::table(&report));
+            println!("wrote {0}/latest.json and {0}/latency.svg", out.display());
+            let failed: Vec<&str> = report
+                .scenarios
+                .iter()
+                .filter(|s| s.lost > 0 || s.duplicates > 0)
+                .map(|s| s.name)
+                .collect();
+            anyhow::ensure!(
+                failed.is_empty(),
+                "lost or duplicated deliveries in {failed:?}"
+            );
+        }
+        Cmd::Receive {
+            listen,
+            delay_ms,
+            fail_share,
+            secret,
+        } => {
+            let r = receiver::Receiver::start(listen).await?;
+            let secret = secret
+                .map(|s| herald::domain::SigningSecret::parse(&s))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            r.set_default(receiver::Behaviour {
+                delay: Duration::from_millis(delay_ms),
+                fail_share,
+                secret,
+            });
+            println!(
+                "receiving on http://{}/e/{{name}}; Ctrl-C prints the counts",
+                r.addr
+            );
+            tokio::signal::ctrl_c().await?;
+            let c = &r.counts;
+            println!(
+                "requests {} distinct {} duplicates {} failed on purpose {} bad signatures {}",
+                c.requests.load(Ordering::Relaxed),
+                r.distinct(),
+                c.duplicates.load(Ordering::Relaxed),
+                c.failed_on_purpose.load(Ordering::Relaxed),
+                c.bad_signatures.load(Ordering::Relaxed)
+            );
+        }
+        Cmd::Drive {
+            url,
+            token,
+            app,
+            receiver,
+            count,
+            concurrency,
+            rate,
+            payload_bytes,
+            fan_out,
+        } => {
+            let api = driver::Api::new(&url, &token);
+            let app = match app {
+                Some(a) => a,
+                None => {
+                    let urls: Vec<String> = (0..fan_out)
+                        .map(|i| format!("{}/e/drive-{i}", receiver.trim_end_matches('/')))
+                        .collect();
+                    api.app_with_endpoints("herald-bench drive", &urls).await?.0
+                }
+            };
+            let out = driver::drive(
+                &api,
+                &app,
+                &driver::Load {
+                    count,
+                    concurrency,
+                    rate,
+                    payload_bytes,
+                },
+            )
+            .await;
+            let secs = out.finished.duration_since(out.started).as_secs_f64();
+            println!(
+                "app {app}: accepted {} in {secs:.2}s ({:.0}/s), errors {}",
+                out.accepted.len(),
+                out.accepted.len() as f64 / secs,
+                out.errors
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! The table on the terminal and the SVG chart of latency against offered load.
+
+use std::fmt::Write;
+
+use crate::suite::Report;
+
+pub fn table(report: &Report) -> String {
+    let mut t = String::new();
+    let ceiling = report.ceiling_tps;
+    let pct = |x: f64| match ceiling {
+        Some(c) if c > 0.0 => format!("{:.1}%", 100.0 * x / c),
+        _ => "-".into(),
+    };
+    let _ = writeln!(
+        t,
+        "Herald {} at {}; ceiling (pgbench, 64 clients, 1-row insert): {}",
+        report.commit,
+        report.when,
+        ceiling.map_or("not measured".into(), |c| format!("{c:.0} tps"))
+    );
+    let _ = writeln!(
+        t,
+        "| scenario | msgs | fan-out | accepted/s | % ceil | delivered/s | % ceil | p50 ms | p90 ms | p99 ms | max ms | dup | lost | RSS MB | CPU s herald/pg/bench |"
+    );
+    let _ = writeln!(
+        t,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
+    for s in &report.scenarios {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {:.0} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {:.0} | {:.1}/{:.1}/{:.1} |",
+            s.name,
+            s.messages,
+            s.fan_out,
+            s.accepted_per_s,
+            pct(s.accepted_per_s),
+            s.delivered_per_s,
+            pct(s.delivered_per_s),
+            s.latency.p50_ms,
+            s.latency.p90_ms,
+            s.latency.p99_ms,
+            s.latency.max_ms,
+            s.duplicates,
+            s.lost,
+            s.peak_rss_mb,
+            s.cpu_seconds.herald,
+            s.cpu_seconds.postgres,
+            s.cpu_seconds.bench
+        );
+    }
+    for s in &report.scenarios {
+        if s.notes.as_object().is_some_and(|o| !o.is_empty()) {
+            let mut notes = s.notes.clone();
+            if let Some(o) = notes.as_object_mut() {
+                o.remove("backlog_samples");
+            }
+            let _ = writeln!(t, "{}: {}", s.name, notes);
+        }
+    }
+    t
+}
+
+/// Latency percentiles (log scale) against the load each scenario offered, as accepted
+/// messages per second.
+pub fn svg(report: &Report) -> String {
+    let (w, h, left, right, top, bottom) = (760.0, 420.0, 70.0, 170.0, 40.0, 60.0);
+    let mut points: Vec<(f64, &str, [f64; 3])> = report
+        .scenarios
+        .iter()
+        .map(|s| {
+            (
+                s.accepted_per_s.max(1.0),
+                s.name,
+                [s.latency.p50_ms, s.latency.p90_ms, s.latency.p99_ms],
+            )
+        })
+        .collect();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let max_x = points.iter().map(|p| p.0).fold(1.0, f64::max) * 1.1;
+    let max_y = points.iter().flat_map(|p| p.2).fold(1.0, f64::max).max(1.0);
+    let (min_log, max_log) = (-1.0f64, max_y.log10().ceil().max(1.0));
+    let x = |v: f64| left + (w - left - right) * v / max_x;
+    let y = |ms: f64| {
+        let l = ms.max(0.1).log10().clamp(min_log, max_log);
+        h - bottom - (h - top - bottom) * (l - min_log) / (max_log - min_log)
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{left}" y="22" font-size="14">Herald {}: delivery latency (202 → arrival) against offered load</text>"#,
+        report.commit
+    );
+    // Axes, grid and labels.
+    let _ = writeln!(
+        s,
+        r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="black"/>"#,
+        h - bottom,
+        w - right,
+        h - bottom,
+        h - bottom
+    );
+    let mut decade = min_log as i32;
+    while decade <= max_log as i32 {
+        let v = 10f64.powi(decade);
+        let yy = y(v);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{yy}" x2="{}" y2="{yy}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{v} ms</text>"##,
+            w - right,
+            left - 6.0,
+            yy + 4.0
+        );
+        decade += 1;
+    }
+    for i in 0..=4 {
+        let v = max_x * f64::from(i) / 4.0;
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{:.0}</text>"#,
+            x(v),
+            h - bottom + 18.0,
+            v
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">offered load: accepted messages per second</text>"#,
+        left + (w - left - right) / 2.0,
+        h - 15.0
+    );
+    let colours = ["#2b8a3e", "#e67700", "#c92a2a"];
+    for (i, (label, colour)) in ["p50", "p90", "p99"].iter().zip(colours).enumerate() {
+        let path: Vec<String> = points
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", x(p.0), y(p.2[i])))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+            path.join(" ")
+        );
+        for p in &points {
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"/>"#,
+                x(p.0),
+                y(p.2[i])
+            );
+        }
+        let ly = top + 20.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{colour}" stroke-width="2"/><text x="{}" y="{}">{label}</text>"#,
+            w - right + 15.0,
+            w - right + 35.0,
+            w - right + 40.0,
+            ly + 4.0
+        );
+    }
+    for (n, p) in points.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle">{}</text>"#,
+            x(p.0),
+            y(p.2[2]) - 8.0 - 10.0 * (n % 2) as f64,
+            p.1
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}

@@ -1,0 +1,614 @@
+//! `herald-bench suite`: the ceiling, a `herald serve` process, and the scenarios, in one run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use herald::domain::SigningSecret;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::driver::{self, Api, Load};
+use crate::receiver::{Behaviour, Receiver};
+use crate::stats::Latency;
+
+pub struct Settings {
+    /// A superuser connection to the cluster (any database).
+    pub server_url: String,
+    pub herald_bin: PathBuf,
+    pub out_dir: PathBuf,
+    /// Divides every message count, for a quick run.
+    pub scale: usize,
+    pub ceiling_secs: u32,
+    pub verify_signatures: bool,
+    /// Extra environment for `herald serve` (`KEY=VALUE`).
+    pub herald_env: Vec<(String, String)>,
+    /// Run only the scenarios whose names contain one of these.
+    pub only: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScenarioResult {
+    pub name: &'static str,
+    pub messages: usize,
+    pub fan_out: usize,
+    pub offered: String,
+    pub accepted_per_s: f64,
+    pub delivered_per_s: f64,
+    pub latency: Latency,
+    pub duplicates: u64,
+    pub lost: usize,
+    pub send_errors: u64,
+    pub peak_rss_mb: f64,
+    /// CPU seconds spent during the scenario by herald, by PostgreSQL and by this
+    /// benchmark (driver and receiver): who the machine's two cores worked for.
+    pub cpu_seconds: CpuSeconds,
+    pub notes: serde_json::Value,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct CpuSeconds {
+    pub herald: f64,
+    pub postgres: f64,
+    pub bench: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub commit: String,
+    pub when: String,
+    pub ceiling_tps: Option<f64>,
+    pub herald_env: Vec<(String, String)>,
+    pub scenarios: Vec<ScenarioResult>,
+}
+
+const TOKEN: &str = "bench-admin-token-0123456789";
+
+pub async fn run(settings: Settings) -> anyhow::Result<Report> {
+    let ceiling = if settings.ceiling_secs > 0 {
+        let tps = pgbench_ceiling(&settings.server_url, settings.ceiling_secs)?;
+        eprintln!("ceiling: pgbench, 64 clients, one-row insert per transaction: {tps:.0} tps");
+        Some(tps)
+    } else {
+        None
+    };
+
+    let db_url = recreate_database(&settings.server_url, "herald_bench")?;
+    let mut herald = HeraldProcess::start(&settings, &db_url).await?;
+    let api = Api::new(&format!("http://{}", herald.addr), TOKEN);
+    let receiver = Receiver::start("127.0.0.1:0".parse()?).await?;
+    let mut run = Run {
+        api,
+        receiver,
+        herald_pid: herald.child.id(),
+        scale: settings.scale.max(1),
+        verify: settings.verify_signatures,
+    };
+
+    let wanted = |name: &str| {
+        settings.only.is_empty() || settings.only.iter().any(|o| name.contains(o.as_str()))
+    };
+    let mut scenarios = Vec::new();
+    if wanted("burst") {
+        scenarios.push(run.closed("burst", 10_000, 64, 1).await?);
+    }
+    let mut baseline = None;
+    if wanted("low load") || wanted("slow") {
+        let low = run.closed("low load", 3_000, 4, 1).await?;
+        baseline = Some(low.latency.p99_ms);
+        scenarios.push(low);
+    }
+    if wanted("fan-out") {
+        scenarios.push(run.closed("fan-out", 2_000, 64, 10).await?);
+    }
+    if wanted("steady") {
+        scenarios.push(run.steady(1_000.0, Duration::from_secs(30)).await?);
+    }
+    if let Some(baseline) = baseline.filter(|_| wanted("slow")) {
+        scenarios.push(run.slow_neighbour(3_000, 4, baseline).await?);
+    }
+    herald.stop();
+
+    Ok(Report {
+        commit: git_commit(),
+        when: now_rfc3339(),
+        ceiling_tps: ceiling,
+        herald_env: settings.herald_env.clone(),
+        scenarios,
+    })
+}
+
+struct Run {
+    api: Api,
+    receiver: Receiver,
+    herald_pid: u32,
+    scale: usize,
+    verify: bool,
+}
+
+impl Run {
+    /// An application whose endpoints all point at the receiver; returns its id and the
+    /// receiver paths of its endpoints.
+    async fn setup(&self, name: &str, fan_out: usize) -> anyhow::Result<(String, Vec<String>)> {
+        let paths: Vec<String> = (0..fan_out)
+            .map(|i| format!("{name}-{i}").replace(' ', "_"))
+            .collect();
+        let urls: Vec<String> = paths.iter().map(|p| self.receiver.url(p)).collect();
+        let (app, secrets) = self.api.app_with_endpoints(name, &urls).await?;
+        for (path, secret) in paths.iter().zip(secrets) {
+            let secret = if self.verify {
+                Some(SigningSecret::parse(&secret).map_err(anyhow::Error::msg)?)
+            } else {
+                None
+            };
+            self.receiver.set(
+                path,
+                Behaviour {
+                    secret,
+                    ..Default::default()
+                },
+            );
+        }
+        Ok((app, paths))
+    }
+
+    async fn closed(
+        &mut self,
+        name: &'static str,
+        count: usize,
+        concurrency: usize,
+        fan_out: usize,
+    ) -> anyhow::Result<ScenarioResult> {
+        let load = Load {
+            count: count / self.scale,
+            concurrency,
+            rate: None,
+            payload_bytes: 256,
+        };
+        let (app, paths) = self.setup(name, fan_out).await?;
+        self.measure(
+            name,
+            &app,
+            &paths,
+            &load,
+            format!("closed loop, {concurrency} senders"),
+            json!({}),
+        )
+        .await
+    }
+
+    async fn steady(&mut self, rate: f64, length: Duration) -> anyhow::Result<ScenarioResult> {
+        let load = Load {
+            count: ((rate * length.as_secs_f64()) as usize) / self.scale,
+            concurrency: 256,
+            rate: Some(rate),
+            payload_bytes: 256,
+        };
+        let (app, paths) = self.setup("steady", 1).await?;
+        // Sample the backlog (accepted, not yet received) once a second while driving.
+        let sampler = {
+            let receiver = self.receiver.clone();
+            let path = paths[0].clone();
+            let expected_rate = rate;
+            let total = load.count as i64;
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let mut samples = Vec::new();
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let t = start.elapsed().as_secs_f64();
+                    let offered = ((t * expected_rate) as i64).min(total);
+                    samples.push((
+                        t.round() as i64,
+                        offered - receiver.distinct_at(&path) as i64,
+                    ));
+                    if t > total as f64 / expected_rate {
+                        return samples;
+                    }
+                }
+            })
+        };
+        let mut result = self
+            .measure(
+                "steady",
+                &app,
+                &paths,
+                &load,
+                format!("open loop, {rate} msg/s"),
+                json!({}),
+            )
+            .await?;
+        let samples = sampler.await?;
+        let third = samples.len() / 3;
+        let mean =
+            |s: &[(i64, i64)]| s.iter().map(|x| x.1 as f64).sum::<f64>() / s.len().max(1) as f64;
+        let (early, late) = (
+            mean(&samples[..third]),
+            mean(&samples[samples.len() - third..]),
+        );
+        // Flat: the backlog at the end is no bigger than at the start, give or take 100 ms of load.
+        let flat = late <= early.max(0.0) + rate * 0.1;
+        result.notes = json!({"backlog_samples": samples, "backlog_flat": flat,
+                              "backlog_mean_first_third": early, "backlog_mean_last_third": late});
+        Ok(result)
+    }
+
+    /// The healthy endpoint's latency while a neighbour takes 2 s per request.
+    async fn slow_neighbour(
+        &mut self,
+        count: usize,
+        concurrency: usize,
+        baseline_p99: f64,
+    ) -> anyhow::Result<ScenarioResult> {
+        let (app, paths) = self.setup("slow neighbour", 2).await?;
+        let slow = paths[1].clone();
+        self.receiver.set(
+            &slow,
+            Behaviour {
+                delay: Duration::from_secs(2),
+                ..Default::default()
+            },
+        );
+        let load = Load {
+            count: count / self.scale,
+            concurrency,
+            rate: None,
+            payload_bytes: 256,
+        };
+        let healthy = vec![paths[0].clone()];
+        let mut result = self
+            .measure(
+                "slow endpoint",
+                &app,
+                &healthy,
+                &load,
+                format!(
+                    "closed loop, {concurrency} senders; every message also goes to a 2 s endpoint"
+                ),
+                json!({}),
+            )
+            .await?;
+        let slow_received = self.receiver.distinct_at(&slow);
+        // The slow endpoint's backlog would take minutes to drain; drop it with the app.
+        self.api.delete(&format!("/apps/{app}")).await?;
+        result.fan_out = 2;
+        result.notes = json!({
+            "measured": "healthy endpoint only",
+            "baseline_p99_ms": baseline_p99,
+            "ratio_to_baseline": result.latency.p99_ms / baseline_p99.max(0.001),
+            "slow_endpoint_received": slow_received,
+        });
+        Ok(result)
+    }
+
+    /// Drives the load, waits for every delivery to the `paths` endpoints, and measures.
+    async fn measure(
+        &mut self,
+        name: &'static str,
+        app: &str,
+        paths: &[String],
+        load: &Load,
+        offered: String,
+        notes: serde_json::Value,
+    ) -> anyhow::Result<ScenarioResult> {
+        eprintln!("{name}: {} messages, {offered}", load.count);
+        reset_peak_rss(self.herald_pid);
+        let cpu_before = self.cpu();
+        let duplicates_before = self.receiver.counts.duplicates.load(Ordering::Relaxed);
+        let out = driver::drive(&self.api, app, load).await;
+
+        // Wait until everything arrived, or until nothing has moved for a while.
+        let expected = out.accepted.len() * paths.len();
+        let received = |r: &Receiver| paths.iter().map(|p| r.distinct_at(p)).sum::<usize>();
+        let mut last = (received(&self.receiver), Instant::now());
+        while last.0 < expected && last.1.elapsed() < Duration::from_secs(20) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = received(&self.receiver);
+            if now != last.0 {
+                last = (now, Instant::now());
+            }
+        }
+
+        let mut latencies = Vec::with_capacity(expected);
+        let mut last_arrival = out.started;
+        let mut lost = 0;
+        for (id, accepted_at) in &out.accepted {
+            for path in paths {
+                match self.receiver.arrival(path, id) {
+                    // A webhook can beat the 202 back to the driver: that counts as 0.
+                    Some(at) => {
+                        latencies.push(at.saturating_duration_since(*accepted_at));
+                        last_arrival = last_arrival.max(at);
+                    }
+                    None => lost += 1,
+                }
+            }
+        }
+        let cpu_after = self.cpu();
+        let delivered = latencies.len();
+        let send_secs = out.finished.duration_since(out.started).as_secs_f64();
+        let deliver_secs = last_arrival
+            .saturating_duration_since(out.started)
+            .as_secs_f64();
+        Ok(ScenarioResult {
+            name,
+            messages: load.count,
+            fan_out: paths.len(),
+            offered,
+            accepted_per_s: round(out.accepted.len() as f64 / send_secs.max(1e-9)),
+            delivered_per_s: round(delivered as f64 / deliver_secs.max(1e-9)),
+            latency: Latency::of(&mut latencies),
+            duplicates: self.receiver.counts.duplicates.load(Ordering::Relaxed) - duplicates_before,
+            lost,
+            send_errors: out.errors,
+            peak_rss_mb: peak_rss_mb(self.herald_pid),
+            cpu_seconds: CpuSeconds {
+                herald: round(cpu_after.herald - cpu_before.herald),
+                postgres: round(cpu_after.postgres - cpu_before.postgres),
+                bench: round(cpu_after.bench - cpu_before.bench),
+            },
+            notes,
+        })
+    }
+}
+
+impl Run {
+    fn cpu(&self) -> CpuSeconds {
+        let mut postgres = 0.0;
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                if comm.trim() == "postgres" {
+                    postgres += cpu_of(&pid.to_string());
+                }
+            }
+        }
+        CpuSeconds {
+            herald: cpu_of(&self.herald_pid.to_string()),
+            postgres,
+            bench: cpu_of("self"),
+        }
+    }
+}
+
+/// utime + stime of a process, in seconds (USER_HZ is 100 on Linux).
+fn cpu_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+struct HeraldProcess {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl HeraldProcess {
+    async fn start(settings: &Settings, db_url: &str) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        std::fs::create_dir_all(&settings.out_dir)?;
+        let log = std::fs::File::create(settings.out_dir.join("herald.log"))?;
+        let mut cmd = Command::new(&settings.herald_bin);
+        cmd.arg("serve")
+            .env("DATABASE_URL", db_url)
+            .env("HERALD_LISTEN", addr.to_string())
+            .env("HERALD_ADMIN_TOKEN", TOKEN)
+            .env("HERALD_ALLOW_PRIVATE_TARGETS", "true")
+            .env("HERALD_LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &settings.herald_env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", settings.herald_bin.display()))?;
+        let mut process = Self { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = reqwest::get(format!("http://{addr}/readyz")).await
+                && r.status().is_success()
+            {
+                return Ok(process);
+            }
+            if let Some(status) = process.child.try_wait()? {
+                bail!(
+                    "herald exited with {status}; see {}",
+                    settings.out_dir.join("herald.log").display()
+                );
+            }
+            if Instant::now() > deadline {
+                process.stop();
+                bail!("herald did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HeraldProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Linux resets a process's peak RSS (VmHWM) when 5 is written to its clear_refs.
+fn reset_peak_rss(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    round(kb / 1024.0)
+}
+
+/// Connection parts of a postgres:// URL, for the command-line tools.
+struct Conn {
+    host: String,
+    port: String,
+    user: String,
+}
+
+fn conn(url: &str) -> anyhow::Result<Conn> {
+    let u = reqwest::Url::parse(url)?;
+    Ok(Conn {
+        host: u.host_str().unwrap_or("127.0.0.1").to_owned(),
+        port: u.port().unwrap_or(5432).to_string(),
+        user: if u.username().is_empty() {
+            "postgres".into()
+        } else {
+            u.username().into()
+        },
+    })
+}
+
+fn psql(url: &str, db: &str, sql: &str) -> anyhow::Result<()> {
+    let c = conn(url)?;
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            &c.host,
+            "-p",
+            &c.port,
+            "-U",
+            &c.user,
+            "-d",
+            db,
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .output()
+        .context("running psql")?;
+    if !out.status.success() {
+        bail!("psql: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn recreate_database(server_url: &str, name: &str) -> anyhow::Result<String> {
+    psql(
+        server_url,
+        "postgres",
+        &format!("drop database if exists {name} with (force)"),
+    )?;
+    psql(server_url, "postgres", &format!("create database {name}"))?;
+    let mut u = reqwest::Url::parse(server_url)?;
+    u.set_path(name);
+    Ok(u.to_string())
+}
+
+/// pgbench on the same cluster: 64 clients, each transaction one durable one-row insert.
+fn pgbench_ceiling(server_url: &str, seconds: u32) -> anyhow::Result<f64> {
+    let db = "herald_bench_ceiling";
+    recreate_database(server_url, db)?;
+    psql(
+        server_url,
+        db,
+        "create table ceiling (id bigserial primary key, v int not null, at timestamptz not null default now())",
+    )?;
+    let script = std::env::temp_dir().join("herald-ceiling.sql");
+    std::fs::write(
+        &script,
+        "\\set v random(1, 1000000)\ninsert into ceiling (v) values (:v);\n",
+    )?;
+    let c = conn(server_url)?;
+    let out = Command::new("pgbench")
+        .args([
+            "-n",
+            "-c",
+            "64",
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "-f",
+        ])
+        .arg(&script)
+        .args(["-h", &c.host, "-p", &c.port, "-U", &c.user, db])
+        .output()
+        .context("running pgbench")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l["tps = ".len()..].split_whitespace().next())
+        .and_then(|n| n.parse().ok());
+    match tps {
+        Some(t) => Ok(t),
+        None => bail!(
+            "pgbench printed no tps:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+fn git_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn now_rfc3339() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+pub fn write_outputs(report: &Report, out_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out_dir)?;
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(out_dir.join("latest.json"), &json)?;
+    std::fs::write(
+        out_dir.join(format!(
+            "{}-{}.json",
+            report.when.replace(':', ""),
+            report.commit
+        )),
+        &json,
+    )?;
+    std::fs::write(out_dir.join("latency.svg"), crate::report::svg(report))?;
+    Ok(())
+}
