@@ -26,54 +26,71 @@ pub struct Claimed {
     pub headers: Json<BTreeMap<String, String>>,
     pub disabled: bool,
     pub disabled_reason: Option<String>,
-    pub max_in_flight: i32,
     /// Valid signing secrets, newest first.
     pub secrets: Vec<String>,
 }
 
-/// How far down the due queue one claim looks when spreading a batch over endpoints.
-const CLAIM_WINDOW: i64 = 1024;
+/// Most endpoints one claim considers. With more endpoints than this having due work,
+/// successive claims walk them round-robin (see [`ClaimCursor`]).
+const ENDPOINTS_PER_CLAIM: i64 = 128;
 
-/// Claims up to `limit` due deliveries (pending and due, or in flight with an expired
-/// lease) in one statement. Rows other workers hold are skipped, not waited for. No
-/// endpoint is given more rows than its in-flight cap leaves room for, counting what every
-/// worker already has in flight there; endpoints at their cap are passed over.
+/// Where the next claim's walk over endpoints starts: just after the last endpoint served.
+pub type ClaimCursor = Option<EndpointId>;
+
+/// Claims up to `limit` due deliveries in one statement, endpoint by endpoint: it walks the
+/// endpoints that have due rows (in id order from `after`, a loose index scan), gives each
+/// no more rows than its in-flight cap leaves room for (counting what every worker has in
+/// flight there), and takes its oldest due rows first. Rows other workers hold are
+/// skipped, never waited for; so are endpoints another worker is claiming for at that
+/// instant, which keeps the cap exact across processes.
 pub async fn claim(
     db: impl PgExecutor<'_>,
     worker: Uuid,
     lease: Duration,
     limit: i64,
     default_max_in_flight: i32,
+    after: ClaimCursor,
 ) -> sqlx::Result<Vec<Claimed>> {
     sqlx::query_as(
-        "with busy as (
-             select d.endpoint_id, count(*)::int as n, min(coalesce(e.max_in_flight, $4)) as cap
-               from delivery d join endpoint e on e.id = d.endpoint_id
-              where d.state = 'in_flight' and d.lease_expires_at > now()
-              group by d.endpoint_id
-         ), candidates as (
-             select c.id, c.endpoint_id, c.next_attempt_at,
-                    row_number() over (partition by c.endpoint_id order by c.next_attempt_at) as rank
-               from (select d.id, d.endpoint_id, d.next_attempt_at
-                       from delivery d
-                      where ((d.state = 'pending' and d.next_attempt_at <= now())
-                          or (d.state = 'in_flight' and d.lease_expires_at <= now()))
-                        and not exists (select 1 from busy b
-                                         where b.endpoint_id = d.endpoint_id and b.n >= b.cap)
-                      order by d.next_attempt_at
-                      limit $5) c
-         ), allowed as (
-             select c.id
-               from candidates c
-               join endpoint e on e.id = c.endpoint_id
-               left join busy b on b.endpoint_id = c.endpoint_id
-              where c.rank <= coalesce(e.max_in_flight, $4) - coalesce(b.n, 0)
-              order by c.next_attempt_at
-              limit $3
+        "with recursive due_endpoint as (
+             (select d.endpoint_id, 1 as n
+                from delivery d
+               where d.state = 'pending' and d.next_attempt_at <= now()
+                 and d.endpoint_id > $6
+               order by d.endpoint_id
+               limit 1)
+             union all
+             select next.endpoint_id, prev.n + 1
+               from due_endpoint prev
+              cross join lateral (
+                    select d.endpoint_id
+                      from delivery d
+                     where d.state = 'pending' and d.next_attempt_at <= now()
+                       and d.endpoint_id > prev.endpoint_id
+                     order by d.endpoint_id
+                     limit 1) next
+              where prev.n < $5
+         ), room as (
+             select e.id as endpoint_id,
+                    coalesce(e.max_in_flight, $4)
+                      - (select count(*) from delivery f
+                          where f.state = 'in_flight' and f.endpoint_id = e.id) as free
+               from endpoint e
+              where e.id in (select endpoint_id from due_endpoint)
+              order by e.id
+              for no key update of e skip locked
          ), picked as (
-             select d.id from delivery d
-              where d.id in (select id from allowed)
-              for update of d skip locked
+             select rows.id
+               from room r
+              cross join lateral (
+                    select d.id
+                      from delivery d
+                     where d.endpoint_id = r.endpoint_id
+                       and d.state = 'pending' and d.next_attempt_at <= now()
+                     order by d.next_attempt_at
+                     limit greatest(r.free, 0)
+                     for update of d skip locked) rows
+              limit $3
          )
          update delivery d
             set state = 'in_flight',
@@ -86,7 +103,6 @@ pub async fn claim(
          returning d.id, d.attempt_count, d.message_id, m.app_id, m.event_type,
                    m.payload::text as payload, m.created_at as message_created_at,
                    d.endpoint_id, e.url, e.headers, e.disabled, e.disabled_reason,
-                   coalesce(e.max_in_flight, $4) as max_in_flight,
                    array(select s.secret from endpoint_secret s
                           where s.endpoint_id = e.id
                             and (s.expires_at is null or s.expires_at > now())
@@ -96,32 +112,24 @@ pub async fn claim(
     .bind(lease.as_secs_f64())
     .bind(limit)
     .bind(default_max_in_flight)
-    .bind(CLAIM_WINDOW.max(limit))
+    .bind(ENDPOINTS_PER_CLAIM)
+    .bind(after.map_or(Uuid::nil(), |e| e.0))
     .fetch_all(db)
     .await
 }
 
-/// Hands claimed rows back untouched (the attempt was never made).
-pub async fn release(
-    db: impl PgExecutor<'_>,
-    worker: Uuid,
-    rows: &[(DeliveryId, i32)],
-) -> sqlx::Result<()> {
-    let (ids, counts): (Vec<DeliveryId>, Vec<i32>) = rows.iter().copied().unzip();
-    sqlx::query(
-        "update delivery d
-            set state = 'pending', locked_by = null, lease_expires_at = null,
-                attempt_count = d.attempt_count - 1, updated_at = now()
-           from unnest($2::uuid[], $3::int[]) as u(id, attempt_count)
-          where d.id = u.id and d.locked_by = $1 and d.attempt_count = u.attempt_count
-            and d.state = 'in_flight'",
+/// Returns deliveries whose lease ran out (their worker died or lost the database) to
+/// `pending`, keeping their due time, so the next claim takes them again. The dead
+/// worker's late completion, if any, is fenced out.
+pub async fn reclaim_expired(db: impl PgExecutor<'_>) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "update delivery
+            set state = 'pending', locked_by = null, lease_expires_at = null, updated_at = now()
+          where state = 'in_flight' and lease_expires_at <= now()",
     )
-    .bind(worker)
-    .bind(ids)
-    .bind(counts)
     .execute(db)
     .await?;
-    Ok(())
+    Ok(done.rows_affected())
 }
 
 /// The end of one attempt, as the worker decided it.
@@ -370,7 +378,15 @@ async fn apply_endpoint_effects(
                 end,
                 updated_at = now()
            from unnest($1::uuid[], $2::text[], $3::timestamptz[]) as u(id, kind, at)
-          where e.id = u.id",
+          where e.id = u.id
+            -- write only what changes: most batches change nothing
+            and case u.kind
+                    when 'ok' then e.failing_since is not null
+                    when 'gone' then not e.disabled
+                    else not e.disabled
+                         and (e.failing_since is null
+                              or e.failing_since < now() - make_interval(secs => $4))
+                end",
     )
     .bind(ids)
     .bind(kinds)

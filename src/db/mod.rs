@@ -19,7 +19,10 @@ pub const SCHEMA: &str = "herald";
 
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url)?
-        .options([("search_path", SCHEMA)])
+        .options([
+            ("search_path", SCHEMA),
+            ("plan_cache_mode", "force_generic_plan"),
+        ])
         .application_name("herald");
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)

@@ -2,8 +2,8 @@
 //! request; one completer writes finished attempts back in batches. Wake-ups come from
 //! `LISTEN herald_delivery`, with a poll as the fallback.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
@@ -21,8 +21,10 @@ use super::outcome::parse_retry_after;
 use super::signature::signature_header;
 use super::{RetrySchedule, Verdict, decide};
 use crate::config::Config;
-use crate::db::deliveries::{self, AttemptRecord, Claimed, Completion, EndpointEffect};
-use crate::domain::{AttemptId, EndpointId, SigningSecret, is_public_ip};
+use crate::db::deliveries::{
+    self, AttemptRecord, ClaimCursor, Claimed, Completion, EndpointEffect,
+};
+use crate::domain::{AttemptId, SigningSecret, is_public_ip};
 
 /// The channel deliveries are announced on (by `herald.send_message`).
 pub const CHANNEL: &str = "herald_delivery";
@@ -68,8 +70,6 @@ struct Shared {
     settings: WorkerSettings,
     /// This process's identity in `delivery.locked_by`.
     worker_id: Uuid,
-    /// Requests in flight per endpoint in this process.
-    in_flight: Mutex<HashMap<EndpointId, i32>>,
     wake: Notify,
 }
 
@@ -85,7 +85,6 @@ impl WorkerPool {
             client,
             settings,
             worker_id: Uuid::now_v7(),
-            in_flight: Mutex::new(HashMap::new()),
             wake: Notify::new(),
         });
         info!(worker_id = %shared.worker_id, concurrency = shared.settings.concurrency, "worker pool started");
@@ -145,9 +144,19 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
     let (done_tx, done_rx) = mpsc::channel(shared.settings.concurrency * 2);
     let completer = tokio::spawn(complete(shared.clone(), done_rx));
     let mut tasks = JoinSet::new();
+    let mut cursor: ClaimCursor = None;
+    let mut next_sweep = Instant::now();
 
     while !cancel.is_cancelled() {
         while tasks.try_join_next().is_some() {}
+        if Instant::now() >= next_sweep {
+            match deliveries::reclaim_expired(&shared.pool).await {
+                Ok(0) => {}
+                Ok(n) => warn!(count = n, "took back deliveries whose lease expired"),
+                Err(e) => warn!(error = %e, "sweeping expired leases failed"),
+            }
+            next_sweep = Instant::now() + shared.settings.poll_interval;
+        }
         let free = permits.available_permits();
         if free == 0 {
             tokio::select! {
@@ -163,17 +172,21 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
             shared.settings.lease,
             limit as i64,
             shared.settings.endpoint_concurrency,
+            cursor,
         )
         .await;
         let more_due = match claimed {
             Ok(rows) => {
                 let full = rows.len() == limit;
-                let mut over_cap = Vec::new();
+                let walked_from_start = cursor.is_none();
+                // Round-robin: a full batch resumes after the last endpoint it served; an
+                // unfilled one has seen every endpoint from `cursor` on, so start over.
+                cursor = if full {
+                    rows.iter().map(|r| r.endpoint_id).max()
+                } else {
+                    None
+                };
                 for row in rows {
-                    if !shared.take_endpoint_slot(row.endpoint_id, row.max_in_flight) {
-                        over_cap.push((row.id, row.attempt_count));
-                        continue;
-                    }
                     let permit = permits
                         .clone()
                         .try_acquire_owned()
@@ -187,18 +200,7 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
                             .instrument(span),
                     );
                 }
-                if !over_cap.is_empty() {
-                    debug!(
-                        count = over_cap.len(),
-                        "endpoint at its in-flight cap; handing rows back"
-                    );
-                    if let Err(e) =
-                        deliveries::release(&shared.pool, shared.worker_id, &over_cap).await
-                    {
-                        warn!(error = %e, "could not hand rows back; their leases will expire");
-                    }
-                }
-                full && over_cap.is_empty()
+                full || !walked_from_start
             }
             Err(e) => {
                 warn!(error = %e, "claiming deliveries failed");
@@ -238,30 +240,6 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
 }
 
 impl Shared {
-    fn take_endpoint_slot(&self, endpoint: EndpointId, cap: i32) -> bool {
-        let mut in_flight = self.in_flight.lock().expect("in-flight map poisoned");
-        let n = in_flight.entry(endpoint).or_insert(0);
-        if *n >= cap {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    /// Called once the completions are written, so that this count and the database's
-    /// view of what is in flight (which the claim consults) agree.
-    fn free_endpoint_slots(&self, batch: &[Completion]) {
-        let mut in_flight = self.in_flight.lock().expect("in-flight map poisoned");
-        for c in batch {
-            if let Some(n) = in_flight.get_mut(&c.endpoint_id) {
-                *n -= 1;
-                if *n <= 0 {
-                    in_flight.remove(&c.endpoint_id);
-                }
-            }
-        }
-    }
-
     async fn deliver(
         self: Arc<Self>,
         row: Claimed,
@@ -538,7 +516,6 @@ async fn complete(shared: Arc<Shared>, mut done: mpsc::Receiver<Completion>) {
             }
         }
         write_completions(&shared, &batch).await;
-        shared.free_endpoint_slots(&batch);
         // Room was made at these endpoints: rows held back by their caps can go now.
         shared.wake.notify_one();
     }

@@ -347,12 +347,14 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_a_newer_attempt() {
 
     let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     let lease = Duration::from_secs(60);
-    let claimed_a = deliveries::claim(&pool, a, lease, 10, 10).await.unwrap();
+    let claimed_a = deliveries::claim(&pool, a, lease, 10, 10, None)
+        .await
+        .unwrap();
     assert_eq!(claimed_a.len(), 1);
     assert_eq!(claimed_a[0].attempt_count, 1);
     // A live lease is skipped by everyone else.
     assert!(
-        deliveries::claim(&pool, b, lease, 10, 10)
+        deliveries::claim(&pool, b, lease, 10, 10, None)
             .await
             .unwrap()
             .is_empty()
@@ -362,7 +364,10 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_a_newer_attempt() {
         .execute(&pool)
         .await
         .unwrap();
-    let claimed_b = deliveries::claim(&pool, b, lease, 10, 10).await.unwrap();
+    assert_eq!(deliveries::reclaim_expired(&pool).await.unwrap(), 1);
+    let claimed_b = deliveries::claim(&pool, b, lease, 10, 10, None)
+        .await
+        .unwrap();
     assert_eq!(claimed_b.len(), 1);
     assert_eq!(claimed_b[0].attempt_count, 2);
 
