@@ -27,7 +27,7 @@ begin
 
     insert into message (app_id, event_type, payload, idempotency_key)
     values (v_app_id, p_event_type, p_payload, p_idempotency_key)
-    on conflict (app_id, idempotency_key) do nothing
+    on conflict (app_id, idempotency_key) where idempotency_key is not null do nothing
     returning * into v_message;
 
     if v_message.id is null then

@@ -109,11 +109,14 @@ impl Config {
         if request_timeout.is_zero() {
             bail!("HERALD_REQUEST_TIMEOUT must be positive");
         }
-        let worker_concurrency = number("HERALD_WORKER_CONCURRENCY", "64")? as usize;
+        let worker_concurrency = number("HERALD_WORKER_CONCURRENCY", "256")? as usize;
         if worker_concurrency == 0 {
             bail!("HERALD_WORKER_CONCURRENCY must be at least 1");
         }
-        let endpoint_concurrency = number("HERALD_ENDPOINT_CONCURRENCY", "16")?;
+        // By default one endpoint may hold at most half the workers: however slow it is,
+        // the other half keeps everyone else flowing.
+        let half = (worker_concurrency / 2).clamp(1, 1000).to_string();
+        let endpoint_concurrency = number("HERALD_ENDPOINT_CONCURRENCY", &half)?;
         if !(1..=1000).contains(&endpoint_concurrency) {
             bail!("HERALD_ENDPOINT_CONCURRENCY must be between 1 and 1000");
         }
@@ -203,6 +206,7 @@ mod tests {
         assert!(!c.allow_private_targets);
         assert_eq!(c.max_payload_bytes, 1 << 20);
         assert_eq!(c.retry_schedule.max_attempts(), 10);
+        assert_eq!((c.worker_concurrency, c.endpoint_concurrency), (256, 128));
         assert!(c.lease() > c.request_timeout);
         assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
     }

@@ -71,14 +71,15 @@ pub async fn claim(
                      limit 1) next
               where prev.n < $5
          ), room as (
-             select e.id as endpoint_id,
-                    coalesce(e.max_in_flight, $4)
-                      - (select count(*) from delivery f
-                          where f.state = 'in_flight' and f.endpoint_id = e.id) as free
-               from endpoint e
-              where e.id in (select endpoint_id from due_endpoint)
-              order by e.id
-              for no key update of e skip locked
+             select de.endpoint_id, l.free
+               from due_endpoint de
+              cross join lateral (
+                    select coalesce(e.max_in_flight, $4)
+                             - (select count(*) from delivery f
+                                 where f.state = 'in_flight' and f.endpoint_id = e.id) as free
+                      from endpoint e
+                     where e.id = de.endpoint_id
+                       for no key update of e skip locked) l
          ), picked as (
              select rows.id
                from room r
@@ -91,22 +92,34 @@ pub async fn claim(
                      limit greatest(r.free, 0)
                      for update of d skip locked) rows
               limit $3
+         ), claimed as (
+             -- `= any(array(...))`, not a join: under a generic plan the planner cannot
+             -- tell how few rows were picked, and a join may become a full table scan.
+             update delivery d
+                set state = 'in_flight',
+                    locked_by = $1,
+                    lease_expires_at = now() + make_interval(secs => $2),
+                    attempt_count = d.attempt_count + 1,
+                    updated_at = now()
+              where d.id = any(array(select id from picked))
+             returning d.id, d.attempt_count, d.message_id, d.endpoint_id
          )
-         update delivery d
-            set state = 'in_flight',
-                locked_by = $1,
-                lease_expires_at = now() + make_interval(secs => $2),
-                attempt_count = d.attempt_count + 1,
-                updated_at = now()
-           from picked p, message m, endpoint e
-          where d.id = p.id and m.id = d.message_id and e.id = d.endpoint_id
-         returning d.id, d.attempt_count, d.message_id, m.app_id, m.event_type,
-                   m.payload::text as payload, m.created_at as message_created_at,
-                   d.endpoint_id, e.url, e.headers, e.disabled, e.disabled_reason,
-                   array(select s.secret from endpoint_secret s
-                          where s.endpoint_id = e.id
-                            and (s.expires_at is null or s.expires_at > now())
-                          order by s.created_at desc) as secrets",
+         -- Lateral lookups (`offset 0` keeps them from being flattened into joins), for the
+         -- same reason: one index probe per claimed row.
+         select c.id, c.attempt_count, c.message_id, m.app_id, m.event_type, m.payload,
+                m.created_at as message_created_at, c.endpoint_id, e.url, e.headers,
+                e.disabled, e.disabled_reason, e.secrets
+           from claimed c
+          cross join lateral (
+                select m.app_id, m.event_type, m.payload::text as payload, m.created_at
+                  from message m where m.id = c.message_id offset 0) m
+          cross join lateral (
+                select e.url, e.headers, e.disabled, e.disabled_reason,
+                       array(select s.secret from endpoint_secret s
+                              where s.endpoint_id = e.id
+                                and (s.expires_at is null or s.expires_at > now())
+                              order by s.created_at desc) as secrets
+                  from endpoint e where e.id = c.endpoint_id offset 0) e",
     )
     .bind(worker)
     .bind(lease.as_secs_f64())

@@ -37,24 +37,31 @@ macro_rules! message_columns {
 /// Stores the message and one delivery per matching enabled endpoint in one statement (so
 /// one transaction), and wakes the workers. Same function a backend sharing the database
 /// calls inside its own transaction; a repeated idempotency key returns the original.
+/// `app` is an application id or uid; `None` when there is no such application.
 pub async fn send(
     db: impl PgExecutor<'_>,
-    app_id: AppId,
+    app: &str,
     event_type: &str,
     payload: &str,
     idempotency_key: Option<&str>,
-) -> sqlx::Result<Message> {
+) -> sqlx::Result<Option<Message>> {
     sqlx::query_as(concat!(
         "select ",
         message_columns!(),
         " from herald.send_message($1, $2, $3::json, $4)"
     ))
-    .bind(app_id.to_string())
+    .bind(app)
     .bind(event_type)
     .bind(payload)
     .bind(idempotency_key)
     .fetch_one(db)
     .await
+    .map(Some)
+    .or_else(|e| match &e {
+        // herald.send_message raises no_data_found for an unknown application.
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("P0002") => Ok(None),
+        _ => Err(e),
+    })
 }
 
 pub async fn find(

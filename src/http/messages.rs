@@ -34,7 +34,6 @@ async fn send(
     headers: HeaderMap,
     Json(body): Json<SendMessage>,
 ) -> AppResult<(StatusCode, Json<Message>)> {
-    let app_id = state.app_id(&app).await?;
     let event_type = EventType::parse(&body.event_type).map_err(AppError::Invalid)?;
     let payload = body.payload.get();
     if payload.len() > state.config.max_payload_bytes {
@@ -67,14 +66,16 @@ async fn send(
             "idempotency key must be 1 to 256 characters".into(),
         ));
     }
+    // The application is looked up inside the same statement: one round trip per send.
     let message = db::messages::send(
         &state.pool,
-        app_id,
+        &app,
         event_type.as_str(),
         payload,
         key.as_deref(),
     )
-    .await?;
+    .await?
+    .ok_or(AppError::NotFound("application"))?;
     Ok((StatusCode::ACCEPTED, Json(message)))
 }
 
