@@ -408,8 +408,13 @@ impl HeraldProcess {
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
         std::fs::create_dir_all(&settings.out_dir)?;
         let log = std::fs::File::create(settings.out_dir.join("herald.log"))?;
-        let mut cmd = Command::new(&settings.herald_bin);
+        let mut cmd = Command::new(std::fs::canonicalize(&settings.herald_bin)?);
+        // Only what is set here: no inherited HERALD_* and no developer's .env (herald
+        // looks for one in its working directory and above).
         cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .current_dir(std::env::temp_dir())
             .env("DATABASE_URL", db_url)
             .env("HERALD_LISTEN", addr.to_string())
             .env("HERALD_ADMIN_TOKEN", TOKEN)

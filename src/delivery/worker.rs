@@ -177,6 +177,7 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
         .await;
         let more_due = match claimed {
             Ok(rows) => {
+                debug!(limit, claimed = rows.len(), "claimed");
                 let full = rows.len() == limit;
                 let walked_from_start = cursor.is_none();
                 // Round-robin: a full batch resumes after the last endpoint it served; an

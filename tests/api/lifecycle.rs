@@ -35,8 +35,10 @@ impl Process {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = std::env::temp_dir().join(format!("herald-{}.log", uuid::Uuid::now_v7()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        // A clean environment and a working directory without a developer's .env.
         cmd.arg("serve")
             .env_clear()
+            .current_dir(std::env::temp_dir())
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(base_env())
             .env("DATABASE_URL", db_url)
