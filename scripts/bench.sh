@@ -9,7 +9,7 @@ for bin in /usr/lib/postgresql/15/bin /usr/lib/postgresql/*/bin; do
 done
 
 if [ -z "${DATABASE_URL:-}" ]; then
-  port=${HERALD_BENCH_PG_PORT:-54331}
+  port=${HERALD_BENCH_PG_PORT:-15434}
   dir=target/pgbench
   trap 'scripts/pg.sh stop "$dir"' EXIT
   # Durable settings: fsync and synchronous_commit stay on.

@@ -2,6 +2,9 @@
 # A private PostgreSQL 15 cluster for development and tests.
 #
 #   scripts/pg.sh start <dir> <port> [test]   create if needed, start if stopped
+#
+# Ports sit below Linux's ephemeral range (32768+), where an outgoing connection could
+# already hold them.
 #   scripts/pg.sh stop  <dir>
 #
 # initdb refuses to run as root, so as root the cluster belongs to the `postgres` user.

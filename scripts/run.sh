@@ -19,7 +19,7 @@ while IFS='=' read -r key value; do
 done < .env
 
 if [ -z "${DATABASE_URL:-}" ]; then
-  port=${HERALD_DEV_PG_PORT:-54329}
+  port=${HERALD_DEV_PG_PORT:-15432}
   scripts/pg.sh start .data/pg "$port"
   psql -h 127.0.0.1 -p "$port" -U postgres -tAc "select 1 from pg_database where datname = 'herald'" postgres | grep -q 1 \
     || psql -h 127.0.0.1 -p "$port" -U postgres -qc "create database herald" postgres

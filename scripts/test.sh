@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ -z "${DATABASE_URL:-}" ]; then
-  port=${HERALD_TEST_PG_PORT:-54330}
+  port=${HERALD_TEST_PG_PORT:-15433}
   dir=target/pgtest
   trap 'scripts/pg.sh stop "$dir"' EXIT
   scripts/pg.sh start "$dir" "$port" test

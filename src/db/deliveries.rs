@@ -28,6 +28,8 @@ pub struct Claimed {
     pub disabled_reason: Option<String>,
     /// Valid signing secrets, newest first.
     pub secrets: Vec<String>,
+    /// Room the endpoint had under its cap when this claim started.
+    pub room: i64,
 }
 
 /// Most endpoints one claim considers. With more endpoints than this having due work,
@@ -81,7 +83,7 @@ pub async fn claim(
                      where e.id = de.endpoint_id
                        for no key update of e skip locked) l
          ), picked as (
-             select rows.id
+             select rows.id, r.free
                from room r
               cross join lateral (
                     select d.id
@@ -108,7 +110,8 @@ pub async fn claim(
          -- same reason: one index probe per claimed row.
          select c.id, c.attempt_count, c.message_id, m.app_id, m.event_type, m.payload,
                 m.created_at as message_created_at, c.endpoint_id, e.url, e.headers,
-                e.disabled, e.disabled_reason, e.secrets
+                e.disabled, e.disabled_reason, e.secrets,
+                (select p.free from picked p where p.id = c.id) as room
            from claimed c
           cross join lateral (
                 select m.app_id, m.event_type, m.payload::text as payload, m.created_at

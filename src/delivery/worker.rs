@@ -2,8 +2,8 @@
 //! request; one completer writes finished attempts back in batches. Wake-ups come from
 //! `LISTEN herald_delivery`, with a poll as the fallback.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::db::deliveries::{
     self, AttemptRecord, ClaimCursor, Claimed, Completion, EndpointEffect,
 };
-use crate::domain::{AttemptId, SigningSecret, is_public_ip};
+use crate::domain::{AttemptId, EndpointId, SigningSecret, is_public_ip};
 
 /// The channel deliveries are announced on (by `herald.send_message`).
 pub const CHANNEL: &str = "herald_delivery";
@@ -71,6 +71,9 @@ struct Shared {
     /// This process's identity in `delivery.locked_by`.
     worker_id: Uuid,
     wake: Notify,
+    /// Endpoints whose last claim filled their cap: their completions must wake the
+    /// dispatcher, since rows may be waiting for exactly that room.
+    capped: Mutex<HashSet<EndpointId>>,
 }
 
 impl WorkerPool {
@@ -86,6 +89,7 @@ impl WorkerPool {
             settings,
             worker_id: Uuid::now_v7(),
             wake: Notify::new(),
+            capped: Mutex::new(HashSet::new()),
         });
         info!(worker_id = %shared.worker_id, concurrency = shared.settings.concurrency, "worker pool started");
         tokio::spawn(listen(shared.clone(), cancel.clone()));
@@ -177,8 +181,8 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
         .await;
         let more_due = match claimed {
             Ok(rows) => {
-                debug!(limit, claimed = rows.len(), "claimed");
                 let full = rows.len() == limit;
+                shared.note_capped(&rows);
                 let walked_from_start = cursor.is_none();
                 // Round-robin: a full batch resumes after the last endpoint it served; an
                 // unfilled one has seen every endpoint from `cursor` on, so start over.
@@ -241,6 +245,34 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
 }
 
 impl Shared {
+    fn note_capped(&self, rows: &[Claimed]) {
+        let mut taken: HashMap<EndpointId, (i64, i64)> = HashMap::new();
+        for row in rows {
+            let entry = taken.entry(row.endpoint_id).or_insert((0, row.room));
+            entry.0 += 1;
+        }
+        let mut capped = self.capped.lock().expect("capped set poisoned");
+        capped.extend(
+            taken
+                .into_iter()
+                .filter(|(_, (n, room))| n >= room)
+                .map(|(endpoint, _)| endpoint),
+        );
+    }
+
+    /// Forgets the endpoints of `batch` as full; true if any was.
+    fn uncap(&self, batch: &[Completion]) -> bool {
+        let mut capped = self.capped.lock().expect("capped set poisoned");
+        if capped.is_empty() {
+            return false;
+        }
+        let before = capped.len();
+        for c in batch {
+            capped.remove(&c.endpoint_id);
+        }
+        capped.len() < before
+    }
+
     async fn deliver(
         self: Arc<Self>,
         row: Claimed,
@@ -517,8 +549,10 @@ async fn complete(shared: Arc<Shared>, mut done: mpsc::Receiver<Completion>) {
             }
         }
         write_completions(&shared, &batch).await;
-        // Room was made at these endpoints: rows held back by their caps can go now.
-        shared.wake.notify_one();
+        if shared.uncap(&batch) {
+            // Room was made at a full endpoint: rows held back by its cap can go now.
+            shared.wake.notify_one();
+        }
     }
 }
 

@@ -150,3 +150,19 @@ async fn the_poll_finds_deliveries_no_one_announced() {
     let got = receiver.wait_for(2, Duration::from_secs(5)).await;
     assert_eq!(got[1].header("webhook-id"), msg);
 }
+
+#[tokio::test]
+async fn an_endpoint_at_its_cap_drains_without_waiting_for_the_poll() {
+    // With a one-request cap, each delivery can only start when the previous one is
+    // recorded; nothing but that completion can wake the workers within the poll of 60 s.
+    let app = spawn_app_with(&[("HERALD_POLL_INTERVAL", "60s")]).await;
+    let receiver = Receiver::start().await;
+    let app_id = app.create_app().await;
+    app.create_endpoint(&app_id, json!({"url": receiver.url(), "max_in_flight": 1}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..5 {
+        app.send(&app_id, "queued", json!({"i": i})).await;
+    }
+    receiver.wait_for(5, Duration::from_secs(5)).await;
+}
