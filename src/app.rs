@@ -40,7 +40,7 @@ impl App {
             WorkerSettings::from(&config),
             cancel.clone(),
         );
-        let router = http::router(AppState::new(pool.clone(), config));
+        let router = http::router(AppState::new(pool.clone(), config, workers.direct()));
         Ok(Self {
             listener,
             router,

@@ -231,7 +231,8 @@ impl Run {
         // Flat: the backlog at the end is no bigger than at the start, give or take 100 ms of load.
         let flat = late <= early.max(0.0) + rate * 0.1;
         result.notes = json!({"backlog_samples": samples, "backlog_flat": flat,
-                              "backlog_mean_first_third": early, "backlog_mean_last_third": late});
+                              "backlog_mean_first_third": early_mean, "backlog_mean_last_third": late,
+                              "arrived_before_202": early});
         Ok(result)
     }
 
@@ -271,6 +272,7 @@ impl Run {
             )
             .await?;
         let slow_received = self.receiver.distinct_at(&slow);
+        let early = result.notes["arrived_before_202"].clone();
         // The slow endpoint's backlog would take minutes to drain; drop it with the app.
         self.api.delete(&format!("/apps/{app}")).await?;
         result.fan_out = 2;
@@ -279,6 +281,7 @@ impl Run {
             "baseline_p99_ms": baseline_p99,
             "ratio_to_baseline": result.latency.p99_ms / baseline_p99.max(0.001),
             "slow_endpoint_received": slow_received,
+            "arrived_before_202": early,
         });
         Ok(result)
     }
@@ -314,11 +317,15 @@ impl Run {
         let mut latencies = Vec::with_capacity(expected);
         let mut last_arrival = out.started;
         let mut lost = 0;
+        let mut before_202 = 0usize;
         for (id, accepted_at) in &out.accepted {
             for path in paths {
                 match self.receiver.arrival(path, id) {
                     // A webhook can beat the 202 back to the driver: that counts as 0.
                     Some(at) => {
+                        if at < *accepted_at {
+                            before_202 += 1;
+                        }
                         latencies.push(at.saturating_duration_since(*accepted_at));
                         last_arrival = last_arrival.max(at);
                     }
@@ -328,6 +335,10 @@ impl Run {
         }
         let cpu_after = self.cpu();
         let delivered = latencies.len();
+        let mut notes = notes;
+        if let Some(o) = notes.as_object_mut() {
+            o.insert("arrived_before_202".into(), json!(before_202));
+        }
         let send_secs = out.finished.duration_since(out.started).as_secs_f64();
         let deliver_secs = last_arrival
             .saturating_duration_since(out.started)

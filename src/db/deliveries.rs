@@ -30,6 +30,8 @@ pub struct Claimed {
     pub secrets: Vec<String>,
     /// Room the endpoint had under its cap when this claim started.
     pub room: i64,
+    /// The endpoint's cap on requests in flight.
+    pub max_in_flight: i32,
 }
 
 /// Most endpoints one claim considers. With more endpoints than this having due work,
@@ -111,13 +113,14 @@ pub async fn claim(
          select c.id, c.attempt_count, c.message_id, m.app_id, m.event_type, m.payload,
                 m.created_at as message_created_at, c.endpoint_id, e.url, e.headers,
                 e.disabled, e.disabled_reason, e.secrets,
-                (select p.free from picked p where p.id = c.id) as room
+                (select p.free from picked p where p.id = c.id) as room, e.max_in_flight
            from claimed c
           cross join lateral (
                 select m.app_id, m.event_type, m.payload::text as payload, m.created_at
                   from message m where m.id = c.message_id offset 0) m
           cross join lateral (
                 select e.url, e.headers, e.disabled, e.disabled_reason,
+                       coalesce(e.max_in_flight, $4) as max_in_flight,
                        array(select s.secret from endpoint_secret s
                               where s.endpoint_id = e.id
                                 and (s.expires_at is null or s.expires_at > now())

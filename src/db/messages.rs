@@ -1,7 +1,12 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 use sqlx::PgExecutor;
+use sqlx::types::Json;
+use uuid::Uuid;
 
 use crate::domain::{AppId, DeliveryId, EndpointId, MessageId};
 
@@ -34,31 +39,81 @@ macro_rules! message_columns {
     };
 }
 
+/// Lets `send` insert deliveries already claimed by this process (see migration 0005):
+/// the worker that will send them, its lease, and the default per-endpoint cap.
+#[derive(Debug, Clone)]
+pub struct DirectOffer {
+    pub worker: Uuid,
+    pub lease: Duration,
+    /// Endpoints where this process already has as many requests in flight as their cap.
+    pub busy_endpoints: Vec<EndpointId>,
+}
+
+/// A delivery `send` inserted already claimed, with what sending it needs beyond the
+/// message itself.
+#[derive(Debug, Deserialize)]
+pub struct DirectDelivery {
+    pub id: Uuid,
+    pub endpoint_id: Uuid,
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+    pub max_in_flight: Option<i32>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Enqueued {
+    #[sqlx(flatten)]
+    message: Message,
+    claimed: Json<Vec<DirectDelivery>>,
+    pending_endpoints: Vec<Uuid>,
+}
+
+/// What `send` stored: the message, the deliveries claimed for this process, and the
+/// endpoints whose deliveries were queued instead.
+pub struct Sent {
+    pub message: Message,
+    pub claimed: Vec<DirectDelivery>,
+    pub queued_for: Vec<EndpointId>,
+}
+
 /// Stores the message and one delivery per matching enabled endpoint in one statement (so
-/// one transaction), and wakes the workers. Same function a backend sharing the database
-/// calls inside its own transaction; a repeated idempotency key returns the original.
-/// `app` is an application id or uid; `None` when there is no such application.
+/// one transaction); deliveries not claimed directly are announced to the workers. Same
+/// function a backend sharing the database calls inside its own transaction; a repeated
+/// idempotency key returns the original and queues nothing. `app` is an application id or
+/// uid; `None` when there is no such application.
 pub async fn send(
     db: impl PgExecutor<'_>,
     app: &str,
     event_type: &str,
     payload: &str,
     idempotency_key: Option<&str>,
-) -> sqlx::Result<Option<Message>> {
-    sqlx::query_as(concat!(
-        "select ",
-        message_columns!(),
-        " from herald.send_message($1, $2, $3::json, $4)"
-    ))
+    direct: Option<DirectOffer>,
+) -> sqlx::Result<Option<Sent>> {
+    sqlx::query_as::<_, Enqueued>(
+        "select (q.message).id, (q.message).app_id, (q.message).event_type,
+                (q.message).payload::text as payload, (q.message).idempotency_key,
+                (q.message).created_at, q.claimed, q.pending_endpoints
+           from herald.enqueue($1, $2, $3::json, $4, $5, $6, $7) q",
+    )
     .bind(app)
     .bind(event_type)
     .bind(payload)
     .bind(idempotency_key)
+    .bind(direct.as_ref().map(|d| d.worker))
+    .bind(direct.as_ref().map(|d| d.lease.as_secs_f64()))
+    .bind(direct.map(|d| d.busy_endpoints).unwrap_or_default())
     .fetch_one(db)
     .await
-    .map(Some)
+    .map(|e| {
+        Some(Sent {
+            message: e.message,
+            claimed: e.claimed.0,
+            queued_for: e.pending_endpoints.into_iter().map(EndpointId).collect(),
+        })
+    })
     .or_else(|e| match &e {
-        // herald.send_message raises no_data_found for an unknown application.
+        // herald.enqueue raises no_data_found for an unknown application.
         sqlx::Error::Database(db) if db.code().as_deref() == Some("P0002") => Ok(None),
         _ => Err(e),
     })

@@ -8,4 +8,4 @@ mod worker;
 
 pub use outcome::{Verdict, decide};
 pub use schedule::RetrySchedule;
-pub use worker::{WorkerPool, WorkerSettings};
+pub use worker::{Direct, WorkerPool, WorkerSettings};

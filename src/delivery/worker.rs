@@ -11,8 +11,8 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AF
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
@@ -24,7 +24,8 @@ use crate::config::Config;
 use crate::db::deliveries::{
     self, AttemptRecord, ClaimCursor, Claimed, Completion, EndpointEffect,
 };
-use crate::domain::{AttemptId, EndpointId, SigningSecret, is_public_ip};
+use crate::db::messages::{DirectOffer, Sent};
+use crate::domain::{AttemptId, DeliveryId, EndpointId, SigningSecret, is_public_ip};
 
 /// The channel deliveries are announced on (by `herald.send_message`).
 pub const CHANNEL: &str = "herald_delivery";
@@ -62,6 +63,7 @@ impl From<&Config> for WorkerSettings {
 
 pub struct WorkerPool {
     dispatcher: tokio::task::JoinHandle<()>,
+    shared: Arc<Shared>,
 }
 
 struct Shared {
@@ -71,9 +73,18 @@ struct Shared {
     /// This process's identity in `delivery.locked_by`.
     worker_id: Uuid,
     wake: Notify,
+    /// One permit per request in flight.
+    permits: Arc<Semaphore>,
+    /// Every delivery task, claimed or dispatched directly, for the shutdown drain.
+    tasks: TaskTracker,
+    done: mpsc::Sender<Completion>,
+    cancel: CancellationToken,
     /// Endpoints whose last claim filled their cap: their completions must wake the
     /// dispatcher, since rows may be waiting for exactly that room.
     capped: Mutex<HashSet<EndpointId>>,
+    /// This process's requests in flight per endpoint, with the endpoint's cap: direct
+    /// dispatch stays off endpoints this process already fills.
+    in_flight: Mutex<HashMap<EndpointId, (i32, i32)>>,
 }
 
 impl WorkerPool {
@@ -83,18 +94,30 @@ impl WorkerPool {
         settings: WorkerSettings,
         cancel: CancellationToken,
     ) -> Self {
+        let (done, done_rx) = mpsc::channel(settings.concurrency * 2);
         let shared = Arc::new(Shared {
             pool,
             client,
+            permits: Arc::new(Semaphore::new(settings.concurrency)),
             settings,
             worker_id: Uuid::now_v7(),
             wake: Notify::new(),
+            tasks: TaskTracker::new(),
+            done,
+            cancel: cancel.clone(),
             capped: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashMap::new()),
         });
         info!(worker_id = %shared.worker_id, concurrency = shared.settings.concurrency, "worker pool started");
         tokio::spawn(listen(shared.clone(), cancel.clone()));
-        let dispatcher = tokio::spawn(dispatch(shared, cancel));
-        Self { dispatcher }
+        let completer = tokio::spawn(complete(shared.clone(), done_rx));
+        let dispatcher = tokio::spawn(dispatch(shared.clone(), cancel, completer));
+        Self { dispatcher, shared }
+    }
+
+    /// The handle the API uses to send what it has just accepted without a claim.
+    pub fn direct(&self) -> Direct {
+        Direct(self.shared.clone())
     }
 
     /// Resolves once the pool has stopped (after the cancellation token fired and in-flight
@@ -102,6 +125,76 @@ impl WorkerPool {
     pub async fn join(self) {
         if let Err(e) = self.dispatcher.await {
             error!(error = %e, "worker dispatcher panicked");
+        }
+    }
+}
+
+/// Direct dispatch (migration 0005): the API offers this process's workers when it stores
+/// a message, and hands over the deliveries the database gave them.
+#[derive(Clone)]
+pub struct Direct(Arc<Shared>);
+
+impl Direct {
+    /// `None` when no worker is free or the pool is stopping: the message then goes
+    /// through the queue like any other.
+    pub fn offer(&self) -> Option<DirectOffer> {
+        let shared = &self.0;
+        if shared.cancel.is_cancelled() || shared.permits.available_permits() == 0 {
+            return None;
+        }
+        let busy_endpoints = shared
+            .in_flight
+            .lock()
+            .expect("in-flight map poisoned")
+            .iter()
+            .filter(|(_, (n, cap))| n >= cap)
+            .map(|(endpoint, _)| *endpoint)
+            .collect();
+        Some(DirectOffer {
+            worker: shared.worker_id,
+            lease: shared.settings.lease,
+            busy_endpoints,
+        })
+    }
+
+    /// Sends the deliveries claimed for this process at insert time. Endpoints whose
+    /// delivery was queued instead (full, or with a backlog) are noted as capped, so the
+    /// completions that make room there wake the dispatcher.
+    pub fn dispatch(&self, sent: &Sent) {
+        if !sent.queued_for.is_empty() {
+            let mut capped = self.0.capped.lock().expect("capped set poisoned");
+            capped.extend(sent.queued_for.iter().copied());
+        }
+        let message = &sent.message;
+        for d in &sent.claimed {
+            let row = Claimed {
+                id: DeliveryId(d.id),
+                attempt_count: 1,
+                message_id: message.id,
+                app_id: message.app_id,
+                event_type: message.event_type.clone(),
+                payload: message.payload.clone(),
+                message_created_at: message.created_at,
+                endpoint_id: EndpointId(d.endpoint_id),
+                url: d.url.clone(),
+                headers: sqlx::types::Json(d.headers.clone()),
+                disabled: false,
+                disabled_reason: None,
+                secrets: d.secrets.clone(),
+                room: i64::MAX,
+                max_in_flight: d
+                    .max_in_flight
+                    .unwrap_or(self.0.settings.endpoint_concurrency),
+            };
+            let shared = self.0.clone();
+            self.0.tasks.spawn(async move {
+                // The offer saw a free worker; if others took it meanwhile, wait for one
+                // (the lease is far longer than any wait this can cause).
+                let Ok(permit) = shared.permits.clone().acquire_owned().await else {
+                    return;
+                };
+                shared.spawn_delivery(row, permit);
+            });
         }
     }
 }
@@ -143,16 +236,16 @@ async fn listen(shared: Arc<Shared>, cancel: CancellationToken) {
     }
 }
 
-async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(shared.settings.concurrency));
-    let (done_tx, done_rx) = mpsc::channel(shared.settings.concurrency * 2);
-    let completer = tokio::spawn(complete(shared.clone(), done_rx));
-    let mut tasks = JoinSet::new();
+async fn dispatch(
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    completer: tokio::task::JoinHandle<()>,
+) {
+    let permits = shared.permits.clone();
     let mut cursor: ClaimCursor = None;
     let mut next_sweep = Instant::now();
 
     while !cancel.is_cancelled() {
-        while tasks.try_join_next().is_some() {}
         if Instant::now() >= next_sweep {
             match deliveries::reclaim_expired(&shared.pool).await {
                 Ok(0) => {}
@@ -192,18 +285,15 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
                     None
                 };
                 for row in rows {
-                    let permit = permits
-                        .clone()
-                        .try_acquire_owned()
-                        .expect("claimed no more rows than free permits");
-                    let span = info_span!("deliver", message_id = %row.message_id,
-                        endpoint_id = %row.endpoint_id, attempt = row.attempt_count);
-                    tasks.spawn(
-                        shared
-                            .clone()
-                            .deliver(row, done_tx.clone(), permit)
-                            .instrument(span),
-                    );
+                    // Direct dispatch may have taken permits since `free` was read.
+                    let permit = match permits.clone().try_acquire_owned() {
+                        Ok(p) => p,
+                        Err(_) => match permits.clone().acquire_owned().await {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                    };
+                    shared.spawn_delivery(row, permit);
                 }
                 full || !walked_from_start
             }
@@ -224,22 +314,21 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
 
     // Stop claiming; give in-flight sends a bounded time to finish. Whatever is cut off
     // keeps its lease, which expires and lets another worker try again.
-    let in_flight = tasks.len();
+    shared.tasks.close();
+    let in_flight = shared.tasks.len();
     if in_flight > 0 {
         info!(in_flight, "shutting down: waiting for in-flight deliveries");
     }
-    let drained = tokio::time::timeout(shared.settings.shutdown_grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
+    if tokio::time::timeout(shared.settings.shutdown_grace, shared.tasks.wait())
+        .await
+        .is_err()
+    {
         warn!(
-            abandoned = tasks.len(),
+            abandoned = shared.tasks.len(),
             "shutdown grace ran out; abandoned deliveries will be retried after their lease"
         );
-        tasks.shutdown().await;
     }
-    drop(done_tx);
+    // The completer writes what is queued, then stops.
     let _ = completer.await;
     info!("worker pool stopped");
 }
@@ -260,6 +349,16 @@ impl Shared {
         );
     }
 
+    fn count_in_flight(&self, endpoint: EndpointId, cap: i32, delta: i32) {
+        let mut in_flight = self.in_flight.lock().expect("in-flight map poisoned");
+        let entry = in_flight.entry(endpoint).or_insert((0, cap));
+        entry.0 += delta;
+        entry.1 = cap;
+        if entry.0 <= 0 {
+            in_flight.remove(&endpoint);
+        }
+    }
+
     /// Forgets the endpoints of `batch` as full; true if any was.
     fn uncap(&self, batch: &[Completion]) -> bool {
         let mut capped = self.capped.lock().expect("capped set poisoned");
@@ -273,12 +372,15 @@ impl Shared {
         capped.len() < before
     }
 
-    async fn deliver(
-        self: Arc<Self>,
-        row: Claimed,
-        done: mpsc::Sender<Completion>,
-        _permit: OwnedSemaphorePermit,
-    ) {
+    fn spawn_delivery(self: &Arc<Self>, row: Claimed, permit: OwnedSemaphorePermit) {
+        let span = info_span!("deliver", message_id = %row.message_id,
+            endpoint_id = %row.endpoint_id, attempt = row.attempt_count);
+        self.tasks
+            .spawn(self.clone().deliver(row, permit).instrument(span));
+    }
+
+    async fn deliver(self: Arc<Self>, row: Claimed, _permit: OwnedSemaphorePermit) {
+        self.count_in_flight(row.endpoint_id, row.max_in_flight, 1);
         let completion = if row.disabled {
             let reason = row.disabled_reason.as_deref().unwrap_or("disabled");
             Completion {
@@ -292,7 +394,8 @@ impl Shared {
         } else {
             self.attempt(&row).await
         };
-        if done.send(completion).await.is_err() {
+        self.count_in_flight(row.endpoint_id, row.max_in_flight, -1);
+        if self.done.send(completion).await.is_err() {
             warn!("completer gone; the lease will expire and the delivery will be retried");
         }
     }
@@ -539,8 +642,19 @@ fn completion_base(row: &Claimed) -> Completion {
     }
 }
 
+/// Writes completions in batches until the pool is stopping and every task is done.
 async fn complete(shared: Arc<Shared>, mut done: mpsc::Receiver<Completion>) {
-    while let Some(first) = done.recv().await {
+    loop {
+        let first = tokio::select! {
+            c = done.recv() => c,
+            _ = async {
+                shared.cancel.cancelled().await;
+                shared.tasks.wait().await;
+            } => done.try_recv().ok(),
+        };
+        let Some(first) = first else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match done.try_recv() {

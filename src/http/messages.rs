@@ -66,17 +66,21 @@ async fn send(
             "idempotency key must be 1 to 256 characters".into(),
         ));
     }
-    // The application is looked up inside the same statement: one round trip per send.
-    let message = db::messages::send(
+    // One round trip: the application is looked up in the same statement, and endpoints
+    // with no backlog get their delivery claimed by this process's workers right there.
+    let sent = db::messages::send(
         &state.pool,
         &app,
         event_type.as_str(),
         payload,
         key.as_deref(),
+        state.direct.offer(),
     )
     .await?
     .ok_or(AppError::NotFound("application"))?;
-    Ok((StatusCode::ACCEPTED, Json(message)))
+    // Committed: from here on nothing is lost, even if this process dies.
+    state.direct.dispatch(&sent);
+    Ok((StatusCode::ACCEPTED, Json(sent.message)))
 }
 
 async fn list(

@@ -19,6 +19,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
 use crate::db;
+use crate::delivery::Direct;
 use crate::domain::AppId;
 use crate::error::{AppError, AppResult};
 
@@ -28,6 +29,8 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub pool: PgPool,
     pub config: Config,
+    /// Hands freshly accepted deliveries to this process's workers.
+    pub direct: Direct,
 }
 
 impl std::ops::Deref for AppState {
@@ -38,8 +41,12 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, config: Config) -> Self {
-        Self(Arc::new(Inner { pool, config }))
+    pub fn new(pool: PgPool, config: Config, direct: Direct) -> Self {
+        Self(Arc::new(Inner {
+            pool,
+            config,
+            direct,
+        }))
     }
 
     /// The application named by a `{app}` path segment: its id or its uid.
