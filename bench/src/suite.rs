@@ -220,19 +220,20 @@ impl Run {
                 json!({}),
             )
             .await?;
+        let before_202 = result.notes["arrived_before_202"].clone();
         let samples = sampler.await?;
         let third = samples.len() / 3;
         let mean =
             |s: &[(i64, i64)]| s.iter().map(|x| x.1 as f64).sum::<f64>() / s.len().max(1) as f64;
-        let (early, late) = (
+        let (early_mean, late) = (
             mean(&samples[..third]),
             mean(&samples[samples.len() - third..]),
         );
         // Flat: the backlog at the end is no bigger than at the start, give or take 100 ms of load.
-        let flat = late <= early.max(0.0) + rate * 0.1;
+        let flat = late <= early_mean.max(0.0) + rate * 0.1;
         result.notes = json!({"backlog_samples": samples, "backlog_flat": flat,
                               "backlog_mean_first_third": early_mean, "backlog_mean_last_third": late,
-                              "arrived_before_202": early});
+                              "arrived_before_202": before_202});
         Ok(result)
     }
 
