@@ -62,10 +62,12 @@ create table herald.message (
     -- json, not jsonb: the receiver gets the exact text the sender gave.
     payload         json not null,
     idempotency_key text check (length(idempotency_key) between 1 and 256),
-    created_at      timestamptz not null default now(),
-    unique (app_id, idempotency_key)
+    created_at      timestamptz not null default now()
 );
 create index message_app on herald.message (app_id, id);
+-- Most messages carry no idempotency key: index only those that do.
+create unique index message_idempotency on herald.message (app_id, idempotency_key)
+    where idempotency_key is not null;
 
 create type herald.delivery_state as enum ('pending', 'in_flight', 'succeeded', 'dead');
 
@@ -83,8 +85,12 @@ create table herald.delivery (
     created_at       timestamptz not null default now(),
     updated_at       timestamptz not null default now()
 );
--- Workers scan this index in due order; finished rows drop out of it.
-create index delivery_due on herald.delivery (next_attempt_at) where state in ('pending', 'in_flight');
+-- Workers claim endpoint by endpoint (db/deliveries.rs): each endpoint's due rows are
+-- found through this index, so an endpoint at its in-flight cap costs a claim one index
+-- probe instead of a walk past its whole backlog.
+create index delivery_endpoint_pending on herald.delivery (endpoint_id, next_attempt_at)
+    where state = 'pending';
+-- What each endpoint has in flight (its cap), and expired leases (the sweep).
 create index delivery_in_flight on herald.delivery (endpoint_id) where state = 'in_flight';
 create index delivery_message on herald.delivery (message_id);
 create index delivery_endpoint on herald.delivery (endpoint_id, id);
@@ -115,59 +121,121 @@ create index attempt_message on herald.attempt (message_id, id);
 create index attempt_endpoint on herald.attempt (endpoint_id, id);
 create index attempt_delivery on herald.attempt (delivery_id);
 
--- The outbox entry point, shared by the REST API and by any backend that writes to this
--- database: call it inside your own transaction and the event is delivered if and only if
--- that transaction commits.
+-- The outbox entry point. Stores a message and one delivery per matching enabled endpoint
+-- in the caller's transaction, and announces queued deliveries with NOTIFY. p_app is an
+-- application id (app_...) or uid; a repeated idempotency key returns the original message
+-- and queues nothing.
+--
+-- Direct dispatch: when the API process that accepts a message has workers free it passes
+-- p_worker, and the deliveries of endpoints with no backlog are inserted already claimed by
+-- that process (in flight, under a lease). The process sends them right after the commit:
+-- no NOTIFY, no claim round trip, no pending -> in_flight update. If it dies first, the
+-- lease expires and the sweep hands them to any worker.
+create function herald.enqueue(
+    p_app text,
+    p_event_type text,
+    p_payload json,
+    p_idempotency_key text,
+    p_worker uuid,
+    p_lease_secs float8,
+    p_busy_endpoints uuid[],
+    out message herald.message,
+    out claimed json,
+    out pending_endpoints uuid[]
+)
+language plpgsql
+set search_path = herald, pg_temp
+as $$
+declare
+    v_app_id uuid;
+begin
+    if p_app ~ '^app_[0-9a-f]{32}$' then
+        select id into v_app_id from application where id = substring(p_app from 5)::uuid;
+    else
+        select id into v_app_id from application where uid = p_app;
+    end if;
+    if v_app_id is null then
+        raise exception 'herald: application % not found', p_app
+            using errcode = 'no_data_found';
+    end if;
+
+    insert into herald.message (app_id, event_type, payload, idempotency_key)
+    values (v_app_id, p_event_type, p_payload, p_idempotency_key)
+    on conflict (app_id, idempotency_key) where idempotency_key is not null do nothing
+    returning * into message;
+
+    if message.id is null then
+        select * into message from herald.message m
+         where m.app_id = v_app_id and m.idempotency_key = p_idempotency_key;
+        claimed := '[]';
+        pending_endpoints := '{}';
+        return;
+    end if;
+
+    -- An endpoint is sent to directly only if nothing of its is due and waiting (no
+    -- queue jumping) and the offering process is not already at the endpoint's cap
+    -- (p_busy_endpoints: the process counts its own requests; counting everyone's here
+    -- would cost every send a scan).
+    with inserted as (
+        insert into delivery (message_id, endpoint_id, state, attempt_count, locked_by,
+                              lease_expires_at)
+        select message.id, e.id,
+               case when x.direct then 'in_flight' else 'pending' end::delivery_state,
+               case when x.direct then 1 else 0 end,
+               case when x.direct then p_worker end,
+               case when x.direct then now() + make_interval(secs => p_lease_secs) end
+          from endpoint e
+         cross join lateral (
+               select p_worker is not null
+                      and e.id <> all (p_busy_endpoints)
+                      and not exists (select 1 from delivery q
+                                       where q.endpoint_id = e.id and q.state = 'pending'
+                                         and q.next_attempt_at <= now()) as direct
+               offset 0) x
+         where e.app_id = v_app_id
+           and not e.disabled
+           and (cardinality(e.event_types) = 0 or p_event_type = any (e.event_types))
+        returning id, endpoint_id, state
+    )
+    select coalesce(array_agg(i.endpoint_id) filter (where i.state = 'pending'), '{}'),
+           coalesce(json_agg(json_build_object(
+                        'id', i.id, 'endpoint_id', i.endpoint_id, 'url', e.url,
+                        'headers', e.headers, 'secrets', e.secrets,
+                        'max_in_flight', e.max_in_flight))
+                    filter (where i.state = 'in_flight'), '[]')
+      into pending_endpoints, claimed
+      from inserted i
+     cross join lateral (
+           select e.url, e.headers, e.max_in_flight,
+                  array(select s.secret from endpoint_secret s
+                         where s.endpoint_id = e.id
+                           and (s.expires_at is null or s.expires_at > now())
+                         order by s.created_at desc) as secrets
+             from endpoint e where e.id = i.endpoint_id offset 0) e;
+
+    if cardinality(pending_endpoints) > 0 then
+        perform pg_notify('herald_delivery', '');
+    end if;
+end
+$$;
+
+
+-- For a backend that shares the database: call it inside your own transaction and the
+-- event is delivered if and only if that transaction commits.
 --
 --   select herald.message_ref(id) from herald.send_message('customer-42', 'invoice.paid',
 --                                                          '{"invoice": "in_1"}', 'inv_1-paid');
---
--- p_app is an application id (app_...) or uid. A repeated idempotency key returns the
--- original message and queues nothing.
 create function herald.send_message(
     p_app text,
     p_event_type text,
     p_payload json,
     p_idempotency_key text default null
 ) returns herald.message
-language plpgsql
+language sql
 set search_path = herald, pg_temp
 as $$
-declare
-    v_app_id uuid;
-    v_message herald.message;
-begin
-    select id into v_app_id from application
-     where uid = p_app
-        or (p_app ~ '^app_[0-9a-f]{32}$' and id = substring(p_app from 5)::uuid);
-    if v_app_id is null then
-        raise exception 'herald: application % not found', p_app
-            using errcode = 'no_data_found';
-    end if;
-
-    insert into message (app_id, event_type, payload, idempotency_key)
-    values (v_app_id, p_event_type, p_payload, p_idempotency_key)
-    on conflict (app_id, idempotency_key) do nothing
-    returning * into v_message;
-
-    if v_message.id is null then
-        select * into v_message from message
-         where app_id = v_app_id and idempotency_key = p_idempotency_key;
-        return v_message;
-    end if;
-
-    insert into delivery (message_id, endpoint_id)
-    select v_message.id, e.id
-      from endpoint e
-     where e.app_id = v_app_id
-       and not e.disabled
-       and (cardinality(e.event_types) = 0 or p_event_type = any (e.event_types));
-
-    if found then
-        perform pg_notify('herald_delivery', '');
-    end if;
-    return v_message;
-end
+    select message from herald.enqueue(p_app, p_event_type, p_payload, p_idempotency_key,
+                                       null, null, '{}')
 $$;
 
 -- The public form of a message id, as the API and the webhook-id header show it.

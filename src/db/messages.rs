@@ -39,8 +39,8 @@ macro_rules! message_columns {
     };
 }
 
-/// Lets `send` insert deliveries already claimed by this process (see migration 0005):
-/// the worker that will send them, its lease, and the default per-endpoint cap.
+/// Lets `send` insert deliveries already claimed by this process (`herald.enqueue`):
+/// the worker that will send them, its lease, and the endpoints it already fills.
 #[derive(Debug, Clone)]
 pub struct DirectOffer {
     pub worker: Uuid,

@@ -129,7 +129,7 @@ impl WorkerPool {
     }
 }
 
-/// Direct dispatch (migration 0005): the API offers this process's workers when it stores
+/// Direct dispatch (`herald.enqueue`): the API offers this process's workers when it stores
 /// a message, and hands over the deliveries the database gave them.
 #[derive(Clone)]
 pub struct Direct(Arc<Shared>);
