@@ -79,6 +79,9 @@ struct Shared {
     tasks: TaskTracker,
     done: mpsc::Sender<Completion>,
     cancel: CancellationToken,
+    /// Fired once in-flight sends finished or ran out of grace: the completer then writes
+    /// what is queued and stops.
+    drained: CancellationToken,
     /// Endpoints whose last claim filled their cap: their completions must wake the
     /// dispatcher, since rows may be waiting for exactly that room.
     capped: Mutex<HashSet<EndpointId>>,
@@ -105,6 +108,7 @@ impl WorkerPool {
             tasks: TaskTracker::new(),
             done,
             cancel: cancel.clone(),
+            drained: CancellationToken::new(),
             capped: Mutex::new(HashSet::new()),
             in_flight: Mutex::new(HashMap::new()),
         });
@@ -285,13 +289,10 @@ async fn dispatch(
                     None
                 };
                 for row in rows {
-                    // Direct dispatch may have taken permits since `free` was read.
-                    let permit = match permits.clone().try_acquire_owned() {
-                        Ok(p) => p,
-                        Err(_) => match permits.clone().acquire_owned().await {
-                            Ok(p) => p,
-                            Err(_) => break,
-                        },
+                    // Direct dispatch may have taken permits since `free` was read; then
+                    // this waits for one (the semaphore is never closed).
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break;
                     };
                     shared.spawn_delivery(row, permit);
                 }
@@ -329,6 +330,7 @@ async fn dispatch(
         );
     }
     // The completer writes what is queued, then stops.
+    shared.drained.cancel();
     let _ = completer.await;
     info!("worker pool stopped");
 }
@@ -642,15 +644,12 @@ fn completion_base(row: &Claimed) -> Completion {
     }
 }
 
-/// Writes completions in batches until the pool is stopping and every task is done.
+/// Writes completions in batches until the pool has drained.
 async fn complete(shared: Arc<Shared>, mut done: mpsc::Receiver<Completion>) {
     loop {
         let first = tokio::select! {
             c = done.recv() => c,
-            _ = async {
-                shared.cancel.cancelled().await;
-                shared.tasks.wait().await;
-            } => done.try_recv().ok(),
+            _ = shared.drained.cancelled() => done.try_recv().ok(),
         };
         let Some(first) = first else {
             return;

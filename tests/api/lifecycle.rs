@@ -416,3 +416,45 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_a_newer_attempt() {
             .unwrap();
     assert_eq!((state.as_str(), attempts), ("dead", 1));
 }
+
+#[tokio::test]
+async fn shutdown_is_bounded_even_when_a_receiver_hangs() {
+    let db_url = fresh_database().await;
+    let receiver = Receiver::with(Arc::new(|_| Reply {
+        status: 200,
+        delay: Duration::from_secs(60),
+        ..Default::default()
+    }))
+    .await;
+    let mut p = Process::start(
+        &db_url,
+        &[
+            ("HERALD_REQUEST_TIMEOUT", "30s"),
+            ("HERALD_SHUTDOWN_GRACE", "1s"),
+        ],
+    )
+    .await;
+    let (app_id, _) = app_and_endpoint(&p, &receiver.url()).await;
+    p.api(
+        reqwest::Method::POST,
+        &format!("/apps/{app_id}/messages"),
+        json!({"event_type": "stuck", "payload": {}}),
+    )
+    .await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let asked = Instant::now();
+    p.signal("-TERM");
+    assert!(p.wait_exit(Duration::from_secs(10)).await, "{}", p.logs());
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        asked.elapsed()
+    );
+    // The abandoned delivery keeps its lease, to be retried once it expires.
+    let pool = db(&db_url).await;
+    let state: String = sqlx::query_scalar("select state::text from delivery")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "in_flight");
+}
