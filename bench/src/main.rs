@@ -3,6 +3,7 @@
 //! - `suite`: everything `make bench` reports (ceiling, five scenarios, table, JSON, SVG).
 //! - `receive`: the counting receiver on its own.
 //! - `drive`: the load driver on its own, against a running Herald.
+//! - `report`: the table and chart of a saved run.
 
 mod driver;
 mod receiver;
@@ -49,6 +50,11 @@ enum Cmd {
         /// Run only scenarios whose names contain this (repeatable).
         #[arg(long)]
         only: Vec<String>,
+    },
+    /// Print the table and redraw the chart of a saved run.
+    Report {
+        #[arg(default_value = "bench/results/latest.json")]
+        json: PathBuf,
     },
     /// Run the counting receiver until Ctrl-C; endpoints are /e/{name}.
     Receive {
@@ -127,12 +133,19 @@ async fn main() -> anyhow::Result<()> {
                 .scenarios
                 .iter()
                 .filter(|s| s.lost > 0 || s.duplicates > 0)
-                .map(|s| s.name)
+                .map(|s| s.name.as_str())
                 .collect();
             anyhow::ensure!(
                 failed.is_empty(),
                 "lost or duplicated deliveries in {failed:?}"
             );
+        }
+        Cmd::Report { json } => {
+            let report: suite::Report = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+            println!("{}", report::table(&report));
+            let svg = json.with_file_name("latency.svg");
+            std::fs::write(&svg, report::svg(&report))?;
+            println!("wrote {}", svg.display());
         }
         Cmd::Receive {
             listen,

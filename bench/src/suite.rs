@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use herald::domain::SigningSecret;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::driver::{self, Api, Load};
@@ -29,9 +29,9 @@ pub struct Settings {
     pub only: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ScenarioResult {
-    pub name: &'static str,
+    pub name: String,
     pub messages: usize,
     pub fan_out: usize,
     pub offered: String,
@@ -48,14 +48,14 @@ pub struct ScenarioResult {
     pub notes: serde_json::Value,
 }
 
-#[derive(Debug, Default, Clone, Copy, Serialize)]
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
 pub struct CpuSeconds {
     pub herald: f64,
     pub postgres: f64,
     pub bench: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     pub commit: String,
     pub when: String,
@@ -345,7 +345,7 @@ impl Run {
             .saturating_duration_since(out.started)
             .as_secs_f64();
         Ok(ScenarioResult {
-            name,
+            name: name.to_owned(),
             messages: load.count,
             fan_out: paths.len(),
             offered,
