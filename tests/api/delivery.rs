@@ -1,9 +1,8 @@
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Receiver, Reply, all_delivered, spawn_app, spawn_app_with};
+use crate::helpers::{Receiver, all_delivered, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn delivers_a_signed_standard_webhook() {
@@ -87,12 +86,7 @@ async fn a_hanging_endpoint_does_not_hold_up_the_others() {
         ("HERALD_REQUEST_TIMEOUT", "10s"),
     ])
     .await;
-    let slow = Receiver::with(Arc::new(|_| Reply {
-        status: 200,
-        delay: Duration::from_secs(3),
-        ..Default::default()
-    }))
-    .await;
+    let slow = Receiver::slow(Duration::from_secs(3)).await;
     let fast = Receiver::start().await;
     let slow_app = app.create_app().await;
     let fast_app = app.create_app().await;

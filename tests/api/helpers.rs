@@ -282,6 +282,16 @@ impl Receiver {
         Self::with(Arc::new(|_| Reply::status(204))).await
     }
 
+    /// Answers 200 to everything, after `delay`.
+    pub async fn slow(delay: Duration) -> Self {
+        Self::with(Arc::new(move |_| Reply {
+            status: 200,
+            delay,
+            ..Default::default()
+        }))
+        .await
+    }
+
     pub async fn with(responder: Responder) -> Self {
         let requests: Arc<Mutex<Vec<Received>>> = Arc::default();
         let seen = requests.clone();

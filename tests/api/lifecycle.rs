@@ -189,12 +189,7 @@ async fn a_restart_in_the_middle_of_the_retry_schedule_resumes_it() {
 #[tokio::test]
 async fn sigterm_lets_in_flight_sends_finish_and_records_them() {
     let db_url = fresh_database().await;
-    let receiver = Receiver::with(Arc::new(|_| Reply {
-        status: 200,
-        delay: Duration::from_millis(1500),
-        ..Default::default()
-    }))
-    .await;
+    let receiver = Receiver::slow(Duration::from_millis(1500)).await;
     let mut p = Process::start(&db_url, &[]).await;
     let (app_id, _) = app_and_endpoint(&p, &receiver.url()).await;
     p.api(
@@ -420,12 +415,7 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_a_newer_attempt() {
 #[tokio::test]
 async fn shutdown_is_bounded_even_when_a_receiver_hangs() {
     let db_url = fresh_database().await;
-    let receiver = Receiver::with(Arc::new(|_| Reply {
-        status: 200,
-        delay: Duration::from_secs(60),
-        ..Default::default()
-    }))
-    .await;
+    let receiver = Receiver::slow(Duration::from_secs(60)).await;
     let mut p = Process::start(
         &db_url,
         &[

@@ -180,12 +180,7 @@ async fn a_receiver_that_hangs_times_out() {
         ("HERALD_RETRY_SCHEDULE", "none"),
     ])
     .await;
-    let receiver = Receiver::with(Arc::new(|_| Reply {
-        status: 200,
-        delay: Duration::from_secs(5),
-        ..Default::default()
-    }))
-    .await;
+    let receiver = Receiver::slow(Duration::from_secs(5)).await;
     let app_id = app.create_app().await;
     app.create_endpoint(&app_id, json!({"url": receiver.url()}))
         .await;
