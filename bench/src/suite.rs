@@ -174,7 +174,6 @@ impl Run {
             &paths,
             &load,
             format!("closed loop, {concurrency} senders"),
-            json!({}),
         )
         .await
     }
@@ -217,7 +216,6 @@ impl Run {
                 &paths,
                 &load,
                 format!("open loop, {rate} msg/s"),
-                json!({}),
             )
             .await?;
         let before_202 = result.notes["arrived_before_202"].clone();
@@ -269,7 +267,6 @@ impl Run {
                 format!(
                     "closed loop, {concurrency} senders; every message also goes to a 2 s endpoint"
                 ),
-                json!({}),
             )
             .await?;
         let slow_received = self.receiver.distinct_at(&slow);
@@ -295,7 +292,6 @@ impl Run {
         paths: &[String],
         load: &Load,
         offered: String,
-        notes: serde_json::Value,
     ) -> anyhow::Result<ScenarioResult> {
         eprintln!("{name}: {} messages, {offered}", load.count);
         reset_peak_rss(self.herald_pid);
@@ -336,10 +332,7 @@ impl Run {
         }
         let cpu_after = self.cpu();
         let delivered = latencies.len();
-        let mut notes = notes;
-        if let Some(o) = notes.as_object_mut() {
-            o.insert("arrived_before_202".into(), json!(before_202));
-        }
+        let notes = json!({ "arrived_before_202": before_202 });
         let send_secs = out.finished.duration_since(out.started).as_secs_f64();
         let deliver_secs = last_arrival
             .saturating_duration_since(out.started)

@@ -1,6 +1,6 @@
 //! The worker's side of the outbox: claim due rows under a lease, complete them fenced.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -234,20 +234,17 @@ pub async fn complete(
     .fetch_all(&mut *tx)
     .await?;
 
+    let written: HashSet<DeliveryId> = completed.iter().copied().collect();
     let fenced: Vec<&Completion> = batch
         .iter()
-        .filter(|c| completed.contains(&c.delivery_id))
+        .filter(|c| written.contains(&c.delivery_id))
         .collect();
-    insert_attempts(&mut *tx, &fenced, batch).await?;
+    insert_attempts(&mut *tx, &fenced).await?;
     apply_endpoint_effects(&mut *tx, &fenced, disable_after).await?;
     Ok(completed)
 }
 
-async fn insert_attempts(
-    tx: &mut PgConnection,
-    fenced: &[&Completion],
-    batch: &[Completion],
-) -> sqlx::Result<()> {
+async fn insert_attempts(tx: &mut PgConnection, fenced: &[&Completion]) -> sqlx::Result<()> {
     let with_attempt: Vec<(&Completion, &AttemptRecord)> = fenced
         .iter()
         .filter_map(|c| c.attempt.as_ref().map(|a| (*c, a)))
@@ -255,8 +252,7 @@ async fn insert_attempts(
     if with_attempt.is_empty() {
         return Ok(());
     }
-    let n = batch.len();
-    let mut cols = AttemptColumns::with_capacity(n);
+    let mut cols = AttemptColumns::default();
     for (c, a) in with_attempt {
         cols.push(c, a);
     }
@@ -315,13 +311,6 @@ struct AttemptColumns<'a> {
 }
 
 impl<'a> AttemptColumns<'a> {
-    fn with_capacity(n: usize) -> Self {
-        Self {
-            id: Vec::with_capacity(n),
-            ..Default::default()
-        }
-    }
-
     fn push(&mut self, c: &'a Completion, a: &'a AttemptRecord) {
         self.id.push(a.id);
         self.delivery_id.push(c.delivery_id);

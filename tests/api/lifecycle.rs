@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use herald::db::deliveries::{self, AttemptRecord, Completion, EndpointEffect};
 use herald::domain::{AttemptId, DeliveryId};
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::helpers::{
@@ -93,6 +93,16 @@ impl Process {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Sends a message through this process's API; returns the message.
+    async fn send(&self, app_id: &str, event_type: &str, payload: Value) -> Value {
+        self.api(
+            reqwest::Method::POST,
+            &format!("/apps/{app_id}/messages"),
+            json!({"event_type": event_type, "payload": payload}),
+        )
+        .await
     }
 
     async fn api(
@@ -192,12 +202,7 @@ async fn sigterm_lets_in_flight_sends_finish_and_records_them() {
     let receiver = Receiver::slow(Duration::from_millis(1500)).await;
     let mut p = Process::start(&db_url, &[]).await;
     let (app_id, _) = app_and_endpoint(&p, &receiver.url()).await;
-    p.api(
-        reqwest::Method::POST,
-        &format!("/apps/{app_id}/messages"),
-        json!({"event_type": "in.flight", "payload": {}}),
-    )
-    .await;
+    p.send(&app_id, "in.flight", json!({})).await;
     let got = receiver.wait_for(1, Duration::from_secs(10)).await;
     p.signal("-TERM");
     assert!(p.wait_exit(Duration::from_secs(10)).await, "{}", p.logs());
@@ -234,13 +239,7 @@ async fn kill_9_mid_send_loses_nothing() {
     let fast = [("HERALD_REQUEST_TIMEOUT", "1s")];
     let mut first = Process::start(&db_url, &fast).await;
     let (app_id, _) = app_and_endpoint(&first, &receiver.url()).await;
-    let msg = first
-        .api(
-            reqwest::Method::POST,
-            &format!("/apps/{app_id}/messages"),
-            json!({"event_type": "crash.test", "payload": {"n": 1}}),
-        )
-        .await;
+    let msg = first.send(&app_id, "crash.test", json!({"n": 1})).await;
     receiver.wait_for(1, Duration::from_secs(10)).await;
     first.signal("-KILL");
     first.wait_exit(Duration::from_secs(5)).await;
@@ -301,13 +300,7 @@ async fn no_secret_ever_reaches_the_logs() {
         )
         .await;
     let new = rotated["secret"].as_str().unwrap().to_owned();
-    let msg = p
-        .api(
-            reqwest::Method::POST,
-            &format!("/apps/{app_id}/messages"),
-            json!({"event_type": "log.test", "payload": {}}),
-        )
-        .await;
+    let msg = p.send(app_id, "log.test", json!({})).await;
     receiver.wait_for(2, Duration::from_secs(10)).await;
     p.signal("-TERM");
     p.wait_exit(Duration::from_secs(10)).await;
@@ -425,12 +418,7 @@ async fn shutdown_is_bounded_even_when_a_receiver_hangs() {
     )
     .await;
     let (app_id, _) = app_and_endpoint(&p, &receiver.url()).await;
-    p.api(
-        reqwest::Method::POST,
-        &format!("/apps/{app_id}/messages"),
-        json!({"event_type": "stuck", "payload": {}}),
-    )
-    .await;
+    p.send(&app_id, "stuck", json!({})).await;
     receiver.wait_for(1, Duration::from_secs(10)).await;
     let asked = Instant::now();
     p.signal("-TERM");
