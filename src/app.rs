@@ -12,6 +12,7 @@ use tracing::info;
 use crate::config::Config;
 use crate::db;
 use crate::delivery::{WorkerPool, WorkerSettings, client};
+use crate::feed::{Feed, FeedSettings};
 use crate::http::{self, AppState};
 
 pub struct App {
@@ -40,7 +41,8 @@ impl App {
             WorkerSettings::from(&config),
             cancel.clone(),
         );
-        let router = http::router(AppState::new(pool.clone(), config, workers.direct()));
+        let feed = Feed::spawn(pool.clone(), FeedSettings::from(&config), cancel.clone());
+        let router = http::router(AppState::new(pool.clone(), config, workers.direct(), feed));
         Ok(Self {
             listener,
             router,

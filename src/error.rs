@@ -18,6 +18,9 @@ pub enum AppError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// A `Last-Event-ID` the feed cannot resume from without a gap.
+    #[error("{0}")]
+    UnknownEventId(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -38,6 +41,7 @@ impl AppError {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::UnknownEventId(_) => (StatusCode::GONE, "unknown_last_event_id"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")

@@ -9,6 +9,7 @@ pub mod db;
 pub mod delivery;
 pub mod domain;
 pub mod error;
+pub mod feed;
 pub mod http;
 pub mod telemetry;
 

@@ -4,7 +4,7 @@ use sqlx::PgExecutor;
 
 use crate::domain::{AppId, AttemptId, DeliveryId, EndpointId, MessageId};
 
-/// One HTTP try, as REST lists (and later the live feed) show it.
+/// One HTTP try, as REST lists and the live feed show it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Attempt {
     pub id: AttemptId,
@@ -26,7 +26,7 @@ pub struct Attempt {
 }
 
 macro_rules! select_attempts {
-    ($key:literal) => {
+    ($($where:tt)+) => {
         concat!(
             "select a.id, a.delivery_id, a.message_id, a.endpoint_id, a.app_id, m.event_type,
                     a.attempt, a.trigger::text as trigger, a.outcome::text as outcome,
@@ -34,10 +34,18 @@ macro_rules! select_attempts {
                     a.created_at, a.next_attempt_at
                from attempt a join message m on m.id = a.message_id
               where ",
+            $($where)+
+        )
+    };
+}
+
+macro_rules! list_attempts {
+    ($key:literal) => {
+        select_attempts!(concat!(
             $key,
             " = $1 and a.app_id = $2 and ($3::uuid is null or a.id < $3)
               order by a.id desc limit $4"
-        )
+        ))
     };
 }
 
@@ -57,14 +65,23 @@ pub async fn list(
     limit: i64,
 ) -> sqlx::Result<Vec<Attempt>> {
     let (sql, key) = match of {
-        Of::Message(id) => (select_attempts!("a.message_id"), id.0),
-        Of::Endpoint(id) => (select_attempts!("a.endpoint_id"), id.0),
+        Of::Message(id) => (list_attempts!("a.message_id"), id.0),
+        Of::Endpoint(id) => (list_attempts!("a.endpoint_id"), id.0),
     };
     sqlx::query_as(sql)
         .bind(key)
         .bind(app_id)
         .bind(before)
         .bind(limit + 1)
+        .fetch_all(db)
+        .await
+}
+
+/// The attempts with these ids, in no particular order (the live feed renders its events
+/// with this, so a feed `attempt` is exactly what the REST lists show).
+pub async fn by_ids(db: impl PgExecutor<'_>, ids: &[AttemptId]) -> sqlx::Result<Vec<Attempt>> {
+    sqlx::query_as(select_attempts!("a.id = any($1)"))
+        .bind(ids)
         .fetch_all(db)
         .await
 }

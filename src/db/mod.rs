@@ -5,6 +5,8 @@ pub mod apps;
 pub mod attempts;
 pub mod deliveries;
 pub mod endpoints;
+pub mod events;
+pub mod listen;
 pub mod messages;
 
 use std::str::FromStr;

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use chrono::{SecondsFormat, Utc};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,6 +20,7 @@ use super::outcome::parse_retry_after;
 use super::signature::signature_header;
 use super::{RetrySchedule, Verdict, decide};
 use crate::config::Config;
+use crate::db;
 use crate::db::deliveries::{
     self, AttemptRecord, ClaimCursor, Claimed, Completion, EndpointEffect,
 };
@@ -113,7 +113,13 @@ impl WorkerPool {
             in_flight: Mutex::new(HashMap::new()),
         });
         info!(worker_id = %shared.worker_id, concurrency = shared.settings.concurrency, "worker pool started");
-        tokio::spawn(listen(shared.clone(), cancel.clone()));
+        let wake = shared.clone();
+        tokio::spawn(db::listen::forward(
+            shared.pool.clone(),
+            CHANNEL,
+            move || wake.wake.notify_one(),
+            cancel.clone(),
+        ));
         let completer = tokio::spawn(complete(shared.clone(), done_rx));
         let dispatcher = tokio::spawn(dispatch(shared.clone(), cancel, completer));
         Self { dispatcher, shared }
@@ -199,43 +205,6 @@ impl Direct {
                 };
                 shared.spawn_delivery(row, permit);
             });
-        }
-    }
-}
-
-async fn listen(shared: Arc<Shared>, cancel: CancellationToken) {
-    loop {
-        let connected = async {
-            let mut listener = PgListener::connect_with(&shared.pool).await?;
-            listener.listen(CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let mut listener = tokio::select! {
-            l = connected => match l {
-                Ok(l) => l,
-                Err(e) => {
-                    warn!(error = %e, "cannot LISTEN; relying on polling for now");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = cancel.cancelled() => return,
-                    }
-                }
-            },
-            _ = cancel.cancelled() => return,
-        };
-        // Anything announced while we were not listening is picked up by this claim.
-        shared.wake.notify_one();
-        loop {
-            tokio::select! {
-                n = listener.recv() => match n {
-                    Ok(_) => shared.wake.notify_one(),
-                    Err(e) => {
-                        warn!(error = %e, "LISTEN connection lost; reconnecting");
-                        break;
-                    }
-                },
-                _ = cancel.cancelled() => return,
-            }
         }
     }
 }

@@ -2,10 +2,12 @@
 
 mod event_type;
 mod id;
+mod position;
 mod secret;
 mod url;
 
 pub use event_type::EventType;
 pub use id::{AppId, AttemptId, DeliveryId, EndpointId, InvalidId, MessageId};
+pub use position::{InvalidPosition, Position};
 pub use secret::SigningSecret;
 pub use url::{EndpointUrl, is_public_ip};

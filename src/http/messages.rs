@@ -80,6 +80,7 @@ async fn send(
     .ok_or(AppError::NotFound("application"))?;
     // Committed: from here on nothing is lost, even if this process dies.
     state.direct.dispatch(&sent);
+    state.feed.poke();
     Ok((StatusCode::ACCEPTED, Json(sent.message)))
 }
 

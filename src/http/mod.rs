@@ -5,6 +5,7 @@ mod endpoints;
 mod health;
 mod messages;
 mod pages;
+mod stream;
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use crate::db;
 use crate::delivery::Direct;
 use crate::domain::AppId;
 use crate::error::{AppError, AppResult};
+use crate::feed::Feed;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -31,6 +33,7 @@ pub struct Inner {
     pub config: Config,
     /// Hands freshly accepted deliveries to this process's workers.
     pub direct: Direct,
+    pub feed: Feed,
 }
 
 impl std::ops::Deref for AppState {
@@ -41,11 +44,12 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, config: Config, direct: Direct) -> Self {
+    pub fn new(pool: PgPool, config: Config, direct: Direct, feed: Feed) -> Self {
         Self(Arc::new(Inner {
             pool,
             config,
             direct,
+            feed,
         }))
     }
 
@@ -69,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .merge(apps::routes())
         .merge(endpoints::routes())
         .merge(messages::routes())
+        .merge(stream::routes())
         .fallback(|| async { AppError::NotFound("route") })
         .layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .layer(DefaultBodyLimit::max(body_limit));

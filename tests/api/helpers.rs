@@ -354,3 +354,128 @@ impl Receiver {
         self.received()
     }
 }
+
+/// One server-sent event (or keep-alive comment) as a client parsed it.
+#[derive(Clone, Debug, Default)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+    /// A `:` comment line (keep-alive) rather than an event.
+    pub comment: bool,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or(Value::Null)
+    }
+}
+
+/// A real SSE client over HTTP: reads the response body as it arrives and parses frames.
+pub struct SseClient {
+    response: reqwest::Response,
+    buffer: String,
+    pub last_id: Option<String>,
+}
+
+impl SseClient {
+    /// Connects to `/api/v1/stream?{query}`, resuming after `last_id` if given.
+    pub async fn connect(app: &TestApp, query: &str, last_id: Option<&str>) -> Self {
+        Self::connect_to(app.addr, query, last_id).await
+    }
+
+    pub async fn connect_to(addr: SocketAddr, query: &str, last_id: Option<&str>) -> Self {
+        let mut request = reqwest::Client::new()
+            .get(format!("http://{addr}/api/v1/stream?{query}"))
+            .bearer_auth(TOKEN);
+        if let Some(id) = last_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.expect("stream connects");
+        assert_eq!(response.status().as_u16(), 200, "stream refused");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        Self {
+            response,
+            buffer: String::new(),
+            last_id: last_id.map(str::to_owned),
+        }
+    }
+
+    /// The next frame, comments included; `None` if nothing came within `within` or the
+    /// stream ended.
+    pub async fn next_frame(&mut self, within: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent::default();
+                for line in frame.lines() {
+                    if line.starts_with(':') {
+                        event.comment = true;
+                    } else if let Some((field, value)) = line.split_once(':') {
+                        let value = value.strip_prefix(' ').unwrap_or(value);
+                        match field {
+                            "id" => event.id = Some(value.to_owned()),
+                            "event" => event.event = value.to_owned(),
+                            "data" => {
+                                if !event.data.is_empty() {
+                                    event.data.push('\n');
+                                }
+                                event.data.push_str(value);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                if event.id.is_some() {
+                    self.last_id.clone_from(&event.id);
+                }
+                return Some(event);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .ok()?
+                .ok()??;
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// The next event, skipping keep-alive comments.
+    pub async fn next(&mut self, within: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = self.next_frame(left).await?;
+            if !frame.comment || !frame.event.is_empty() || !frame.data.is_empty() {
+                return Some(frame);
+            }
+        }
+    }
+
+    /// Collects events until `done` holds for the collection, failing after `within`.
+    pub async fn collect_until(
+        &mut self,
+        within: Duration,
+        done: impl Fn(&[SseEvent]) -> bool,
+    ) -> Vec<SseEvent> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut got = Vec::new();
+        while !done(&got) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(e) => got.push(e),
+                None => panic!(
+                    "stream gave {} events before timing out: {:?}",
+                    got.len(),
+                    got.iter().map(|e| &e.event).collect::<Vec<_>>()
+                ),
+            }
+        }
+        got
+    }
+}

@@ -2,6 +2,7 @@
 //! receivers on port 0, and the real `herald` binary where a process must die.
 
 mod helpers;
+mod process;
 
 mod apps;
 mod bad_input;
@@ -13,3 +14,4 @@ mod outbox;
 mod retries;
 mod signing;
 mod ssrf;
+mod stream;

@@ -1,0 +1,242 @@
+//! The feed's log (`herald.event`, written by triggers): reading it in commit-safe order
+//! and rendering each event from the row it is about.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+use crate::db::attempts;
+use crate::db::messages::raw_json;
+use crate::domain::{AppId, AttemptId, DeliveryId, EndpointId, MessageId, Position};
+
+/// What an event carries besides its rendered data; enough to filter on.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Logged {
+    pub xid: i64,
+    pub seq: i64,
+    pub kind: String,
+    pub app_id: AppId,
+    pub endpoint_id: Option<EndpointId>,
+    pub event_type: Option<String>,
+    pub outcome: Option<String>,
+    pub ref_id: Uuid,
+    /// Every transaction that could still write before this event has ended.
+    pub settled: bool,
+}
+
+impl Logged {
+    pub fn position(&self) -> Position {
+        Position {
+            xid: self.xid,
+            seq: self.seq,
+        }
+    }
+}
+
+/// Which events a reader wants; `None` matches anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub app: Option<AppId>,
+    pub endpoint: Option<EndpointId>,
+    pub event_type: Option<String>,
+    pub outcome: Option<String>,
+}
+
+impl Filter {
+    /// The same test as the SQL in [`after`], for events already in memory.
+    pub fn matches(
+        &self,
+        app: AppId,
+        endpoint: Option<EndpointId>,
+        event_type: Option<&str>,
+        outcome: Option<&str>,
+    ) -> bool {
+        self.app.is_none_or(|a| a == app)
+            && self.endpoint.is_none_or(|e| Some(e) == endpoint)
+            && self
+                .event_type
+                .as_deref()
+                .is_none_or(|t| Some(t) == event_type)
+            && self.outcome.as_deref().is_none_or(|o| Some(o) == outcome)
+    }
+}
+
+/// Up to `limit` events after `from`, in feed order, with whether each has settled.
+/// Only a prefix of settled events may be emitted: the first unsettled one, and all after
+/// it, must wait (their position is not yet final).
+pub async fn after(
+    db: impl PgExecutor<'_>,
+    from: Position,
+    filter: &Filter,
+    limit: i64,
+) -> sqlx::Result<Vec<Logged>> {
+    sqlx::query_as(
+        "select e.xid::text::bigint as xid, e.seq, e.kind::text as kind, e.app_id,
+                e.endpoint_id, e.event_type, e.outcome::text as outcome, e.ref_id,
+                e.xid < pg_snapshot_xmin(pg_current_snapshot()) as settled
+           from event e
+          where (e.xid, e.seq) > ($1::text::xid8, $2)
+            and ($3::uuid is null or e.app_id = $3)
+            and ($4::uuid is null or e.endpoint_id = $4)
+            and ($5::text is null or e.event_type = $5)
+            and ($6::text is null or e.outcome::text = $6)
+          order by e.xid, e.seq
+          limit $7",
+    )
+    .bind(from.xid.to_string())
+    .bind(from.seq)
+    .bind(filter.app)
+    .bind(filter.endpoint)
+    .bind(filter.event_type.as_deref())
+    .bind(filter.outcome.as_deref())
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// The position just before every event that has not settled yet: where a reader that
+/// wants only what happens from now on starts.
+pub async fn head(db: impl PgExecutor<'_>) -> sqlx::Result<Position> {
+    let xid: i64 =
+        sqlx::query_scalar("select pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(db)
+            .await?;
+    Ok(Position { xid, seq: 0 })
+}
+
+/// The oldest event still kept, if any; a resume from before it may have missed pruned
+/// events.
+pub async fn oldest(db: impl PgExecutor<'_>) -> sqlx::Result<Option<Position>> {
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("select xid::text::bigint, seq from event order by xid, seq limit 1")
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(|(xid, seq)| Position { xid, seq }))
+}
+
+/// Deletes up to `batch` events older than `keep`; returns how many went.
+pub async fn prune(
+    db: impl PgExecutor<'_>,
+    keep: std::time::Duration,
+    batch: i64,
+) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "delete from event
+          where ctid = any(array(select ctid from event
+                                  where created_at < now() - make_interval(secs => $1)
+                                  limit $2))",
+    )
+    .bind(keep.as_secs_f64())
+    .bind(batch)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// `message.created` data: the message as the API shows it, with its application.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct CreatedMessage {
+    pub id: MessageId,
+    pub app_id: AppId,
+    pub event_type: String,
+    #[serde(serialize_with = "raw_json")]
+    pub payload: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `delivery.dead` data.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct DeadDelivery {
+    pub id: DeliveryId,
+    pub message_id: MessageId,
+    pub endpoint_id: EndpointId,
+    pub app_id: AppId,
+    pub event_type: String,
+    pub attempt_count: i32,
+    pub last_error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `endpoint.disabled` data.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct DisabledEndpoint {
+    pub id: EndpointId,
+    pub app_id: AppId,
+    pub url: String,
+    pub disabled: bool,
+    pub disabled_reason: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Renders each event's data as JSON, fetching the rows they are about in one query per
+/// kind. An event whose row is gone (its application was deleted) renders as `None`.
+pub async fn render(db: &sqlx::PgPool, events: &[Logged]) -> sqlx::Result<Vec<Option<String>>> {
+    let ids_of = |kind: &str| -> Vec<Uuid> {
+        events
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.ref_id)
+            .collect()
+    };
+    let mut data: HashMap<Uuid, String> = HashMap::new();
+
+    let ids = ids_of("attempt");
+    if !ids.is_empty() {
+        let ids: Vec<AttemptId> = ids.into_iter().map(AttemptId).collect();
+        for a in attempts::by_ids(db, &ids).await? {
+            data.insert(a.id.0, json(&a));
+        }
+    }
+    let ids = ids_of("message.created");
+    if !ids.is_empty() {
+        let rows: Vec<CreatedMessage> = sqlx::query_as(
+            "select id, app_id, event_type, payload::text as payload, created_at
+               from message where id = any($1)",
+        )
+        .bind(&ids)
+        .fetch_all(db)
+        .await?;
+        for m in rows {
+            data.insert(m.id.0, json(&m));
+        }
+    }
+    let ids = ids_of("delivery.dead");
+    if !ids.is_empty() {
+        let rows: Vec<DeadDelivery> = sqlx::query_as(
+            "select d.id, d.message_id, d.endpoint_id, m.app_id, m.event_type, d.attempt_count,
+                    d.last_error, d.updated_at
+               from delivery d join message m on m.id = d.message_id
+              where d.id = any($1)",
+        )
+        .bind(&ids)
+        .fetch_all(db)
+        .await?;
+        for d in rows {
+            data.insert(d.id.0, json(&d));
+        }
+    }
+    let ids = ids_of("endpoint.disabled");
+    if !ids.is_empty() {
+        let rows: Vec<DisabledEndpoint> = sqlx::query_as(
+            "select id, app_id, url, disabled, disabled_reason, updated_at
+               from endpoint where id = any($1)",
+        )
+        .bind(&ids)
+        .fetch_all(db)
+        .await?;
+        for e in rows {
+            data.insert(e.id.0, json(&e));
+        }
+    }
+    Ok(events
+        .iter()
+        .map(|e| data.get(&e.ref_id).cloned())
+        .collect())
+}
+
+fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("event data always serialises")
+}
