@@ -15,6 +15,19 @@ if [ -z "${DATABASE_URL:-}" ]; then
     | psql -h 127.0.0.1 -p "$port" -U postgres -q postgres >/dev/null
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 fi
+# The dashboard's browser test drives headless Chromium through chromedriver.
+if ! command -v chromedriver >/dev/null 2>&1 && [ "${HERALD_SKIP_BROWSER_TESTS:-}" != 1 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium and chromium-driver for the browser test" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "chromedriver is missing and cannot be installed here (needs root and apt-get):" >&2
+    echo "install chromium-driver, or set HERALD_SKIP_BROWSER_TESTS=1 to skip that test" >&2
+    exit 1
+  fi
+fi
+
 # Tests read the database from the environment only, never from a developer's .env.
 export HERALD_TEST_DATABASE_URL="$DATABASE_URL"
 

@@ -33,6 +33,12 @@ impl App {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let mut config = config;
+        if config.public_url == format!("http://{}", config.listen) {
+            // No public URL was configured: it is wherever we are listening, which is
+            // only known now when the port was 0.
+            config.public_url = format!("http://{}", listener.local_addr()?);
+        }
         let client = client::build(config.request_timeout, config.allow_private_targets)?;
         let cancel = CancellationToken::new();
         let workers = WorkerPool::spawn(

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod error;
 pub mod feed;
 pub mod http;
+pub mod metrics;
 pub mod telemetry;
 
 pub use delivery::signature::{VerifyError, verify};

@@ -1,6 +1,6 @@
 //! `herald-bench`: measures Herald's delivery speed on this machine.
 //!
-//! - `suite`: everything `make bench` reports (ceiling, five scenarios, table, JSON, SVG).
+//! - `suite`: everything `make bench` reports (ceiling, six scenarios, table, JSON, SVG).
 //! - `receive`: the counting receiver on its own.
 //! - `drive`: the load driver on its own, against a running Herald.
 //! - `report`: the table and chart of a saved run.
@@ -8,6 +8,7 @@
 mod driver;
 mod receiver;
 mod report;
+mod sse;
 mod stats;
 mod suite;
 
@@ -47,9 +48,13 @@ enum Cmd {
         /// Extra environment for `herald serve`, as KEY=VALUE (repeatable).
         #[arg(long = "herald-env", value_parser = parse_kv)]
         herald_env: Vec<(String, String)>,
-        /// Run only scenarios whose names contain this (repeatable).
+        /// Run only scenarios whose names contain this (repeatable). `burst sse` also
+        /// runs `burst`, its baseline.
         #[arg(long)]
         only: Vec<String>,
+        /// Live-feed (SSE) subscribers during `burst sse`; 0 skips that scenario.
+        #[arg(long, default_value_t = 1000)]
+        sse_subscribers: usize,
     },
     /// Print the table and redraw the chart of a saved run.
     Report {
@@ -104,7 +109,13 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // A thousand SSE subscribers need a socket each here and in `herald serve`, which
+    // inherits this limit.
+    if let Err(e) = sse::raise_open_files_limit() {
+        eprintln!("could not raise the open-file limit: {e}");
+    }
+    match cli.command {
         Cmd::Suite {
             database_url,
             herald,
@@ -114,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
             verify,
             herald_env,
             only,
+            sse_subscribers,
         } => {
             let report = suite::run(suite::Settings {
                 server_url: database_url,
@@ -124,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
                 verify_signatures: verify,
                 herald_env,
                 only,
+                sse_subscribers,
             })
             .await?;
             suite::write_outputs(&report, &out)?;
@@ -132,12 +145,15 @@ async fn main() -> anyhow::Result<()> {
             let failed: Vec<&str> = report
                 .scenarios
                 .iter()
-                .filter(|s| s.lost > 0 || s.duplicates > 0)
+                .filter(|s| {
+                    s.lost > 0 || s.duplicates > 0 || s.sse.as_ref().is_some_and(|f| f.missing > 0)
+                })
                 .map(|s| s.name.as_str())
                 .collect();
             anyhow::ensure!(
                 failed.is_empty(),
-                "lost or duplicated deliveries in {failed:?}"
+                "lost or duplicated deliveries, or attempt events missing from the live feed, \
+                 in {failed:?}"
             );
         }
         Cmd::Report { json } => {

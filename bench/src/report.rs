@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::suite::Report;
+use crate::suite::{Report, SSE_DROP_TARGET_PCT, SSE_LAG_P99_TARGET_MS};
 
 pub fn table(report: &Report) -> String {
     let mut t = String::new();
@@ -58,7 +58,88 @@ pub fn table(report: &Report) -> String {
             let _ = writeln!(t, "{}: {}", s.name, notes);
         }
     }
+    sse_table(&mut t, report);
     t
+}
+
+/// The live-feed subscribers' figures, for the scenarios that had them.
+fn sse_table(t: &mut String, report: &Report) {
+    let with_sse: Vec<_> = report
+        .scenarios
+        .iter()
+        .filter_map(|s| s.sse.as_ref().map(|f| (s, f)))
+        .collect();
+    if with_sse.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        t,
+        "\nLive feed: lag = arrival at a subscriber - (created_at + duration_ms), an upper bound of commit -> arrival"
+    );
+    let _ = writeln!(
+        t,
+        "| scenario | subscribers | attempt events each | received min-max | missing | lagged frames | lag p50 ms | lag p99 ms | lag max ms | delivered/s | vs burst | subscribers' CPU s |"
+    );
+    let _ = writeln!(
+        t,
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for (s, f) in &with_sse {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {}-{} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {:.1} |",
+            s.name,
+            f.subscribers,
+            f.attempts_expected,
+            f.attempts_received_min,
+            f.attempts_received_max,
+            f.missing,
+            f.lagged_frames,
+            f.lag.p50_ms,
+            f.lag.p99_ms,
+            f.lag.max_ms,
+            s.delivered_per_s,
+            f.delivered_change_pct
+                .map_or("-".into(), |c| format!("{c:+.1}%")),
+            f.subscriber_cpu_s
+        );
+    }
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    for (s, f) in &with_sse {
+        let throughput = match (f.delivered_change_pct, f.throughput_target_met) {
+            (Some(c), Some(met)) => format!(
+                "delivered/s {c:+.1}% against burst (target: a drop under {SSE_DROP_TARGET_PCT}%): {}",
+                verdict(met)
+            ),
+            _ => "delivered/s not compared (the plain burst did not run)".into(),
+        };
+        let _ = writeln!(
+            t,
+            "{}: p99 lag {:.1} ms (target <= {SSE_LAG_P99_TARGET_MS} ms): {}; {throughput}",
+            s.name,
+            f.lag.p99_ms,
+            verdict(f.lag_target_met)
+        );
+        let _ = writeln!(
+            t,
+            "{}: attempt events missing {} (at {} subscribers), beyond the expected {}; lagged frames {} \
+             (at {} subscribers); other events {:.0} per subscriber; unparsed {}; stamped early {}; \
+             broken streams {}{}",
+            s.name,
+            f.missing,
+            f.subscribers_missing_some,
+            f.extra,
+            f.lagged_frames,
+            f.subscribers_lagged,
+            f.other_events_per_subscriber,
+            f.unparsed,
+            f.early,
+            f.stream_errors,
+            f.first_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" (first: {e})"))
+        );
+    }
 }
 
 /// Latency percentiles (log scale) against the load each scenario offered, as accepted
@@ -71,8 +152,9 @@ pub fn svg(report: &Report) -> String {
         .scenarios
         .iter()
         .map(|s| {
-            let single = s.fan_out == 1;
-            let label = if single {
+            // The burst with SSE subscribers sits at the burst's load: a point of its own.
+            let single = s.fan_out == 1 && s.sse.is_none();
+            let label = if single || s.sse.is_some() {
                 s.name.to_owned()
             } else {
                 format!("{} ({}x)", s.name, s.fan_out)

@@ -32,6 +32,27 @@ impl Latency {
     }
 }
 
+impl Latency {
+    /// The same, over samples in microseconds (cheaper to keep by the million).
+    pub fn of_micros(samples: &mut [u32]) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_unstable();
+        let ms = |us: u32| f64::from(us) / 1000.0;
+        let at = |q: f64| {
+            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+            ms(samples[rank - 1])
+        };
+        Self {
+            p50_ms: at(0.50),
+            p90_ms: at(0.90),
+            p99_ms: at(0.99),
+            max_ms: ms(samples[samples.len() - 1]),
+        }
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
 }
@@ -49,5 +70,11 @@ mod tests {
             (50.0, 90.0, 99.0, 100.0)
         );
         assert_eq!(Latency::of(&mut []).max_ms, 0.0);
+        let mut us: Vec<u32> = (1..=100).rev().map(|m| m * 1000).collect();
+        let l = Latency::of_micros(&mut us);
+        assert_eq!(
+            (l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms),
+            (50.0, 90.0, 99.0, 100.0)
+        );
     }
 }

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::driver::{self, Api, Load};
 use crate::receiver::{Behaviour, Receiver};
+use crate::sse::Subscribers;
 use crate::stats::Latency;
 
 pub struct Settings {
@@ -27,7 +28,16 @@ pub struct Settings {
     pub herald_env: Vec<(String, String)>,
     /// Run only the scenarios whose names contain one of these.
     pub only: Vec<String>,
+    /// Live-feed subscribers during the `burst sse` scenario; 0 skips it.
+    pub sse_subscribers: usize,
 }
+
+/// The burst again, with live-feed subscribers connected throughout.
+pub const BURST_SSE: &str = "burst sse";
+/// p99 of the feed's lag (attempt → subscriber) at most this.
+pub const SSE_LAG_P99_TARGET_MS: f64 = 100.0;
+/// Deliveries/s with subscribers at most this much below the plain burst's.
+pub const SSE_DROP_TARGET_PCT: f64 = 10.0;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ScenarioResult {
@@ -46,6 +56,51 @@ pub struct ScenarioResult {
     /// benchmark (driver and receiver): who the machine's two cores worked for.
     pub cpu_seconds: CpuSeconds,
     pub notes: serde_json::Value,
+    /// The live-feed subscribers' view (the `burst sse` scenario only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse: Option<SseResult>,
+}
+
+/// What the live-feed subscribers of `burst sse` saw.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SseResult {
+    pub subscribers: usize,
+    /// What they subscribed to.
+    pub stream: String,
+    pub connect_secs: f64,
+    /// `attempt` events each subscriber should get: the attempts of the scenario's
+    /// application in the database (or, failing that, the most any subscriber got).
+    pub attempts_expected: u64,
+    pub attempts_received_min: u64,
+    pub attempts_received_max: u64,
+    /// Expected `attempt` events a subscriber never got, summed over subscribers.
+    pub missing: u64,
+    pub subscribers_missing_some: usize,
+    /// `attempt` events beyond the expected, summed (repeats would show here).
+    pub extra: u64,
+    /// `event: lagged` frames, summed, and how many subscribers got at least one.
+    pub lagged_frames: u64,
+    pub subscribers_lagged: usize,
+    /// Other events (`message.created`, ...) per subscriber, on average.
+    pub other_events_per_subscriber: f64,
+    /// `attempt` events whose times could not be read.
+    pub unparsed: u64,
+    /// Events stamped before their request ended (clock trouble; should be 0).
+    pub early: u64,
+    /// Streams that broke or that the server ended before the end.
+    pub stream_errors: usize,
+    pub first_error: Option<String>,
+    /// Arrival at a subscriber − (created_at + duration_ms), over every `attempt` event
+    /// every subscriber received: an upper bound of commit → arrival.
+    pub lag: Latency,
+    pub lag_samples: u64,
+    /// The plain burst's deliveries/s in the same run, and the change against it.
+    pub baseline_delivered_per_s: Option<f64>,
+    pub delivered_change_pct: Option<f64>,
+    /// CPU seconds of the subscribers' own thread during the burst (part of `bench`).
+    pub subscriber_cpu_s: f64,
+    pub lag_target_met: bool,
+    pub throughput_target_met: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
@@ -65,6 +120,8 @@ pub struct Report {
 }
 
 const TOKEN: &str = "bench-admin-token-0123456789";
+/// The database `herald serve` runs on.
+const DB_NAME: &str = "herald_bench";
 
 pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     let ceiling = if settings.ceiling_secs > 0 {
@@ -75,7 +132,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
         None
     };
 
-    let db_url = recreate_database(&settings.server_url, "herald_bench")?;
+    let db_url = recreate_database(&settings.server_url, DB_NAME)?;
     let mut herald = HeraldProcess::start(&settings, &db_url).await?;
     let api = Api::new(&format!("http://{}", herald.addr), TOKEN);
     let receiver = Receiver::start("127.0.0.1:0".parse()?).await?;
@@ -83,6 +140,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
         api,
         receiver,
         herald_pid: herald.child.id(),
+        herald_addr: herald.addr,
+        server_url: settings.server_url.clone(),
         scale: settings.scale.max(1),
         verify: settings.verify_signatures,
     };
@@ -91,8 +150,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
         settings.only.is_empty() || settings.only.iter().any(|o| name.contains(o.as_str()))
     };
     let mut scenarios = Vec::new();
-    if wanted("burst") {
-        scenarios.push(run.closed("burst", 10_000, 64, 1).await?);
+    let sse = settings.sse_subscribers > 0 && wanted(BURST_SSE);
+    let mut burst_rate = None;
+    // The plain burst is also the baseline of `burst sse`, run right before it.
+    if wanted("burst") || sse {
+        let burst = run.closed("burst", 10_000, 64, 1).await?;
+        burst_rate = Some(burst.delivered_per_s);
+        scenarios.push(burst);
+    }
+    if sse {
+        scenarios.push(
+            run.burst_sse(10_000, 64, settings.sse_subscribers, burst_rate)
+                .await?,
+        );
     }
     let mut baseline = None;
     if wanted("low load") || wanted("slow") {
@@ -124,6 +194,9 @@ struct Run {
     api: Api,
     receiver: Receiver,
     herald_pid: u32,
+    herald_addr: std::net::SocketAddr,
+    /// The cluster, for counting attempts in `herald_bench`.
+    server_url: String,
     scale: usize,
     verify: bool,
 }
@@ -284,6 +357,172 @@ impl Run {
         Ok(result)
     }
 
+    /// The burst, with `subscribers` live-feed subscriptions to its application open from
+    /// before the first message to after the last attempt event: the feed's lag (attempt
+    /// → subscriber), whether every subscriber got every attempt, and what the
+    /// subscriptions cost the deliveries against `baseline` (the plain burst's delivered/s).
+    async fn burst_sse(
+        &mut self,
+        count: usize,
+        concurrency: usize,
+        subscribers: usize,
+        baseline: Option<f64>,
+    ) -> anyhow::Result<ScenarioResult> {
+        let name = BURST_SSE;
+        self.check_open_files(subscribers)?;
+        let load = Load {
+            count: count / self.scale,
+            concurrency,
+            rate: None,
+            payload_bytes: 256,
+        };
+        let (app, paths) = self.setup(name, 1).await?;
+        let stream = format!("/api/v1/stream?app={app}");
+        let subs = Subscribers::start(self.herald_addr, &stream, TOKEN, subscribers)?;
+        let connect = subs.wait_connected(Duration::from_secs(60)).await?;
+        eprintln!(
+            "{name}: {subscribers} subscribers to {stream} connected in {:.2}s",
+            connect.as_secs_f64()
+        );
+        // Let the connections' setup work finish before the clock starts.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let cpu_before = subs.cpu_seconds();
+        let mut result = self
+            .measure(
+                name,
+                &app,
+                &paths,
+                &load,
+                format!("closed loop, {concurrency} senders, {subscribers} SSE subscribers"),
+            )
+            .await?;
+        let subscriber_cpu = subs.cpu_seconds() - cpu_before;
+
+        // Every delivered webhook is at least one attempt; retries would add more.
+        let delivered = ((result.messages as u64).saturating_sub(result.send_errors)
+            * paths.len() as u64)
+            .saturating_sub(result.lost as u64);
+        let in_db = self.attempts_in_db(&app, delivered).await;
+        let target = in_db.unwrap_or(delivered);
+        // Wait until every subscriber has every attempt, or nothing moved for 10 s (or,
+        // however slowly they still move, for 5 minutes).
+        let (waiting, mut last) = (Instant::now(), (subs.progress(), Instant::now()));
+        while last.0.min < target
+            && last.1.elapsed() < Duration::from_secs(10)
+            && waiting.elapsed() < Duration::from_secs(300)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = subs.progress();
+            if now.sum != last.0.sum {
+                last = (now, Instant::now());
+            }
+        }
+        let stats = subs.stop().await?;
+
+        let max_received = stats.iter().map(|s| s.attempts).max().unwrap_or(0);
+        let expected = in_db.unwrap_or(max_received);
+        let mut lags: Vec<u32> = Vec::with_capacity(stats.iter().map(|s| s.lags_us.len()).sum());
+        let mut sse = SseResult {
+            subscribers,
+            stream,
+            connect_secs: (connect.as_secs_f64() * 1000.0).round() / 1000.0,
+            attempts_expected: expected,
+            attempts_received_min: stats.iter().map(|s| s.attempts).min().unwrap_or(0),
+            attempts_received_max: max_received,
+            missing: 0,
+            subscribers_missing_some: 0,
+            extra: 0,
+            lagged_frames: 0,
+            subscribers_lagged: 0,
+            other_events_per_subscriber: 0.0,
+            unparsed: 0,
+            early: 0,
+            stream_errors: 0,
+            first_error: None,
+            lag: Latency::default(),
+            lag_samples: 0,
+            baseline_delivered_per_s: baseline,
+            delivered_change_pct: baseline
+                .filter(|b| *b > 0.0)
+                .map(|b| round(100.0 * (result.delivered_per_s - b) / b)),
+            subscriber_cpu_s: round(subscriber_cpu),
+            lag_target_met: false,
+            throughput_target_met: None,
+        };
+        let mut other_events = 0;
+        for mut s in stats {
+            sse.missing += expected.saturating_sub(s.attempts);
+            sse.subscribers_missing_some += usize::from(s.attempts < expected);
+            sse.extra += s.attempts.saturating_sub(expected);
+            sse.lagged_frames += s.lagged;
+            sse.subscribers_lagged += usize::from(s.lagged > 0);
+            sse.unparsed += s.unparsed;
+            sse.early += s.early;
+            other_events += s.other_events;
+            if s.error.is_some() || s.ended {
+                sse.stream_errors += 1;
+                if sse.first_error.is_none() {
+                    sse.first_error = Some(
+                        s.error
+                            .unwrap_or_else(|| "the server ended the stream".into()),
+                    );
+                }
+            }
+            lags.append(&mut s.lags_us);
+        }
+        sse.other_events_per_subscriber = round(other_events as f64 / subscribers.max(1) as f64);
+        sse.lag_samples = lags.len() as u64;
+        sse.lag = Latency::of_micros(&mut lags);
+        sse.lag_target_met = sse.lag_samples > 0 && sse.lag.p99_ms <= SSE_LAG_P99_TARGET_MS;
+        sse.throughput_target_met = sse.delivered_change_pct.map(|c| c > -SSE_DROP_TARGET_PCT);
+        result.sse = Some(sse);
+        Ok(result)
+    }
+
+    /// Fails early when either side could run out of file descriptors: each holds one
+    /// socket per subscriber, beside the driver's, the workers' and PostgreSQL's.
+    fn check_open_files(&self, subscribers: usize) -> anyhow::Result<()> {
+        let needed = subscribers as u64 + 1024;
+        for (who, pid) in [
+            ("herald-bench", "self".to_owned()),
+            ("herald serve", self.herald_pid.to_string()),
+        ] {
+            if let Some(limit) = crate::sse::open_files_limit(&pid) {
+                anyhow::ensure!(
+                    limit >= needed,
+                    "{who} may open only {limit} files, fewer than the {needed} that \
+                     {subscribers} SSE subscribers need; raise the hard limit (ulimit -Hn)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// How many attempts the application `app` has in the database, once that stops
+    /// growing and is at least `at_least` (or after 20 s); `None` if it cannot be read.
+    async fn attempts_in_db(&self, app: &str, at_least: u64) -> Option<u64> {
+        let uuid = app
+            .strip_prefix("app_")
+            .filter(|u| u.bytes().all(|b| b.is_ascii_hexdigit()))?;
+        let sql = format!("select count(*) from herald.attempt where app_id = '{uuid}'::uuid");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut previous = None;
+        loop {
+            let n = match psql_output(&self.server_url, DB_NAME, &sql) {
+                Ok(out) => out.parse::<u64>().ok()?,
+                Err(e) => {
+                    eprintln!("counting attempts: {e:#}");
+                    return None;
+                }
+            };
+            if (n >= at_least && previous == Some(n)) || Instant::now() > deadline {
+                return Some(n);
+            }
+            previous = Some(n);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Drives the load, waits for every delivery to the `paths` endpoints, and measures.
     async fn measure(
         &mut self,
@@ -355,6 +594,7 @@ impl Run {
                 bench: round(cpu_after.bench - cpu_before.bench),
             },
             notes,
+            sse: None,
         })
     }
 }
@@ -381,8 +621,9 @@ impl Run {
     }
 }
 
-/// utime + stime of a process, in seconds (USER_HZ is 100 on Linux).
-fn cpu_of(pid: &str) -> f64 {
+/// utime + stime of a process (or `self/task/{tid}`: a thread), in seconds (USER_HZ is
+/// 100 on Linux).
+pub(crate) fn cpu_of(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
@@ -507,6 +748,11 @@ fn conn(url: &str) -> anyhow::Result<Conn> {
 }
 
 fn psql(url: &str, db: &str, sql: &str) -> anyhow::Result<()> {
+    psql_output(url, db, sql).map(drop)
+}
+
+/// Runs `sql` and returns what it printed, unaligned and without headers.
+fn psql_output(url: &str, db: &str, sql: &str) -> anyhow::Result<String> {
     let c = conn(url)?;
     let out = Command::new("psql")
         .args([
@@ -519,6 +765,8 @@ fn psql(url: &str, db: &str, sql: &str) -> anyhow::Result<()> {
             "-d",
             db,
             "-q",
+            "-t",
+            "-A",
             "-v",
             "ON_ERROR_STOP=1",
             "-c",
@@ -529,7 +777,7 @@ fn psql(url: &str, db: &str, sql: &str) -> anyhow::Result<()> {
     if !out.status.success() {
         bail!("psql: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 fn recreate_database(server_url: &str, name: &str) -> anyhow::Result<String> {

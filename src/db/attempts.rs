@@ -85,3 +85,11 @@ pub async fn by_ids(db: impl PgExecutor<'_>, ids: &[AttemptId]) -> sqlx::Result<
         .fetch_all(db)
         .await
 }
+
+/// The latest attempts of every application, newest first (the dashboard's overview).
+pub async fn recent(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<Attempt>> {
+    sqlx::query_as(select_attempts!("true order by a.id desc limit $1"))
+        .bind(limit)
+        .fetch_all(db)
+        .await
+}

@@ -3,6 +3,7 @@
 
 pub mod apps;
 pub mod attempts;
+pub mod dashboard;
 pub mod deliveries;
 pub mod endpoints;
 pub mod events;

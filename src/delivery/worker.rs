@@ -26,6 +26,7 @@ use crate::db::deliveries::{
 };
 use crate::db::messages::{DirectOffer, Sent};
 use crate::domain::{AttemptId, DeliveryId, EndpointId, SigningSecret, is_public_ip};
+use crate::metrics::Metrics;
 
 /// The channel deliveries are announced on (by `herald.send_message`).
 pub const CHANNEL: &str = "herald_delivery";
@@ -88,6 +89,8 @@ struct Shared {
     /// This process's requests in flight per endpoint, with the endpoint's cap: direct
     /// dispatch stays off endpoints this process already fills.
     in_flight: Mutex<HashMap<EndpointId, (i32, i32)>>,
+    /// Attempts made by this pool, for `/metrics`.
+    metrics: Metrics,
 }
 
 impl WorkerPool {
@@ -111,6 +114,7 @@ impl WorkerPool {
             drained: CancellationToken::new(),
             capped: Mutex::new(HashSet::new()),
             in_flight: Mutex::new(HashMap::new()),
+            metrics: Metrics::new(),
         });
         info!(worker_id = %shared.worker_id, concurrency = shared.settings.concurrency, "worker pool started");
         let wake = shared.clone();
@@ -165,6 +169,22 @@ impl Direct {
             lease: shared.settings.lease,
             busy_endpoints,
         })
+    }
+
+    /// Requests this process's workers have in flight (permits taken).
+    pub fn in_flight(&self) -> usize {
+        self.concurrency()
+            .saturating_sub(self.0.permits.available_permits())
+    }
+
+    /// How many requests this process's workers may have in flight at once.
+    pub fn concurrency(&self) -> usize {
+        self.0.settings.concurrency
+    }
+
+    /// The pool's attempt counters, and the encoder for `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
     }
 
     /// Sends the deliveries claimed for this process at insert time. Endpoints whose
@@ -375,7 +395,8 @@ impl Shared {
         let started_at = Utc::now();
         let clock = Instant::now();
         let result = self.send(row, started_at.timestamp()).await;
-        let duration_ms = i32::try_from(clock.elapsed().as_millis()).unwrap_or(i32::MAX);
+        let took = clock.elapsed();
+        let duration_ms = i32::try_from(took.as_millis()).unwrap_or(i32::MAX);
 
         let (status, retry_after, body, failure) = match result {
             Ok(r) => {
@@ -412,6 +433,7 @@ impl Shared {
             Some((kind, message)) => (Some(kind), Some(message)),
             None => (None, None),
         };
+        self.metrics.record_attempt(outcome, took);
         match verdict {
             Verdict::Succeeded => debug!(status, duration_ms, "delivered"),
             _ => info!(

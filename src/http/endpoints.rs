@@ -243,15 +243,7 @@ async fn rotate(
         Some(s) => SigningSecret::parse(&s).map_err(AppError::Invalid)?,
         None => SigningSecret::generate(),
     };
-    let mut tx = state.pool.begin().await?;
-    db::endpoints::rotate_secret(
-        &mut tx,
-        endpoint.id,
-        &secret,
-        state.config.secret_grace_period,
-    )
-    .await?;
-    tx.commit().await?;
+    rotate_to(&state, endpoint.id, &secret).await?;
     Ok(Json(SecretAnswer {
         secret: secret.expose().to_owned(),
     }))
@@ -274,4 +266,18 @@ async fn attempts(
     )
     .await?;
     Ok(Json(Page::from_rows(rows, limit, |a| a.id.to_string())))
+}
+
+/// Makes `secret` the endpoint's signing secret; the old one keeps signing for the grace
+/// period. Shared with the dashboard's rotate button.
+pub(super) async fn rotate_to(
+    state: &AppState,
+    endpoint: EndpointId,
+    secret: &SigningSecret,
+) -> AppResult<()> {
+    let mut tx = state.pool.begin().await?;
+    db::endpoints::rotate_secret(&mut tx, endpoint, secret, state.config.secret_grace_period)
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }

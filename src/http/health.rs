@@ -1,14 +1,24 @@
+use std::time::Duration;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
 use axum::routing::get;
 
 use super::AppState;
+use crate::db::dashboard;
+use crate::metrics::{self, Scrape};
+
+/// How long a scrape waits for the queue numbers before leaving them out.
+const QUEUE_STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
 }
 
 /// Ready when the database answers.
@@ -17,4 +27,29 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
         Ok(_) => (StatusCode::OK, "ready"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
     }
+}
+
+/// Prometheus metrics, unauthenticated like the probes: aggregates only. If the database
+/// does not answer in time, the queue gauges are left out and the rest is still served.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let queue = match tokio::time::timeout(QUEUE_STATS_TIMEOUT, dashboard::queue(&state.pool)).await
+    {
+        Ok(Ok(stats)) => Some(stats),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "metrics: reading the queue failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("metrics: reading the queue timed out");
+            None
+        }
+    };
+    let direct = &state.direct;
+    let body = direct.metrics().encode(&Scrape {
+        queue,
+        sse_subscribers: state.feed.subscribers(),
+        worker_in_flight: direct.in_flight(),
+        worker_concurrency: direct.concurrency(),
+    });
+    ([(CONTENT_TYPE, metrics::CONTENT_TYPE)], body)
 }

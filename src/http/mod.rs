@@ -5,17 +5,19 @@ mod endpoints;
 mod health;
 mod messages;
 mod pages;
+mod session;
+mod stats;
 mod stream;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::Method;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use sqlx::PgPool;
-use subtle::ConstantTimeEq;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
@@ -74,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .merge(endpoints::routes())
         .merge(messages::routes())
         .merge(stream::routes())
+        .merge(stats::routes())
         .fallback(|| async { AppError::NotFound("route") })
         .layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .layer(DefaultBodyLimit::max(body_limit));
@@ -85,18 +88,27 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Bearer auth with the admin token, compared in constant time.
+/// The admin token as a bearer token, or, for reads only, the dashboard's session cookie
+/// (its pages follow the feed with `EventSource`, which cannot set headers). Writes through
+/// the dashboard go through its own CSRF-checked forms instead.
 async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let presented = request
+    let bearer = request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let expected = state.config.admin_token.expose().as_bytes();
-    match presented {
-        Some(token) if bool::from(token.as_bytes().ct_eq(expected)) => next.run(request).await,
-        _ => axum::response::IntoResponse::into_response(AppError::Unauthorized),
+    let allowed = match bearer {
+        Some(token) => session::is_admin_token(&state.config, token),
+        None => {
+            (request.method() == Method::GET || request.method() == Method::HEAD)
+                && session::session(&state.config, request.headers()).is_some()
+        }
+    };
+    if allowed {
+        next.run(request).await
+    } else {
+        axum::response::IntoResponse::into_response(AppError::Unauthorized)
     }
 }
 

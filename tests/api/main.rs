@@ -6,10 +6,13 @@ mod process;
 
 mod apps;
 mod bad_input;
+mod browser;
+mod dashboard;
 mod delivery;
 mod endpoints;
 mod lifecycle;
 mod messages;
+mod metrics;
 mod outbox;
 mod retries;
 mod signing;

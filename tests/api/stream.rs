@@ -471,3 +471,50 @@ async fn resume_refuses_ids_it_cannot_honour_and_streams_need_the_token() {
     let frame = stream.next_frame(Duration::from_secs(2)).await.unwrap();
     assert!(frame.comment, "{frame:?}");
 }
+
+#[tokio::test]
+async fn events_older_than_the_retention_are_pruned_and_cannot_be_resumed_from() {
+    let app = spawn_app().await;
+    app_with_uid(&app, "old").await;
+    let mut stream = SseClient::connect(&app, "app=old", None).await;
+    let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+    let first = send_sql(&mut conn, "old", json!({"n": 1})).await;
+    send_sql(&mut conn, "old", json!({"n": 2})).await;
+    let events = stream.collect_until(WAIT, |g| g.len() == 2).await;
+    assert_eq!(events[0].json()["id"], first.as_str());
+
+    // The first event is two days old; the second is recent.
+    sqlx::query(
+        "update herald.event set created_at = now() - interval '2 days'
+          where ref_id = (select id from herald.message order by id limit 1)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let pruned = herald::db::events::prune(&app.pool, Duration::from_secs(86400), 1000)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+
+    // Resuming from before the oldest kept event could skip what was pruned: refused,
+    // even from the pruned event itself (Herald cannot tell whether others went with it).
+    for last in [
+        format!("{}-0", position(&events[0]).xid),
+        events[0].id.clone().unwrap(),
+    ] {
+        let r = app
+            .http
+            .get(app.url("/stream?app=old"))
+            .bearer_auth(TOKEN)
+            .header("last-event-id", last)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 410);
+    }
+    // From the oldest kept event on, resuming works.
+    let mut resumed = SseClient::connect(&app, "app=old", events[1].id.as_deref()).await;
+    let third = send_sql(&mut conn, "old", json!({"n": 3})).await;
+    let next = resumed.next(WAIT).await.unwrap();
+    assert_eq!(next.json()["id"], third.as_str());
+}

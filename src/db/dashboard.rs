@@ -1,0 +1,139 @@
+//! What the dashboard (and `/api/v1/stats`) shows beyond the REST resources: queue
+//! health, throughput per minute, success rates, dead letters.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgExecutor;
+
+use crate::db::events::DeadDelivery;
+use crate::domain::{AppId, DeliveryId, EndpointId};
+
+#[derive(Debug, Clone, Copy, Serialize, sqlx::FromRow)]
+pub struct QueueStats {
+    /// Deliveries waiting for an attempt (due now or scheduled for a retry).
+    pub pending: i64,
+    pub in_flight: i64,
+    /// Seconds since the oldest pending delivery was created; 0 with none pending.
+    pub oldest_pending_age_seconds: f64,
+}
+
+pub async fn queue(db: impl PgExecutor<'_>) -> sqlx::Result<QueueStats> {
+    sqlx::query_as(
+        "select count(*) filter (where state = 'pending') as pending,
+                count(*) filter (where state = 'in_flight') as in_flight,
+                coalesce(extract(epoch from now() - min(created_at)
+                                 filter (where state = 'pending')), 0)::float8
+                    as oldest_pending_age_seconds
+           from delivery where state in ('pending', 'in_flight')",
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// Attempts that started in one minute.
+#[derive(Debug, Clone, Copy, Default, Serialize, sqlx::FromRow)]
+pub struct Minute {
+    /// Unix seconds at the start of the minute.
+    pub minute: i64,
+    pub succeeded: i64,
+    pub total: i64,
+}
+
+/// The last `minutes` minutes, oldest first, with empty minutes filled in.
+pub async fn throughput(db: impl PgExecutor<'_>, minutes: i64) -> sqlx::Result<Vec<Minute>> {
+    let rows: Vec<Minute> = sqlx::query_as(
+        "select extract(epoch from date_trunc('minute', created_at))::bigint as minute,
+                count(*) filter (where outcome = 'succeeded') as succeeded,
+                count(*) as total
+           from attempt
+          where id >= uuid_v7_floor(date_trunc('minute', now())
+                                    - make_interval(mins => $1::int - 1))
+          group by 1",
+    )
+    .bind(minutes)
+    .fetch_all(db)
+    .await?;
+    let now = Utc::now().timestamp() / 60 * 60;
+    Ok((0..minutes)
+        .rev()
+        .map(|ago| {
+            let minute = now - ago * 60;
+            rows.iter()
+                .find(|r| r.minute == minute)
+                .copied()
+                .unwrap_or(Minute {
+                    minute,
+                    ..Minute::default()
+                })
+        })
+        .collect())
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, sqlx::FromRow)]
+pub struct Rate {
+    pub succeeded: i64,
+    pub total: i64,
+}
+
+impl Rate {
+    /// Percent of attempts that succeeded, if there were any.
+    pub fn percent(&self) -> Option<f64> {
+        (self.total > 0).then(|| 100.0 * self.succeeded as f64 / self.total as f64)
+    }
+}
+
+/// An endpoint's attempts in the last 24 hours.
+pub async fn endpoint_rate(db: impl PgExecutor<'_>, endpoint: EndpointId) -> sqlx::Result<Rate> {
+    sqlx::query_as(
+        "select count(*) filter (where outcome = 'succeeded') as succeeded, count(*) as total
+           from attempt
+          where endpoint_id = $1 and id >= uuid_v7_floor(now() - interval '24 hours')",
+    )
+    .bind(endpoint)
+    .fetch_one(db)
+    .await
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AppSummary {
+    pub id: AppId,
+    pub uid: Option<String>,
+    pub name: String,
+    pub endpoints: i64,
+    pub disabled_endpoints: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn apps(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<AppSummary>> {
+    sqlx::query_as(
+        "select a.id, a.uid, a.name, a.created_at,
+                (select count(*) from endpoint e where e.app_id = a.id) as endpoints,
+                (select count(*) from endpoint e where e.app_id = a.id and e.disabled)
+                    as disabled_endpoints
+           from application a order by a.id desc limit $1",
+    )
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Dead deliveries of every application, newest first.
+pub async fn dead_letters(
+    db: impl PgExecutor<'_>,
+    before: Option<DeliveryId>,
+    limit: i64,
+) -> sqlx::Result<Vec<DeadDelivery>> {
+    sqlx::query_as(
+        "select d.id, d.message_id, d.endpoint_id, m.app_id, m.event_type, d.attempt_count,
+                d.last_error, d.updated_at
+           from delivery d
+          cross join lateral (select m.app_id, m.event_type from message m
+                               where m.id = d.message_id offset 0) m
+          where d.state = 'dead' and ($1::uuid is null or d.id < $1)
+          order by d.id desc limit $2",
+    )
+    .bind(before)
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await
+}

@@ -1,0 +1,175 @@
+//! The dashboard in a real headless Chromium, driven over WebDriver: log in, watch the
+//! overview, send a message through the API, and see its attempt appear without a reload.
+//!
+//! `make test` installs `chromium` and `chromium-driver` with apt-get when they are missing.
+//! Without them this test fails, unless `HERALD_SKIP_BROWSER_TESTS=1` says to skip it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+use crate::helpers::{Receiver, TOKEN, spawn_app};
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn find_program(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
+        .find(|p| p.is_file())
+}
+
+/// Starts chromedriver on a free port and opens a headless Chromium session.
+async fn browser() -> Option<(Driver, Client)> {
+    let Some(chromedriver) = find_program(&["chromedriver"]) else {
+        if std::env::var("HERALD_SKIP_BROWSER_TESTS").as_deref() == Ok("1") {
+            eprintln!("chromedriver not found; skipped (HERALD_SKIP_BROWSER_TESTS=1)");
+            return None;
+        }
+        panic!("chromedriver not found: run `make test`, which installs chromium-driver");
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let driver = Driver(
+        Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts"),
+    );
+    let mut chrome = json!({
+        // --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                 "--disable-gpu", "--window-size=1400,1100"]
+    });
+    if let Some(binary) = find_program(&["chromium", "chromium-browser", "google-chrome"]) {
+        chrome["binary"] = json!(binary);
+    }
+    let mut caps = serde_json::Map::new();
+    caps.insert("goog:chromeOptions".into(), chrome);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match ClientBuilder::native()
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(client) => return Some((driver, client)),
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("cannot start a Chromium session: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_attempt_appears_on_the_overview_without_a_reload() {
+    let Some((_driver, client)) = browser().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let app_id = app.create_app().await;
+    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
+        .await;
+
+    let base = format!("http://{}", app.addr);
+    client.goto(&base).await.unwrap();
+    // Not logged in: the login page.
+    let token = client
+        .wait()
+        .for_element(Locator::Id("token"))
+        .await
+        .unwrap();
+    token.send_keys(TOKEN).await.unwrap();
+    client
+        .find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("chart"))
+        .await
+        .expect("the overview after logging in");
+    // Wait until the page follows the feed, then mark the page: a reload would lose this.
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#live:not([hidden])"))
+        .await
+        .expect("the live indicator turns on");
+    client
+        .execute("window.heraldMarker = 'same page'; return true;", vec![])
+        .await
+        .unwrap();
+
+    let msg = app
+        .send(&app_id, "invoice.paid", json!({"amount": 42}))
+        .await;
+    let row = client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::XPath(&format!(
+            "//table[@id='attempts']//tr[.//code[text()='{msg}']]"
+        )))
+        .await
+        .expect("the attempt shows up live");
+    let text = row.text().await.unwrap();
+    assert!(
+        text.contains("succeeded") && text.contains("invoice.paid"),
+        "{text}"
+    );
+    let marker = client
+        .execute("return window.heraldMarker;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(marker, json!("same page"), "the page was reloaded");
+    // The chart counted it too.
+    let total = client
+        .find(Locator::Id("stat-hour-total"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(total, "1");
+
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&shots).unwrap();
+    let png = client.screenshot().await.unwrap();
+    std::fs::write(shots.join("overview.png"), &png).unwrap();
+
+    // The message page, rendered by the server, shows the same attempt.
+    client
+        .goto(&format!("{base}/apps/{app_id}/messages/{msg}"))
+        .await
+        .unwrap();
+    let source = client.source().await.unwrap();
+    assert!(source.contains("succeeded") && source.contains("amount"));
+    std::fs::write(
+        shots.join("message.png"),
+        client.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    client.close().await.unwrap();
+}

@@ -1,0 +1,307 @@
+//! The dashboard as a browser without JavaScript sees it: login, pages, forms, escaping.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::redirect::Policy;
+use serde_json::json;
+
+use crate::helpers::{
+    Receiver, Reply, SseClient, TOKEN, TestApp, all_delivered, deliveries_in, spawn_app,
+    spawn_app_with,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A browser session: keeps the cookie, never follows redirects (tests look at them).
+struct Browser<'a> {
+    app: &'a TestApp,
+    http: reqwest::Client,
+    cookie: Option<String>,
+}
+
+impl<'a> Browser<'a> {
+    fn new(app: &'a TestApp) -> Self {
+        Self {
+            app,
+            http: reqwest::Client::builder()
+                .redirect(Policy::none())
+                .build()
+                .unwrap(),
+            cookie: None,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.app.addr)
+    }
+
+    async fn login(&mut self) {
+        let r = self
+            .post_form("/login", &[("token", TOKEN), ("next", "/apps")])
+            .await;
+        assert_eq!(r.status(), 303);
+        assert_eq!(r.headers()["location"], "/apps");
+        let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+        for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+            assert!(set.contains(attribute), "{set}");
+        }
+        self.cookie = Some(set.split(';').next().unwrap().to_owned());
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        let mut r = self.http.get(self.url(path));
+        if let Some(c) = &self.cookie {
+            r = r.header("cookie", c);
+        }
+        r.send().await.unwrap()
+    }
+
+    async fn page(&self, path: &str) -> String {
+        let r = self.get(path).await;
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        r.text().await.unwrap()
+    }
+
+    async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        self.post_form_from(path, form, None).await
+    }
+
+    async fn post_form_from(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        origin: Option<&str>,
+    ) -> reqwest::Response {
+        let mut r = self.http.post(self.url(path)).form(form);
+        if let Some(c) = &self.cookie {
+            r = r.header("cookie", c);
+        }
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send().await.unwrap()
+    }
+
+    /// The CSRF token a page's forms carry.
+    async fn csrf(&self, path: &str) -> String {
+        let html = self.page(path).await;
+        let at = html
+            .find("name=\"csrf\" value=\"")
+            .expect("page has a form")
+            + 19;
+        html[at..at + 64].to_owned()
+    }
+}
+
+#[tokio::test]
+async fn pages_need_a_login_that_exchanges_the_token_for_a_strict_cookie() {
+    let app = spawn_app().await;
+    let mut browser = Browser::new(&app);
+    let r = browser.get("/apps").await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/login?next=%2Fapps");
+    assert!(browser.page("/login").await.contains("Admin token"));
+
+    let wrong = browser
+        .post_form("/login", &[("token", "not-the-token-at-all")])
+        .await;
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+    // `next` must stay on this site.
+    let r = browser
+        .post_form("/login", &[("token", TOKEN), ("next", "//evil.example/")])
+        .await;
+    assert_eq!(r.headers()["location"], "/");
+
+    browser.login().await;
+    for path in ["/", "/apps", "/dead"] {
+        browser.page(path).await;
+    }
+    // A forged cookie is no session.
+    let forged = Browser {
+        cookie: Some("herald_session=99999999999.00ff".into()),
+        ..Browser::new(&app)
+    };
+    assert_eq!(forged.get("/").await.status(), 303);
+
+    // The cookie lets the page read the API (the live feed) but not write through it.
+    let stats = browser.get("/api/v1/stats").await;
+    assert_eq!(stats.status(), 200);
+    let writing = browser.post_form("/api/v1/apps", &[("name", "x")]).await;
+    assert_eq!(writing.status(), 401);
+    let mut stream = browser.get("/api/v1/stream").await;
+    assert_eq!(stream.status(), 200);
+    drop(stream.chunk());
+
+    let csrf = browser.csrf("/").await;
+    let out = browser.post_form("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status(), 303);
+    assert!(
+        out.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+}
+
+#[tokio::test]
+async fn every_value_is_escaped() {
+    let app = spawn_app().await;
+    let evil = "<script>alert('x')</script>";
+    let receiver = Receiver::with(Arc::new(move |_| Reply {
+        status: 200,
+        body: evil.to_owned(),
+        ..Default::default()
+    }))
+    .await;
+    let (_, created) = app.post("/apps", json!({"name": evil})).await;
+    let app_id = created["id"].as_str().unwrap().to_owned();
+    let (ep, _) = app
+        .create_endpoint(&app_id, json!({"url": receiver.url(), "description": evil}))
+        .await;
+    let msg = app
+        .send(&app_id, "user.created", json!({"name": evil}))
+        .await;
+    app.wait_for_message(&app_id, &msg, WAIT, all_delivered)
+        .await;
+
+    let mut browser = Browser::new(&app);
+    browser.login().await;
+    for path in [
+        "/".to_owned(),
+        "/apps".to_owned(),
+        format!("/apps/{app_id}"),
+        format!("/apps/{app_id}/endpoints/{ep}"),
+        format!("/apps/{app_id}/messages/{msg}"),
+    ] {
+        let html = browser.page(&path).await;
+        assert!(!html.contains("<script>alert"), "unescaped on {path}");
+        // Every asset is ours: nothing is fetched from anywhere else.
+        assert!(
+            !html.contains("src=\"http") && !html.contains("href=\"http"),
+            "{path}"
+        );
+    }
+    let message = browser
+        .page(&format!("/apps/{app_id}/messages/{msg}"))
+        .await;
+    let escaped =
+        |html: &str| html.contains("&lt;script&gt;alert") || html.contains("&#60;script&#62;alert");
+    assert!(escaped(&message), "payload and body are shown, escaped");
+    assert!(message.contains("succeeded"));
+    let app_page = browser.page(&format!("/apps/{app_id}")).await;
+    assert!(escaped(&app_page));
+}
+
+#[tokio::test]
+async fn forms_need_the_csrf_token_and_our_origin() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let app_id = app.create_app().await;
+    let (ep, first_secret) = app
+        .create_endpoint(&app_id, json!({"url": receiver.url()}))
+        .await;
+    let mut browser = Browser::new(&app);
+    browser.login().await;
+    let page = format!("/apps/{app_id}/endpoints/{ep}");
+    let csrf = browser.csrf(&page).await;
+    let toggle = format!("{page}/state");
+
+    let missing = browser.post_form(&toggle, &[("disabled", "true")]).await;
+    assert_eq!(missing.status(), 403);
+    let wrong = browser
+        .post_form(&toggle, &[("disabled", "true"), ("csrf", &"0".repeat(64))])
+        .await;
+    assert_eq!(wrong.status(), 403);
+    let foreign = browser
+        .post_form_from(
+            &toggle,
+            &[("disabled", "true"), ("csrf", &csrf)],
+            Some("https://evil.example"),
+        )
+        .await;
+    assert_eq!(foreign.status(), 403);
+    let (_, endpoint) = app.get(&format!("/apps/{app_id}/endpoints/{ep}")).await;
+    assert_eq!(endpoint["disabled"], false, "nothing changed so far");
+
+    // The genuine form disables the endpoint; the feed announces it.
+    let mut stream = SseClient::connect(&app, &format!("endpoint={ep}"), None).await;
+    let origin = format!("http://{}", app.addr);
+    let ok = browser
+        .post_form_from(
+            &toggle,
+            &[("disabled", "true"), ("csrf", &csrf)],
+            Some(&origin),
+        )
+        .await;
+    assert_eq!(ok.status(), 200);
+    assert!(ok.text().await.unwrap().contains("Endpoint disabled."));
+    let (_, endpoint) = app.get(&format!("/apps/{app_id}/endpoints/{ep}")).await;
+    assert_eq!(endpoint["disabled"], true);
+    assert_eq!(endpoint["disabled_reason"], "disabled by an operator");
+    let event = stream.next(WAIT).await.unwrap();
+    assert_eq!(event.event, "endpoint.disabled");
+
+    // While disabled it gets nothing; once enabled again, deliveries resume.
+    let meanwhile = app.send(&app_id, "a.b", json!({})).await;
+    let enable = browser
+        .post_form(&toggle, &[("disabled", "false"), ("csrf", &csrf)])
+        .await;
+    assert_eq!(enable.status(), 200);
+    let later = app.send(&app_id, "a.b", json!({})).await;
+    app.wait_for_message(&app_id, &later, WAIT, all_delivered)
+        .await;
+    let (_, skipped) = app
+        .get(&format!("/apps/{app_id}/messages/{meanwhile}"))
+        .await;
+    assert_eq!(skipped["deliveries"], json!([]));
+
+    // Rotating from the page shows the new secret once; it is the API's current one.
+    let rotated = browser
+        .post_form(&format!("{page}/rotate"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(rotated.status(), 200);
+    let html = rotated.text().await.unwrap();
+    let (_, secret) = app
+        .get(&format!("/apps/{app_id}/endpoints/{ep}/secret"))
+        .await;
+    let current = secret["secret"].as_str().unwrap();
+    assert_ne!(current, first_secret);
+    assert!(html.contains(current));
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed() {
+    let app = spawn_app_with(&[("HERALD_RETRY_SCHEDULE", "none")]).await;
+    let receiver = Receiver::with(Arc::new(|_| Reply::status(500))).await;
+    let app_id = app.create_app().await;
+    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
+        .await;
+    let msg = app.send(&app_id, "order.failed", json!({})).await;
+    app.wait_for_message(&app_id, &msg, WAIT, |m| deliveries_in(m, "dead"))
+        .await;
+    let mut browser = Browser::new(&app);
+    browser.login().await;
+    let html = browser.page("/dead").await;
+    assert!(html.contains(&msg) && html.contains("order.failed"));
+    assert!(
+        html.contains("500"),
+        "the last error says what the receiver answered"
+    );
+    let css = browser.get("/assets/herald.css").await;
+    assert!(
+        css.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+    let js = browser.get("/assets/live.js").await;
+    assert!(js.text().await.unwrap().contains("EventSource"));
+}
