@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +15,10 @@ use crate::db;
 use crate::delivery::{WorkerPool, WorkerSettings, client};
 use crate::feed::{Feed, FeedSettings};
 use crate::http::{self, AppState};
+
+/// Connections of the live feed's own pool: its reader keeps one, catch-ups and pruning
+/// share the rest.
+const FEED_CONNECTIONS: u32 = 4;
 
 pub struct App {
     listener: TcpListener,
@@ -47,7 +52,13 @@ impl App {
             WorkerSettings::from(&config),
             cancel.clone(),
         );
-        let feed = Feed::spawn(pool.clone(), FeedSettings::from(&config), cancel.clone());
+        // The feed reads on connections of its own: it neither waits behind sends and
+        // claims when the API is busy, nor takes connections from them when many
+        // subscribers catch up at once.
+        let feed_pool = db::connect(config.database_url.expose(), FEED_CONNECTIONS)
+            .await
+            .context("cannot connect to the database")?;
+        let feed = Feed::spawn(feed_pool, FeedSettings::from(&config), cancel.clone());
         let router = http::router(AppState::new(pool.clone(), config, workers.direct(), feed));
         Ok(Self {
             listener,
@@ -77,7 +88,14 @@ impl App {
     pub async fn run(self) -> anyhow::Result<()> {
         info!(addr = %self.local_addr(), "herald listening");
         let cancel = self.cancel.clone();
-        axum::serve(self.listener, self.router)
+        // Small writes (API answers, SSE events) go out at once instead of waiting for
+        // the previous segment's ACK.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, self.router)
             .with_graceful_shutdown(async move { cancel.cancelled().await })
             .await?;
         self.workers.join().await;

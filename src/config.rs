@@ -34,8 +34,9 @@ pub struct Config {
     pub db_pool_size: u32,
     /// How long the live feed keeps events for clients resuming with `Last-Event-ID`.
     pub feed_retention: Duration,
-    /// Events each process buffers for its live subscribers; one that falls further behind
-    /// is told so and catches up from the database.
+    /// Reads of the event log (batches of up to 500 events) each process buffers for its
+    /// live subscribers; one that falls further behind is told so and catches up from the
+    /// database.
     pub feed_buffer: usize,
     /// Longest silence on an SSE stream before a keep-alive comment.
     pub sse_keep_alive: Duration,
@@ -149,7 +150,7 @@ impl Config {
             shutdown_grace: duration("HERALD_SHUTDOWN_GRACE", "20s")?,
             db_pool_size: number("HERALD_DB_POOL_SIZE", "16")?.clamp(2, 1000) as u32,
             feed_retention: duration("HERALD_FEED_RETENTION", "24h")?.max(Duration::from_secs(60)),
-            feed_buffer: number("HERALD_FEED_BUFFER", "4096")?.clamp(16, 1 << 20) as usize,
+            feed_buffer: number("HERALD_FEED_BUFFER", "64")?.clamp(1, 1 << 16) as usize,
             sse_keep_alive: duration("HERALD_SSE_KEEP_ALIVE", "15s")?
                 .max(Duration::from_millis(100)),
             log_format,

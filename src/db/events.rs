@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgExecutor;
+use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::db::attempts;
@@ -173,7 +173,7 @@ pub struct DisabledEndpoint {
 
 /// Renders each event's data as JSON, fetching the rows they are about in one query per
 /// kind. An event whose row is gone (its application was deleted) renders as `None`.
-pub async fn render(db: &sqlx::PgPool, events: &[Logged]) -> sqlx::Result<Vec<Option<String>>> {
+pub async fn render(db: &mut PgConnection, events: &[Logged]) -> sqlx::Result<Vec<Option<String>>> {
     let ids_of = |kind: &str| -> Vec<Uuid> {
         events
             .iter()
@@ -186,7 +186,7 @@ pub async fn render(db: &sqlx::PgPool, events: &[Logged]) -> sqlx::Result<Vec<Op
     let ids = ids_of("attempt");
     if !ids.is_empty() {
         let ids: Vec<AttemptId> = ids.into_iter().map(AttemptId).collect();
-        for a in attempts::by_ids(db, &ids).await? {
+        for a in attempts::by_ids(&mut *db, &ids).await? {
             data.insert(a.id.0, json(&a));
         }
     }
@@ -197,7 +197,7 @@ pub async fn render(db: &sqlx::PgPool, events: &[Logged]) -> sqlx::Result<Vec<Op
                from message where id = any($1)",
         )
         .bind(&ids)
-        .fetch_all(db)
+        .fetch_all(&mut *db)
         .await?;
         for m in rows {
             data.insert(m.id.0, json(&m));
@@ -212,7 +212,7 @@ pub async fn render(db: &sqlx::PgPool, events: &[Logged]) -> sqlx::Result<Vec<Op
               where d.id = any($1)",
         )
         .bind(&ids)
-        .fetch_all(db)
+        .fetch_all(&mut *db)
         .await?;
         for d in rows {
             data.insert(d.id.0, json(&d));
@@ -225,7 +225,7 @@ pub async fn render(db: &sqlx::PgPool, events: &[Logged]) -> sqlx::Result<Vec<Op
                from endpoint where id = any($1)",
         )
         .bind(&ids)
-        .fetch_all(db)
+        .fetch_all(&mut *db)
         .await?;
         for e in rows {
             data.insert(e.id.0, json(&e));

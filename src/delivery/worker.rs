@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -637,6 +637,9 @@ fn completion_base(row: &Claimed) -> Completion {
 
 /// Writes completions in batches until the pool has drained.
 async fn complete(shared: Arc<Shared>, mut done: mpsc::Receiver<Completion>) {
+    // A connection of its own: under load the pool's connections are queued for by every
+    // API request, and each wait here would delay the record of every attempt in the batch.
+    let mut conn: Option<PgConnection> = None;
     loop {
         let first = tokio::select! {
             c = done.recv() => c,
@@ -652,7 +655,7 @@ async fn complete(shared: Arc<Shared>, mut done: mpsc::Receiver<Completion>) {
                 Err(_) => break,
             }
         }
-        write_completions(&shared, &batch).await;
+        write_completions(&shared, &mut conn, &batch).await;
         if shared.uncap(&batch) {
             // Room was made at a full endpoint: rows held back by its cap can go now.
             shared.wake.notify_one();
@@ -662,11 +665,17 @@ async fn complete(shared: Arc<Shared>, mut done: mpsc::Receiver<Completion>) {
 
 /// Retries a failed write a few times; if the database stays away, the rows keep their
 /// leases, which expire, and the deliveries are attempted again (at-least-once).
-async fn write_completions(shared: &Shared, batch: &[Completion]) {
+async fn write_completions(shared: &Shared, conn: &mut Option<PgConnection>, batch: &[Completion]) {
     let mut wait = Duration::from_millis(100);
     for _ in 0..8 {
         let written = async {
-            let mut tx = shared.pool.begin().await?;
+            let c = match conn {
+                Some(c) => c,
+                None => {
+                    conn.insert(PgConnection::connect_with(&shared.pool.connect_options()).await?)
+                }
+            };
+            let mut tx = c.begin().await?;
             let completed = deliveries::complete(
                 &mut tx,
                 shared.worker_id,
@@ -691,6 +700,7 @@ async fn write_completions(shared: &Shared, batch: &[Completion]) {
             }
             Err(e) => {
                 warn!(error = %e, count = batch.len(), "recording attempts failed; retrying");
+                *conn = None;
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }

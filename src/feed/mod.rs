@@ -5,12 +5,19 @@
 //!
 //! Subscribers never hold anything up: the broadcast buffer is bounded, and a subscriber
 //! that falls behind it is told so and catches up from the log itself, at its own pace.
+//!
+//! Fan-out is by batch, not by event: the reader publishes each read of the log as one
+//! message, with every event already rendered as an SSE frame, so a thousand subscribers
+//! cost a thousand wake-ups per read, not per event, and no event is serialised twice.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sqlx::PgPool;
+use bytes::Bytes;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -28,6 +35,8 @@ const CLIENT_BUFFER: usize = 64;
 /// One event, rendered once and shared by every subscriber.
 #[derive(Debug)]
 pub struct Event {
+    /// The whole SSE frame (`id:`, `event:`, `data:`, blank line).
+    pub frame: Bytes,
     pub position: Position,
     /// `message.created`, `attempt`, `delivery.dead` or `endpoint.disabled`.
     pub kind: String,
@@ -53,17 +62,19 @@ impl Event {
 /// What a subscription yields.
 #[derive(Debug, Clone)]
 pub enum Item {
-    Event(Arc<Event>),
+    /// Matching events, in feed order.
+    Events(Vec<Arc<Event>>),
     /// The subscriber fell behind the live buffer; what follows comes from the log,
     /// starting right after `resume_from` (the last event it was given), so nothing is
     /// lost or repeated.
-    Lagged {
-        resume_from: Option<Position>,
-    },
+    Lagged { resume_from: Option<Position> },
 }
 
 #[derive(Clone)]
 pub struct Feed(Arc<Shared>);
+
+/// One read of the log, as the reader broadcasts it.
+type Batch = Arc<[Arc<Event>]>;
 
 #[derive(Debug, Clone, Copy)]
 pub struct FeedSettings {
@@ -71,7 +82,8 @@ pub struct FeedSettings {
     pub poll_interval: Duration,
     /// Events older than this are pruned.
     pub retention: Duration,
-    /// Events buffered for live subscribers; one further behind catches up from the log.
+    /// Reads of the log (each up to 500 events) buffered for live subscribers; one
+    /// further behind catches up from the log.
     pub buffer: usize,
 }
 
@@ -87,7 +99,7 @@ impl From<&crate::config::Config> for FeedSettings {
 
 struct Shared {
     pool: PgPool,
-    live: broadcast::Sender<Arc<Event>>,
+    live: broadcast::Sender<Batch>,
     /// The position of the last event the reader published.
     head: watch::Sender<Position>,
     wake: Notify,
@@ -174,7 +186,7 @@ async fn follow(
     filter: Filter,
     start: Position,
     catch_up_first: bool,
-    mut live: broadcast::Receiver<Arc<Event>>,
+    mut live: broadcast::Receiver<Batch>,
     out: mpsc::Sender<Item>,
 ) {
     let mut last = start;
@@ -184,14 +196,18 @@ async fn follow(
     }
     loop {
         match live.recv().await {
-            Ok(event) => {
-                if event.position <= last {
-                    continue;
+            Ok(batch) => {
+                let matching: Vec<Arc<Event>> = batch
+                    .iter()
+                    .filter(|e| e.position > last && e.matches(&filter))
+                    .cloned()
+                    .collect();
+                if let Some(newest) = batch.last() {
+                    last = last.max(newest.position);
                 }
-                last = event.position;
-                if event.matches(&filter) {
+                if !matching.is_empty() {
                     sent_any = true;
-                    if out.send(Item::Event(event)).await.is_err() {
+                    if out.send(Item::Events(matching)).await.is_err() {
                         return;
                     }
                 }
@@ -221,9 +237,13 @@ async fn catch_up(
     out: &mpsc::Sender<Item>,
 ) -> Result<(), Gone> {
     loop {
-        let rows = loop {
-            match events::after(&shared.pool, *last, filter, PAGE).await {
-                Ok(rows) => break rows,
+        let page = loop {
+            let page = async {
+                let mut conn = shared.pool.acquire().await?;
+                Page::after(&mut conn, *last, filter).await
+            };
+            match page.await {
+                Ok(page) => break page,
                 Err(e) => {
                     warn!(error = %e, "feed catch-up failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -233,54 +253,70 @@ async fn catch_up(
                 }
             }
         };
-        let full = rows.len() as i64 == PAGE;
-        let settled: Vec<Logged> = rows.into_iter().take_while(|r| r.settled).collect();
-        let complete = full && settled.len() as i64 == PAGE;
-        for event in render(&shared.pool, settled).await {
-            *last = event.position;
-            if let Some(event) = event.event
-                && out.send(Item::Event(Arc::new(event))).await.is_err()
-            {
-                return Err(Gone);
-            }
+        let more = page.more();
+        if let Some((newest, _)) = page.events.last() {
+            *last = *newest;
         }
-        if !complete {
+        let matching: Vec<Arc<Event>> = page
+            .events
+            .into_iter()
+            .filter_map(|(_, e)| e.map(Arc::new))
+            .collect();
+        if !matching.is_empty() && out.send(Item::Events(matching)).await.is_err() {
+            return Err(Gone);
+        }
+        if !more {
             return Ok(());
         }
     }
 }
 
-/// A log row with its rendered event; `event` is `None` when its subject was deleted.
-struct Rendered {
-    position: Position,
-    event: Option<Event>,
+/// One read of the log: the settled events after a position, rendered (`None` where the
+/// event's subject was deleted since), and whether unsettled ones came after them.
+struct Page {
+    events: Vec<(Position, Option<Event>)>,
+    fetched: usize,
 }
 
-async fn render(pool: &PgPool, rows: Vec<Logged>) -> Vec<Rendered> {
-    let data = loop {
-        match events::render(pool, &rows).await {
-            Ok(data) => break data,
-            Err(e) => {
-                warn!(error = %e, "rendering feed events failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    };
-    rows.into_iter()
-        .zip(data)
-        .map(|(row, data)| Rendered {
-            position: row.position(),
-            event: data.map(|data| Event {
-                position: row.position(),
-                kind: row.kind,
-                app_id: row.app_id,
-                endpoint_id: row.endpoint_id,
-                event_type: row.event_type,
-                outcome: row.outcome,
-                data,
-            }),
-        })
-        .collect()
+impl Page {
+    async fn after(conn: &mut PgConnection, from: Position, filter: &Filter) -> sqlx::Result<Self> {
+        let rows = events::after(&mut *conn, from, filter, PAGE).await?;
+        let fetched = rows.len();
+        let settled: Vec<Logged> = rows.into_iter().take_while(|r| r.settled).collect();
+        let data = events::render(conn, &settled).await?;
+        let events = settled
+            .into_iter()
+            .zip(data)
+            .map(|(row, data)| {
+                let position = row.position();
+                let event = data.map(|data| Event {
+                    frame: Bytes::from(format!(
+                        "id: {position}\nevent: {}\ndata: {data}\n\n",
+                        row.kind
+                    )),
+                    position,
+                    kind: row.kind,
+                    app_id: row.app_id,
+                    endpoint_id: row.endpoint_id,
+                    event_type: row.event_type,
+                    outcome: row.outcome,
+                    data,
+                });
+                (position, event)
+            })
+            .collect();
+        Ok(Self { events, fetched })
+    }
+
+    /// Events exist that have not settled yet.
+    fn waiting(&self) -> bool {
+        self.events.len() < self.fetched
+    }
+
+    /// The page was full of settled events: read on at once.
+    fn more(&self) -> bool {
+        self.fetched as i64 == PAGE && !self.waiting()
+    }
 }
 
 /// The process's one reader of the log.
@@ -300,35 +336,47 @@ async fn read(shared: Arc<Shared>) {
     };
     shared.head.send_replace(cursor);
     // While events wait to settle, look again soon, backing off; otherwise wait for a
-    // wake-up or the poll.
+    // wake-up or the poll. The reader keeps its own connection: it never queues for one
+    // behind catching-up subscribers.
     let mut recheck = Duration::ZERO;
+    let mut conn: Option<PoolConnection<Postgres>> = None;
     loop {
-        let rows = match events::after(&shared.pool, cursor, &Filter::default(), PAGE).await {
-            Ok(rows) => rows,
+        let page = async {
+            if conn.is_none() {
+                conn = Some(shared.pool.acquire().await?);
+            }
+            let c = conn.as_mut().expect("just acquired");
+            Page::after(c, cursor, &Filter::default()).await
+        };
+        let page = match page.await {
+            Ok(page) => page,
             Err(e) => {
                 warn!(error = %e, "feed reader cannot read the event log; retrying");
+                conn = None;
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     _ = cancel.cancelled() => return,
                 }
             }
         };
-        let fetched = rows.len() as i64;
-        let settled: Vec<Logged> = rows.into_iter().take_while(|r| r.settled).collect();
-        let waiting = (settled.len() as i64) < fetched;
-        let progressed = !settled.is_empty();
-        for rendered in render(&shared.pool, settled).await {
-            cursor = rendered.position;
-            if let Some(event) = rendered.event {
-                // No receivers is fine: nobody is watching.
-                let _ = shared.live.send(Arc::new(event));
-            }
-            shared.head.send_replace(cursor);
-            // Let subscribers move each event along before the next one pushes the
-            // oldest out of the buffer.
-            tokio::task::yield_now().await;
+        let (waiting, more) = (page.waiting(), page.more());
+        let progressed = !page.events.is_empty();
+        if let Some((newest, _)) = page.events.last() {
+            cursor = *newest;
         }
-        if fetched == PAGE && !waiting {
+        let batch: Batch = page
+            .events
+            .into_iter()
+            .filter_map(|(_, e)| e.map(Arc::new))
+            .collect();
+        if !batch.is_empty() {
+            // No receivers is fine: nobody is watching.
+            let _ = shared.live.send(batch);
+        }
+        shared.head.send_replace(cursor);
+        // Let subscribers take this batch before the next one pushes the oldest out.
+        tokio::task::yield_now().await;
+        if more {
             continue;
         }
         let wait = if waiting {

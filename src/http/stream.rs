@@ -4,13 +4,17 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::http::HeaderName;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::mpsc;
 
 use super::AppState;
 use crate::db::events::Filter;
@@ -63,32 +67,61 @@ async fn stream(
         )));
     }
     let items = state.feed.subscribe(filter, from);
-    let events = futures_util::stream::unfold(items, |mut items| async move {
-        let item = items.recv().await?;
-        Some((Ok::<_, Infallible>(sse_event(item)), items))
-    });
+    let body = Body::from_stream(frames(items, state.config.sse_keep_alive));
     Ok((
-        // Proxies such as nginx buffer responses unless told not to.
-        [("x-accel-buffering", "no")],
-        Sse::new(events).keep_alive(KeepAlive::new().interval(state.config.sse_keep_alive)),
+        [
+            (CONTENT_TYPE, "text/event-stream"),
+            (CACHE_CONTROL, "no-cache"),
+            // Proxies such as nginx buffer responses unless told not to.
+            (HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        body,
     )
         .into_response())
 }
 
-fn sse_event(item: Item) -> SseEvent {
+/// Most bytes written to a client in one go when events queue up for it.
+const CHUNK: usize = 64 * 1024;
+
+/// The stream's bytes: each event's ready-made frame, as many as are waiting joined into
+/// one write, and a keep-alive comment after `keep_alive` of silence.
+fn frames(
+    items: mpsc::Receiver<Item>,
+    keep_alive: Duration,
+) -> impl Stream<Item = Result<Bytes, Infallible>> {
+    futures_util::stream::unfold(items, move |mut items| async move {
+        let first = match tokio::time::timeout(keep_alive, items.recv()).await {
+            Ok(Some(item)) => item,
+            Ok(None) => return None,
+            Err(_) => return Some((Ok(Bytes::from_static(b":\n\n")), items)),
+        };
+        let mut chunk = Vec::new();
+        append(&mut chunk, first);
+        while chunk.len() < CHUNK {
+            match items.try_recv() {
+                Ok(item) => append(&mut chunk, item),
+                Err(_) => break,
+            }
+        }
+        Some((Ok(Bytes::from(chunk)), items))
+    })
+}
+
+fn append(chunk: &mut Vec<u8>, item: Item) {
     match item {
-        Item::Event(e) => SseEvent::default()
-            .id(e.position.to_string())
-            .event(&e.kind)
-            .data(&e.data),
+        Item::Events(events) => {
+            for e in events {
+                chunk.extend_from_slice(&e.frame);
+            }
+        }
         // No id: the client's Last-Event-ID stays at the last event it really got.
-        Item::Lagged { resume_from } => SseEvent::default().event("lagged").data(
-            json!({
+        Item::Lagged { resume_from } => {
+            let data = json!({
                 "message": "this client fell behind the live feed; the events it missed follow",
                 "resume_from": resume_from.map(|p| p.to_string()),
-            })
-            .to_string(),
-        ),
+            });
+            chunk.extend_from_slice(format!("event: lagged\ndata: {data}\n\n").as_bytes());
+        }
     }
 }
 

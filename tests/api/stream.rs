@@ -360,7 +360,7 @@ async fn a_stream_on_one_process_shows_what_another_process_did() {
 async fn a_client_that_stops_reading_holds_up_nobody_and_still_gets_everything() {
     const MESSAGES: usize = 200;
     let app = spawn_app_with(&[
-        ("HERALD_FEED_BUFFER", "16"),
+        ("HERALD_FEED_BUFFER", "1"),
         ("HERALD_WORKER_CONCURRENCY", "16"),
     ])
     .await;
