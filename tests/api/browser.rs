@@ -171,5 +171,25 @@ async fn an_attempt_appears_on_the_overview_without_a_reload() {
         client.screenshot().await.unwrap(),
     )
     .unwrap();
+    // The other pages, for a look at the screenshots.
+    let ep = app.get(&format!("/apps/{app_id}/endpoints")).await.1["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (name, path) in [
+        ("apps", "/apps".to_owned()),
+        ("app", format!("/apps/{app_id}")),
+        ("endpoint", format!("/apps/{app_id}/endpoints/{ep}")),
+        ("dead", "/dead".to_owned()),
+    ] {
+        client.goto(&format!("{base}{path}")).await.unwrap();
+        let title = client.find(Locator::Css("h1")).await.unwrap();
+        assert!(!title.text().await.unwrap().is_empty(), "{path}");
+        std::fs::write(
+            shots.join(format!("{name}.png")),
+            client.screenshot().await.unwrap(),
+        )
+        .unwrap();
+    }
     client.close().await.unwrap();
 }
