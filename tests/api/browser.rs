@@ -85,9 +85,7 @@ async fn an_attempt_appears_on_the_overview_without_a_reload() {
     };
     let app = spawn_app().await;
     let receiver = Receiver::start().await;
-    let app_id = app.create_app().await;
-    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
 
     let base = format!("http://{}", app.addr);
     client.goto(&base).await.unwrap();
@@ -172,10 +170,6 @@ async fn an_attempt_appears_on_the_overview_without_a_reload() {
     )
     .unwrap();
     // The other pages, for a look at the screenshots.
-    let ep = app.get(&format!("/apps/{app_id}/endpoints")).await.1["data"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     for (name, path) in [
         ("apps", "/apps".to_owned()),
         ("app", format!("/apps/{app_id}")),

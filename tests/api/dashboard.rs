@@ -204,10 +204,7 @@ async fn every_value_is_escaped() {
 async fn forms_need_the_csrf_token_and_our_origin() {
     let app = spawn_app().await;
     let receiver = Receiver::start().await;
-    let app_id = app.create_app().await;
-    let (ep, first_secret) = app
-        .create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let (app_id, ep, first_secret) = app.app_with_endpoint(&receiver).await;
     let mut browser = Browser::new(&app);
     browser.login().await;
     let page = format!("/apps/{app_id}/endpoints/{ep}");
@@ -281,9 +278,7 @@ async fn forms_need_the_csrf_token_and_our_origin() {
 async fn dead_letters_are_listed() {
     let app = spawn_app_with(&[("HERALD_RETRY_SCHEDULE", "none")]).await;
     let receiver = Receiver::with(Arc::new(|_| Reply::status(500))).await;
-    let app_id = app.create_app().await;
-    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
     let msg = app.send(&app_id, "order.failed", json!({})).await;
     app.wait_for_message(&app_id, &msg, WAIT, |m| deliveries_in(m, "dead"))
         .await;

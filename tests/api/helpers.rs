@@ -154,6 +154,16 @@ impl TestApp {
         )
     }
 
+    /// A fresh application with one endpoint that delivers to `receiver`; returns
+    /// (application id, endpoint id, signing secret).
+    pub async fn app_with_endpoint(&self, receiver: &Receiver) -> (String, String, String) {
+        let app = self.create_app().await;
+        let (ep, secret) = self
+            .create_endpoint(&app, json!({"url": receiver.url()}))
+            .await;
+        (app, ep, secret)
+    }
+
     pub async fn send(&self, app: &str, event_type: &str, payload: Value) -> String {
         let (status, msg) = self
             .post(

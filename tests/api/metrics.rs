@@ -48,9 +48,7 @@ fn attempts(text: &str, outcome: &str) -> f64 {
 
 /// An app with one endpoint at `receiver`.
 async fn app_sending_to(app: &TestApp, receiver: &Receiver) -> String {
-    let app_id = app.create_app().await;
-    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
     app_id
 }
 

@@ -59,10 +59,7 @@ async fn app_with_uid(app: &TestApp, uid: &str) -> String {
 async fn a_delivery_shows_up_live_as_message_created_then_attempt() {
     let app = spawn_app().await;
     let receiver = Receiver::start().await;
-    let app_id = app.create_app().await;
-    let (ep, _) = app
-        .create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
     let mut stream = SseClient::connect(&app, "", None).await;
 
     let msg = app.send(&app_id, "invoice.paid", json!({"n": 1})).await;
@@ -287,10 +284,7 @@ async fn a_dead_delivery_and_a_disabled_endpoint_are_announced() {
         crate::helpers::Reply::status(if n == 0 { 500 } else { 410 })
     }))
     .await;
-    let app_id = app.create_app().await;
-    let (ep, _) = app
-        .create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
     let mut stream = SseClient::connect(&app, &format!("app={app_id}"), None).await;
 
     let first = app.send(&app_id, "a.b", json!({})).await;
@@ -365,9 +359,7 @@ async fn a_client_that_stops_reading_holds_up_nobody_and_still_gets_everything()
     ])
     .await;
     let receiver = Receiver::start().await;
-    let app_id = app.create_app().await;
-    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
 
     let mut stalled = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     stalled
