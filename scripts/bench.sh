@@ -13,7 +13,7 @@ if [ -z "${DATABASE_URL:-}" ]; then
   dir=target/pgbench
   trap 'scripts/pg.sh stop "$dir"' EXIT
   # Durable settings: fsync and synchronous_commit stay on.
-  scripts/pg.sh start "$dir" "$port"
+  scripts/pg.sh start "$dir" "$port" bench
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 fi
 

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # A private PostgreSQL 15 cluster for development and tests.
 #
-#   scripts/pg.sh start <dir> <port> [test]   create if needed, start if stopped
+#   scripts/pg.sh start <dir> <port> [test|bench]   create if needed, start if stopped
 #
 # Ports sit below Linux's ephemeral range (32768+), where an outgoing connection could
 # already hold them.
 #   scripts/pg.sh stop  <dir>
 #
 # initdb refuses to run as root, so as root the cluster belongs to the `postgres` user.
-# "test" trades durability for speed (fsync off); never use it for real data.
+# "test" trades durability for speed (fsync off); never use it for real data. "bench" stays
+# durable and records commit timestamps.
 set -euo pipefail
 
 for bin in /usr/lib/postgresql/15/bin /usr/lib/postgresql/*/bin; do
@@ -36,6 +37,10 @@ case "$cmd" in
     opts="$opts -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
     if [ "$mode" = test ]; then
       opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    elif [ "$mode" = bench ]; then
+      # The bench reads transactions' commit times (bench/README.md, burst sse). Takes
+      # effect at start only: a running cluster keeps its own.
+      opts="$opts -c track_commit_timestamp=on"
     fi
     if ! as_owner pg_ctl -D "$dir/data" status >/dev/null 2>&1; then
       as_owner pg_ctl -D "$dir/data" -l "$dir/postgres.log" -o "$opts" -w -t 60 start >/dev/null \
@@ -47,5 +52,5 @@ case "$cmd" in
       as_owner pg_ctl -D "$dir/data" -m fast -w stop >/dev/null
     fi
     ;;
-  *) echo "usage: $0 start <dir> <port> [test] | stop <dir>" >&2; exit 2 ;;
+  *) echo "usage: $0 start <dir> <port> [test|bench] | stop <dir>" >&2; exit 2 ;;
 esac

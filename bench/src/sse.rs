@@ -5,9 +5,16 @@
 //!
 //! The client is deliberately cheap: it undoes the chunked transfer encoding, splits lines
 //! with a word-at-a-time byte search, and reads only the `event:` field and, of `attempt`
-//! events, the `"duration_ms":` and `"created_at":"` fields, searched for backwards from
-//! the end of the data line (they are the last fields but one). Each read from the socket
-//! is stamped once with the wall clock; every event completed by that read arrived then.
+//! events, the transaction id at the start of the `id:` field (`<xid>-<seq>`) and the
+//! `"duration_ms":` and `"created_at":"` fields, searched for backwards from the end of the
+//! data line (they are the last fields but one). Each read from the socket is stamped once
+//! with the wall clock; every event completed by that read arrived then.
+//!
+//! Two lags come of it. Each `attempt` event's (xid, arrival) is kept, compactly (see
+//! [`Arrivals`]), so that the suite can look up PostgreSQL's commit timestamp of every
+//! transaction afterwards: commit → arrival. And arrival − (created_at + duration_ms), the
+//! end of the attempt's HTTP request, is kept per event: an upper bound of the same, which
+//! needs nothing from the database.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -37,6 +44,10 @@ pub struct Stats {
     pub lags_us: Vec<u32>,
     /// Events that arrived before created_at + duration_ms (counted as 0 in `lags_us`).
     pub early: u64,
+    /// (xid, arrival) of each `attempt` event with an xid in its `id:` line.
+    pub arrivals: Arrivals,
+    /// `attempt` events without a readable xid (or arriving too late to record).
+    pub no_xid: u64,
     /// Why the subscription failed, if it did.
     pub error: Option<String>,
     /// The server ended the stream before it was stopped.
@@ -63,6 +74,8 @@ pub struct Progress {
 
 pub struct Subscribers {
     pub count: usize,
+    /// The run's epoch, in µs since the Unix epoch: [`Arrivals`] count from it.
+    pub epoch_us: i64,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     thread: std::thread::JoinHandle<Vec<Stats>>,
@@ -90,6 +103,7 @@ impl Subscribers {
             attempts: (0..count).map(|_| AtomicU64::new(0)).collect(),
             tid: AtomicU64::new(0),
         });
+        let epoch_us = now_us();
         let (stop, stop_rx) = watch::channel(false);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -107,6 +121,7 @@ impl Subscribers {
                                 addr,
                                 request.clone(),
                                 s.clone(),
+                                epoch_us,
                                 stop_rx.clone(),
                             ))
                         })
@@ -124,6 +139,7 @@ impl Subscribers {
             .context("starting the subscribers' thread")?;
         Ok(Self {
             count,
+            epoch_us,
             shared,
             stop,
             thread,
@@ -198,12 +214,13 @@ async fn subscribe(
     addr: SocketAddr,
     request: Arc<[u8]>,
     shared: Arc<Shared>,
+    epoch_us: i64,
     mut stop: watch::Receiver<bool>,
 ) -> Stats {
     let mut stats = Stats::default();
     let mut connected = false;
     let outcome = tokio::select! {
-        r = follow(i, addr, &request, &shared, &mut stats, &mut connected) => r,
+        r = follow(i, addr, &request, &shared, epoch_us, &mut stats, &mut connected) => r,
         _ = stop.changed() => Ok(()),
     };
     if let Err(e) = outcome {
@@ -223,6 +240,7 @@ async fn follow(
     addr: SocketAddr,
     request: &[u8],
     shared: &Shared,
+    epoch_us: i64,
     stats: &mut Stats,
     connected: &mut bool,
 ) -> anyhow::Result<()> {
@@ -259,7 +277,7 @@ async fn follow(
     shared.connected.fetch_add(1, Ordering::Relaxed);
 
     let mut body = Body::new(chunked);
-    let mut parser = Parser::default();
+    let mut parser = Parser::new(epoch_us);
     let mut start = head_end;
     let mut arrived_us = now_us();
     loop {
@@ -374,11 +392,21 @@ impl Body {
     }
 }
 
+/// Reads events line by line; a frame may come in any number of pieces, and one piece may
+/// hold any number of frames.
+struct Parser {
+    /// [`Subscribers::epoch_us`].
+    epoch_us: i64,
+    frame: Frame,
+}
+
 /// The event being read.
 #[derive(Default)]
-struct Parser {
+struct Frame {
     kind: Kind,
     has_data: bool,
+    /// The transaction id from the `id:` line (`<xid>-<seq>`); `lagged` frames have none.
+    xid: Option<i64>,
     /// created_at + duration_ms of an `attempt` event, in µs since the epoch.
     request_end_us: Option<i64>,
 }
@@ -394,6 +422,13 @@ enum Kind {
 }
 
 impl Parser {
+    fn new(epoch_us: i64) -> Self {
+        Self {
+            epoch_us,
+            frame: Frame::default(),
+        }
+    }
+
     /// Consumes every complete line of `buf`, counting the events they end.
     fn parse(&mut self, buf: &mut Vec<u8>, arrived_us: i64, stats: &mut Stats) {
         let mut pos = 0;
@@ -401,30 +436,34 @@ impl Parser {
             let line = &buf[pos..pos + nl];
             pos += nl + 1;
             let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let frame = &mut self.frame;
             if line.is_empty() {
                 self.dispatch(arrived_us, stats);
             } else if let Some(kind) = line.strip_prefix(b"event:") {
-                self.kind = match kind.strip_prefix(b" ").unwrap_or(kind) {
+                frame.kind = match kind.strip_prefix(b" ").unwrap_or(kind) {
                     b"attempt" => Kind::Attempt,
                     b"lagged" => Kind::Lagged,
                     _ => Kind::Other,
                 };
             } else if line.starts_with(b"data:") {
-                self.has_data = true;
-                if matches!(self.kind, Kind::Attempt | Kind::Unnamed) {
-                    self.request_end_us = request_end_us(line);
+                frame.has_data = true;
+                if matches!(frame.kind, Kind::Attempt | Kind::Unnamed) {
+                    frame.request_end_us = request_end_us(line);
                 }
+            } else if let Some(id) = line.strip_prefix(b"id:") {
+                frame.xid = xid_of(id.strip_prefix(b" ").unwrap_or(id));
             }
-            // `id:` lines and `:` comments (keep-alives) need nothing.
+            // `:` comments (keep-alives) need nothing.
         }
         buf.drain(..pos);
     }
 
     fn dispatch(&mut self, arrived_us: i64, stats: &mut Stats) {
-        match self.kind {
+        let frame = std::mem::take(&mut self.frame);
+        match frame.kind {
             Kind::Attempt => {
                 stats.attempts += 1;
-                match self.request_end_us {
+                match frame.request_end_us {
                     Some(end) => {
                         let lag = arrived_us - end;
                         if lag < 0 {
@@ -434,15 +473,92 @@ impl Parser {
                     }
                     None => stats.unparsed += 1,
                 }
+                let since_epoch = u32::try_from(arrived_us - self.epoch_us).ok();
+                match (frame.xid, since_epoch) {
+                    (Some(xid), Some(at)) if stats.arrivals.push(xid, at) => {}
+                    _ => stats.no_xid += 1,
+                }
             }
             Kind::Lagged => stats.lagged += 1,
             Kind::Other | Kind::Unnamed => {
-                if self.has_data {
+                if frame.has_data {
                     stats.other_events += 1;
                 }
             }
         }
-        *self = Self::default();
+    }
+}
+
+/// The transaction id of an event id, `<xid>-<seq>` (both decimal).
+fn xid_of(id: &[u8]) -> Option<i64> {
+    let n = id.iter().take_while(|b| b.is_ascii_digit()).count();
+    if n == 0 || n > 18 || id.get(n) != Some(&b'-') {
+        return None;
+    }
+    Some(
+        id[..n]
+            .iter()
+            .fold(0i64, |v, &b| v * 10 + i64::from(b - b'0')),
+    )
+}
+
+/// The (xid, arrival) of every `attempt` event one subscriber received, in 8 bytes an
+/// event at most and usually far fewer: an xid is kept as its offset from the
+/// subscriber's first (events come in xid order, so offsets stay small), an arrival in µs
+/// since [`Subscribers::epoch_us`] (71 minutes fit), and events of one transaction that
+/// arrived in one read, the common case, collapse into one entry and a repeat count.
+#[derive(Debug, Default)]
+pub struct Arrivals {
+    /// The first xid.
+    base: i64,
+    /// (xid − base + 2³¹, arrival); a `(REPEAT, n)` entry repeats the entry before it n
+    /// more times.
+    entries: Vec<(u32, u32)>,
+}
+
+impl Arrivals {
+    const REPEAT: u32 = u32::MAX;
+    const BIAS: i64 = 1 << 31;
+
+    /// Records an event; false if its xid is too far (2³¹) from the first one's.
+    pub fn push(&mut self, xid: i64, arrival_us: u32) -> bool {
+        if self.entries.is_empty() {
+            self.base = xid;
+        }
+        let offset = xid - self.base + Self::BIAS;
+        if !(0..i64::from(Self::REPEAT)).contains(&offset) {
+            return false;
+        }
+        let entry = (offset as u32, arrival_us);
+        let len = self.entries.len();
+        match self.entries.last() {
+            Some(&(Self::REPEAT, n)) if n < u32::MAX && self.entries[len - 2] == entry => {
+                self.entries[len - 1].1 += 1;
+            }
+            Some(&last) if last == entry => self.entries.push((Self::REPEAT, 1)),
+            _ => self.entries.push(entry),
+        }
+        true
+    }
+
+    /// (xid, arrival in µs since the epoch, how many events), in the order received.
+    pub fn runs(&self) -> impl Iterator<Item = (i64, u32, u32)> + '_ {
+        let mut i = 0;
+        std::iter::from_fn(move || {
+            let (offset, at) = *self.entries.get(i)?;
+            i += 1;
+            let mut count = 1;
+            if let Some(&(Self::REPEAT, n)) = self.entries.get(i) {
+                count += n;
+                i += 1;
+            }
+            Some((self.base + i64::from(offset) - Self::BIAS, at, count))
+        })
+    }
+
+    /// Bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<(u32, u32)>()
     }
 }
 
@@ -659,6 +775,37 @@ mod tests {
 
     const ATTEMPT: &str = r#"{"id":"atm_1","response_body":"{\"created_at\":\"1999-01-01T00:00:00Z\"}","duration_ms":12,"created_at":"2026-11-24T00:05:23.123456Z","next_attempt_at":null}"#;
 
+    /// The counts of a parsed stream: attempts, other events, lagged, unparsed, no xid.
+    fn counts(s: &Stats) -> (u64, u64, u64, u64, u64) {
+        (s.attempts, s.other_events, s.lagged, s.unparsed, s.no_xid)
+    }
+
+    /// Feeds `wire` (a chunked body) in pieces of `piece` bytes, stamping every piece
+    /// `arrived`.
+    fn parse_in_pieces(wire: &[u8], piece: usize, epoch: i64, arrived: i64) -> Stats {
+        let (mut body, mut parser, mut stats) =
+            (Body::new(true), Parser::new(epoch), Stats::default());
+        let mut pending: Vec<u8> = Vec::new();
+        for part in wire.chunks(piece) {
+            pending.extend_from_slice(part);
+            let used = body.feed(&pending);
+            pending.drain(..used);
+            parser.parse(&mut body.data, arrived, &mut stats);
+        }
+        assert!(body.done, "piece {piece}");
+        stats
+    }
+
+    /// One HTTP chunk per event, as axum sends them.
+    fn one_chunk_each(events: &[String]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for e in events {
+            wire.extend_from_slice(format!("{:x}\r\n{e}\r\n", e.len()).as_bytes());
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+        wire
+    }
+
     /// A chunked stream cut at every possible place parses the same.
     #[test]
     fn chunked_stream_in_any_pieces() {
@@ -669,34 +816,85 @@ mod tests {
             "event: lagged\ndata: {\"message\":\"behind\"}\n\n".to_owned(),
             format!("id: 2-0\nevent: attempt\ndata: {ATTEMPT}\n\n"),
         ];
-        let mut wire = Vec::new();
-        for e in &events {
-            wire.extend_from_slice(format!("{:x}\r\n{e}\r\n", e.len()).as_bytes());
-        }
-        wire.extend_from_slice(b"0\r\n\r\n");
+        let wire = one_chunk_each(&events);
         let arrived = 1_795_478_723_135_456 + 500; // created + 12 ms + 0.5 ms
+        let epoch = arrived - 7;
         for piece in 1..wire.len() {
-            let (mut body, mut parser, mut stats) =
-                (Body::new(true), Parser::default(), Stats::default());
-            let mut pending: Vec<u8> = Vec::new();
-            for part in wire.chunks(piece) {
-                pending.extend_from_slice(part);
-                let used = body.feed(&pending);
-                pending.drain(..used);
-                parser.parse(&mut body.data, arrived, &mut stats);
-            }
-            assert!(body.done, "piece {piece}");
-            assert_eq!(
-                (
-                    stats.attempts,
-                    stats.other_events,
-                    stats.lagged,
-                    stats.unparsed
-                ),
-                (2, 1, 1, 0),
-                "piece {piece}"
-            );
+            let stats = parse_in_pieces(&wire, piece, epoch, arrived);
+            assert_eq!(counts(&stats), (2, 1, 1, 0, 0), "piece {piece}");
             assert_eq!(stats.lags_us, vec![500, 500], "piece {piece}");
+            let runs: Vec<_> = stats.arrivals.runs().collect();
+            assert_eq!(runs, vec![(1, 7, 1), (2, 7, 1)], "piece {piece}");
         }
+    }
+
+    /// Several frames in one HTTP chunk (and one frame over two chunks), with CRLF or LF
+    /// line ends, ids with or without the space, a `lagged` frame (no id) and an attempt
+    /// without an id, cut at every place.
+    #[test]
+    fn many_frames_per_chunk() {
+        let xid = 9_007_199_254_740_993i64; // beyond 2^53: no float on the way
+        let big = format!("{xid}-3");
+        let one = format!(
+            "id: 41-0\r\nevent: attempt\r\ndata: {ATTEMPT}\r\n\r\n\
+             id:41-1\nevent: attempt\ndata: {ATTEMPT}\n\n\
+             event: lagged\ndata: {{\"message\":\"behind\"}}\n\n\
+             :\n\n\
+             id: 41-2\nevent: message.created\ndata: {{\"id\":\"msg_1\"}}\n\n\
+             event: attempt\nid: 42-0\ndata: {ATTEMPT}\n\n\
+             event: attempt\ndata: {ATTEMPT}\n\n\
+             id: nonsense\nevent: attempt\ndata: {ATTEMPT}\n\nid: {big}\nevent: att"
+        );
+        let two = format!("empt\ndata: {ATTEMPT}\n\nid: 42-1\nevent: attempt\ndata: {ATTEMPT}\n\n");
+        let wire = one_chunk_each(&[one, two]);
+        let arrived = 1_795_478_723_135_456;
+        for piece in 1..wire.len() {
+            let stats = parse_in_pieces(&wire, piece, arrived - 5, arrived);
+            assert_eq!(counts(&stats), (7, 1, 1, 0, 3), "piece {piece}");
+            assert_eq!(stats.lags_us, vec![0; 7], "piece {piece}");
+            let runs: Vec<_> = stats.arrivals.runs().collect();
+            // No id, a malformed one, and one 2^31 or more from the first xid (which
+            // cannot be recorded) are counted in no_xid; the two 42s then run together.
+            assert_eq!(runs, vec![(41, 5, 2), (42, 5, 2)], "piece {piece}");
+        }
+    }
+
+    #[test]
+    fn event_ids() {
+        assert_eq!(xid_of(b"123-0"), Some(123));
+        assert_eq!(xid_of(b"18446744073-17"), Some(18_446_744_073));
+        assert_eq!(xid_of(b"123"), None);
+        assert_eq!(xid_of(b"-1"), None);
+        assert_eq!(xid_of(b"abc-1"), None);
+        assert_eq!(xid_of(b""), None);
+        assert_eq!(xid_of(b"1234567890123456789-1"), None);
+    }
+
+    #[test]
+    fn arrivals_run_length() {
+        let mut a = Arrivals::default();
+        for (xid, at) in [
+            (100, 5),
+            (100, 5),
+            (100, 5),
+            (101, 5),
+            (101, 9),
+            (99, 9),
+            (99, 9),
+        ] {
+            assert!(a.push(xid, at));
+        }
+        assert_eq!(
+            a.runs().collect::<Vec<_>>(),
+            vec![(100, 5, 3), (101, 5, 1), (101, 9, 1), (99, 9, 2)]
+        );
+        // Runs of three or more cost two entries; single events one.
+        assert_eq!(a.entries.len(), 6);
+        assert!(a.push(100 + (1 << 31) - 2, 0));
+        assert!(!a.push(100 + (1 << 31) - 1, 0));
+        assert!(a.push(100 - (1 << 31), 0));
+        assert!(!a.push(99 - (1 << 31), 0));
+        assert_eq!(a.runs().last(), Some((100 - (1 << 31), 0, 1)));
+        assert_eq!(Arrivals::default().runs().count(), 0);
     }
 }

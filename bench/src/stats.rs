@@ -53,6 +53,35 @@ impl Latency {
     }
 }
 
+impl Latency {
+    /// The same, over (µs, how many samples) pairs; sorts `samples` in place.
+    pub fn of_weighted_micros(samples: &mut [(u32, u32)]) -> Self {
+        let total: u64 = samples.iter().map(|s| u64::from(s.1)).sum();
+        if total == 0 {
+            return Self::default();
+        }
+        samples.sort_unstable();
+        let ms = |us: u32| f64::from(us) / 1000.0;
+        let at = |q: f64| {
+            let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+            let mut seen = 0;
+            for &(us, n) in samples.iter() {
+                seen += u64::from(n);
+                if seen >= rank {
+                    return ms(us);
+                }
+            }
+            unreachable!("rank {rank} of {total}")
+        };
+        Self {
+            p50_ms: at(0.50),
+            p90_ms: at(0.90),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
 }
@@ -76,5 +105,26 @@ mod tests {
             (l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms),
             (50.0, 90.0, 99.0, 100.0)
         );
+        // The same hundred samples as runs of one, out of order, and an empty run.
+        let mut runs: Vec<(u32, u32)> = (1..=100).rev().map(|m| (m * 1000, 1)).collect();
+        runs.push((0, 0));
+        let l = Latency::of_weighted_micros(&mut runs);
+        assert_eq!(
+            (l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms),
+            (50.0, 90.0, 99.0, 100.0)
+        );
+        let mut runs = vec![(4000, 1), (2000, 40), (1000, 50), (3000, 9)];
+        let l = Latency::of_weighted_micros(&mut runs);
+        assert_eq!(
+            (l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms),
+            (1.0, 2.0, 3.0, 4.0)
+        );
+        let mut runs = vec![(3000, 98), (1000, 1), (7000, 1)];
+        let l = Latency::of_weighted_micros(&mut runs);
+        assert_eq!(
+            (l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms),
+            (3.0, 3.0, 3.0, 7.0)
+        );
+        assert_eq!(Latency::of_weighted_micros(&mut [(5, 0)]).max_ms, 0.0);
     }
 }

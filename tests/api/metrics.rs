@@ -48,8 +48,7 @@ fn attempts(text: &str, outcome: &str) -> f64 {
 
 /// An app with one endpoint at `receiver`.
 async fn app_sending_to(app: &TestApp, receiver: &Receiver) -> String {
-    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
-    app_id
+    app.app_with_endpoint(receiver).await.0
 }
 
 #[tokio::test]
