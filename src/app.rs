@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::db;
-use crate::delivery::{WorkerPool, WorkerSettings, client};
+use crate::delivery::{Recoveries, WorkerPool, WorkerSettings, client};
 use crate::feed::{Feed, FeedSettings};
 use crate::http::{self, AppState};
 
@@ -59,7 +59,14 @@ impl App {
             .await
             .context("cannot connect to the database")?;
         let feed = Feed::spawn(feed_pool, FeedSettings::from(&config), cancel.clone());
-        let router = http::router(AppState::new(pool.clone(), config, workers.direct(), feed));
+        let recoveries = Recoveries::spawn(pool.clone(), cancel.clone());
+        let router = http::router(AppState::new(
+            pool.clone(),
+            config,
+            workers.direct(),
+            feed,
+            recoveries,
+        ));
         Ok(Self {
             listener,
             router,

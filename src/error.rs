@@ -14,6 +14,11 @@ pub enum AppError {
     Invalid(String),
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request is valid but the state of things refuses it (`code` says why).
+    #[error("{1}")]
+    Refused(&'static str, String),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -43,6 +48,8 @@ impl AppError {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Refused(code, _) => (StatusCode::CONFLICT, code),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::UnknownEventId(_) => (StatusCode::GONE, "unknown_last_event_id"),

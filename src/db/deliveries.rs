@@ -16,6 +16,10 @@ pub struct Claimed {
     pub id: DeliveryId,
     /// Already incremented: the number of the attempt about to be made. Also the fence.
     pub attempt_count: i32,
+    /// `scheduled`, or `replay` for a delivery sent again on request.
+    pub trigger: String,
+    /// Attempts made before the last replay: the retry schedule counts from here.
+    pub retry_base: i32,
     pub message_id: MessageId,
     pub app_id: AppId,
     pub event_type: String,
@@ -106,11 +110,13 @@ pub async fn claim(
                     attempt_count = d.attempt_count + 1,
                     updated_at = now()
               where d.id = any(array(select id from picked))
-             returning d.id, d.attempt_count, d.message_id, d.endpoint_id
+             returning d.id, d.attempt_count, d.trigger, d.retry_base, d.message_id,
+                       d.endpoint_id
          )
          -- Lateral lookups (`offset 0` keeps them from being flattened into joins), for the
          -- same reason: one index probe per claimed row.
-         select c.id, c.attempt_count, c.message_id, m.app_id, m.event_type, m.payload,
+         select c.id, c.attempt_count, c.trigger::text as trigger, c.retry_base, c.message_id,
+                m.app_id, m.event_type, m.payload,
                 m.created_at as message_created_at, c.endpoint_id, e.url, e.headers,
                 e.disabled, e.disabled_reason, e.secrets,
                 (select p.free from picked p where p.id = c.id) as room, e.max_in_flight

@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod events;
 pub mod listen;
 pub mod messages;
+pub mod replays;
 
 use std::str::FromStr;
 use std::time::Duration;

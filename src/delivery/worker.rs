@@ -200,6 +200,8 @@ impl Direct {
             let row = Claimed {
                 id: DeliveryId(d.id),
                 attempt_count: 1,
+                trigger: "scheduled".into(),
+                retry_base: 0,
                 message_id: message.id,
                 app_id: message.app_id,
                 event_type: message.event_type.clone(),
@@ -415,7 +417,7 @@ impl Shared {
         let verdict = decide(
             status,
             retry_after,
-            row.attempt_count,
+            row.attempt_count - row.retry_base,
             &self.settings.retry_schedule,
         );
         let (state, outcome, next_attempt_at, effect) = match verdict {
@@ -450,7 +452,11 @@ impl Shared {
             last_error: error.clone(),
             attempt: Some(AttemptRecord {
                 id: AttemptId::new(),
-                trigger: "scheduled",
+                trigger: if row.trigger == "replay" {
+                    "replay"
+                } else {
+                    "scheduled"
+                },
                 outcome,
                 response_status: status.map(i32::from),
                 response_body: body,

@@ -23,6 +23,7 @@ pub fn routes() -> Router<AppState> {
         .route("/apps/{app}/endpoints/{ep}/secret", get(secret))
         .route("/apps/{app}/endpoints/{ep}/secret/rotate", post(rotate))
         .route("/apps/{app}/endpoints/{ep}/attempts", get(attempts))
+        .route("/apps/{app}/endpoints/{ep}/recover", post(recover))
 }
 
 /// Create and update share one body; on update every field is optional.
@@ -280,4 +281,41 @@ pub(super) async fn rotate_to(
         .await?;
     tx.commit().await?;
     Ok(())
+}
+
+#[derive(Deserialize)]
+struct RecoverBody {
+    since: String,
+    until: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Recovering {
+    /// Dead deliveries in the window, all of which are being queued again.
+    queued: i32,
+    recovery_id: String,
+}
+
+/// Sends again every dead delivery of the endpoint created in `[since, until)`. Answers at
+/// once; the deliveries are queued in the background, in batches, and a restart part-way
+/// does not lose the rest.
+async fn recover(
+    State(state): State<AppState>,
+    Path((app, ep)): Path<(String, String)>,
+    Json(body): Json<RecoverBody>,
+) -> AppResult<(StatusCode, Json<Recovering>)> {
+    let endpoint = find(&state, &app, &ep).await?;
+    let (since, until) = super::admin_ws::parse_window(Some(&body.since), body.until.as_deref())
+        .map_err(AppError::Invalid)?;
+    let started = state
+        .recoveries
+        .start(endpoint.app_id, endpoint.id, since, until)
+        .await??;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Recovering {
+            queued: started.recovery.total,
+            recovery_id: started.recovery.id.simple().to_string(),
+        }),
+    ))
 }

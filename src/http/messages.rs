@@ -9,7 +9,7 @@ use super::{AppState, path_id};
 use crate::db::attempts::{Attempt, Of};
 use crate::db::messages::{DeliveryStatus, Message};
 use crate::db::{self, Page, PageParams};
-use crate::domain::{AttemptId, EventType, MessageId};
+use crate::domain::{AttemptId, DeliveryId, EndpointId, EventType, MessageId};
 use crate::error::{AppError, AppResult, Json, Query};
 
 pub fn routes() -> Router<AppState> {
@@ -17,6 +17,7 @@ pub fn routes() -> Router<AppState> {
         .route("/apps/{app}/messages", post(send).get(list))
         .route("/apps/{app}/messages/{msg}", get(show))
         .route("/apps/{app}/messages/{msg}/attempts", get(attempts))
+        .route("/apps/{app}/messages/{msg}/replay", post(replay))
 }
 
 #[derive(Deserialize)]
@@ -140,4 +141,46 @@ async fn attempts(
     )
     .await?;
     Ok(Json(Page::from_rows(rows, limit, |a| a.id.to_string())))
+}
+
+#[derive(Deserialize, Default)]
+struct ReplayBody {
+    endpoint_id: Option<EndpointId>,
+}
+
+#[derive(Serialize)]
+struct Queued {
+    queued: usize,
+    deliveries: Vec<DeliveryId>,
+}
+
+/// Sends the message again (same `webhook-id`, new timestamp and signature), to one
+/// endpoint or to every enabled endpoint subscribed to its event type.
+async fn replay(
+    State(state): State<AppState>,
+    Path((app, msg)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> AppResult<(StatusCode, Json<Queued>)> {
+    let message = find(&state, &app, &msg).await?;
+    // The body is optional: empty means "to every endpoint".
+    let body: ReplayBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ReplayBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| AppError::Invalid(e.to_string()))?
+    };
+    let mut conn = state.pool.acquire().await?;
+    let queued = db::replays::replay_message(
+        &mut conn,
+        message.id,
+        Some(message.app_id),
+        body.endpoint_id,
+    )
+    .await??;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Queued {
+            queued: queued.len(),
+            deliveries: queued,
+        }),
+    ))
 }

@@ -1,5 +1,6 @@
 //! The HTTP surface: REST under `/api/v1` (bearer auth), health probes, and the pages.
 
+mod admin_ws;
 mod apps;
 mod endpoints;
 mod health;
@@ -22,7 +23,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
 use crate::db;
-use crate::delivery::Direct;
+use crate::delivery::{Direct, Recoveries};
 use crate::domain::AppId;
 use crate::error::{AppError, AppResult};
 use crate::feed::Feed;
@@ -36,6 +37,8 @@ pub struct Inner {
     /// Hands freshly accepted deliveries to this process's workers.
     pub direct: Direct,
     pub feed: Feed,
+    /// Runs recovers (bulk replays) in the background.
+    pub recoveries: Recoveries,
 }
 
 impl std::ops::Deref for AppState {
@@ -46,12 +49,19 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, config: Config, direct: Direct, feed: Feed) -> Self {
+    pub fn new(
+        pool: PgPool,
+        config: Config,
+        direct: Direct,
+        feed: Feed,
+        recoveries: Recoveries,
+    ) -> Self {
         Self(Arc::new(Inner {
             pool,
             config,
             direct,
             feed,
+            recoveries,
         }))
     }
 
@@ -77,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .merge(messages::routes())
         .merge(stream::routes())
         .merge(stats::routes())
+        .merge(admin_ws::routes())
         .fallback(|| async { AppError::NotFound("route") })
         .layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .layer(DefaultBodyLimit::max(body_limit));

@@ -133,14 +133,11 @@ async fn the_poll_finds_deliveries_no_one_announced() {
         .await;
     let msg = app.send(&app_id, "ping", json!({})).await;
     receiver.wait_for(1, Duration::from_secs(5)).await;
-    // Queue a second delivery behind the API's back, without NOTIFY.
-    sqlx::query(
-        "insert into delivery (message_id, endpoint_id)
-         select message_id, endpoint_id from delivery limit 1",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    // Queue the delivery again behind the API's back, without NOTIFY.
+    sqlx::query("update delivery set state = 'pending', next_attempt_at = now()")
+        .execute(&app.pool)
+        .await
+        .unwrap();
     let got = receiver.wait_for(2, Duration::from_secs(5)).await;
     assert_eq!(got[1].header("webhook-id"), msg);
 }

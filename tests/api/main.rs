@@ -4,6 +4,7 @@
 mod helpers;
 mod process;
 
+mod admin_ws;
 mod apps;
 mod bad_input;
 mod browser;

@@ -133,7 +133,14 @@ async fn a_client_resuming_amid_concurrent_writers_misses_nothing_and_sees_nothi
     let app = spawn_app().await;
     app_with_uid(&app, "race").await;
     let mut steady = SseClient::connect(&app, "app=race", None).await;
-    let mut resuming = SseClient::connect(&app, "app=race", None).await;
+    // Where the feed is now: the resuming client starts there, so that even a reconnect
+    // before its first event resumes rather than starting over.
+    let start: String =
+        sqlx::query_scalar("select pg_snapshot_xmin(pg_current_snapshot())::text || '-0'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let mut resuming = SseClient::connect(&app, "app=race", Some(&start)).await;
 
     let committed: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut writers = Vec::new();

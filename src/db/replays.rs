@@ -1,0 +1,332 @@
+//! Sending again on request: replay a message, retry one delivery now, and recover an
+//! endpoint's dead deliveries in a time window, in resumable batches.
+//!
+//! Every form puts delivery rows back to `pending`, due now, with trigger `replay` and a
+//! fresh retry schedule (`retry_base`); the row, and so the `webhook-id`, stays the same.
+//! A delivery in flight is left alone: it is being attempted at this very moment.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::domain::{AppId, DeliveryId, EndpointId, MessageId};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    NotFound(&'static str),
+    EndpointDisabled,
+    InFlight,
+}
+
+impl Refused {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::EndpointDisabled => "endpoint_disabled",
+            Self::InFlight => "in_flight",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Self::NotFound(what) => format!("{what} not found"),
+            Self::EndpointDisabled => {
+                "the endpoint is disabled: enable it first, then replay".to_owned()
+            }
+            Self::InFlight => {
+                "an attempt of this delivery is in flight right now; its outcome will follow"
+                    .to_owned()
+            }
+        }
+    }
+}
+
+pub type Replayed = Result<Vec<DeliveryId>, Refused>;
+
+/// Wakes the workers of every process: replayed rows are due now.
+async fn notify_workers(db: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("select pg_notify('herald_delivery', '')")
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Checks that `endpoint` belongs to `app` and can be sent to.
+async fn usable_endpoint(
+    db: &mut PgConnection,
+    app: AppId,
+    endpoint: EndpointId,
+) -> sqlx::Result<Result<(), Refused>> {
+    let disabled: Option<bool> =
+        sqlx::query_scalar("select disabled from endpoint where id = $1 and app_id = $2")
+            .bind(endpoint)
+            .bind(app)
+            .fetch_optional(&mut *db)
+            .await?;
+    Ok(match disabled {
+        None => Err(Refused::NotFound("endpoint")),
+        Some(true) => Err(Refused::EndpointDisabled),
+        Some(false) => Ok(()),
+    })
+}
+
+/// Sends `message` again: to `endpoint`, or to every enabled endpoint subscribed to its
+/// event type. `app`, when given, must be the message's application. Returns the
+/// deliveries queued (an endpoint that joined after the message gets a new one).
+pub async fn replay_message(
+    db: &mut PgConnection,
+    message: MessageId,
+    app: Option<AppId>,
+    endpoint: Option<EndpointId>,
+) -> sqlx::Result<Replayed> {
+    let owner: Option<AppId> = sqlx::query_scalar(
+        "select app_id from message where id = $1 and ($2::uuid is null or app_id = $2)",
+    )
+    .bind(message)
+    .bind(app)
+    .fetch_optional(&mut *db)
+    .await?;
+    let Some(app) = owner else {
+        return Ok(Err(Refused::NotFound("message")));
+    };
+    if let Some(endpoint) = endpoint {
+        if let Err(refused) = usable_endpoint(db, app, endpoint).await? {
+            return Ok(Err(refused));
+        }
+        let state: Option<String> = sqlx::query_scalar(
+            "select state::text from delivery where message_id = $1 and endpoint_id = $2",
+        )
+        .bind(message)
+        .bind(endpoint)
+        .fetch_optional(&mut *db)
+        .await?;
+        if state.as_deref() == Some("in_flight") {
+            return Ok(Err(Refused::InFlight));
+        }
+    }
+    let queued: Vec<DeliveryId> = sqlx::query_scalar(
+        "insert into delivery (message_id, endpoint_id, state, trigger, next_attempt_at)
+         select m.id, e.id, 'pending', 'replay', now()
+           from message m
+           join endpoint e on e.app_id = m.app_id
+          where m.id = $1 and not e.disabled
+            and case when $2::uuid is null
+                     then cardinality(e.event_types) = 0 or m.event_type = any (e.event_types)
+                     else e.id = $2 end
+         on conflict (message_id, endpoint_id) do update
+            set state = 'pending', next_attempt_at = now(), trigger = 'replay',
+                retry_base = delivery.attempt_count, last_error = null, updated_at = now()
+          where delivery.state <> 'in_flight'
+         returning id",
+    )
+    .bind(message)
+    .bind(endpoint)
+    .fetch_all(&mut *db)
+    .await?;
+    notify_workers(db).await?;
+    Ok(Ok(queued))
+}
+
+/// Sends one delivery again now, whatever its state or schedule (but not while an attempt
+/// of it is in flight). `app`, when given, must be the delivery's application.
+pub async fn retry_delivery(
+    db: &mut PgConnection,
+    delivery: DeliveryId,
+    app: Option<AppId>,
+) -> sqlx::Result<Replayed> {
+    let found: Option<(String, bool)> = sqlx::query_as(
+        "select d.state::text, e.disabled
+           from delivery d
+           join message m on m.id = d.message_id
+           join endpoint e on e.id = d.endpoint_id
+          where d.id = $1 and ($2::uuid is null or m.app_id = $2)",
+    )
+    .bind(delivery)
+    .bind(app)
+    .fetch_optional(&mut *db)
+    .await?;
+    match found {
+        None => return Ok(Err(Refused::NotFound("delivery"))),
+        Some((_, true)) => return Ok(Err(Refused::EndpointDisabled)),
+        Some((state, _)) if state == "in_flight" => return Ok(Err(Refused::InFlight)),
+        Some(_) => {}
+    }
+    let queued: Vec<DeliveryId> = sqlx::query_scalar(
+        "update delivery d
+            set state = 'pending', next_attempt_at = now(), trigger = 'replay',
+                retry_base = d.attempt_count, last_error = null, updated_at = now()
+          where d.id = $1 and d.state <> 'in_flight'
+         returning d.id",
+    )
+    .bind(delivery)
+    .fetch_all(&mut *db)
+    .await?;
+    if queued.is_empty() {
+        // An attempt was claimed between the check and the update.
+        return Ok(Err(Refused::InFlight));
+    }
+    notify_workers(db).await?;
+    Ok(Ok(queued))
+}
+
+/// A recover as stored.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct Recovery {
+    pub id: Uuid,
+    pub total: i32,
+}
+
+/// Records a recover of `endpoint`'s dead deliveries created in `[since, until)`, leased
+/// to `worker`, which runs it with [`recover_batch`].
+pub async fn create_recovery(
+    db: &mut PgConnection,
+    app: AppId,
+    endpoint: EndpointId,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    worker: Uuid,
+) -> sqlx::Result<Result<Recovery, Refused>> {
+    if let Err(refused) = usable_endpoint(db, app, endpoint).await? {
+        return Ok(Err(refused));
+    }
+    let recovery: Recovery = sqlx::query_as(
+        "insert into recovery (app_id, endpoint_id, since, until, total, locked_by,
+                               lease_expires_at)
+         select $1, $2, $3, $4, count(*), $5, now() + interval '30 seconds'
+           from delivery d
+          where d.endpoint_id = $2 and d.state = 'dead'
+            and d.id >= uuid_v7_floor($3) and d.id < uuid_v7_floor($4)
+         returning id, total",
+    )
+    .bind(app)
+    .bind(endpoint)
+    .bind(since)
+    .bind(until)
+    .bind(worker)
+    .fetch_one(&mut *db)
+    .await?;
+    Ok(Ok(recovery))
+}
+
+/// How far a recover has got.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct RecoveryProgress {
+    pub queued: i32,
+    pub total: i32,
+    pub finished: bool,
+    /// The deliveries this batch queued.
+    #[sqlx(skip)]
+    pub batch: Vec<DeliveryId>,
+}
+
+/// Queues the next `limit` dead deliveries of a recover and moves its cursor past them,
+/// in one statement (so one transaction): a restart between batches resumes after the
+/// last one that committed. Rows another recover holds are skipped, not waited for: that
+/// one queues them. `None` when `worker` no longer holds the recover.
+pub async fn recover_batch(
+    db: &mut PgConnection,
+    recovery: Uuid,
+    worker: Uuid,
+    limit: i64,
+) -> sqlx::Result<Option<RecoveryProgress>> {
+    let row: Option<(i32, i32, bool, Vec<Uuid>)> = sqlx::query_as(
+        "with r as (
+             select * from recovery
+              where id = $1 and locked_by = $2 and finished_at is null
+                for update
+         ), batch as (
+             select d.id
+               from r
+               join delivery d on d.endpoint_id = r.endpoint_id
+              where d.state = 'dead'
+                and d.id > coalesce(r.cursor, uuid_v7_floor(r.since))
+                and d.id < uuid_v7_floor(r.until)
+              order by d.id
+              limit $3
+                for update of d skip locked
+         ), requeued as (
+             update delivery d
+                set state = 'pending', next_attempt_at = now(), trigger = 'replay',
+                    retry_base = d.attempt_count, last_error = null, updated_at = now()
+              where d.id = any(array(select id from batch)) and d.state = 'dead'
+             returning d.id
+         )
+         update recovery
+            set cursor = coalesce((select id from batch order by id desc limit 1), cursor),
+                queued = queued + (select count(*) from requeued),
+                finished_at = case when (select count(*) from batch) < $3 then now() end,
+                lease_expires_at = now() + interval '30 seconds'
+          where id = (select id from r)
+         returning queued, total, finished_at is not null,
+                   array(select id from requeued)",
+    )
+    .bind(recovery)
+    .bind(worker)
+    .bind(limit)
+    .fetch_optional(&mut *db)
+    .await?;
+    let Some((queued, total, finished, batch)) = row else {
+        return Ok(None);
+    };
+    if !batch.is_empty() {
+        notify_workers(db).await?;
+    }
+    Ok(Some(RecoveryProgress {
+        queued,
+        total,
+        finished,
+        batch: batch.into_iter().map(DeliveryId).collect(),
+    }))
+}
+
+/// Takes over a recover whose runner stopped (its process died or shut down mid-way).
+pub async fn claim_abandoned_recovery(
+    db: impl PgExecutor<'_>,
+    worker: Uuid,
+) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar(
+        "update recovery
+            set locked_by = $1, lease_expires_at = now() + interval '30 seconds'
+          where id = (select id from recovery
+                       where finished_at is null
+                         and (lease_expires_at is null or lease_expires_at < now())
+                       order by id limit 1
+                         for update skip locked)
+         returning id",
+    )
+    .bind(worker)
+    .fetch_optional(db)
+    .await
+}
+
+/// The application `endpoint` belongs to, if it exists (and is `app`'s, when given).
+pub async fn endpoint_owner(
+    db: impl PgExecutor<'_>,
+    endpoint: EndpointId,
+    app: Option<AppId>,
+) -> sqlx::Result<Option<AppId>> {
+    sqlx::query_scalar(
+        "select app_id from endpoint where id = $1 and ($2::uuid is null or app_id = $2)",
+    )
+    .bind(endpoint)
+    .bind(app)
+    .fetch_optional(db)
+    .await
+}
+
+/// Gives a recover back (at shutdown) so that the next process to look takes it at once.
+pub async fn release_recovery(
+    db: impl PgExecutor<'_>,
+    recovery: Uuid,
+    worker: Uuid,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "update recovery set locked_by = null, lease_expires_at = null
+          where id = $1 and locked_by = $2",
+    )
+    .bind(recovery)
+    .bind(worker)
+    .execute(db)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! `GET /api/v1/admin/ws`: the admin channel (DESIGN §3 "WebSocket frames"). Commands
+//! `replay`, `retry` and `recover`, each answered with `ack`, `progress` (recover), `done`
+//! or `error`, then the `attempt` frames its work causes, tagged with its `req`.
+//!
+//! The work belongs to the server once acknowledged: a client that goes away stops only the
+//! reports. A slow client holds up only itself: the feed it follows catches up on its own.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::http::header::{AUTHORIZATION, ORIGIN};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::AppState;
+use crate::db::events::Filter;
+use crate::db::replays::{self, RecoveryProgress, Refused};
+use crate::domain::{AppId, DeliveryId, EndpointId, MessageId};
+use crate::error::AppError;
+use crate::feed::Item;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/admin/ws", get(upgrade))
+}
+
+/// How often the server pings; a client silent for three of these is dropped.
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// Frames waiting to be written to one client.
+const OUTBOX: usize = 256;
+
+/// Admins only (the `require_admin` layer checked the token or session), and only from the
+/// dashboard's own origin: a page elsewhere cannot drive this channel with an admin's
+/// cookie. A browser always sends `Origin` here; a cookie without one is refused too.
+async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let by_bearer = headers.contains_key(AUTHORIZATION);
+    let origin = headers.get(ORIGIN).and_then(|o| o.to_str().ok());
+    let allowed = match origin {
+        Some(o) => o.trim_end_matches('/') == state.config.public_url,
+        None => by_bearer,
+    };
+    if !allowed {
+        return AppError::Forbidden(format!(
+            "the admin channel accepts connections from {} only",
+            state.config.public_url
+        ))
+        .into_response();
+    }
+    ws.max_message_size(64 * 1024)
+        .on_upgrade(move |socket| serve(state, socket))
+}
+
+/// What a command's background work reports to the connection.
+enum Report {
+    Progress(String, RecoveryProgress),
+}
+
+async fn serve(state: AppState, socket: WebSocket) {
+    let (mut sink, mut incoming) = socket.split();
+    let (out, mut outbox) = mpsc::channel::<Message>(OUTBOX);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = outbox.recv().await {
+            if sink.send(frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut feed = state.feed.subscribe(Filter::default(), None);
+    let (report, mut reports) = mpsc::unbounded_channel::<Report>();
+    // Deliveries this connection's commands queued, with the command's `req`: their
+    // attempts are sent here as they happen.
+    let mut watched: HashMap<DeliveryId, String> = HashMap::new();
+    let mut ping = tokio::time::interval(PING_EVERY);
+    let mut silent_pings = 0;
+
+    loop {
+        tokio::select! {
+            // Registrations first: a batch's attempts must never be seen before its ids.
+            biased;
+            Some(Report::Progress(req, p)) = reports.recv() => {
+                for id in &p.batch {
+                    watched.insert(*id, req.clone());
+                }
+                let frame = if p.finished {
+                    json!({"req": req, "type": "done", "queued": p.queued})
+                } else {
+                    json!({"req": req, "type": "progress", "done": p.queued, "total": p.total})
+                };
+                if send(&out, frame).await.is_err() {
+                    break;
+                }
+            }
+            frame = incoming.next() => {
+                let text = match frame {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Binary(_))) => {
+                        let e = error(None, "bad_request", "frames are JSON text".into());
+                        if send(&out, e).await.is_err() { break; }
+                        continue;
+                    }
+                    Some(Ok(Message::Pong(_) | Message::Ping(_))) => {
+                        silent_pings = 0;
+                        continue;
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                };
+                silent_pings = 0;
+                let answers = command(&state, text.as_str(), &report, &mut watched).await;
+                let mut gone = false;
+                for a in answers {
+                    if send(&out, a).await.is_err() {
+                        gone = true;
+                        break;
+                    }
+                }
+                if gone {
+                    break;
+                }
+            }
+            item = feed.recv() => {
+                let Some(item) = item else { break };
+                if let Item::Events(events) = item {
+                    for e in events.iter().filter(|e| e.kind == "attempt") {
+                        if let Some(frame) = attempt_frame(&e.data, &mut watched)
+                            && send(&out, frame).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                silent_pings += 1;
+                if silent_pings > 3 || out.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(out);
+    let _ = writer.await;
+    debug!("admin channel closed");
+}
+
+async fn send(out: &mpsc::Sender<Message>, frame: Value) -> Result<(), ()> {
+    out.send(Message::Text(frame.to_string().into()))
+        .await
+        .map_err(|_| ())
+}
+
+fn error(req: Option<&str>, code: &str, message: String) -> Value {
+    json!({"req": req, "type": "error", "code": code, "message": message})
+}
+
+/// The attempt frame for a watched delivery, tagged with its command's `req`. A delivery
+/// stops being watched once it succeeded or died.
+fn attempt_frame(data: &str, watched: &mut HashMap<DeliveryId, String>) -> Option<Value> {
+    let Ok(Value::Object(mut attempt)) = serde_json::from_str::<Value>(data) else {
+        return None;
+    };
+    // An earlier, scheduled attempt of the same delivery may still be on its way through
+    // the feed: only the replay's own attempts are this command's.
+    if attempt.get("trigger").and_then(Value::as_str) != Some("replay") {
+        return None;
+    }
+    let delivery: DeliveryId = attempt.get("delivery_id")?.as_str()?.parse().ok()?;
+    let outcome = attempt.get("outcome").and_then(Value::as_str).unwrap_or("");
+    let req = if outcome == "retrying" {
+        watched.get(&delivery)?.clone()
+    } else {
+        watched.remove(&delivery)?
+    };
+    let mut frame = Map::new();
+    frame.insert("type".into(), "attempt".into());
+    frame.insert("req".into(), req.into());
+    frame.append(&mut attempt);
+    Some(Value::Object(frame))
+}
+
+/// Runs one command frame; returns the frames to answer with.
+async fn command(
+    state: &AppState,
+    text: &str,
+    report: &mpsc::UnboundedSender<Report>,
+    watched: &mut HashMap<DeliveryId, String>,
+) -> Vec<Value> {
+    let frame: Value = match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => Value::Object(map),
+        Ok(_) => {
+            return vec![error(
+                None,
+                "bad_request",
+                "a command is a JSON object".into(),
+            )];
+        }
+        Err(e) => return vec![error(None, "bad_request", format!("not JSON: {e}"))],
+    };
+    let req = match frame.get("req") {
+        Some(Value::String(r)) if !r.is_empty() && r.len() <= 200 => r.clone(),
+        _ => {
+            return vec![error(
+                None,
+                "bad_request",
+                "every command needs a \"req\": a string of 1 to 200 characters".into(),
+            )];
+        }
+    };
+    let fail = |code: &str, message: String| vec![error(Some(&req), code, message)];
+    let op = frame.get("op").and_then(Value::as_str).unwrap_or("");
+    let field = |name: &str| frame.get(name).and_then(Value::as_str);
+    let app = match field("app").map(|a| a.parse::<AppId>()) {
+        None => None,
+        Some(Ok(app)) => Some(app),
+        Some(Err(_)) => return fail("invalid", "app is not an application id".into()),
+    };
+
+    match op {
+        "replay" => {
+            let Some(message) = field("message_id").and_then(|m| m.parse::<MessageId>().ok())
+            else {
+                return fail("invalid", "replay needs a message_id (msg_…)".into());
+            };
+            let endpoint = match field("endpoint_id").map(|e| e.parse::<EndpointId>()) {
+                None => None,
+                Some(Ok(e)) => Some(e),
+                Some(Err(_)) => return fail("invalid", "endpoint_id is not an endpoint id".into()),
+            };
+            let done = async {
+                let mut conn = state.pool.acquire().await?;
+                replays::replay_message(&mut conn, message, app, endpoint).await
+            };
+            replayed(&req, done.await, watched)
+        }
+        "retry" => {
+            let Some(delivery) = field("delivery_id").and_then(|d| d.parse::<DeliveryId>().ok())
+            else {
+                return fail("invalid", "retry needs a delivery_id (dlv_…)".into());
+            };
+            let done = async {
+                let mut conn = state.pool.acquire().await?;
+                replays::retry_delivery(&mut conn, delivery, app).await
+            };
+            replayed(&req, done.await, watched)
+        }
+        "recover" => {
+            let Some(endpoint) = field("endpoint_id").and_then(|e| e.parse::<EndpointId>().ok())
+            else {
+                return fail("invalid", "recover needs an endpoint_id (ep_…)".into());
+            };
+            let window = parse_window(field("since"), field("until"));
+            let (since, until) = match window {
+                Ok(w) => w,
+                Err(message) => return fail("invalid", message),
+            };
+            let owner = match replays::endpoint_owner(&state.pool, endpoint, app).await {
+                Ok(Some(owner)) => owner,
+                Ok(None) => return fail("not_found", "endpoint not found".into()),
+                Err(e) => return internal(&req, e),
+            };
+            match state.recoveries.start(owner, endpoint, since, until).await {
+                Ok(Ok(started)) => {
+                    let total = started.recovery.total;
+                    let mut progress = started.progress;
+                    let report = report.clone();
+                    let tag = req.clone();
+                    tokio::spawn(async move {
+                        while let Some(p) = progress.recv().await {
+                            if report.send(Report::Progress(tag.clone(), p)).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    vec![
+                        json!({"req": req, "type": "ack"}),
+                        json!({"req": req, "type": "progress", "done": 0, "total": total}),
+                    ]
+                }
+                Ok(Err(refused)) => fail(refused.code(), refused.message()),
+                Err(e) => internal(&req, e),
+            }
+        }
+        "" => fail(
+            "unknown_op",
+            "a command needs an \"op\": replay, retry or recover".into(),
+        ),
+        other => fail(
+            "unknown_op",
+            format!("unknown op {other:?}: use replay, retry or recover"),
+        ),
+    }
+}
+
+fn replayed(
+    req: &str,
+    done: sqlx::Result<replays::Replayed>,
+    watched: &mut HashMap<DeliveryId, String>,
+) -> Vec<Value> {
+    match done {
+        Ok(Ok(queued)) => {
+            for id in &queued {
+                watched.insert(*id, req.to_owned());
+            }
+            vec![
+                json!({"req": req, "type": "ack"}),
+                json!({"req": req, "type": "done", "queued": queued.len()}),
+            ]
+        }
+        Ok(Err(refused)) => vec![error(Some(req), refused.code(), refused.message())],
+        Err(e) => internal(req, e),
+    }
+}
+
+fn internal(req: &str, e: sqlx::Error) -> Vec<Value> {
+    tracing::error!(error = %e, "admin command failed");
+    vec![error(Some(req), "internal", "internal error".into())]
+}
+
+/// `since` is required; `until` defaults to now. Both RFC 3339.
+pub fn parse_window(
+    since: Option<&str>,
+    until: Option<&str>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), String> {
+    let parse = |name: &str, v: &str| {
+        DateTime::parse_from_rfc3339(v)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| format!("{name} must be an RFC 3339 time, e.g. 2026-11-24T00:00:00Z"))
+    };
+    let since = parse("since", since.ok_or("recover needs since (RFC 3339)")?)?;
+    let until = match until {
+        Some(u) => parse("until", u)?,
+        None => Utc::now(),
+    };
+    if until <= since {
+        return Err("until must be after since".into());
+    }
+    Ok((since, until))
+}
+
+impl From<Refused> for AppError {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::NotFound(what) => Self::NotFound(what),
+            other => Self::Refused(other.code(), other.message()),
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! The admin WebSocket over a real connection (tokio-tungstenite), and its REST twins.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use crate::helpers::{
+    Receiver, Reply, TOKEN, TestApp, all_delivered, deliveries_in, spawn_app, spawn_app_with,
+};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+struct Admin {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// Opens the channel with the given headers; returns the HTTP status when refused.
+async fn open(app: &TestApp, headers: &[(&str, &str)]) -> Result<Admin, u16> {
+    let mut request = format!("ws://{}/api/v1/admin/ws", app.addr)
+        .into_client_request()
+        .unwrap();
+    for (k, v) in headers {
+        let name: axum::http::HeaderName = k.parse().unwrap();
+        request.headers_mut().insert(name, v.parse().unwrap());
+    }
+    match connect_async(request).await {
+        Ok((ws, _)) => Ok(Admin { ws }),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("unexpected handshake failure: {e}"),
+    }
+}
+
+async fn admin(app: &TestApp) -> Admin {
+    let bearer = format!("Bearer {TOKEN}");
+    open(app, &[("authorization", &bearer)]).await.unwrap()
+}
+
+impl Admin {
+    async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    async fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::Text(text.into())).await.unwrap();
+    }
+
+    /// The next JSON frame (pings are answered by the library).
+    async fn next(&mut self) -> Value {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("the connection is up")
+                .unwrap();
+            if let Message::Text(t) = frame {
+                return serde_json::from_str(t.as_str()).unwrap();
+            }
+        }
+    }
+
+    /// Frames until `done` holds for the last one.
+    async fn until(&mut self, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut got = Vec::new();
+        loop {
+            let f = self.next().await;
+            let stop = done(&f);
+            got.push(f);
+            if stop {
+                return got;
+            }
+        }
+    }
+
+    async fn error_for(&mut self, frame: Value) -> Value {
+        self.send(frame).await;
+        let answer = self.next().await;
+        assert_eq!(answer["type"], "error", "{answer}");
+        answer
+    }
+}
+
+fn is(kind: &'static str) -> impl Fn(&Value) -> bool {
+    move |f| f["type"] == kind
+}
+
+#[tokio::test]
+async fn the_channel_is_for_admins_on_our_origin_only() {
+    let app = spawn_app().await;
+    assert_eq!(open(&app, &[]).await.err(), Some(401));
+    let bearer = format!("Bearer {TOKEN}");
+    assert_eq!(
+        open(
+            &app,
+            &[
+                ("authorization", &bearer),
+                ("origin", "https://evil.example")
+            ]
+        )
+        .await
+        .err(),
+        Some(403)
+    );
+    // The dashboard's cookie works only with the dashboard's own Origin.
+    let login = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("http://{}/login", app.addr))
+        .form(&[("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(open(&app, &[("cookie", &cookie)]).await.err(), Some(403));
+    assert_eq!(
+        open(
+            &app,
+            &[("cookie", &cookie), ("origin", "https://evil.example")]
+        )
+        .await
+        .err(),
+        Some(403)
+    );
+    let ours = format!("http://{}", app.addr);
+    assert!(
+        open(&app, &[("cookie", &cookie), ("origin", &ours)])
+            .await
+            .is_ok()
+    );
+    assert!(
+        open(&app, &[("authorization", &bearer), ("origin", &ours)])
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_replay_resends_with_the_same_webhook_id_and_its_attempt_comes_back() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let (app_id, ep, secret) = app.app_with_endpoint(&receiver).await;
+    let msg = app.send(&app_id, "invoice.paid", json!({"n": 1})).await;
+    app.wait_for_message(&app_id, &msg, WAIT, all_delivered)
+        .await;
+
+    // webhook-timestamp counts seconds: let one pass so the replay's is visibly new.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut ws = admin(&app).await;
+    ws.send(json!({"req": "r1", "op": "replay", "message_id": msg}))
+        .await;
+    let frames = ws.until(is("attempt")).await;
+    assert_eq!(frames[0], json!({"req": "r1", "type": "ack"}));
+    assert_eq!(frames[1], json!({"req": "r1", "type": "done", "queued": 1}));
+    let attempt = frames.last().unwrap();
+    assert_eq!(attempt["req"], "r1");
+    assert_eq!(attempt["message_id"], msg.as_str());
+    assert_eq!(attempt["endpoint_id"], ep.as_str());
+    assert_eq!(attempt["trigger"], "replay");
+    assert_eq!(attempt["outcome"], "succeeded");
+
+    // The receiver got it twice: same webhook-id, each signed with its own timestamp.
+    let got = receiver.wait_for(2, WAIT).await;
+    assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+    assert_eq!(got[1].header("webhook-id"), msg);
+    assert!(got[0].verify(&secret) && got[1].verify(&secret));
+    assert_ne!(
+        got[0].header("webhook-timestamp"),
+        got[1].header("webhook-timestamp")
+    );
+    assert_ne!(
+        got[0].header("webhook-signature"),
+        got[1].header("webhook-signature")
+    );
+    let listed = app.attempts(&app_id, &msg).await;
+    assert_eq!(listed[0]["trigger"], "replay");
+    assert_eq!(listed[1]["trigger"], "scheduled");
+
+    // The same over REST, to one endpoint.
+    let (status, body) = app
+        .post(
+            &format!("/apps/{app_id}/messages/{msg}/replay"),
+            json!({"endpoint_id": ep}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["queued"], 1);
+    receiver.wait_for(3, WAIT).await;
+}
+
+#[tokio::test]
+async fn retry_sends_a_waiting_delivery_now() {
+    let app = spawn_app_with(&[("HERALD_RETRY_SCHEDULE", "1h")]).await;
+    let receiver =
+        Receiver::with(Arc::new(|n| Reply::status(if n == 0 { 500 } else { 204 }))).await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
+    let msg = app.send(&app_id, "a.b", json!({})).await;
+    let m = app
+        .wait_for_message(&app_id, &msg, WAIT, |m| {
+            m["deliveries"][0]["attempt_count"] == 1 && deliveries_in(m, "pending")
+        })
+        .await;
+    let delivery = m["deliveries"][0]["id"].as_str().unwrap().to_owned();
+
+    let mut ws = admin(&app).await;
+    ws.send(json!({"req": "now", "op": "retry", "delivery_id": delivery}))
+        .await;
+    let frames = ws.until(is("attempt")).await;
+    assert_eq!(frames[1]["type"], "done");
+    assert_eq!(frames.last().unwrap()["outcome"], "succeeded");
+    app.wait_for_message(&app_id, &msg, WAIT, all_delivered)
+        .await;
+}
+
+#[tokio::test]
+async fn bad_commands_get_error_frames_and_the_connection_stays_up() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let (app_a, _, _) = app.app_with_endpoint(&receiver).await;
+    let (_, ep_b, _) = app.app_with_endpoint(&receiver).await;
+    let msg = app.send(&app_a, "a.b", json!({})).await;
+    app.wait_for_message(&app_a, &msg, WAIT, all_delivered)
+        .await;
+    let mut ws = admin(&app).await;
+
+    ws.send_raw("{not json").await;
+    assert_eq!(ws.next().await["code"], "bad_request");
+    ws.send_raw("[1, 2]").await;
+    assert_eq!(ws.next().await["code"], "bad_request");
+    let e = ws
+        .error_for(json!({"op": "replay", "message_id": msg}))
+        .await;
+    assert_eq!(e["code"], "bad_request", "no req");
+    let e = ws.error_for(json!({"req": "1"})).await;
+    assert_eq!(
+        (e["req"].clone(), e["code"].clone()),
+        (json!("1"), json!("unknown_op"))
+    );
+    let e = ws.error_for(json!({"req": "2", "op": "explode"})).await;
+    assert_eq!(e["code"], "unknown_op");
+    let e = ws
+        .error_for(json!({"req": "3", "op": "replay", "message_id": "msg_nope"}))
+        .await;
+    assert_eq!(e["code"], "invalid");
+    let e = ws
+        .error_for(json!({"req": "4", "op": "replay", "message_id": "msg_0000000000007000800000000000000a"}))
+        .await;
+    assert_eq!(e["code"], "not_found");
+    // An endpoint of another application.
+    let e = ws
+        .error_for(json!({"req": "5", "op": "replay", "message_id": msg, "endpoint_id": ep_b}))
+        .await;
+    assert_eq!(e["code"], "not_found");
+    // The message of another application.
+    let e = ws
+        .error_for(json!({"req": "6", "op": "replay", "message_id": msg,
+                          "app": app.create_app().await}))
+        .await;
+    assert_eq!(e["code"], "not_found");
+    let e = ws
+        .error_for(json!({"req": "7", "op": "retry", "delivery_id": "dlv_0000000000007000800000000000000a"}))
+        .await;
+    assert_eq!(e["code"], "not_found");
+    let e = ws
+        .error_for(json!({"req": "8", "op": "recover", "endpoint_id": ep_b, "since": "yesterday"}))
+        .await;
+    assert_eq!(e["code"], "invalid");
+
+    // A disabled endpoint is refused, clearly.
+    let (_, ep_a) = {
+        let (_, page) = app.get(&format!("/apps/{app_a}/endpoints")).await;
+        ((), page["data"][0]["id"].as_str().unwrap().to_owned())
+    };
+    app.patch(
+        &format!("/apps/{app_a}/endpoints/{ep_a}"),
+        json!({"disabled": true}),
+    )
+    .await;
+    let e = ws
+        .error_for(json!({"req": "9", "op": "replay", "message_id": msg, "endpoint_id": ep_a}))
+        .await;
+    assert_eq!(e["code"], "endpoint_disabled");
+    let (status, body) = app
+        .post(
+            &format!("/apps/{app_a}/messages/{msg}/replay"),
+            json!({"endpoint_id": ep_a}),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["code"].clone()),
+        (409, json!("endpoint_disabled"))
+    );
+
+    // Still up: a good command works.
+    app.patch(
+        &format!("/apps/{app_a}/endpoints/{ep_a}"),
+        json!({"disabled": false}),
+    )
+    .await;
+    ws.send(json!({"req": "ok", "op": "replay", "message_id": msg}))
+        .await;
+    let frames = ws.until(is("attempt")).await;
+    assert_eq!(frames.last().unwrap()["req"], "ok");
+}
+
+/// 1,000 dead deliveries: the recover streams its progress, ends with queued 1000, and
+/// the receiver then gets every one of them.
+#[tokio::test]
+async fn a_recover_of_a_thousand_dead_deliveries_reports_progress_and_sends_them_all() {
+    const N: usize = 1000;
+    let app = spawn_app_with(&[
+        ("HERALD_RETRY_SCHEDULE", "none"),
+        ("HERALD_WORKER_CONCURRENCY", "32"),
+    ])
+    .await;
+    let failing = Arc::new(AtomicUsize::new(1));
+    let flag = failing.clone();
+    let receiver = Receiver::with(Arc::new(move |_| {
+        Reply::status(if flag.load(Ordering::SeqCst) == 1 {
+            500
+        } else {
+            204
+        })
+    }))
+    .await;
+    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
+    let since = chrono::Utc::now() - chrono::Duration::minutes(1);
+    for i in 0..N {
+        app.send(&app_id, "order.failed", json!({"i": i})).await;
+    }
+    receiver.wait_for(N, Duration::from_secs(60)).await;
+    wait_dead(&app, N).await;
+
+    failing.store(0, Ordering::SeqCst);
+    let mut ws = admin(&app).await;
+    ws.send(json!({"req": "rec", "op": "recover", "endpoint_id": ep,
+                   "since": since.to_rfc3339()}))
+        .await;
+    let frames = ws.until(is("done")).await;
+    assert_eq!(frames[0]["type"], "ack");
+    let progress: Vec<&Value> = frames.iter().filter(|f| f["type"] == "progress").collect();
+    assert!(progress.len() >= 2, "{frames:?}");
+    assert_eq!(progress[0]["total"], N);
+    assert_eq!(frames.last().unwrap()["queued"], N);
+
+    let got = receiver.wait_for(2 * N, Duration::from_secs(60)).await;
+    let replayed: HashSet<&str> = got[N..].iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(replayed.len(), N, "each dead delivery once");
+    // Their attempts come back on the socket, tagged with the command.
+    let mut tagged = frames.iter().filter(|f| f["type"] == "attempt").count();
+    while tagged < N {
+        let f = ws.next().await;
+        if f["type"] == "attempt" {
+            assert_eq!(f["req"], "rec");
+            tagged += 1;
+        }
+    }
+}
+
+/// Two recovers of the same window at the same moment queue each delivery once.
+#[tokio::test]
+async fn recovering_one_window_twice_at_once_does_not_double_the_sends() {
+    const N: usize = 300;
+    let app = spawn_app_with(&[("HERALD_RETRY_SCHEDULE", "none")]).await;
+    let failing = Arc::new(AtomicUsize::new(1));
+    let flag = failing.clone();
+    let receiver = Receiver::with(Arc::new(move |_| {
+        Reply::status(if flag.load(Ordering::SeqCst) == 1 {
+            500
+        } else {
+            204
+        })
+    }))
+    .await;
+    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
+    let since = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    for i in 0..N {
+        app.send(&app_id, "order.failed", json!({"i": i})).await;
+    }
+    receiver.wait_for(N, Duration::from_secs(30)).await;
+    wait_dead(&app, N).await;
+    failing.store(0, Ordering::SeqCst);
+
+    let path = format!("/apps/{app_id}/endpoints/{ep}/recover");
+    let body = json!({"since": since});
+    let (a, b) = tokio::join!(app.post(&path, body.clone()), app.post(&path, body));
+    assert_eq!((a.0.as_u16(), b.0.as_u16()), (202, 202));
+    receiver.wait_for(2 * N, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.count(), 2 * N, "a delivery was sent twice");
+}
+
+async fn wait_dead(app: &TestApp, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let dead: i64 =
+            sqlx::query_scalar("select count(*) from herald.delivery where state = 'dead'")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        if dead as usize == n {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{dead} of {n} dead");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
