@@ -415,6 +415,28 @@ impl Run {
     /// before the first message to after the last attempt event: the feed's lag (attempt
     /// → subscriber), whether every subscriber got every attempt, and what the
     /// subscriptions cost the deliveries against `baseline` (the plain burst's delivered/s).
+    /// The server notices a client that went away only when it next writes to it (an
+    /// event or a keep-alive comment, every 15 s by default). The scenarios after
+    /// `burst sse` must not pay for its thousand closed streams: wait until Herald's
+    /// `/metrics` shows none left.
+    async fn wait_for_streams_closed(&self) {
+        let url = format!("http://{}/metrics", self.herald_addr);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let open = async {
+                let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+                text.lines()
+                    .find_map(|l| l.strip_prefix("herald_sse_subscribers "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            };
+            if open.await == Some(0.0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        eprintln!("burst sse: Herald still counts open streams after 60 s; going on");
+    }
+
     async fn burst_sse(
         &mut self,
         count: usize,
@@ -473,6 +495,7 @@ impl Run {
         }
         let epoch_us = subs.epoch_us;
         let stats = subs.stop().await?;
+        self.wait_for_streams_closed().await;
         let commit = self.commit_lags(&stats, epoch_us);
 
         let max_received = stats.iter().map(|s| s.attempts).max().unwrap_or(0);
