@@ -177,4 +177,70 @@
     source.addEventListener("endpoint.disabled", track(() => {}));
   }
   connect();
+
+  // Replay buttons: commands over the admin WebSocket, with their progress and outcome
+  // shown next to the form. Without a WebSocket the form is simply submitted.
+  let socket = null;
+  let opened = null;
+  let counter = 0;
+  const handlers = new Map();
+  function channel() {
+    if (socket && socket.readyState <= WebSocket.OPEN) return opened;
+    socket = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/api/v1/admin/ws");
+    opened = new Promise((resolve, reject) => {
+      socket.onopen = () => resolve(socket);
+      socket.onerror = reject;
+    });
+    socket.onmessage = (e) => {
+      const frame = JSON.parse(e.data);
+      const handler = handlers.get(frame.req);
+      if (handler) handler(frame);
+    };
+    socket.onclose = () => { socket = null; };
+    return opened;
+  }
+  function utc(local) {
+    // A datetime-local value ("2026-11-24T08:00") read as UTC, as the label says.
+    return (local.length === 16 ? local + ":00" : local) + "Z";
+  }
+  document.querySelectorAll("form[data-ws]").forEach((form) => {
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const status = form.querySelector(".ws-status");
+      const bar = form.querySelector("progress");
+      const req = "dash-" + (++counter) + "-" + Date.now();
+      const command = { req, op: form.dataset.ws };
+      if (command.op === "replay") {
+        command.message_id = form.dataset.message;
+        const endpoint = form.elements.endpoint_id && form.elements.endpoint_id.value;
+        if (endpoint) command.endpoint_id = endpoint;
+      } else {
+        command.endpoint_id = form.dataset.endpoint;
+        command.since = utc(form.elements.since.value);
+      }
+      let sent = 0;
+      status.classList.remove("error");
+      handlers.set(req, (f) => {
+        if (f.type === "ack") status.textContent = "accepted";
+        else if (f.type === "progress") {
+          if (bar) { bar.hidden = false; bar.max = Math.max(f.total, 1); bar.value = f.done; }
+          status.textContent = f.done + " of " + f.total + " queued";
+        } else if (f.type === "done") {
+          if (bar) { bar.hidden = false; bar.value = bar.max; }
+          status.textContent = f.queued + " queued; outcomes follow";
+        } else if (f.type === "error") {
+          status.textContent = f.message;
+          status.classList.add("error");
+        } else if (f.type === "attempt") {
+          sent += 1;
+          status.textContent = sent + " sent, last " + f.outcome + (f.response_status ? " (" + f.response_status + ")" : "");
+        }
+      });
+      try {
+        (await channel()).send(JSON.stringify(command));
+      } catch (_) {
+        form.submit();
+      }
+    });
+  });
 })();

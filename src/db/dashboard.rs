@@ -137,3 +137,29 @@ pub async fn dead_letters(
     .fetch_all(db)
     .await
 }
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeadEndpoint {
+    pub id: EndpointId,
+    pub app_id: AppId,
+    pub url: String,
+    pub dead: i64,
+}
+
+/// Endpoints with dead deliveries, most first: what a bulk replay picks from.
+pub async fn dead_by_endpoint(
+    db: impl PgExecutor<'_>,
+    limit: i64,
+) -> sqlx::Result<Vec<DeadEndpoint>> {
+    sqlx::query_as(
+        "select e.id, e.app_id, e.url, d.dead
+           from (select endpoint_id, count(*) as dead from delivery
+                  where state = 'dead' group by endpoint_id) d
+           join endpoint e on e.id = d.endpoint_id
+          order by d.dead desc, e.id
+          limit $1",
+    )
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}

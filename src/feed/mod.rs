@@ -240,7 +240,7 @@ async fn catch_up(
         let page = loop {
             let page = async {
                 let mut conn = shared.pool.acquire().await?;
-                Page::after(&mut conn, *last, filter).await
+                Page::after(&mut conn, *last, filter, || true).await
             };
             match page.await {
                 Ok(page) => break page,
@@ -279,11 +279,22 @@ struct Page {
 }
 
 impl Page {
-    async fn after(conn: &mut PgConnection, from: Position, filter: &Filter) -> sqlx::Result<Self> {
+    /// `wanted` says, once the events are read, whether to render them at all: unrendered
+    /// events keep their positions but carry no event.
+    async fn after(
+        conn: &mut PgConnection,
+        from: Position,
+        filter: &Filter,
+        wanted: impl FnOnce() -> bool,
+    ) -> sqlx::Result<Self> {
         let rows = events::after(&mut *conn, from, filter, PAGE).await?;
         let fetched = rows.len();
         let settled: Vec<Logged> = rows.into_iter().take_while(|r| r.settled).collect();
-        let data = events::render(conn, &settled).await?;
+        let data = if wanted() {
+            events::render(conn, &settled).await?
+        } else {
+            vec![None; settled.len()]
+        };
         let events = settled
             .into_iter()
             .zip(data)
@@ -346,7 +357,11 @@ async fn read(shared: Arc<Shared>) {
                 conn = Some(shared.pool.acquire().await?);
             }
             let c = conn.as_mut().expect("just acquired");
-            Page::after(c, cursor, &Filter::default()).await
+            // Nobody watching: move past the events without rendering them. Counted after
+            // the read, so a subscriber that arrived during it gets this page; one that
+            // arrives later caught up from the log past these events anyway.
+            let watched = || shared.live.receiver_count() > 0;
+            Page::after(c, cursor, &Filter::default(), watched).await
         };
         let page = match page.await {
             Ok(page) => page,

@@ -19,8 +19,9 @@ use crate::db::dashboard::{self, Minute, QueueStats, Rate};
 use crate::db::endpoints::{Endpoint, EndpointFields};
 use crate::db::events::DeadDelivery;
 use crate::db::messages::{DeliveryStatus, Message};
+use crate::db::replays::{self, Refused};
 use crate::db::{self, PageParams};
-use crate::domain::{DeliveryId, SigningSecret};
+use crate::domain::{DeliveryId, EndpointId, MessageId, SigningSecret};
 use crate::error::AppError;
 
 pub fn routes() -> Router<AppState> {
@@ -34,6 +35,8 @@ pub fn routes() -> Router<AppState> {
         .route("/apps/{app}/endpoints/{ep}/rotate", post(rotate))
         .route("/apps/{app}/endpoints/{ep}/state", post(set_state))
         .route("/apps/{app}/messages/{msg}", get(message))
+        .route("/apps/{app}/messages/{msg}/replay", post(replay))
+        .route("/apps/{app}/endpoints/{ep}/recover", post(recover))
         .route("/dead", get(dead))
         .route("/assets/herald.css", get(css))
         .route("/assets/live.js", get(js))
@@ -553,7 +556,7 @@ struct EndpointPage {
     attempts: Vec<AttemptRow>,
     /// Shown once, right after a rotation from this page.
     new_secret: Option<String>,
-    flash: Option<&'static str>,
+    flash: Option<String>,
 }
 
 async fn endpoint_page(
@@ -562,7 +565,7 @@ async fn endpoint_page(
     app_key: &str,
     ep: &str,
     new_secret: Option<String>,
-    flash: Option<&'static str>,
+    flash: Option<String>,
 ) -> PageResult {
     let app = state.app(app_key).await?;
     let id = path_id(ep, "endpoint")?;
@@ -616,7 +619,7 @@ async fn rotate(
         &app,
         &ep,
         Some(shown),
-        Some("Secret rotated."),
+        Some("Secret rotated.".into()),
     )
     .await
 }
@@ -655,7 +658,7 @@ async fn set_state(
     } else {
         "Endpoint enabled: deliveries resume."
     };
-    endpoint_page(&state, &session, &app, &ep, None, Some(flash)).await
+    endpoint_page(&state, &session, &app, &ep, None, Some(flash.into())).await
 }
 
 struct DeliveryRow {
@@ -693,6 +696,7 @@ struct MessagePage {
     payload: String,
     deliveries: Vec<DeliveryRow>,
     attempts: Vec<AttemptRow>,
+    flash: Option<String>,
 }
 
 /// The payload indented for reading; the receiver gets the exact bytes stored.
@@ -707,8 +711,18 @@ async fn message(
     session: Session,
     Path((app_key, msg)): Path<(String, String)>,
 ) -> PageResult {
-    let app = state.app(&app_key).await?;
-    let id = path_id(&msg, "message")?;
+    message_page(&state, &session, &app_key, &msg, None).await
+}
+
+async fn message_page(
+    state: &AppState,
+    session: &Session,
+    app_key: &str,
+    msg: &str,
+    flash: Option<String>,
+) -> PageResult {
+    let app = state.app(app_key).await?;
+    let id = path_id(msg, "message")?;
     let message: Message = db::messages::find(&state.pool, app.id, id)
         .await?
         .ok_or(AppError::NotFound("message"))?;
@@ -722,8 +736,9 @@ async fn message(
     )
     .await?;
     render(MessagePage {
-        layout: Layout::new(&state, &session, format!("Message {}", message.id), "apps")
+        layout: Layout::new(state, session, format!("Message {}", message.id), "apps")
             .live(format!("app={}", app.id)),
+        flash,
         app_id: app.id.to_string(),
         app_name: app.name,
         id: message.id.to_string(),
@@ -766,8 +781,17 @@ impl From<DeadDelivery> for DeadRow {
 #[template(path = "dead.html")]
 struct DeadPage {
     layout: Layout,
+    endpoints: Vec<DeadEndpointRow>,
     rows: Vec<DeadRow>,
     next_cursor: Option<String>,
+    flash: Option<String>,
+}
+
+struct DeadEndpointRow {
+    id: String,
+    app_id: String,
+    url: String,
+    dead: i64,
 }
 
 async fn dead(
@@ -778,6 +802,15 @@ async fn dead(
     let before = page
         .cursor::<DeliveryId>()
         .map_err(|e| PageError(StatusCode::BAD_REQUEST, e))?;
+    dead_page(&state, &session, before, None).await
+}
+
+async fn dead_page(
+    state: &AppState,
+    session: &Session,
+    before: Option<DeliveryId>,
+    flash: Option<String>,
+) -> PageResult {
     let limit = 100;
     let mut rows = dashboard::dead_letters(&state.pool, before, limit).await?;
     let next_cursor = if rows.len() as i64 > limit {
@@ -786,9 +819,115 @@ async fn dead(
     } else {
         None
     };
+    let endpoints = dashboard::dead_by_endpoint(&state.pool, 50).await?;
     render(DeadPage {
-        layout: Layout::new(&state, &session, "Dead letters", "dead").live(""),
+        layout: Layout::new(state, session, "Dead letters", "dead").live(""),
+        endpoints: endpoints
+            .into_iter()
+            .map(|e| DeadEndpointRow {
+                id: e.id.to_string(),
+                app_id: e.app_id.to_string(),
+                url: e.url,
+                dead: e.dead,
+            })
+            .collect(),
         rows: rows.into_iter().map(DeadRow::from).collect(),
         next_cursor,
+        flash,
     })
+}
+
+// ---- replay: the plain-form twins of the admin channel's commands ----
+
+impl From<Refused> for PageError {
+    fn from(r: Refused) -> Self {
+        AppError::from(r).into()
+    }
+}
+
+#[derive(Deserialize)]
+struct ReplayForm {
+    #[serde(default)]
+    csrf: String,
+    /// Empty: every subscribed endpoint.
+    #[serde(default)]
+    endpoint_id: String,
+}
+
+async fn replay(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    Path((app, msg)): Path<(String, String)>,
+    Form(form): Form<ReplayForm>,
+) -> PageResult {
+    session.check_csrf(&state, &headers, &form.csrf)?;
+    let app_id = state.app_id(&app).await?;
+    let message: MessageId = path_id(&msg, "message")?;
+    let endpoint: Option<EndpointId> = match form.endpoint_id.trim() {
+        "" => None,
+        e => Some(path_id(e, "endpoint")?),
+    };
+    let mut conn = state.pool.acquire().await?;
+    let queued = replays::replay_message(&mut conn, message, Some(app_id), endpoint).await??;
+    drop(conn);
+    let flash = format!(
+        "Replay queued to {} endpoint(s); its attempts appear below.",
+        queued.len()
+    );
+    message_page(&state, &session, &app, &msg, Some(flash)).await
+}
+
+#[derive(Deserialize)]
+struct RecoverForm {
+    #[serde(default)]
+    csrf: String,
+    since: String,
+    /// `dead` when sent from the dead-letter page, which is then shown again.
+    #[serde(default)]
+    back: String,
+}
+
+/// `since` from a form: RFC 3339, or a `datetime-local` value read as UTC.
+fn form_time(value: &str) -> Result<DateTime<Utc>, PageError> {
+    let value = value.trim();
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|_| {
+            chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M")
+                .or_else(|_| chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S"))
+                .map(|t| t.and_utc())
+        })
+        .map_err(|_| {
+            PageError(
+                StatusCode::BAD_REQUEST,
+                format!("{value:?} is not a time like 2026-11-24T08:00 (UTC)"),
+            )
+        })
+}
+
+async fn recover(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    Path((app, ep)): Path<(String, String)>,
+    Form(form): Form<RecoverForm>,
+) -> PageResult {
+    session.check_csrf(&state, &headers, &form.csrf)?;
+    let app_id = state.app_id(&app).await?;
+    let endpoint: EndpointId = path_id(&ep, "endpoint")?;
+    let since = form_time(&form.since)?;
+    let started = state
+        .recoveries
+        .start(app_id, endpoint, since, Utc::now())
+        .await??;
+    let flash = format!(
+        "Recovering {} dead deliveries in the background.",
+        started.recovery.total
+    );
+    if form.back == "dead" {
+        dead_page(&state, &session, None, Some(flash)).await
+    } else {
+        endpoint_page(&state, &session, &app, &ep, None, Some(flash)).await
+    }
 }

@@ -162,6 +162,38 @@ async fn an_attempt_appears_on_the_overview_without_a_reload() {
         .unwrap();
     let source = client.source().await.unwrap();
     assert!(source.contains("succeeded") && source.contains("amount"));
+    // Replay it from the page (over the admin WebSocket): the new attempt shows up live.
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#live:not([hidden])"))
+        .await
+        .expect("the message page follows the feed");
+    client
+        .find(Locator::Id("replay"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let replayed = client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::XPath(
+            "//table[@id='attempts']//tr[contains(., 'replay')]",
+        ))
+        .await
+        .expect("the replay's attempt appears without a reload");
+    assert!(replayed.text().await.unwrap().contains("succeeded"));
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::XPath(
+            "//span[contains(@class,'ws-status')][contains(., 'sent, last succeeded')]",
+        ))
+        .await
+        .expect("the form reports the outcome");
+    assert_eq!(receiver.count(), 2, "the receiver got it twice");
     std::fs::write(
         shots.join("message.png"),
         client.screenshot().await.unwrap(),

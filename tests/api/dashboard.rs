@@ -1,6 +1,7 @@
 //! The dashboard as a browser without JavaScript sees it: login, pages, forms, escaping.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use reqwest::redirect::Policy;
@@ -299,4 +300,82 @@ async fn dead_letters_are_listed() {
     );
     let js = browser.get("/assets/live.js").await;
     assert!(js.text().await.unwrap().contains("EventSource"));
+}
+
+#[tokio::test]
+async fn replay_and_recover_work_as_plain_forms() {
+    let app = spawn_app_with(&[("HERALD_RETRY_SCHEDULE", "none")]).await;
+    let failing = Arc::new(AtomicBool::new(true));
+    let flag = failing.clone();
+    let receiver = Receiver::with(Arc::new(move |_| {
+        Reply::status(if flag.load(Ordering::SeqCst) {
+            500
+        } else {
+            204
+        })
+    }))
+    .await;
+    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
+    let first = app.send(&app_id, "order.paid", json!({})).await;
+    app.wait_for_message(&app_id, &first, WAIT, |m| deliveries_in(m, "dead"))
+        .await;
+    failing.store(false, Ordering::SeqCst);
+
+    let mut browser = Browser::new(&app);
+    browser.login().await;
+    let page = format!("/apps/{app_id}/messages/{first}");
+    let csrf = browser.csrf(&page).await;
+    let replayed = browser
+        .post_form(
+            &format!("{page}/replay"),
+            &[("csrf", &csrf), ("endpoint_id", "")],
+        )
+        .await;
+    assert_eq!(replayed.status(), 200);
+    assert!(
+        replayed
+            .text()
+            .await
+            .unwrap()
+            .contains("Replay queued to 1 endpoint")
+    );
+    app.wait_for_message(&app_id, &first, WAIT, all_delivered)
+        .await;
+
+    // A second one dies; the dead-letter page's bulk replay brings it back.
+    failing.store(true, Ordering::SeqCst);
+    let second = app.send(&app_id, "order.paid", json!({})).await;
+    app.wait_for_message(&app_id, &second, WAIT, |m| deliveries_in(m, "dead"))
+        .await;
+    failing.store(false, Ordering::SeqCst);
+    assert!(browser.page("/dead").await.contains("Replay all"));
+    let recover = format!("/apps/{app_id}/endpoints/{ep}/recover");
+    let bad = browser
+        .post_form(&recover, &[("csrf", &csrf), ("since", "last tuesday")])
+        .await;
+    assert_eq!(bad.status(), 400);
+    let recovered = browser
+        .post_form(
+            &recover,
+            &[
+                ("csrf", &csrf),
+                ("since", "1970-01-01T00:00"),
+                ("back", "dead"),
+            ],
+        )
+        .await;
+    assert_eq!(recovered.status(), 200);
+    assert!(
+        recovered
+            .text()
+            .await
+            .unwrap()
+            .contains("Recovering 1 dead deliveries")
+    );
+    app.wait_for_message(&app_id, &second, WAIT, all_delivered)
+        .await;
+    let without_token = browser
+        .post_form(&recover, &[("since", "1970-01-01T00:00")])
+        .await;
+    assert_eq!(without_token.status(), 403);
 }
