@@ -59,7 +59,7 @@ impl App {
             .await
             .context("cannot connect to the database")?;
         let feed = Feed::spawn(feed_pool, FeedSettings::from(&config), cancel.clone());
-        let recoveries = Recoveries::spawn(pool.clone(), cancel.clone());
+        let recoveries = Recoveries::spawn(pool.clone(), config.recover_batch, cancel.clone());
         let router = http::router(AppState::new(
             pool.clone(),
             config,

@@ -40,6 +40,8 @@ pub struct Config {
     pub feed_buffer: usize,
     /// Longest silence on an SSE stream before a keep-alive comment.
     pub sse_keep_alive: Duration,
+    /// Dead deliveries a recover queues per transaction.
+    pub recover_batch: usize,
     pub log_format: LogFormat,
 }
 
@@ -150,6 +152,7 @@ impl Config {
             shutdown_grace: duration("HERALD_SHUTDOWN_GRACE", "20s")?,
             db_pool_size: number("HERALD_DB_POOL_SIZE", "16")?.clamp(2, 1000) as u32,
             feed_retention: duration("HERALD_FEED_RETENTION", "24h")?.max(Duration::from_secs(60)),
+            recover_batch: number("HERALD_RECOVER_BATCH", "500")?.clamp(1, 10_000) as usize,
             feed_buffer: number("HERALD_FEED_BUFFER", "64")?.clamp(1, 1 << 16) as usize,
             sse_keep_alive: duration("HERALD_SSE_KEEP_ALIVE", "15s")?
                 .max(Duration::from_millis(100)),

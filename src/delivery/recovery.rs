@@ -17,8 +17,6 @@ use uuid::Uuid;
 use crate::db::replays::{self, Recovery, RecoveryProgress, Refused};
 use crate::domain::{AppId, EndpointId};
 
-/// Deliveries queued per batch (one short transaction each).
-const BATCH: i64 = 500;
 /// Pause between batches, so a large recover leaves the database to normal traffic too.
 const PAUSE: Duration = Duration::from_millis(20);
 /// How often a process looks for recovers whose runner stopped.
@@ -31,6 +29,8 @@ struct Inner {
     pool: PgPool,
     /// This process's identity in `recovery.locked_by`.
     runner: Uuid,
+    /// Deliveries queued per batch (one short transaction each).
+    batch: i64,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
@@ -42,10 +42,11 @@ pub struct Started {
 }
 
 impl Recoveries {
-    pub fn spawn(pool: PgPool, cancel: CancellationToken) -> Self {
+    pub fn spawn(pool: PgPool, batch: usize, cancel: CancellationToken) -> Self {
         let inner = Arc::new(Inner {
             pool,
             runner: Uuid::now_v7(),
+            batch: batch as i64,
             tasks: TaskTracker::new(),
             cancel,
         });
@@ -93,7 +94,7 @@ async fn run(
         }
         let batch = async {
             let mut conn = inner.pool.acquire().await?;
-            replays::recover_batch(&mut conn, id, inner.runner, BATCH).await
+            replays::recover_batch(&mut conn, id, inner.runner, inner.batch).await
         };
         match batch.await {
             Ok(Some(p)) => {

@@ -15,6 +15,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 use crate::helpers::{
     Receiver, Reply, TOKEN, TestApp, all_delivered, deliveries_in, spawn_app, spawn_app_with,
 };
+use crate::process::Process;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -420,4 +421,139 @@ async fn wait_dead(app: &TestApp, n: usize) {
         assert!(tokio::time::Instant::now() < deadline, "{dead} of {n} dead");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Fails every request while `failing` holds, then answers 204.
+async fn switchable_receiver() -> (Receiver, Arc<AtomicUsize>) {
+    let failing = Arc::new(AtomicUsize::new(1));
+    let flag = failing.clone();
+    let receiver = Receiver::with(Arc::new(move |_| {
+        Reply::status(if flag.load(Ordering::SeqCst) == 1 {
+            500
+        } else {
+            204
+        })
+    }))
+    .await;
+    (receiver, failing)
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_does_not_cancel_acknowledged_work() {
+    const N: usize = 200;
+    let app = spawn_app_with(&[
+        ("HERALD_RETRY_SCHEDULE", "none"),
+        ("HERALD_RECOVER_BATCH", "10"),
+    ])
+    .await;
+    let (receiver, failing) = switchable_receiver().await;
+    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
+    let since = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    for i in 0..N {
+        app.send(&app_id, "order.failed", json!({"i": i})).await;
+    }
+    wait_dead(&app, N).await;
+    failing.store(0, Ordering::SeqCst);
+
+    let mut ws = admin(&app).await;
+    ws.send(json!({"req": "bye", "op": "recover", "endpoint_id": ep, "since": since}))
+        .await;
+    assert_eq!(ws.next().await["type"], "ack");
+    drop(ws);
+    receiver.wait_for(2 * N, Duration::from_secs(30)).await;
+}
+
+/// The process running a recover is stopped part-way and started again: the recover
+/// resumes after its last committed batch. Every dead delivery is sent exactly once more.
+#[tokio::test]
+async fn a_recover_survives_a_restart_part_way() {
+    const N: usize = 400;
+    let db_url = crate::helpers::fresh_database().await;
+    let env = [
+        ("HERALD_RETRY_SCHEDULE", "none"),
+        // Small batches, so that the recover is still running when the process stops.
+        ("HERALD_RECOVER_BATCH", "4"),
+    ];
+    let first = Process::start(&db_url, &env).await;
+    let (receiver, failing) = switchable_receiver().await;
+    let app = first
+        .api(reqwest::Method::POST, "/apps", json!({"name": "Acme"}))
+        .await;
+    let app_id = app["id"].as_str().unwrap().to_owned();
+    let ep = first
+        .api(
+            reqwest::Method::POST,
+            &format!("/apps/{app_id}/endpoints"),
+            json!({"url": receiver.url()}),
+        )
+        .await;
+    let ep = ep["id"].as_str().unwrap().to_owned();
+    let since = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    for i in 0..N {
+        first.send(&app_id, "order.failed", json!({"i": i})).await;
+    }
+    let pool = herald::db::connect(&db_url, 2).await.unwrap();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while count("select count(*) from delivery where state = 'dead'").await < N as i64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deliveries did not die"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    failing.store(0, Ordering::SeqCst);
+
+    let started = first
+        .api(
+            reqwest::Method::POST,
+            &format!("/apps/{app_id}/endpoints/{ep}/recover"),
+            json!({"since": since}),
+        )
+        .await;
+    assert_eq!(started["queued"], N);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut first = first;
+    first.signal("-TERM");
+    assert!(first.wait_exit(Duration::from_secs(20)).await);
+    let part = count("select queued::bigint from recovery").await;
+    assert!(
+        part > 0 && part < N as i64,
+        "stopped with {part} of {N} queued: the test needs a recover caught part-way"
+    );
+
+    let _second = Process::start(&db_url, &env).await;
+    let got = receiver.wait_for(2 * N, Duration::from_secs(60)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while count("select count(*) from recovery where finished_at is null").await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the recover never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        receiver.count(),
+        2 * N,
+        "something was sent more than twice"
+    );
+    let mut per_id = std::collections::HashMap::new();
+    for r in &got {
+        *per_id.entry(r.header("webhook-id").to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(per_id.len(), N);
+    assert!(
+        per_id.values().all(|n| *n == 2),
+        "each once failed, once replayed"
+    );
+    assert_eq!(count("select queued::bigint from recovery").await, N as i64);
 }
