@@ -557,3 +557,18 @@ async fn a_recover_survives_a_restart_part_way() {
     );
     assert_eq!(count("select queued::bigint from recovery").await, N as i64);
 }
+
+#[tokio::test]
+async fn the_server_pings_to_keep_the_channel_alive() {
+    let app = spawn_app().await;
+    let mut ws = admin(&app).await;
+    let frame = tokio::time::timeout(Duration::from_secs(5), ws.ws.next())
+        .await
+        .expect("a frame")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(frame, Message::Ping(_)), "{frame:?}");
+    // The library answered with a pong; the channel still works.
+    ws.send(json!({"req": "p", "op": "nope"})).await;
+    assert_eq!(ws.next().await["code"], "unknown_op");
+}
