@@ -25,6 +25,7 @@ pub struct App {
     router: axum::Router,
     pool: PgPool,
     workers: WorkerPool,
+    recoveries: Recoveries,
     cancel: CancellationToken,
 }
 
@@ -65,13 +66,14 @@ impl App {
             config,
             workers.direct(),
             feed,
-            recoveries,
+            recoveries.clone(),
         ));
         Ok(Self {
             listener,
             router,
             pool,
             workers,
+            recoveries,
             cancel,
         })
     }
@@ -106,6 +108,7 @@ impl App {
             .with_graceful_shutdown(async move { cancel.cancelled().await })
             .await?;
         self.workers.join().await;
+        self.recoveries.join().await;
         self.pool.close().await;
         info!("herald stopped");
         Ok(())

@@ -78,6 +78,13 @@ impl Recoveries {
             .spawn(run(self.0.clone(), recovery.id, Some(tx)));
         Ok(Ok(Started { recovery, progress }))
     }
+
+    /// Resolves once every recover running here has stopped after the cancellation token
+    /// fired, having handed its lease back: a restart then resumes it at once.
+    pub async fn join(&self) {
+        self.0.tasks.close();
+        self.0.tasks.wait().await;
+    }
 }
 
 /// Runs one recover batch by batch until it is finished, its lease is lost, or the process
@@ -119,7 +126,10 @@ async fn run(
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-        tokio::time::sleep(PAUSE).await;
+        tokio::select! {
+            _ = tokio::time::sleep(PAUSE) => {},
+            _ = inner.cancel.cancelled() => {},
+        }
     }
 }
 

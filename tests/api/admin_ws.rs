@@ -330,28 +330,14 @@ async fn a_recover_of_a_thousand_dead_deliveries_reports_progress_and_sends_them
         ("HERALD_WORKER_CONCURRENCY", "32"),
     ])
     .await;
-    let failing = Arc::new(AtomicUsize::new(1));
-    let flag = failing.clone();
-    let receiver = Receiver::with(Arc::new(move |_| {
-        Reply::status(if flag.load(Ordering::SeqCst) == 1 {
-            500
-        } else {
-            204
-        })
-    }))
-    .await;
-    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
-    let since = chrono::Utc::now() - chrono::Duration::minutes(1);
-    for i in 0..N {
-        app.send(&app_id, "order.failed", json!({"i": i})).await;
-    }
-    receiver.wait_for(N, Duration::from_secs(60)).await;
-    wait_dead(&app, N).await;
-
-    failing.store(0, Ordering::SeqCst);
+    let Dead {
+        receiver,
+        ep,
+        since,
+        ..
+    } = dead_deliveries(&app, N).await;
     let mut ws = admin(&app).await;
-    ws.send(json!({"req": "rec", "op": "recover", "endpoint_id": ep,
-                   "since": since.to_rfc3339()}))
+    ws.send(json!({"req": "rec", "op": "recover", "endpoint_id": ep, "since": since}))
         .await;
     let frames = ws.until(is("done")).await;
     assert_eq!(frames[0]["type"], "ack");
@@ -379,24 +365,12 @@ async fn a_recover_of_a_thousand_dead_deliveries_reports_progress_and_sends_them
 async fn recovering_one_window_twice_at_once_does_not_double_the_sends() {
     const N: usize = 300;
     let app = spawn_app_with(&[("HERALD_RETRY_SCHEDULE", "none")]).await;
-    let failing = Arc::new(AtomicUsize::new(1));
-    let flag = failing.clone();
-    let receiver = Receiver::with(Arc::new(move |_| {
-        Reply::status(if flag.load(Ordering::SeqCst) == 1 {
-            500
-        } else {
-            204
-        })
-    }))
-    .await;
-    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
-    let since = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
-    for i in 0..N {
-        app.send(&app_id, "order.failed", json!({"i": i})).await;
-    }
-    receiver.wait_for(N, Duration::from_secs(30)).await;
-    wait_dead(&app, N).await;
-    failing.store(0, Ordering::SeqCst);
+    let Dead {
+        receiver,
+        app_id,
+        ep,
+        since,
+    } = dead_deliveries(&app, N).await;
 
     let path = format!("/apps/{app_id}/endpoints/{ep}/recover");
     let body = json!({"since": since});
@@ -446,14 +420,12 @@ async fn a_client_that_goes_away_does_not_cancel_acknowledged_work() {
         ("HERALD_RECOVER_BATCH", "10"),
     ])
     .await;
-    let (receiver, failing) = switchable_receiver().await;
-    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
-    let since = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
-    for i in 0..N {
-        app.send(&app_id, "order.failed", json!({"i": i})).await;
-    }
-    wait_dead(&app, N).await;
-    failing.store(0, Ordering::SeqCst);
+    let Dead {
+        receiver,
+        ep,
+        since,
+        ..
+    } = dead_deliveries(&app, N).await;
 
     let mut ws = admin(&app).await;
     ws.send(json!({"req": "bye", "op": "recover", "endpoint_id": ep, "since": since}))
@@ -571,4 +543,30 @@ async fn the_server_pings_to_keep_the_channel_alive() {
     // The library answered with a pong; the channel still works.
     ws.send(json!({"req": "p", "op": "nope"})).await;
     assert_eq!(ws.next().await["code"], "unknown_op");
+}
+
+/// An application whose `n` messages all died at a receiver that has since recovered.
+struct Dead {
+    receiver: Receiver,
+    app_id: String,
+    ep: String,
+    /// A minute before the first message: a recover window that holds them all.
+    since: String,
+}
+
+async fn dead_deliveries(app: &TestApp, n: usize) -> Dead {
+    let (receiver, failing) = switchable_receiver().await;
+    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
+    let since = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    for i in 0..n {
+        app.send(&app_id, "order.failed", json!({"i": i})).await;
+    }
+    wait_dead(app, n).await;
+    failing.store(0, Ordering::SeqCst);
+    Dead {
+        receiver,
+        app_id,
+        ep,
+        since,
+    }
 }

@@ -17,6 +17,8 @@ pub struct Process {
     child: Child,
     pub addr: SocketAddr,
     log: PathBuf,
+    /// One client for every call: building one per request costs tens of milliseconds.
+    http: reqwest::Client,
 }
 
 impl Process {
@@ -43,7 +45,12 @@ impl Process {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("herald binary starts");
-        let process = Self { child, addr, log };
+        let process = Self {
+            child,
+            addr,
+            log,
+            http: reqwest::Client::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = reqwest::get(format!("http://{addr}/readyz")).await
@@ -105,7 +112,7 @@ impl Process {
         path: &str,
         body: serde_json::Value,
     ) -> serde_json::Value {
-        reqwest::Client::new()
+        self.http
             .request(method, format!("http://{}/api/v1{path}", self.addr))
             .bearer_auth(TOKEN)
             .json(&body)
