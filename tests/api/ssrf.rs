@@ -22,6 +22,13 @@ async fn private_address_literals_are_refused_when_the_endpoint_is_created() {
         "http://[::1]/",
         "http://[fd00::1]/",
         "http://[::ffff:127.0.0.1]/",
+        // Other spellings of 127.0.0.1: decimal, octal, hexadecimal, shortened.
+        "http://2130706433/",
+        "http://0177.0.0.1/",
+        "http://0x7f.0.0.1/",
+        "http://017700000001/",
+        "http://127.1/",
+        "http://[0:0:0:0:0:ffff:7f00:1]/",
     ] {
         let (status, err) = app
             .post(&format!("/apps/{app_id}/endpoints"), json!({"url": url}))
