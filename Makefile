@@ -2,13 +2,17 @@
 # including a private PostgreSQL when DATABASE_URL is not set.
 SHELL := bash
 
-.PHONY: run test bench db-stop fmt lint
+.PHONY: run test chaos bench db-stop fmt lint
 
 run:
 	scripts/run.sh
 
 test:
 	scripts/test.sh $(ARGS)
+
+# The long failure scenarios (kill -9 under load, ...), skipped by `make test`.
+chaos:
+	scripts/test.sh --run-ignored ignored-only --no-capture $(ARGS)
 
 # Delivery speed against this machine's own ceiling; see bench/README.md.
 bench:

@@ -8,6 +8,7 @@ mod admin_ws;
 mod apps;
 mod bad_input;
 mod browser;
+mod chaos;
 mod dashboard;
 mod delivery;
 mod endpoints;
