@@ -10,9 +10,10 @@ run:
 test:
 	scripts/test.sh $(ARGS)
 
-# The long failure scenarios (kill -9 under load, ...), skipped by `make test`.
+# The long failure scenarios (kill -9 under load, a database restart, ...), skipped by
+# `make test`. One at a time: one of them restarts the test cluster.
 chaos:
-	scripts/test.sh --run-ignored ignored-only --no-capture $(ARGS)
+	scripts/test.sh --run-ignored ignored-only --no-capture --test-threads 1 $(ARGS)
 
 # Delivery speed against this machine's own ceiling; see bench/README.md.
 bench:

@@ -6,6 +6,7 @@
 # Ports sit below Linux's ephemeral range (32768+), where an outgoing connection could
 # already hold them.
 #   scripts/pg.sh stop  <dir>
+#   scripts/pg.sh crash <dir>   stop with -m immediate (no clean shutdown)
 #
 # initdb refuses to run as root, so as root the cluster belongs to the `postgres` user.
 # "test" trades durability for speed (fsync off); never use it for real data. "bench" stays
@@ -47,10 +48,12 @@ case "$cmd" in
         || { tail -20 "$dir/postgres.log" >&2; exit 1; }
     fi
     ;;
-  stop)
+  stop|crash)
+    # crash: stop without a clean shutdown, as a power cut would (make chaos).
+    mode=fast; [ "$cmd" = crash ] && mode=immediate
     if [ -f "$dir/data/PG_VERSION" ] && as_owner pg_ctl -D "$dir/data" status >/dev/null 2>&1; then
-      as_owner pg_ctl -D "$dir/data" -m fast -w stop >/dev/null
+      as_owner pg_ctl -D "$dir/data" -m "$mode" -w stop >/dev/null
     fi
     ;;
-  *) echo "usage: $0 start <dir> <port> [test|bench] | stop <dir>" >&2; exit 2 ;;
+  *) echo "usage: $0 start <dir> <port> [test|bench] | stop <dir> | crash <dir>" >&2; exit 2 ;;
 esac

@@ -14,6 +14,8 @@ if [ -z "${DATABASE_URL:-}" ]; then
     "select 'drop database \"' || datname || '\";' from pg_database where datname like 'herald_test_%'" postgres \
     | psql -h 127.0.0.1 -p "$port" -U postgres -q postgres >/dev/null
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  # make chaos restarts this cluster under load.
+  export HERALD_TEST_PG_DIR="$PWD/$dir" HERALD_TEST_PG_PORT="$port"
 fi
 # The dashboard's browser test drives headless Chromium through chromedriver.
 if ! command -v chromedriver >/dev/null 2>&1 && [ "${HERALD_SKIP_BROWSER_TESTS:-}" != 1 ]; then

@@ -57,6 +57,9 @@ impl AppError {
             Self::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            Self::Database(e) if database_unavailable(e) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             Self::Database(_) | Self::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
@@ -81,10 +84,28 @@ impl AppError {
     }
 }
 
+/// The database is down, restarting or out of connections: the request can be retried as
+/// is, so it is a 503, not a 500.
+fn database_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        // 57P01-03: admin shutdown, crash shutdown, cannot connect now; 08: connection.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+        _ => false,
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let message = match &self {
+            Self::Database(e) if database_unavailable(e) => {
+                tracing::warn!(error = %e, "database unavailable");
+                "the database is unavailable; nothing was stored, try again".to_owned()
+            }
             Self::Database(e) => {
                 tracing::error!(error = %e, "database error");
                 "internal error".to_owned()

@@ -30,7 +30,8 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
         .application_name("herald");
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        // A request must fail fast, not hang, when the database is away: 503 after this.
+        .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await?)
 }
