@@ -225,3 +225,135 @@ async fn a_database_restart_under_load_loses_nothing() {
         .unwrap();
     assert_eq!(ready.status().as_u16(), 200, "Herald reconnected by itself");
 }
+
+/// Scaling out: three processes share one database. With a healthy receiver nothing is
+/// lost or sent twice and every process delivers a share; when one is killed, the others
+/// take over its leases.
+#[tokio::test]
+#[ignore = "long: make chaos"]
+async fn three_processes_share_the_load_and_take_over_from_a_dead_one() {
+    const MESSAGES: usize = 3000;
+    let db_url = fresh_database().await;
+    let receiver = Receiver::slow(Duration::from_millis(5)).await;
+    let env = [("HERALD_WORKER_CONCURRENCY", "32")];
+    let mut processes = vec![
+        Process::start(&db_url, &env).await,
+        Process::start(&db_url, &env).await,
+        Process::start(&db_url, &env).await,
+    ];
+    let app = processes[0]
+        .api(reqwest::Method::POST, "/apps", json!({"name": "Acme"}))
+        .await;
+    let app_id = app["id"].as_str().unwrap().to_owned();
+    processes[0]
+        .api(
+            reqwest::Method::POST,
+            &format!("/apps/{app_id}/endpoints"),
+            json!({"url": receiver.url()}),
+        )
+        .await;
+
+    // Round-robin over the three, as a load balancer would.
+    let mut accepted = Vec::new();
+    for i in 0..MESSAGES / 2 {
+        let sent = processes[i % 3]
+            .send(&app_id, "order.placed", json!({"i": i}))
+            .await;
+        accepted.push(sent["id"].as_str().unwrap().to_owned());
+    }
+    wait_delivered(&accepted, &receiver).await;
+    let healthy = tally(accepted.clone(), &receiver);
+    healthy.report("three processes, healthy");
+    assert_eq!(
+        healthy.duplicates(),
+        0,
+        "a healthy cluster sends nothing twice"
+    );
+    let shares: Vec<f64> =
+        futures_util::future::join_all(processes.iter().map(|p| attempts_made(p.addr))).await;
+    eprintln!("attempts per process: {shares:?}");
+    assert!(
+        shares.iter().all(|s| *s >= MESSAGES as f64 / 2.0 / 10.0),
+        "each process carries a share: {shares:?}"
+    );
+
+    // Messages queued from SQL (no direct dispatch): whichever process claims first sends.
+    let pool = herald::db::connect(&db_url, 1).await.unwrap();
+    let queued: Vec<String> = sqlx::query_scalar(
+        "select herald.message_ref((herald.send_message($1, 'queued.item',
+                                   json_build_object('i', g))).id)
+           from generate_series(1, 600) g",
+    )
+    .bind(&app_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut all = accepted.clone();
+    all.extend(queued);
+    wait_delivered(&all, &receiver).await;
+    let after: Vec<f64> =
+        futures_util::future::join_all(processes.iter().map(|p| attempts_made(p.addr))).await;
+    let claimed: Vec<f64> = after.iter().zip(&shares).map(|(a, b)| a - b).collect();
+    eprintln!("queued deliveries claimed per process: {claimed:?}");
+    assert!(
+        claimed.iter().all(|c| *c > 0.0),
+        "every process claims: {claimed:?}"
+    );
+    assert_eq!(tally(all.clone(), &receiver).duplicates(), 0);
+    accepted = all;
+
+    // Kill one while the second half is sent to the other two and delivered.
+    let victim = processes.remove(2);
+    let mut victim = victim;
+    for i in MESSAGES / 2..MESSAGES {
+        if i == MESSAGES / 2 + 200 {
+            victim.signal("-KILL");
+            victim.wait_exit(Duration::from_secs(10)).await;
+        }
+        let target = if i < MESSAGES / 2 + 200 {
+            // The victim takes its share until it dies.
+            match i % 3 {
+                0 => &victim,
+                1 => &processes[0],
+                _ => &processes[1],
+            }
+        } else {
+            &processes[i % 2]
+        };
+        let sent = target.send(&app_id, "order.placed", json!({"i": i})).await;
+        accepted.push(sent["id"].as_str().unwrap().to_owned());
+    }
+    wait_delivered(&accepted, &receiver).await;
+    let t = tally(accepted, &receiver);
+    t.report("three processes, one killed");
+    assert!(t.lost().is_empty(), "lost: {:?}", t.lost());
+    assert!(
+        t.duplicates() <= 32,
+        "more duplicates than the victim had in flight"
+    );
+}
+
+async fn wait_delivered(accepted: &[String], receiver: &Receiver) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !tally(accepted.to_vec(), receiver).lost().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all delivered in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `herald_attempts_total` summed over outcomes, from a process's `/metrics`.
+async fn attempts_made(addr: std::net::SocketAddr) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("herald_attempts_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
