@@ -357,3 +357,270 @@ async fn attempts_made(addr: std::net::SocketAddr) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// What the chaos receiver does with one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Behaviour {
+    Fail500,
+    /// 429 with `Retry-After: 1`.
+    TooMany,
+    /// Reads the request and never answers (past Herald's 2 s timeout).
+    Hang,
+    /// Resets the connection without an answer.
+    Reset,
+    /// 200, with a body that trickles in over about a second.
+    SlowBody,
+    /// 301 to somewhere else: must not be followed.
+    Moved,
+    Ok,
+}
+
+struct Seen {
+    webhook_id: String,
+    behaviour: Behaviour,
+    at: std::time::Instant,
+}
+
+/// A receiver on a raw socket, so that it can also hang, reset and trickle.
+async fn chaos_receiver(
+    choose: impl Fn() -> Behaviour + Send + Sync + 'static,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Seen>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>> = Default::default();
+    let log = seen.clone();
+    let choose = std::sync::Arc::new(choose);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let (log, choose) = (log.clone(), choose.clone());
+            tokio::spawn(async move {
+                // The request: headers, then content-length bytes of body.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let head_end = loop {
+                    let Ok(n) = socket.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let header = |name: &str| {
+                    head.lines()
+                        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                        .unwrap_or("")
+                        .trim()
+                        .to_owned()
+                };
+                let length: usize = header("content-length").parse().unwrap_or(0);
+                while buf.len() < head_end + length {
+                    let Ok(n) = socket.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let behaviour = choose();
+                log.lock().unwrap().push(Seen {
+                    webhook_id: header("webhook-id"),
+                    behaviour,
+                    at: std::time::Instant::now(),
+                });
+                let reply = |status: &str, extra: &str| {
+                    format!(
+                        "HTTP/1.1 {status}\r\n{extra}content-length: 0\r\nconnection: close\r\n\r\n"
+                    )
+                };
+                match behaviour {
+                    Behaviour::Fail500 => {
+                        let _ = socket
+                            .write_all(reply("500 Internal Server Error", "").as_bytes())
+                            .await;
+                    }
+                    Behaviour::TooMany => {
+                        let r = reply("429 Too Many Requests", "retry-after: 1\r\n");
+                        let _ = socket.write_all(r.as_bytes()).await;
+                    }
+                    Behaviour::Hang => {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                    }
+                    Behaviour::Reset => {
+                        let _ = socket.set_zero_linger();
+                        drop(socket);
+                    }
+                    Behaviour::SlowBody => {
+                        let head =
+                            "HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\n";
+                        let _ = socket.write_all(head.as_bytes()).await;
+                        for _ in 0..10 {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            if socket.write_all(b"x").await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Behaviour::Moved => {
+                        let r = reply(
+                            "301 Moved Permanently",
+                            "location: http://127.0.0.1:9/elsewhere\r\n",
+                        );
+                        let _ = socket.write_all(r.as_bytes()).await;
+                    }
+                    Behaviour::Ok => {
+                        let _ = socket
+                            .write_all(reply("204 No Content", "").as_bytes())
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// A receiver answering a random mix of failures: the outcomes follow the retry rules
+/// exactly, and everything retryable is delivered in the end. A second endpoint answers
+/// 410 Gone once and is disabled.
+#[tokio::test]
+#[ignore = "long: make chaos"]
+async fn receiver_chaos_follows_the_retry_rules_and_delivers_everything_retryable() {
+    use rand::Rng;
+    const MESSAGES: usize = 60;
+    let db_url = fresh_database().await;
+    let env = [("HERALD_RETRY_SCHEDULE", "exponential:100ms,1.5,1s,40")];
+    let herald = Process::start(&db_url, &env).await;
+    let mix = [
+        (Behaviour::Fail500, 20),
+        (Behaviour::TooMany, 10),
+        (Behaviour::Hang, 3),
+        (Behaviour::Reset, 10),
+        (Behaviour::SlowBody, 10),
+        (Behaviour::Moved, 10),
+        (Behaviour::Ok, 37),
+    ];
+    let (url, seen) = chaos_receiver(move || {
+        let mut roll = rand::rng().random_range(0..100);
+        for (b, weight) in mix {
+            if roll < weight {
+                return b;
+            }
+            roll -= weight;
+        }
+        Behaviour::Ok
+    })
+    .await;
+    let gone = Receiver::with(std::sync::Arc::new(|_| crate::helpers::Reply::status(410))).await;
+    let app = herald
+        .api(reqwest::Method::POST, "/apps", json!({"name": "Acme"}))
+        .await;
+    let app_id = app["id"].as_str().unwrap().to_owned();
+    for target in [url, gone.url()] {
+        herald
+            .api(
+                reqwest::Method::POST,
+                &format!("/apps/{app_id}/endpoints"),
+                json!({"url": target}),
+            )
+            .await;
+    }
+    let mut accepted = Vec::new();
+    for i in 0..MESSAGES {
+        let sent = herald.send(&app_id, "order.placed", json!({"i": i})).await;
+        accepted.push(sent["id"].as_str().unwrap().to_owned());
+    }
+
+    // Everything the chaos receiver can eventually take is delivered.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let delivered = |seen: &[Seen]| -> std::collections::HashSet<String> {
+        seen.iter()
+            .filter(|s| matches!(s.behaviour, Behaviour::Ok | Behaviour::SlowBody))
+            .map(|s| s.webhook_id.clone())
+            .collect()
+    };
+    loop {
+        let done = delivered(&seen.lock().unwrap()).len();
+        if done == MESSAGES {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{done} of {MESSAGES} delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let seen = seen.lock().unwrap();
+    let count = |b: Behaviour| seen.iter().filter(|s| s.behaviour == b).count();
+    eprintln!(
+        "receiver chaos: {} requests: 500 x{}, 429 x{}, hang x{}, reset x{}, slow body x{}, 301 x{}, ok x{}",
+        seen.len(),
+        count(Behaviour::Fail500),
+        count(Behaviour::TooMany),
+        count(Behaviour::Hang),
+        count(Behaviour::Reset),
+        count(Behaviour::SlowBody),
+        count(Behaviour::Moved),
+        count(Behaviour::Ok)
+    );
+    // Retry-After is honoured: the try after a 429 comes at least a second later.
+    for (i, s) in seen.iter().enumerate() {
+        if s.behaviour != Behaviour::TooMany {
+            continue;
+        }
+        if let Some(next) = seen[i + 1..].iter().find(|n| n.webhook_id == s.webhook_id) {
+            let waited = next.at - s.at;
+            assert!(
+                waited >= Duration::from_millis(950),
+                "retried {waited:?} after a 429"
+            );
+        }
+    }
+    // Each success ended its delivery: nothing was sent again after it.
+    let mut done = std::collections::HashSet::new();
+    for s in seen.iter() {
+        assert!(!done.contains(&s.webhook_id), "sent again after a success");
+        if matches!(s.behaviour, Behaviour::Ok | Behaviour::SlowBody) {
+            done.insert(s.webhook_id.clone());
+        }
+    }
+    let hangs = count(Behaviour::Hang);
+    drop(seen);
+
+    // What the attempts recorded: redirects not followed, timeouts, resets.
+    let pool = herald::db::connect(&db_url, 1).await.unwrap();
+    let kinds: Vec<(String, i64)> = sqlx::query_as(
+        "select coalesce(error_kind, 'none'), count(*) from attempt group by 1 order by 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    eprintln!("attempts by error kind: {kinds:?}");
+    let kind = |k: &str| kinds.iter().find(|(n, _)| n == k).map_or(0, |(_, c)| *c);
+    assert!(kind("redirect") > 0 && kind("http_status") > 0);
+    // Hangs are rare in the mix; when one happened, it was recorded as a timeout.
+    assert!(kind("timeout") > 0 || hangs == 0);
+    // The 410 endpoint: disabled with the reason; asked again only by the requests already
+    // in flight when the first 410 came back (the rest die without a request).
+    let disabled: (bool, Option<String>) =
+        sqlx::query_as("select disabled, disabled_reason from endpoint where url = $1")
+            .bind(gone.url())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(disabled.0 && disabled.1.unwrap().contains("410"));
+    let tally = tally(accepted, &gone);
+    eprintln!(
+        "410 endpoint: asked {} times",
+        tally.received.values().sum::<usize>()
+    );
+}
