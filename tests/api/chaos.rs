@@ -559,7 +559,7 @@ async fn receiver_chaos_follows_the_retry_rules_and_delivers_everything_retryabl
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let seen = seen.lock().unwrap();
+    let seen: Vec<Seen> = std::mem::take(&mut *seen.lock().unwrap());
     let count = |b: Behaviour| seen.iter().filter(|s| s.behaviour == b).count();
     eprintln!(
         "receiver chaos: {} requests: 500 x{}, 429 x{}, hang x{}, reset x{}, slow body x{}, 301 x{}, ok x{}",
@@ -594,7 +594,6 @@ async fn receiver_chaos_follows_the_retry_rules_and_delivers_everything_retryabl
         }
     }
     let hangs = count(Behaviour::Hang);
-    drop(seen);
 
     // What the attempts recorded: redirects not followed, timeouts, resets.
     let pool = herald::db::connect(&db_url, 1).await.unwrap();
