@@ -570,3 +570,95 @@ async fn dead_deliveries(app: &TestApp, n: usize) -> Dead {
         since,
     }
 }
+
+/// A recover of 100,000 dead deliveries streams its progress to the end while normal
+/// traffic to another application keeps flowing. (The recovered deliveries are then sent
+/// at the endpoint's pace; this test stops once they are all queued.)
+#[tokio::test]
+#[ignore = "long: make chaos"]
+async fn a_recover_of_100k_streams_progress_and_leaves_room_for_normal_traffic() {
+    const DEAD: i64 = 100_000;
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
+    // 100,000 dead deliveries, written directly: sending them through the API and letting
+    // them fail would take far longer than the recover itself.
+    let app_uuid = app_id.trim_start_matches("app_");
+    let ep_uuid = ep.trim_start_matches("ep_");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "with m as (
+             insert into herald.message (app_id, event_type, payload)
+             select '{app_uuid}', 'order.failed', json_build_object('i', g)
+               from generate_series(1, {DEAD}) g
+             returning id)
+         insert into herald.delivery (message_id, endpoint_id, state, attempt_count, last_error)
+         select id, '{ep_uuid}', 'dead', 10, 'HTTP 500' from m"
+    )))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let other = Receiver::start().await;
+    let (other_app, _, _) = app.app_with_endpoint(&other).await;
+
+    let mut ws = admin(&app).await;
+    let since = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    ws.send(json!({"req": "big", "op": "recover", "endpoint_id": ep, "since": since}))
+        .await;
+    let started = std::time::Instant::now();
+    // Normal traffic meanwhile: one message every 20 ms, its delivery time measured.
+    let sender = {
+        let app = reqwest::Client::new();
+        let url = format!("http://{}/api/v1/apps/{other_app}/messages", ws_addr(&ws));
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for i in 0..150 {
+                let at = std::time::Instant::now();
+                let r = app
+                    .post(&url)
+                    .bearer_auth(TOKEN)
+                    .json(&json!({"event_type": "normal", "payload": {"i": i}}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 202);
+                let body: Value = r.json().await.unwrap();
+                sent.push((body["id"].as_str().unwrap().to_owned(), at));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sent
+        })
+    };
+    let frames = ws.until(is("done")).await;
+    let took = started.elapsed();
+    let progress = frames.iter().filter(|f| f["type"] == "progress").count();
+    assert_eq!(frames.last().unwrap()["queued"], DEAD);
+    assert!(progress > 100, "only {progress} progress frames");
+
+    let sent = sender.await.unwrap();
+    let got = other.wait_for(sent.len(), Duration::from_secs(30)).await;
+    let mut latencies: Vec<Duration> = sent
+        .iter()
+        .map(|(id, at)| {
+            let r = got.iter().find(|r| r.header("webhook-id") == id).unwrap();
+            r.at - *at
+        })
+        .collect();
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    eprintln!(
+        "recover of {DEAD}: queued in {took:?} with {progress} progress frames; \
+         normal traffic meanwhile: p50 {:?}, p99 {p99:?}",
+        latencies[latencies.len() / 2]
+    );
+    assert!(
+        p99 < Duration::from_secs(1),
+        "normal traffic starved: p99 {p99:?}"
+    );
+}
+
+fn ws_addr(ws: &Admin) -> std::net::SocketAddr {
+    match ws.ws.get_ref() {
+        MaybeTlsStream::Plain(s) => s.peer_addr().unwrap(),
+        _ => unreachable!("plain ws"),
+    }
+}
