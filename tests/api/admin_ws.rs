@@ -662,3 +662,55 @@ fn ws_addr(ws: &Admin) -> std::net::SocketAddr {
         _ => unreachable!("plain ws"),
     }
 }
+
+#[tokio::test]
+async fn a_replay_while_an_attempt_is_in_flight_is_refused() {
+    let app = spawn_app().await;
+    let receiver = Receiver::slow(Duration::from_millis(1500)).await;
+    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
+    let msg = app.send(&app_id, "a.b", json!({})).await;
+    receiver.wait_for(1, WAIT).await; // the request is now in flight
+    let mut ws = admin(&app).await;
+    let e = ws
+        .error_for(json!({"req": "busy", "op": "replay", "message_id": msg, "endpoint_id": ep}))
+        .await;
+    assert_eq!(e["code"], "in_flight", "{e}");
+    app.wait_for_message(&app_id, &msg, WAIT, all_delivered)
+        .await;
+}
+
+/// A client that never reads its socket: its frames pile up in its own buffers only. The
+/// recover it asked for, and the workers, carry on at full speed.
+#[tokio::test]
+async fn a_client_that_never_reads_does_not_hold_up_the_work() {
+    const DEAD: i64 = 2000;
+    let app = spawn_app_with(&[("HERALD_WORKER_CONCURRENCY", "32")]).await;
+    let receiver = Receiver::start().await;
+    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
+    let app_uuid = app_id.trim_start_matches("app_");
+    let ep_uuid = ep.trim_start_matches("ep_");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "with m as (
+             insert into herald.message (app_id, event_type, payload)
+             select '{app_uuid}', 'order.failed', json_build_object('i', g, 'pad', repeat('x', 2000))
+               from generate_series(1, {DEAD}) g
+             returning id)
+         insert into herald.delivery (message_id, endpoint_id, state, attempt_count)
+         select id, '{ep_uuid}', 'dead', 1 from m"
+    )))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let mut ws = admin(&app).await;
+    let since = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    ws.send(json!({"req": "r", "op": "recover", "endpoint_id": ep, "since": since}))
+        .await;
+    // ...and never reads again, while its attempt frames (about 2 MB) are produced.
+    receiver
+        .wait_for(DEAD as usize, Duration::from_secs(60))
+        .await;
+    // Other requests are served meanwhile.
+    let (status, _) = app.get("/apps").await;
+    assert_eq!(status, 200);
+    drop(ws);
+}
