@@ -156,7 +156,7 @@ impl Direct {
         if shared.cancel.is_cancelled() || shared.permits.available_permits() == 0 {
             return None;
         }
-        let busy_endpoints = shared
+        let busy_endpoints: Vec<EndpointId> = shared
             .in_flight
             .lock()
             .expect("in-flight map poisoned")
@@ -164,6 +164,14 @@ impl Direct {
             .filter(|(_, (n, cap))| n >= cap)
             .map(|(endpoint, _)| *endpoint)
             .collect();
+        // What is sent to a full endpoint is queued, and only a completion there can make
+        // room for it. Mark it before the send commits: marked after, a completion landing
+        // in between would find nothing to wake for, and the delivery would wait for the
+        // poll.
+        if !busy_endpoints.is_empty() {
+            let mut capped = shared.capped.lock().expect("capped set poisoned");
+            capped.extend(busy_endpoints.iter().copied());
+        }
         Some(DirectOffer {
             worker: shared.worker_id,
             lease: shared.settings.lease,
