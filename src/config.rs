@@ -14,6 +14,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub admin_token: Secret,
     pub public_url: String,
+    /// Whether `public_url` was configured, rather than derived from `listen`.
+    pub public_url_configured: bool,
     pub allow_private_targets: bool,
     /// Requests in flight at once in this process.
     pub worker_concurrency: usize,
@@ -99,6 +101,7 @@ impl Config {
         let listen: SocketAddr = parsed("HERALD_LISTEN", "127.0.0.1:8080")
             .parse()
             .context("HERALD_LISTEN must be host:port, e.g. 127.0.0.1:8080")?;
+        let public_url_configured = var("HERALD_PUBLIC_URL").is_some();
         let public_url = var("HERALD_PUBLIC_URL")
             .unwrap_or_else(|| format!("http://{listen}"))
             .trim_end_matches('/')
@@ -140,6 +143,7 @@ impl Config {
             listen,
             admin_token: Secret(admin_token),
             public_url,
+            public_url_configured,
             allow_private_targets,
             worker_concurrency,
             endpoint_concurrency: endpoint_concurrency as i32,
@@ -162,6 +166,27 @@ impl Config {
 
     pub fn from_env() -> anyhow::Result<Self> {
         Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Whether a browser's `Origin` is the dashboard's own. Without a configured
+    /// `HERALD_PUBLIC_URL`, a server listening on loopback also accepts the other loopback
+    /// names for the same port (`localhost` and `127.0.0.1` are the same server to a
+    /// developer, but different origins to a browser).
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        let origin = origin.trim_end_matches('/');
+        if origin == self.public_url {
+            return true;
+        }
+        if self.public_url_configured || !self.listen.ip().is_loopback() {
+            return false;
+        }
+        let (Ok(asked), Ok(ours)) = (url::Url::parse(origin), url::Url::parse(&self.public_url))
+        else {
+            return false;
+        };
+        asked.scheme() == "http"
+            && matches!(asked.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
+            && asked.port_or_known_default() == ours.port_or_known_default()
     }
 
     /// A worker's claim on a delivery outlives the longest possible request, so a live
@@ -238,6 +263,27 @@ mod tests {
         assert!(with("HERALD_WORKER_CONCURRENCY", "0").is_err());
         assert!(with("HERALD_ADMIN_TOKEN", "short").is_err());
         assert!(config(&BASE[1..]).is_err());
+    }
+
+    #[test]
+    fn the_dashboard_origin_is_the_public_url_or_loopback_on_our_port() {
+        let local = config(&[BASE[0], BASE[1], ("HERALD_LISTEN", "127.0.0.1:8080")]).unwrap();
+        assert!(local.origin_allowed("http://127.0.0.1:8080"));
+        assert!(local.origin_allowed("http://localhost:8080/"));
+        assert!(local.origin_allowed("http://[::1]:8080"));
+        assert!(!local.origin_allowed("http://localhost:9090"));
+        assert!(!local.origin_allowed("https://localhost:8080"));
+        assert!(!local.origin_allowed("http://evil.example:8080"));
+        assert!(!local.origin_allowed("null"));
+        let public = config(&[
+            BASE[0],
+            BASE[1],
+            ("HERALD_LISTEN", "127.0.0.1:8080"),
+            ("HERALD_PUBLIC_URL", "https://herald.example.com/"),
+        ])
+        .unwrap();
+        assert!(public.origin_allowed("https://herald.example.com"));
+        assert!(!public.origin_allowed("http://localhost:8080"));
     }
 
     #[test]

@@ -48,7 +48,7 @@ async fn upgrade(
     let by_bearer = headers.contains_key(AUTHORIZATION);
     let origin = headers.get(ORIGIN).and_then(|o| o.to_str().ok());
     let allowed = match origin {
-        Some(o) => o.trim_end_matches('/') == state.config.public_url,
+        Some(o) => state.config.origin_allowed(o),
         None => by_bearer,
     };
     if !allowed {

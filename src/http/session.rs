@@ -98,6 +98,6 @@ pub fn csrf_ok(config: &Config, headers: &HeaderMap, session: &str, token: &str)
     let origin_ok = headers
         .get(ORIGIN)
         .and_then(|o| o.to_str().ok())
-        .is_none_or(|o| o.trim_end_matches('/') == config.public_url);
+        .is_none_or(|o| config.origin_allowed(o));
     origin_ok && same(token, &csrf_token(config, session))
 }

@@ -145,6 +145,20 @@ async fn the_channel_is_for_admins_on_our_origin_only() {
             .await
             .is_ok()
     );
+    // Without a configured public URL, `localhost` on our port is us too; another port is not.
+    let localhost = format!("http://localhost:{}", app.addr.port());
+    assert!(
+        open(&app, &[("cookie", &cookie), ("origin", &localhost)])
+            .await
+            .is_ok()
+    );
+    let elsewhere = format!("http://localhost:{}", app.addr.port() + 1);
+    assert_eq!(
+        open(&app, &[("cookie", &cookie), ("origin", &elsewhere)])
+            .await
+            .err(),
+        Some(403)
+    );
     assert!(
         open(&app, &[("authorization", &bearer), ("origin", &ours)])
             .await
