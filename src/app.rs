@@ -59,7 +59,9 @@ impl App {
         let feed_pool = db::connect(config.database_url.expose(), FEED_CONNECTIONS)
             .await
             .context("cannot connect to the database")?;
-        let feed = Feed::spawn(feed_pool, FeedSettings::from(&config), cancel.clone());
+        let feed = Feed::spawn(feed_pool, FeedSettings::from(&config), cancel.clone())
+            .await
+            .context("cannot start the live feed")?;
         let recoveries = Recoveries::spawn(pool.clone(), config.recover_batch, cancel.clone());
         let router = http::router(AppState::new(
             pool.clone(),

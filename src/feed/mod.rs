@@ -110,16 +110,23 @@ struct Shared {
 
 impl Feed {
     /// Starts this process's reader (and the pruning of events older than `retention`).
-    pub fn spawn(pool: PgPool, settings: FeedSettings, cancel: CancellationToken) -> Self {
+    /// The reader's starting point is fixed before this returns, so that no subscriber can
+    /// come before it: one that did could miss what happened in between.
+    pub async fn spawn(
+        pool: PgPool,
+        settings: FeedSettings,
+        cancel: CancellationToken,
+    ) -> sqlx::Result<Self> {
         let FeedSettings {
             poll_interval,
             retention,
             buffer,
         } = settings;
+        let start = events::head(&pool).await?;
         let shared = Arc::new(Shared {
             pool: pool.clone(),
             live: broadcast::channel(buffer).0,
-            head: watch::Sender::new(Position::default()),
+            head: watch::Sender::new(start),
             wake: Notify::new(),
             poll_interval,
             subscribers: AtomicUsize::new(0),
@@ -132,9 +139,9 @@ impl Feed {
             move || woken.wake.notify_one(),
             cancel.clone(),
         ));
-        tokio::spawn(read(shared.clone()));
+        tokio::spawn(read(shared.clone(), start));
         tokio::spawn(prune(pool, retention, cancel));
-        Self(shared)
+        Ok(Self(shared))
     }
 
     /// Tells the reader that this process just committed events (NOTIFY would say so too,
@@ -331,21 +338,9 @@ impl Page {
 }
 
 /// The process's one reader of the log.
-async fn read(shared: Arc<Shared>) {
+async fn read(shared: Arc<Shared>, start: Position) {
     let cancel = shared.cancel.clone();
-    let mut cursor = loop {
-        match events::head(&shared.pool).await {
-            Ok(p) => break p,
-            Err(e) => {
-                warn!(error = %e, "feed reader cannot start; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {},
-                    _ = cancel.cancelled() => return,
-                }
-            }
-        }
-    };
-    shared.head.send_replace(cursor);
+    let mut cursor = start;
     // While events wait to settle, look again soon, backing off; otherwise wait for a
     // wake-up or the poll. The reader keeps its own connection: it never queues for one
     // behind catching-up subscribers.
