@@ -15,31 +15,19 @@ pub struct Latency {
 impl Latency {
     /// Nearest-rank percentiles; sorts `samples` in place.
     pub fn of(samples: &mut [Duration]) -> Self {
-        if samples.is_empty() {
-            return Self::default();
-        }
-        samples.sort_unstable();
-        let at = |q: f64| {
-            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-            ms(samples[rank - 1])
-        };
-        Self {
-            p50_ms: at(0.50),
-            p90_ms: at(0.90),
-            p99_ms: at(0.99),
-            max_ms: ms(samples[samples.len() - 1]),
-        }
+        Self::nearest_rank(samples, ms)
     }
-}
 
-impl Latency {
     /// The same, over samples in microseconds (cheaper to keep by the million).
     pub fn of_micros(samples: &mut [u32]) -> Self {
+        Self::nearest_rank(samples, |us| f64::from(us) / 1000.0)
+    }
+
+    fn nearest_rank<T: Copy + Ord>(samples: &mut [T], ms: impl Fn(T) -> f64) -> Self {
         if samples.is_empty() {
             return Self::default();
         }
         samples.sort_unstable();
-        let ms = |us: u32| f64::from(us) / 1000.0;
         let at = |q: f64| {
             let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
             ms(samples[rank - 1])

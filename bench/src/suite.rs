@@ -886,34 +886,10 @@ fn psql(url: &str, db: &str, sql: &str) -> anyhow::Result<()> {
 
 /// Runs `sql` and returns what it printed, unaligned and without headers.
 fn psql_output(url: &str, db: &str, sql: &str) -> anyhow::Result<String> {
-    let c = conn(url)?;
-    let out = Command::new("psql")
-        .args([
-            "-h",
-            &c.host,
-            "-p",
-            &c.port,
-            "-U",
-            &c.user,
-            "-d",
-            db,
-            "-q",
-            "-t",
-            "-A",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            sql,
-        ])
-        .output()
-        .context("running psql")?;
-    if !out.status.success() {
-        bail!("psql: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    psql_stdin(url, db, sql)
 }
 
-/// The same, with `sql` given on psql's standard input (no limit on its length).
+/// `sql` goes in on psql's standard input, so its length has no limit.
 fn psql_stdin(url: &str, db: &str, sql: &str) -> anyhow::Result<String> {
     use std::io::Write;
     let c = conn(url)?;

@@ -462,18 +462,7 @@ async fn a_recover_survives_a_restart_part_way() {
     ];
     let first = Process::start(&db_url, &env).await;
     let (receiver, failing) = switchable_receiver().await;
-    let app = first
-        .api(reqwest::Method::POST, "/apps", json!({"name": "Acme"}))
-        .await;
-    let app_id = app["id"].as_str().unwrap().to_owned();
-    let ep = first
-        .api(
-            reqwest::Method::POST,
-            &format!("/apps/{app_id}/endpoints"),
-            json!({"url": receiver.url()}),
-        )
-        .await;
-    let ep = ep["id"].as_str().unwrap().to_owned();
+    let (app_id, ep, _) = first.app_with_endpoint(&receiver.url()).await;
     let since = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
     for i in 0..N {
         first.send(&app_id, "order.failed", json!({"i": i})).await;
@@ -595,22 +584,7 @@ async fn a_recover_of_100k_streams_progress_and_leaves_room_for_normal_traffic()
     let app = spawn_app().await;
     let receiver = Receiver::start().await;
     let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
-    // 100,000 dead deliveries, written directly: sending them through the API and letting
-    // them fail would take far longer than the recover itself.
-    let app_uuid = app_id.trim_start_matches("app_");
-    let ep_uuid = ep.trim_start_matches("ep_");
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "with m as (
-             insert into herald.message (app_id, event_type, payload)
-             select '{app_uuid}', 'order.failed', json_build_object('i', g)
-               from generate_series(1, {DEAD}) g
-             returning id)
-         insert into herald.delivery (message_id, endpoint_id, state, attempt_count, last_error)
-         select id, '{ep_uuid}', 'dead', 10, 'HTTP 500' from m"
-    )))
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    insert_dead(&app, &app_id, &ep, DEAD).await;
     let other = Receiver::start().await;
     let (other_app, _, _) = app.app_with_endpoint(&other).await;
 
@@ -701,25 +675,12 @@ async fn a_client_that_never_reads_does_not_hold_up_the_work() {
     let app = spawn_app_with(&[("HERALD_WORKER_CONCURRENCY", "32")]).await;
     let receiver = Receiver::start().await;
     let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
-    let app_uuid = app_id.trim_start_matches("app_");
-    let ep_uuid = ep.trim_start_matches("ep_");
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "with m as (
-             insert into herald.message (app_id, event_type, payload)
-             select '{app_uuid}', 'order.failed', json_build_object('i', g, 'pad', repeat('x', 2000))
-               from generate_series(1, {DEAD}) g
-             returning id)
-         insert into herald.delivery (message_id, endpoint_id, state, attempt_count)
-         select id, '{ep_uuid}', 'dead', 1 from m"
-    )))
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    insert_dead(&app, &app_id, &ep, DEAD).await;
     let mut ws = admin(&app).await;
     let since = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
     ws.send(json!({"req": "r", "op": "recover", "endpoint_id": ep, "since": since}))
         .await;
-    // ...and never reads again, while its attempt frames (about 2 MB) are produced.
+    // ...and never reads again, while its attempt frames (about 1 MB) are produced.
     receiver
         .wait_for(DEAD as usize, Duration::from_secs(60))
         .await;
@@ -727,4 +688,23 @@ async fn a_client_that_never_reads_does_not_hold_up_the_work() {
     let (status, _) = app.get("/apps").await;
     assert_eq!(status, 200);
     drop(ws);
+}
+
+/// `n` dead deliveries for the endpoint, written directly: sending them through the API and
+/// letting them fail would take far longer than the recovers that use them.
+async fn insert_dead(app: &TestApp, app_id: &str, ep: &str, n: i64) {
+    let app_uuid = app_id.trim_start_matches("app_");
+    let ep_uuid = ep.trim_start_matches("ep_");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "with m as (
+             insert into herald.message (app_id, event_type, payload)
+             select '{app_uuid}', 'order.failed', json_build_object('i', g)
+               from generate_series(1, {n}) g
+             returning id)
+         insert into herald.delivery (message_id, endpoint_id, state, attempt_count, last_error)
+         select id, '{ep_uuid}', 'dead', 10, 'HTTP 500' from m"
+    )))
+    .execute(&app.pool)
+    .await
+    .unwrap();
 }

@@ -61,17 +61,7 @@ async fn kill_9_three_times_under_load_loses_nothing() {
     // A receiver that takes a little time, so that many requests are in flight at a kill.
     let receiver = Receiver::slow(Duration::from_millis(20)).await;
     let mut herald = Process::start(&db_url, &env).await;
-    let app = herald
-        .api(reqwest::Method::POST, "/apps", json!({"name": "Acme"}))
-        .await;
-    let app_id = app["id"].as_str().unwrap().to_owned();
-    herald
-        .api(
-            reqwest::Method::POST,
-            &format!("/apps/{app_id}/endpoints"),
-            json!({"url": receiver.url()}),
-        )
-        .await;
+    let (app_id, _, _) = herald.app_with_endpoint(&receiver.url()).await;
 
     let mut accepted = Vec::new();
     let kills = [MESSAGES / 4, MESSAGES / 2, 3 * MESSAGES / 4];
@@ -127,17 +117,7 @@ async fn a_database_restart_under_load_loses_nothing() {
     let db_url = fresh_database().await;
     let receiver = Receiver::start().await;
     let herald = Process::start(&db_url, &[]).await;
-    let app = herald
-        .api(reqwest::Method::POST, "/apps", json!({"name": "Acme"}))
-        .await;
-    let app_id = app["id"].as_str().unwrap().to_owned();
-    herald
-        .api(
-            reqwest::Method::POST,
-            &format!("/apps/{app_id}/endpoints"),
-            json!({"url": receiver.url()}),
-        )
-        .await;
+    let (app_id, _, _) = herald.app_with_endpoint(&receiver.url()).await;
 
     let addr = herald.addr;
     let http = reqwest::Client::new();
@@ -241,17 +221,7 @@ async fn three_processes_share_the_load_and_take_over_from_a_dead_one() {
         Process::start(&db_url, &env).await,
         Process::start(&db_url, &env).await,
     ];
-    let app = processes[0]
-        .api(reqwest::Method::POST, "/apps", json!({"name": "Acme"}))
-        .await;
-    let app_id = app["id"].as_str().unwrap().to_owned();
-    processes[0]
-        .api(
-            reqwest::Method::POST,
-            &format!("/apps/{app_id}/endpoints"),
-            json!({"url": receiver.url()}),
-        )
-        .await;
+    let (app_id, _, _) = processes[0].app_with_endpoint(&receiver.url()).await;
 
     // Round-robin over the three, as a load balancer would.
     let mut accepted = Vec::new();
@@ -521,19 +491,8 @@ async fn receiver_chaos_follows_the_retry_rules_and_delivers_everything_retryabl
     })
     .await;
     let gone = Receiver::with(std::sync::Arc::new(|_| crate::helpers::Reply::status(410))).await;
-    let app = herald
-        .api(reqwest::Method::POST, "/apps", json!({"name": "Acme"}))
-        .await;
-    let app_id = app["id"].as_str().unwrap().to_owned();
-    for target in [url, gone.url()] {
-        herald
-            .api(
-                reqwest::Method::POST,
-                &format!("/apps/{app_id}/endpoints"),
-                json!({"url": target}),
-            )
-            .await;
-    }
+    let (app_id, _, _) = herald.app_with_endpoint(&url).await;
+    herald.add_endpoint(&app_id, &gone.url()).await;
     let mut accepted = Vec::new();
     for i in 0..MESSAGES {
         let sent = herald.send(&app_id, "order.placed", json!({"i": i})).await;

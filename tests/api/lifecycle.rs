@@ -16,22 +16,6 @@ async fn db(url: &str) -> PgPool {
     herald::db::connect(url, 2).await.unwrap()
 }
 
-/// Sets up an app and an endpoint through a process's API; returns (app id, secret).
-async fn app_and_endpoint(p: &Process, url: &str) -> (String, String) {
-    let app = p
-        .api(reqwest::Method::POST, "/apps", json!({"name": "Acme"}))
-        .await;
-    let app_id = app["id"].as_str().unwrap().to_owned();
-    let ep = p
-        .api(
-            reqwest::Method::POST,
-            &format!("/apps/{app_id}/endpoints"),
-            json!({"url": url}),
-        )
-        .await;
-    (app_id, ep["secret"].as_str().unwrap().to_owned())
-}
-
 #[tokio::test]
 async fn a_restart_in_the_middle_of_the_retry_schedule_resumes_it() {
     let db_url = fresh_database().await;
@@ -81,7 +65,7 @@ async fn sigterm_lets_in_flight_sends_finish_and_records_them() {
     let db_url = fresh_database().await;
     let receiver = Receiver::slow(Duration::from_millis(1500)).await;
     let mut p = Process::start(&db_url, &[]).await;
-    let (app_id, _) = app_and_endpoint(&p, &receiver.url()).await;
+    let (app_id, _, _) = p.app_with_endpoint(&receiver.url()).await;
     p.send(&app_id, "in.flight", json!({})).await;
     let got = receiver.wait_for(1, Duration::from_secs(10)).await;
     p.signal("-TERM");
@@ -118,7 +102,7 @@ async fn kill_9_mid_send_loses_nothing() {
     // Request timeout 1s: a lease of 2 x 1s + 5s.
     let fast = [("HERALD_REQUEST_TIMEOUT", "1s")];
     let mut first = Process::start(&db_url, &fast).await;
-    let (app_id, _) = app_and_endpoint(&first, &receiver.url()).await;
+    let (app_id, _, _) = first.app_with_endpoint(&receiver.url()).await;
     let msg = first.send(&app_id, "crash.test", json!({"n": 1})).await;
     receiver.wait_for(1, Duration::from_secs(10)).await;
     first.signal("-KILL");
@@ -297,7 +281,7 @@ async fn shutdown_is_bounded_even_when_a_receiver_hangs() {
         ],
     )
     .await;
-    let (app_id, _) = app_and_endpoint(&p, &receiver.url()).await;
+    let (app_id, _, _) = p.app_with_endpoint(&receiver.url()).await;
     p.send(&app_id, "stuck", json!({})).await;
     receiver.wait_for(1, Duration::from_secs(10)).await;
     let asked = Instant::now();

@@ -96,6 +96,31 @@ impl Process {
         }
     }
 
+    /// Sets up an application and one endpoint at `url` through this process's API;
+    /// returns (application id, endpoint id, signing secret).
+    pub async fn app_with_endpoint(&self, url: &str) -> (String, String, String) {
+        let app = self
+            .api(reqwest::Method::POST, "/apps", json!({"name": "Acme"}))
+            .await;
+        let app_id = app["id"].as_str().unwrap().to_owned();
+        let ep = self.add_endpoint(&app_id, url).await;
+        (
+            app_id,
+            ep["id"].as_str().unwrap().to_owned(),
+            ep["secret"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Adds an endpoint at `url` to an application; returns the endpoint.
+    pub async fn add_endpoint(&self, app_id: &str, url: &str) -> Value {
+        self.api(
+            reqwest::Method::POST,
+            &format!("/apps/{app_id}/endpoints"),
+            json!({"url": url}),
+        )
+        .await
+    }
+
     /// Sends a message through this process's API; returns the message.
     pub async fn send(&self, app_id: &str, event_type: &str, payload: Value) -> Value {
         self.api(
