@@ -23,6 +23,8 @@ pub enum AppError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    #[error("this route does not take that method")]
+    MethodNotAllowed,
     /// A `Last-Event-ID` the feed cannot resume from without a gap.
     #[error("{0}")]
     UnknownEventId(String),
@@ -52,6 +54,7 @@ impl AppError {
             Self::Refused(code, _) => (StatusCode::CONFLICT, code),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::UnknownEventId(_) => (StatusCode::GONE, "unknown_last_event_id"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::UnsupportedMediaType(_) => {
@@ -60,6 +63,7 @@ impl AppError {
             Self::Database(e) if database_unavailable(e) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
+            Self::Database(e) if nul_in_text(e) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             Self::Database(_) | Self::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
@@ -84,6 +88,16 @@ impl AppError {
     }
 }
 
+/// PostgreSQL's text cannot hold U+0000 ("invalid byte sequence for encoding UTF8: 0x00",
+/// 22021; "unsupported Unicode escape sequence", 22P05): whatever field carried it, the
+/// caller sent it.
+fn nul_in_text(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("22021" | "22P05")),
+        _ => false,
+    }
+}
+
 /// The database is down, restarting or out of connections: the request can be retried as
 /// is, so it is a 503, not a 500.
 fn database_unavailable(e: &sqlx::Error) -> bool {
@@ -105,6 +119,9 @@ impl IntoResponse for AppError {
             Self::Database(e) if database_unavailable(e) => {
                 tracing::warn!(error = %e, "database unavailable");
                 "the database is unavailable; nothing was stored, try again".to_owned()
+            }
+            Self::Database(e) if nul_in_text(e) => {
+                "text must not contain NUL (\\u0000) characters".to_owned()
             }
             Self::Database(e) => {
                 tracing::error!(error = %e, "database error");

@@ -24,6 +24,8 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Print the API's OpenAPI document (what `GET /api/v1/openapi.json` serves).
+    Openapi,
     /// Check the Standard Webhooks signature of a received request.
     Verify {
         /// The endpoint's signing secret (whsec_...). Prefer the environment variable.
@@ -57,6 +59,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve => serve().await,
         Command::Migrate => migrate().await,
+        Command::Openapi => print_openapi(),
         Command::Verify {
             secret,
             id,
@@ -107,6 +110,11 @@ async fn migrate() -> anyhow::Result<()> {
     let pool = db::connect(&url, 1).await?;
     db::migrate(&pool).await?;
     println!("migrations applied");
+    Ok(())
+}
+
+fn print_openapi() -> anyhow::Result<()> {
+    println!("{}", herald::http::openapi().to_pretty_json()?);
     Ok(())
 }
 

@@ -4,7 +4,7 @@ use sqlx::PgExecutor;
 
 use crate::domain::AppId;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct App {
     pub id: AppId,
     pub uid: Option<String>,

@@ -5,7 +5,7 @@ use sqlx::PgExecutor;
 use crate::domain::{AppId, AttemptId, DeliveryId, EndpointId, MessageId};
 
 /// One HTTP try, as REST lists and the live feed show it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Attempt {
     pub id: AttemptId,
     pub delivery_id: DeliveryId,
@@ -14,7 +14,9 @@ pub struct Attempt {
     pub app_id: AppId,
     pub event_type: String,
     pub attempt: i32,
+    /// `scheduled` or `replay`.
     pub trigger: String,
+    /// `succeeded`, `retrying` or `dead`.
     pub outcome: String,
     pub response_status: Option<i32>,
     pub response_body: Option<String>,

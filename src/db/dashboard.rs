@@ -8,7 +8,7 @@ use sqlx::PgExecutor;
 use crate::db::events::DeadDelivery;
 use crate::domain::{AppId, DeliveryId, EndpointId};
 
-#[derive(Debug, Clone, Copy, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct QueueStats {
     /// Deliveries waiting for an attempt (due now or scheduled for a retry).
     pub pending: i64,

@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgExecutor};
 
 use crate::domain::{AppId, EndpointId, SigningSecret};
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Endpoint {
     pub id: EndpointId,
     pub app_id: AppId,
@@ -18,6 +18,7 @@ pub struct Endpoint {
     pub disabled: bool,
     pub disabled_reason: Option<String>,
     pub max_in_flight: Option<i32>,
+    #[schema(value_type = BTreeMap<String, String>)]
     pub headers: Json<BTreeMap<String, String>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::domain::{AppId, DeliveryId, EndpointId, MessageId};
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Message {
     pub id: MessageId,
     #[serde(skip)]
@@ -18,15 +18,17 @@ pub struct Message {
     pub event_type: String,
     /// The exact JSON text the sender gave.
     #[serde(serialize_with = "raw_json")]
+    #[schema(value_type = serde_json::Value)]
     pub payload: String,
     pub idempotency_key: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DeliveryStatus {
     pub id: DeliveryId,
     pub endpoint_id: EndpointId,
+    /// `pending`, `in_flight`, `succeeded` or `dead`.
     pub state: String,
     pub attempt_count: i32,
     pub next_attempt_at: Option<DateTime<Utc>>,

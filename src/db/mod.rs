@@ -76,7 +76,7 @@ impl PageParams {
 
 /// `{"data": [...], "next_cursor": ...}`. Queries fetch `limit + 1` rows; the extra one
 /// only tells whether another page exists.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub data: Vec<T>,
     pub next_cursor: Option<String>,

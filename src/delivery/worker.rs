@@ -707,7 +707,7 @@ async fn write_completions(shared: &Shared, conn: &mut Option<PgConnection>, bat
                     let completed: HashSet<_> = completed.into_iter().collect();
                     for c in batch.iter().filter(|c| !completed.contains(&c.delivery_id)) {
                         warn!(delivery_id = %c.delivery_id, attempt = c.attempt_count,
-                            "lease lost before completion; a newer attempt owns this delivery");
+                            "lease lost before completion: a newer attempt owns this delivery, or it was deleted");
                     }
                 }
                 return;

@@ -34,6 +34,21 @@ impl EventType {
     }
 }
 
+impl utoipa::PartialSchema for EventType {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(Self::MAX_LEN))
+            .pattern(Some("^[A-Za-z0-9_.-]+$"))
+            .examples(["invoice.paid"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for EventType {}
+
 impl fmt::Display for EventType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

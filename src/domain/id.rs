@@ -49,6 +49,14 @@ macro_rules! public_id {
             }
         }
 
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                id_schema($prefix)
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
@@ -62,6 +70,16 @@ macro_rules! public_id {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidId;
+
+/// How the API document describes an id: its prefix and 32 hex digits.
+fn id_schema(prefix: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(format!("^{prefix}[0-9a-fA-F]{{32}}$")))
+        .examples([format!("{prefix}019ab8c2f0e47d3a9c1b2d3e4f5a6b7c")])
+        .into()
+}
 
 fn parse_hex(s: &str, prefix: &str) -> Option<Uuid> {
     let hex = s.strip_prefix(prefix)?;

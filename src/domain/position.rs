@@ -24,7 +24,7 @@ impl FromStr for Position {
     type Err = InvalidPosition;
 
     fn from_str(s: &str) -> Result<Self, InvalidPosition> {
-        let (xid, seq) = s.trim().split_once('-').ok_or(InvalidPosition)?;
+        let (xid, seq) = s.split_once('-').ok_or(InvalidPosition)?;
         let number = |n: &str| {
             n.parse::<i64>()
                 .ok()

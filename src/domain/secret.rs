@@ -27,6 +27,11 @@ impl SigningSecret {
         }
     }
 
+    /// What `parse` accepts, as the API document states it: `whsec_` and the canonical
+    /// standard base64 of 24 to 64 bytes (whole groups of four, or a last group padded with
+    /// `=` whose unused bits are zero).
+    pub const PATTERN: &str = "^whsec_(?:(?:[A-Za-z0-9+/]{4}){8,21}|(?:[A-Za-z0-9+/]{4}){8,20}[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=|(?:[A-Za-z0-9+/]{4}){8,21}[A-Za-z0-9+/][AQgw]==)$";
+
     pub fn parse(s: &str) -> Result<Self, String> {
         let encoded = s
             .strip_prefix(Self::PREFIX)
@@ -58,6 +63,18 @@ impl SigningSecret {
         &self.text
     }
 }
+
+impl utoipa::PartialSchema for SigningSecret {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(Self::PATTERN))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for SigningSecret {}
 
 impl fmt::Debug for SigningSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

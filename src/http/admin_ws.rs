@@ -8,28 +8,30 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, ORIGIN};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tracing::debug;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
+use super::openapi::ErrorBody;
 use crate::db::events::Filter;
 use crate::db::replays::{self, RecoveryProgress, Refused};
 use crate::domain::{AppId, DeliveryId, EndpointId, MessageId};
 use crate::error::AppError;
 use crate::feed::Item;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/admin/ws", get(upgrade))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(upgrade))
 }
 
 /// How often the server pings; a client silent for three of these is dropped.
@@ -40,11 +42,28 @@ const OUTBOX: usize = 256;
 /// Admins only (the `require_admin` layer checked the token or session), and only from the
 /// dashboard's own origin: a page elsewhere cannot drive this channel with an admin's
 /// cookie. A browser always sends `Origin` here; a cookie without one is refused too.
+#[utoipa::path(
+    get,
+    path = "/admin/ws",
+    tag = "feed",
+    description = "The admin WebSocket: `replay`, `retry` and `recover` commands as JSON text \
+                   frames, answered with `ack`, `progress`, `done` or `error`, then the \
+                   `attempt` frames they cause.",
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, body = ErrorBody, description = "Not a WebSocket upgrade request."),
+        (status = 403, body = ErrorBody, description = "From a foreign `Origin`."),
+    )
+)]
 async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return AppError::BadRequest(rejection.body_text()).into_response(),
+    };
     let by_bearer = headers.contains_key(AUTHORIZATION);
     let origin = headers.get(ORIGIN).and_then(|o| o.to_str().ok());
     let allowed = match origin {

@@ -1,26 +1,42 @@
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
+use super::openapi::{AppParam, AppsPage, ErrorBody};
 use crate::db::{self, Page, PageParams};
 use crate::domain::AppId;
 use crate::error::{AppError, AppResult, Json, Query};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/apps", post(create).get(list))
-        .route("/apps/{app}", get(show).delete(remove))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show, remove))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CreateApp {
+    /// Shown on the dashboard.
+    #[schema(min_length = 1, max_length = 256)]
     name: String,
+    /// Your own key for this customer; `{app}` in paths takes it as well as the id.
+    #[schema(min_length = 1, max_length = 256, pattern = "^[A-Za-z0-9_.:-]+$")]
     uid: Option<String>,
 }
 
+/// Creates an application: one tenant, one customer of yours.
+#[utoipa::path(
+    post,
+    path = "/apps",
+    tag = "applications",
+    request_body = CreateApp,
+    responses(
+        (status = 201, body = db::apps::App),
+        (status = 409, body = ErrorBody, description = "An application with this uid exists."),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     Json(body): Json<CreateApp>,
@@ -58,6 +74,14 @@ fn validate_uid(uid: &str) -> AppResult<()> {
     Ok(())
 }
 
+/// Lists applications, oldest first.
+#[utoipa::path(
+    get,
+    path = "/apps",
+    tag = "applications",
+    params(AppsPage),
+    responses((status = 200, body = Page<db::apps::App>))
+)]
 async fn list(
     State(state): State<AppState>,
     Query(page): Query<PageParams>,
@@ -68,6 +92,14 @@ async fn list(
     Ok(Json(Page::from_rows(rows, limit, |a| a.id.to_string())))
 }
 
+/// One application.
+#[utoipa::path(
+    get,
+    path = "/apps/{app}",
+    tag = "applications",
+    params(AppParam),
+    responses((status = 200, body = db::apps::App))
+)]
 async fn show(
     State(state): State<AppState>,
     Path(app): Path<String>,
@@ -75,6 +107,14 @@ async fn show(
     Ok(Json(state.app(&app).await?))
 }
 
+/// Deletes an application with its endpoints, messages and attempts.
+#[utoipa::path(
+    delete,
+    path = "/apps/{app}",
+    tag = "applications",
+    params(AppParam),
+    responses((status = 204, description = "Deleted"))
+)]
 async fn remove(State(state): State<AppState>, Path(app): Path<String>) -> AppResult<StatusCode> {
     let app = state.app(&app).await?;
     db::apps::delete(&state.pool, app.id).await?;

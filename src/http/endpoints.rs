@@ -1,57 +1,106 @@
 use std::collections::BTreeMap;
 
-use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::routing::{get, post};
+use axum::http::{HeaderName, StatusCode};
 use serde::{Deserialize, Deserializer, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{AppState, path_id};
+use super::openapi::{AppParam, AttemptsPage, EndpointParams, EndpointsPage, ErrorBody};
+use super::{AppState, optional_body, path_id};
 use crate::db::attempts::{Attempt, Of};
 use crate::db::endpoints::{Endpoint, EndpointFields};
 use crate::db::{self, Page, PageParams};
 use crate::domain::{AttemptId, EndpointId, EndpointUrl, EventType, SigningSecret};
 use crate::error::{AppError, AppResult, Json, Query};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/apps/{app}/endpoints", post(create).get(list))
-        .route(
-            "/apps/{app}/endpoints/{ep}",
-            get(show).patch(update).delete(remove),
-        )
-        .route("/apps/{app}/endpoints/{ep}/secret", get(secret))
-        .route("/apps/{app}/endpoints/{ep}/secret/rotate", post(rotate))
-        .route("/apps/{app}/endpoints/{ep}/attempts", get(attempts))
-        .route("/apps/{app}/endpoints/{ep}/recover", post(recover))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(secret))
+        .routes(routes!(rotate))
+        .routes(routes!(attempts))
+        .routes(routes!(recover))
 }
 
-/// Create and update share one body; on update every field is optional.
-#[derive(Deserialize, Default)]
-struct EndpointBody {
-    url: Option<String>,
+/// What create and update share; on update every field is optional.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+struct EndpointSettings {
+    #[schema(max_length = 1024)]
     description: Option<String>,
+    /// Event types this endpoint receives; empty or absent: all of them.
+    #[schema(value_type = Option<Vec<EventType>>)]
     event_types: Option<Vec<String>>,
-    secret: Option<String>,
     disabled: Option<bool>,
-    /// `null` on update returns to the server default.
-    #[serde(default, deserialize_with = "present")]
+    /// Requests in flight at once to this endpoint; `null` takes the server default.
+    #[serde(default, deserialize_with = "present_whole")]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 1000)]
     max_in_flight: Option<Option<i32>>,
+    /// Sent with every request; `webhook-*`, `content-type` and the like are Herald's.
+    #[schema(schema_with = headers_schema)]
     headers: Option<BTreeMap<String, String>>,
 }
 
-/// Tells "absent" (None) from "null" (Some(None)).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
+/// Up to 20 headers; names are HTTP tokens, values visible ASCII. `null`: unchanged.
+fn headers_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    let string = |pattern: &str| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(pattern))
+    };
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .max_properties(Some(20))
+        .property_names(Some(string("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$").build()))
+        .additional_properties(Some(string("^[\\t\\x20-\\x7e]*$")))
+        .build()
 }
 
-impl EndpointBody {
-    fn into_fields(self, allow_private: bool) -> AppResult<EndpointFields> {
-        let url = self
-            .url
-            .map(|u| EndpointUrl::parse(&u, allow_private).map(|u| u.to_string()))
+/// An endpoint to create. The signing secret is generated unless given.
+#[derive(Deserialize, utoipa::ToSchema)]
+struct CreateEndpoint {
+    #[schema(format = Uri, max_length = 2048, examples("https://example.com/webhooks"))]
+    url: String,
+    /// `whsec_` and the standard base64 of 24 to 64 bytes.
+    #[schema(value_type = Option<SigningSecret>)]
+    secret: Option<String>,
+    #[serde(flatten)]
+    settings: EndpointSettings,
+}
+
+/// Changes to an endpoint: fields left out stay as they are.
+#[derive(Deserialize, utoipa::ToSchema)]
+struct UpdateEndpoint {
+    #[schema(format = Uri, max_length = 2048, examples("https://example.com/webhooks"))]
+    url: Option<String>,
+    /// Not patchable; present only to say so (`POST .../secret/rotate` changes it).
+    #[schema(ignore)]
+    secret: Option<serde_json::Value>,
+    #[serde(flatten)]
+    settings: EndpointSettings,
+}
+
+/// Tells "absent" (None) from "null" (Some(None)), for a whole number: as in JSON Schema,
+/// `119.0` is the integer 119.
+fn present_whole<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i32>>, D::Error> {
+    let Some(n) = Option::<f64>::deserialize(d)? else {
+        return Ok(Some(None));
+    };
+    if n.fract() != 0.0 || n < f64::from(i32::MIN) || n > f64::from(i32::MAX) {
+        return Err(serde::de::Error::custom(format!(
+            "expected a whole number, found {n}"
+        )));
+    }
+    // Exact: a whole number within i32's range.
+    Ok(Some(Some(n as i32)))
+}
+
+impl EndpointSettings {
+    fn into_fields(self, url: Option<&str>, allow_private: bool) -> AppResult<EndpointFields> {
+        let url = url
+            .map(|u| EndpointUrl::parse(u, allow_private).map(|u| u.to_string()))
             .transpose()
             .map_err(AppError::Invalid)?;
         let event_types = self
@@ -108,8 +157,11 @@ fn validate_headers(headers: &BTreeMap<String, String>) -> AppResult<()> {
                 "header {name:?} is set by Herald"
             )));
         }
-        if HeaderName::from_bytes(name.as_bytes()).is_err() || HeaderValue::from_str(value).is_err()
-        {
+        // HeaderValue takes any byte but controls; receivers handle ASCII only reliably.
+        let ascii = value
+            .bytes()
+            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
+        if HeaderName::from_bytes(name.as_bytes()).is_err() || !ascii {
             return Err(AppError::Invalid(format!(
                 "header {name:?} is not a valid HTTP header"
             )));
@@ -118,27 +170,36 @@ fn validate_headers(headers: &BTreeMap<String, String>) -> AppResult<()> {
     Ok(())
 }
 
-#[derive(Serialize)]
+/// An endpoint with its signing secret (create answers this once).
+#[derive(Serialize, utoipa::ToSchema)]
 struct WithSecret {
     #[serde(flatten)]
     endpoint: Endpoint,
     secret: String,
 }
 
+/// Adds an endpoint to an application. The answer carries its signing secret.
+#[utoipa::path(
+    post,
+    path = "/apps/{app}/endpoints",
+    tag = "endpoints",
+    params(AppParam),
+    request_body = CreateEndpoint,
+    responses((status = 201, body = WithSecret))
+)]
 async fn create(
     State(state): State<AppState>,
     Path(app): Path<String>,
-    Json(mut body): Json<EndpointBody>,
+    Json(body): Json<CreateEndpoint>,
 ) -> AppResult<(StatusCode, Json<WithSecret>)> {
     let app_id = state.app_id(&app).await?;
-    if body.url.is_none() {
-        return Err(AppError::Invalid("url is required".into()));
-    }
-    let secret = match body.secret.take() {
+    let secret = match body.secret {
         Some(s) => SigningSecret::parse(&s).map_err(AppError::Invalid)?,
         None => SigningSecret::generate(),
     };
-    let fields = body.into_fields(state.config.allow_private_targets)?;
+    let fields = body
+        .settings
+        .into_fields(Some(&body.url), state.config.allow_private_targets)?;
     let mut tx = state.pool.begin().await?;
     let endpoint = db::endpoints::create(&mut tx, app_id, fields, &secret).await?;
     tx.commit().await?;
@@ -151,6 +212,14 @@ async fn create(
     ))
 }
 
+/// Lists an application's endpoints, oldest first.
+#[utoipa::path(
+    get,
+    path = "/apps/{app}/endpoints",
+    tag = "endpoints",
+    params(AppParam, EndpointsPage),
+    responses((status = 200, body = Page<Endpoint>))
+)]
 async fn list(
     State(state): State<AppState>,
     Path(app): Path<String>,
@@ -171,6 +240,14 @@ async fn find(state: &AppState, app: &str, ep: &str) -> AppResult<Endpoint> {
         .ok_or(AppError::NotFound("endpoint"))
 }
 
+/// One endpoint.
+#[utoipa::path(
+    get,
+    path = "/apps/{app}/endpoints/{ep}",
+    tag = "endpoints",
+    params(EndpointParams),
+    responses((status = 200, body = Endpoint))
+)]
 async fn show(
     State(state): State<AppState>,
     Path((app, ep)): Path<(String, String)>,
@@ -178,10 +255,19 @@ async fn show(
     Ok(Json(find(&state, &app, &ep).await?))
 }
 
+/// Changes an endpoint; enabling a disabled one resumes its deliveries.
+#[utoipa::path(
+    patch,
+    path = "/apps/{app}/endpoints/{ep}",
+    tag = "endpoints",
+    params(EndpointParams),
+    request_body = UpdateEndpoint,
+    responses((status = 200, body = Endpoint))
+)]
 async fn update(
     State(state): State<AppState>,
     Path((app, ep)): Path<(String, String)>,
-    Json(body): Json<EndpointBody>,
+    Json(body): Json<UpdateEndpoint>,
 ) -> AppResult<Json<Endpoint>> {
     let endpoint = find(&state, &app, &ep).await?;
     if body.secret.is_some() {
@@ -189,13 +275,23 @@ async fn update(
             "secret cannot be patched; use POST .../secret/rotate".into(),
         ));
     }
-    let fields = body.into_fields(state.config.allow_private_targets)?;
+    let fields = body
+        .settings
+        .into_fields(body.url.as_deref(), state.config.allow_private_targets)?;
     db::endpoints::update(&state.pool, endpoint.app_id, endpoint.id, fields)
         .await?
         .map(Json)
         .ok_or(AppError::NotFound("endpoint"))
 }
 
+/// Deletes an endpoint and its deliveries.
+#[utoipa::path(
+    delete,
+    path = "/apps/{app}/endpoints/{ep}",
+    tag = "endpoints",
+    params(EndpointParams),
+    responses((status = 204, description = "Deleted"))
+)]
 async fn remove(
     State(state): State<AppState>,
     Path((app, ep)): Path<(String, String)>,
@@ -205,11 +301,20 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct SecretAnswer {
+    /// `whsec_` and standard base64.
     secret: String,
 }
 
+/// The endpoint's current signing secret.
+#[utoipa::path(
+    get,
+    path = "/apps/{app}/endpoints/{ep}/secret",
+    tag = "endpoints",
+    params(EndpointParams),
+    responses((status = 200, body = SecretAnswer))
+)]
 async fn secret(
     State(state): State<AppState>,
     Path((app, ep)): Path<(String, String)>,
@@ -221,25 +326,32 @@ async fn secret(
     Ok(Json(SecretAnswer { secret }))
 }
 
-#[derive(Deserialize, Default)]
+/// Optional: an empty body generates the new secret.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 struct RotateBody {
+    /// `whsec_` and the standard base64 of 24 to 64 bytes.
+    #[schema(value_type = Option<SigningSecret>)]
     secret: Option<String>,
 }
 
 /// The new secret signs from now on; the old one keeps signing alongside it for the grace
 /// period, so receivers can switch without dropping a single webhook.
+#[utoipa::path(
+    post,
+    path = "/apps/{app}/endpoints/{ep}/secret/rotate",
+    tag = "endpoints",
+    params(EndpointParams),
+    request_body(content = Option<RotateBody>, description = "Optional"),
+    responses((status = 200, body = SecretAnswer))
+)]
 async fn rotate(
     State(state): State<AppState>,
     Path((app, ep)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> AppResult<Json<SecretAnswer>> {
     let endpoint = find(&state, &app, &ep).await?;
-    // The body is optional: empty means "generate one for me".
-    let body: RotateBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RotateBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| AppError::BadRequest(e.to_string()))?
-    };
+    // The body is optional: none means "generate one for me".
+    let body: RotateBody = optional_body(&body)?;
     let secret = match body.secret {
         Some(s) => SigningSecret::parse(&s).map_err(AppError::Invalid)?,
         None => SigningSecret::generate(),
@@ -250,6 +362,14 @@ async fn rotate(
     }))
 }
 
+/// The endpoint's attempts, newest first.
+#[utoipa::path(
+    get,
+    path = "/apps/{app}/endpoints/{ep}/attempts",
+    tag = "endpoints",
+    params(EndpointParams, AttemptsPage),
+    responses((status = 200, body = Page<Attempt>))
+)]
 async fn attempts(
     State(state): State<AppState>,
     Path((app, ep)): Path<(String, String)>,
@@ -283,13 +403,17 @@ pub(super) async fn rotate_to(
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct RecoverBody {
+    /// RFC 3339.
+    #[schema(format = DateTime)]
     since: String,
+    /// RFC 3339; absent: now.
+    #[schema(format = DateTime)]
     until: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Recovering {
     /// Dead deliveries in the window, all of which are being queued again.
     queued: i32,
@@ -299,6 +423,17 @@ struct Recovering {
 /// Sends again every dead delivery of the endpoint created in `[since, until)`. Answers at
 /// once; the deliveries are queued in the background, in batches, and a restart part-way
 /// does not lose the rest.
+#[utoipa::path(
+    post,
+    path = "/apps/{app}/endpoints/{ep}/recover",
+    tag = "endpoints",
+    params(EndpointParams),
+    request_body = RecoverBody,
+    responses(
+        (status = 202, body = Recovering),
+        (status = 409, body = ErrorBody, description = "`endpoint_disabled`: enable it first."),
+    )
+)]
 async fn recover(
     State(state): State<AppState>,
     Path((app, ep)): Path<(String, String)>,

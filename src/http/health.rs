@@ -1,11 +1,11 @@
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use crate::db::dashboard;
@@ -14,14 +14,36 @@ use crate::metrics::{self, Scrape};
 /// How long a scrape waits for the queue numbers before leaving them out.
 const QUEUE_STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(alive))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+}
+
+/// Alive: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "probes",
+    security(()),
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain"))
+)]
+async fn alive() -> &'static str {
+    "ok"
 }
 
 /// Ready when the database answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "probes",
+    security(()),
+    responses(
+        (status = 200, description = "`ready`", body = String, content_type = "text/plain"),
+        (status = 503, description = "The database does not answer", body = String, content_type = "text/plain"),
+    )
+)]
 async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
     match sqlx::query("select 1").execute(&state.pool).await {
         Ok(_) => (StatusCode::OK, "ready"),
@@ -31,6 +53,18 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
 
 /// Prometheus metrics, unauthenticated like the probes: aggregates only. If the database
 /// does not answer in time, the queue gauges are left out and the rest is still served.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "probes",
+    security(()),
+    responses((
+        status = 200,
+        description = "Prometheus text exposition",
+        body = String,
+        content_type = "application/openmetrics-text"
+    ))
+)]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let queue = match tokio::time::timeout(QUEUE_STATS_TIMEOUT, dashboard::queue(&state.pool)).await
     {

@@ -1,34 +1,52 @@
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{AppState, path_id};
+use super::openapi::{AppParam, AttemptsPage, ErrorBody, MessageParams, MessagesPage};
+use super::{AppState, optional_body, path_id};
 use crate::db::attempts::{Attempt, Of};
 use crate::db::messages::{DeliveryStatus, Message};
 use crate::db::{self, Page, PageParams};
 use crate::domain::{AttemptId, DeliveryId, EndpointId, EventType, MessageId};
 use crate::error::{AppError, AppResult, Json, Query};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/apps/{app}/messages", post(send).get(list))
-        .route("/apps/{app}/messages/{msg}", get(show))
-        .route("/apps/{app}/messages/{msg}/attempts", get(attempts))
-        .route("/apps/{app}/messages/{msg}/replay", post(replay))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(send, list))
+        .routes(routes!(show))
+        .routes(routes!(attempts))
+        .routes(routes!(replay))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct SendMessage {
+    #[schema(value_type = EventType)]
     event_type: String,
+    /// Any JSON; receivers get exactly this text.
+    #[schema(value_type = serde_json::Value)]
     payload: Box<RawValue>,
+    /// Sending the same key again answers the first message and queues nothing.
+    #[schema(min_length = 1, max_length = 256)]
     idempotency_key: Option<String>,
 }
 
-/// Answers 202 only after the message and all its deliveries are committed: from here on
-/// nothing is lost.
+/// Sends a message to every enabled endpoint of the application subscribed to its event
+/// type. Answers 202 only after the message and all its deliveries are committed: from
+/// here on nothing is lost.
+#[utoipa::path(
+    post,
+    path = "/apps/{app}/messages",
+    tag = "messages",
+    params(
+        AppParam,
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, description = "Same as `idempotency_key` in the body"),
+    ),
+    request_body = SendMessage,
+    responses((status = 202, body = Message))
+)]
 async fn send(
     State(state): State<AppState>,
     Path(app): Path<String>,
@@ -71,7 +89,7 @@ async fn send(
     // with no backlog get their delivery claimed by this process's workers right there.
     let sent = db::messages::send(
         &state.pool,
-        &app,
+        super::app_key(&app)?,
         event_type.as_str(),
         payload,
         key.as_deref(),
@@ -85,6 +103,14 @@ async fn send(
     Ok((StatusCode::ACCEPTED, Json(sent.message)))
 }
 
+/// Lists an application's messages, newest first.
+#[utoipa::path(
+    get,
+    path = "/apps/{app}/messages",
+    tag = "messages",
+    params(AppParam, MessagesPage),
+    responses((status = 200, body = Page<Message>))
+)]
 async fn list(
     State(state): State<AppState>,
     Path(app): Path<String>,
@@ -97,7 +123,8 @@ async fn list(
     Ok(Json(Page::from_rows(rows, limit, |m| m.id.to_string())))
 }
 
-#[derive(Serialize)]
+/// A message with one delivery per endpoint it was bound for.
+#[derive(Serialize, utoipa::ToSchema)]
 struct MessageWithDeliveries {
     #[serde(flatten)]
     message: Message,
@@ -112,6 +139,14 @@ async fn find(state: &AppState, app: &str, msg: &str) -> AppResult<Message> {
         .ok_or(AppError::NotFound("message"))
 }
 
+/// One message with its deliveries.
+#[utoipa::path(
+    get,
+    path = "/apps/{app}/messages/{msg}",
+    tag = "messages",
+    params(MessageParams),
+    responses((status = 200, body = MessageWithDeliveries))
+)]
 async fn show(
     State(state): State<AppState>,
     Path((app, msg)): Path<(String, String)>,
@@ -124,6 +159,14 @@ async fn show(
     }))
 }
 
+/// The message's attempts at every endpoint, newest first.
+#[utoipa::path(
+    get,
+    path = "/apps/{app}/messages/{msg}/attempts",
+    tag = "messages",
+    params(MessageParams, AttemptsPage),
+    responses((status = 200, body = Page<Attempt>))
+)]
 async fn attempts(
     State(state): State<AppState>,
     Path((app, msg)): Path<(String, String)>,
@@ -143,12 +186,13 @@ async fn attempts(
     Ok(Json(Page::from_rows(rows, limit, |a| a.id.to_string())))
 }
 
-#[derive(Deserialize, Default)]
+/// Optional: an empty body replays to every endpoint.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 struct ReplayBody {
     endpoint_id: Option<EndpointId>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Queued {
     queued: usize,
     deliveries: Vec<DeliveryId>,
@@ -156,18 +200,25 @@ struct Queued {
 
 /// Sends the message again (same `webhook-id`, new timestamp and signature), to one
 /// endpoint or to every enabled endpoint subscribed to its event type.
+#[utoipa::path(
+    post,
+    path = "/apps/{app}/messages/{msg}/replay",
+    tag = "messages",
+    params(MessageParams),
+    request_body(content = Option<ReplayBody>, description = "Optional"),
+    responses(
+        (status = 202, body = Queued),
+        (status = 409, body = ErrorBody, description = "`endpoint_disabled` or `in_flight`."),
+    )
+)]
 async fn replay(
     State(state): State<AppState>,
     Path((app, msg)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> AppResult<(StatusCode, Json<Queued>)> {
     let message = find(&state, &app, &msg).await?;
-    // The body is optional: empty means "to every endpoint".
-    let body: ReplayBody = if body.iter().all(u8::is_ascii_whitespace) {
-        ReplayBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| AppError::Invalid(e.to_string()))?
-    };
+    // The body is optional: none means "to every endpoint".
+    let body: ReplayBody = optional_body(&body)?;
     let mut conn = state.pool.acquire().await?;
     let queued = db::replays::replay_message(
         &mut conn,

@@ -5,6 +5,7 @@ mod apps;
 mod endpoints;
 mod health;
 mod messages;
+mod openapi;
 mod pages;
 mod session;
 mod stats;
@@ -12,14 +13,17 @@ mod stream;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::Method;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use axum::{Extension, Router};
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::db;
@@ -67,7 +71,7 @@ impl AppState {
 
     /// The application named by a `{app}` path segment: its id or its uid.
     async fn app(&self, key: &str) -> AppResult<db::apps::App> {
-        db::apps::find(&self.pool, key)
+        db::apps::find(&self.pool, app_key(key)?)
             .await?
             .ok_or(AppError::NotFound("application"))
     }
@@ -77,24 +81,47 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
-    // Room for the envelope around a payload of the largest allowed size; the payload
-    // itself is measured separately so its limit is exact.
-    let body_limit = state.config.max_payload_bytes + 64 * 1024;
-    let api = Router::new()
+/// Everything under `/api/v1` that needs the admin token.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(apps::routes())
         .merge(endpoints::routes())
         .merge(messages::routes())
         .merge(stream::routes())
         .merge(stats::routes())
         .merge(admin_ws::routes())
+}
+
+/// What needs no token: the document itself, and the probes.
+fn public_api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(openapi::document))
+}
+
+/// The API document, as `GET /api/v1/openapi.json` serves it: every route the router
+/// below serves except the dashboard's pages.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, api) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .nest("/api/v1", api_routes().merge(public_api_routes()))
+        .merge(health::routes())
+        .split_for_parts();
+    openapi::finish(api)
+}
+
+pub fn router(state: AppState) -> Router {
+    // Room for the envelope around a payload of the largest allowed size; the payload
+    // itself is measured separately so its limit is exact.
+    let body_limit = state.config.max_payload_bytes + 64 * 1024;
+    let api = Router::from(api_routes())
         .fallback(|| async { AppError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), require_admin))
-        .layer(DefaultBodyLimit::max(body_limit));
+        .layer(DefaultBodyLimit::max(body_limit))
+        .merge(public_api_routes());
     Router::new()
         .nest("/api/v1", api)
         .merge(health::routes())
         .merge(pages::routes())
+        .layer(Extension(Arc::new(openapi())))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -121,6 +148,27 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
     } else {
         axum::response::IntoResponse::into_response(AppError::Unauthorized)
     }
+}
+
+/// A JSON body the caller may leave out: empty, or `null`, means the defaults.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> AppResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    match serde_json::from_slice::<Option<T>>(body) {
+        Ok(value) => Ok(value.unwrap_or_default()),
+        Err(e) if e.is_data() => Err(AppError::Invalid(e.to_string())),
+        Err(e) => Err(AppError::BadRequest(e.to_string())),
+    }
+}
+
+/// An `{app}` path segment as the database may be asked about it: text there cannot hold
+/// NUL, and a key with one names nothing.
+fn app_key(key: &str) -> AppResult<&str> {
+    if key.contains('\0') {
+        return Err(AppError::NotFound("application"));
+    }
+    Ok(key)
 }
 
 /// Parses an id from a path segment; one that cannot be an id names nothing that exists.

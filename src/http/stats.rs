@@ -1,19 +1,19 @@
 //! `GET /api/v1/stats`: queue health in one call (the dashboard refreshes it live).
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use crate::db::dashboard::{self, QueueStats};
 use crate::error::{AppResult, Json};
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/stats", get(stats))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(stats))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Stats {
     #[serde(flatten)]
     queue: QueueStats,
@@ -21,6 +21,8 @@ struct Stats {
     feed_subscribers: usize,
 }
 
+/// Queue depth and the age of the oldest pending delivery.
+#[utoipa::path(get, path = "/stats", tag = "feed", responses((status = 200, body = Stats)))]
 async fn stats(State(state): State<AppState>) -> AppResult<Json<Stats>> {
     Ok(Json(Stats {
         queue: dashboard::queue(&state.pool).await?,

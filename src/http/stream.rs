@@ -3,40 +3,70 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::HeaderName;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use super::AppState;
+use super::openapi::ErrorBody;
 use crate::db::events::Filter;
 use crate::domain::{EndpointId, EventType, Position};
 use crate::error::{AppError, AppResult, Query};
 use crate::feed::Item;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/stream", get(stream))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(stream))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamParams {
+    /// Only this application's events (its id or uid).
     app: Option<String>,
+    /// Only this endpoint's events.
+    #[param(pattern = "^(ep_[0-9a-fA-F]{32})?$")]
     endpoint: Option<String>,
+    /// Only messages of this event type.
+    #[param(pattern = "^([A-Za-z0-9_.-]{1,256})?$")]
     event_type: Option<String>,
+    /// Only attempts with this outcome: `succeeded`, `retrying` or `dead`.
+    #[param(pattern = "^(succeeded|retrying|dead)?$")]
     outcome: Option<String>,
     /// For clients that cannot set the `Last-Event-ID` header (a page's first
     /// `EventSource`); the header wins when both are given.
+    #[param(pattern = "^([0-9]+-[0-9]+)?$")]
     last_event_id: Option<String>,
 }
 
+/// The live feed as server-sent events: `message.created`, `attempt`, `delivery.dead` and
+/// `endpoint.disabled`, each with an `id:` to resume from with `Last-Event-ID`.
+#[utoipa::path(
+    get,
+    path = "/stream",
+    tag = "feed",
+    params(
+        StreamParams,
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^([0-9]+-[0-9]+)?$",
+            description = "Resume after this event"),
+    ),
+    responses(
+        (status = 200, description = "An endless `text/event-stream`. Each event's `data` is \
+            JSON: an attempt as the REST API shows it for `attempt`, and for the others the ids \
+            of what they concern.", body = serde_json::Value, content_type = "text/event-stream"),
+        (status = 404, body = ErrorBody, description = "The `app` filter names no application."),
+        (status = 410, body = ErrorBody, description = "`unknown_last_event_id`: events after it are no longer kept."),
+    )
+)]
 async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -46,8 +76,9 @@ async fn stream(
     let from = headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("?").to_owned())
+        .filter(|id| !id.is_empty())
         .or(params.last_event_id)
-        .filter(|id| !id.trim().is_empty())
+        .filter(|id| !id.is_empty())
         .map(|id| {
             id.parse::<Position>().map_err(|_| {
                 AppError::BadRequest(format!(

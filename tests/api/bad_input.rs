@@ -241,3 +241,79 @@ async fn a_duplicate_uid_gets_409() {
     let (s, b) = app.post("/apps", json!({"name": "b", "uid": "same"})).await;
     assert_error(s, &b, StatusCode::CONFLICT);
 }
+
+/// Found by the fuzzer (`make chaos`): PostgreSQL text cannot hold U+0000, and a name with
+/// one was a 500. Any field, path or filter that carries one is now a 4xx.
+#[tokio::test]
+async fn text_with_a_nul_character_is_refused_not_a_500() {
+    let app = spawn_app().await;
+    let (s, b) = app.post("/apps", json!({"name": "a\u{0}b"})).await;
+    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    let app_id = app.create_app().await;
+    let (s, b) = app
+        .post(
+            &format!("/apps/{app_id}/endpoints"),
+            json!({"url": "https://example.com/", "description": "x\u{0}"}),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, b) = app
+        .post(
+            &format!("/apps/{app_id}/messages"),
+            json!({"event_type": "a.b", "payload": {}, "idempotency_key": "k\u{0}"}),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, b) = app.get("/apps/x%00y").await;
+    assert_error(s, &b, StatusCode::NOT_FOUND);
+    let (s, b) = app
+        .post(
+            "/apps/x%00y/messages",
+            json!({"event_type": "a.b", "payload": {}}),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::NOT_FOUND);
+}
+
+/// Also from the fuzzer: what the API document calls valid is accepted. `1.0` is the
+/// integer 1 in JSON Schema, an optional body may be `null`, and header values are ASCII.
+#[tokio::test]
+async fn what_the_document_calls_valid_is_accepted() {
+    let app = spawn_app().await;
+    let app_id = app.create_app().await;
+    let (ep, _) = app
+        .create_endpoint(
+            &app_id,
+            json!({"url": "https://example.com/", "max_in_flight": 3.0}),
+        )
+        .await;
+    let path = format!("/apps/{app_id}/endpoints/{ep}");
+    let (s, b) = app.get(&path).await;
+    assert_eq!((s, &b["max_in_flight"]), (StatusCode::OK, &json!(3)));
+    let (s, b) = app.patch(&path, json!({"max_in_flight": 2.5})).await;
+    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, b) = app
+        .patch(&path, json!({"headers": {"x-note": "caf\u{e9}"}}))
+        .await;
+    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, b) = post_raw(&app, &format!("{path}/secret/rotate"), "null").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(b["secret"].as_str().unwrap().starts_with("whsec_"));
+    let (s, b) = post_raw(&app, &format!("{path}/secret/rotate"), "{\"secret\": 5}").await;
+    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, b) = app.get("/apps?cursor=").await;
+    assert_eq!(s, StatusCode::OK, "an empty cursor is the first page: {b}");
+
+    // A wrong method on a known route: 405 in the error shape, with Allow.
+    let r = app
+        .http
+        .put(app.url("/apps"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert!(r.headers()["allow"].to_str().unwrap().contains("POST"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "method_not_allowed");
+}

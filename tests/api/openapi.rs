@@ -1,0 +1,141 @@
+//! `GET /api/v1/openapi.json`: every route is in the document, and every operation in the
+//! document is served and answers with a status it declares.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Receiver, TOKEN, spawn_app};
+
+/// DESIGN §3's routes, plus `/stats`, the document itself and the probes.
+const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/api/v1/openapi.json"),
+    ("get", "/api/v1/stats"),
+    ("get", "/api/v1/stream"),
+    ("get", "/api/v1/admin/ws"),
+    ("post", "/api/v1/apps"),
+    ("get", "/api/v1/apps"),
+    ("get", "/api/v1/apps/{app}"),
+    ("post", "/api/v1/apps/{app}/endpoints"),
+    ("get", "/api/v1/apps/{app}/endpoints"),
+    ("get", "/api/v1/apps/{app}/endpoints/{ep}"),
+    ("patch", "/api/v1/apps/{app}/endpoints/{ep}"),
+    ("delete", "/api/v1/apps/{app}/endpoints/{ep}"),
+    ("get", "/api/v1/apps/{app}/endpoints/{ep}/secret"),
+    ("post", "/api/v1/apps/{app}/endpoints/{ep}/secret/rotate"),
+    ("get", "/api/v1/apps/{app}/endpoints/{ep}/attempts"),
+    ("post", "/api/v1/apps/{app}/endpoints/{ep}/recover"),
+    ("post", "/api/v1/apps/{app}/messages"),
+    ("get", "/api/v1/apps/{app}/messages"),
+    ("get", "/api/v1/apps/{app}/messages/{msg}"),
+    ("get", "/api/v1/apps/{app}/messages/{msg}/attempts"),
+    ("post", "/api/v1/apps/{app}/messages/{msg}/replay"),
+    // Last: it takes the doomed endpoint with it.
+    ("delete", "/api/v1/apps/{app}"),
+];
+
+const METHODS: &[&str] = &["get", "put", "post", "delete", "patch", "head", "options"];
+
+#[tokio::test]
+async fn every_route_is_documented_and_every_documented_operation_is_served() {
+    let app = spawn_app().await;
+    let answer = app
+        .http
+        .get(format!("http://{}/api/v1/openapi.json", app.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "the document needs no token");
+    let doc: Value = answer.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1."));
+    assert_eq!(doc, serde_json::to_value(herald::http::openapi()).unwrap());
+
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            METHODS
+                .iter()
+                .filter(|m| item.get(**m).is_some())
+                .map(|m| (m.to_string(), path.clone()))
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(
+        documented, expected,
+        "the document and the routes differ (left: documented)"
+    );
+
+    // Real objects to fill the paths with; deletes get their own.
+    let receiver = Receiver::start().await;
+    let (app_id, ep, _secret) = app.app_with_endpoint(&receiver).await;
+    let msg = app.send(&app_id, "invoice.paid", json!({"n": 1})).await;
+    let doomed_app = app.create_app().await;
+    let (doomed_ep, _) = app
+        .create_endpoint(&doomed_app, json!({"url": receiver.url()}))
+        .await;
+
+    for (method, template) in ROUTES {
+        let (app_key, ep_key) = if *method == "delete" {
+            (doomed_app.as_str(), doomed_ep.as_str())
+        } else {
+            (app_id.as_str(), ep.as_str())
+        };
+        let path = template
+            .replace("{app}", app_key)
+            .replace("{ep}", ep_key)
+            .replace("{msg}", &msg);
+        let mut request = app
+            .http
+            .request(
+                method.to_uppercase().parse().unwrap(),
+                format!("http://{}{path}", app.addr),
+            )
+            .bearer_auth(TOKEN)
+            .timeout(Duration::from_secs(10));
+        if let Some(body) = example_body(method, template, &receiver) {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16().to_string();
+        let declared = &doc["paths"][template][method]["responses"];
+        assert!(
+            declared.get(&status).is_some(),
+            "{method} {template} answered {status}, which it does not declare"
+        );
+        if *template == "/api/v1/stream" {
+            // Endless: its headers are the answer.
+            continue;
+        }
+        let body = response.text().await.unwrap();
+        assert!(
+            !body.contains("route not found") && status != "405",
+            "{method} {template} is documented but not served: {status} {body}"
+        );
+        if *template != "/api/v1/admin/ws" {
+            assert!(
+                status.starts_with('2'),
+                "{method} {template}: {status} {body}"
+            );
+        }
+    }
+}
+
+fn example_body(method: &str, path: &str, receiver: &Receiver) -> Option<Value> {
+    Some(match (method, path.rsplit('/').next().unwrap()) {
+        ("post", "apps") => json!({"name": "documented"}),
+        ("post", "endpoints") => json!({"url": receiver.url()}),
+        ("patch", _) => json!({"description": "patched"}),
+        ("post", "messages") => json!({"event_type": "invoice.paid", "payload": {"n": 2}}),
+        ("post", "recover") => json!({"since": "2020-01-01T00:00:00Z"}),
+        _ => return None,
+    })
+}
