@@ -1,10 +1,12 @@
 //! The one outbound HTTP client: pooled keep-alive connections, no redirects, no proxies,
 //! no automatic retries, and (unless the operator allows it) no private targets.
 
-use std::net::SocketAddr;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use crate::domain::is_public_ip;
@@ -15,18 +17,37 @@ use crate::domain::is_public_ip;
 #[error("{0} resolves only to non-public addresses, which this server does not call")]
 pub struct BlockedTarget(pub String);
 
-/// Resolves names with the system resolver, then drops every non-public address. The
-/// connector only ever connects to what this returns, so the check covers the address
-/// actually used (a DNS answer that changes between check and use cannot slip through).
-struct PublicOnlyResolver;
+/// How names become addresses: the system resolver in production, a fixed table in tests.
+type Lookup = Arc<dyn Fn(String) -> BoxFuture<'static, io::Result<Vec<IpAddr>>> + Send + Sync>;
+
+fn system_lookup() -> Lookup {
+    Arc::new(|host: String| {
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .map(|a| a.ip())
+                .collect())
+        })
+    })
+}
+
+/// Resolves names, then drops every non-public address. The connector only ever connects
+/// to what this returns, so the check covers the address actually used (a DNS answer that
+/// changes between check and use cannot slip through).
+struct PublicOnlyResolver {
+    lookup: Lookup,
+}
 
 impl Resolve for PublicOnlyResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_owned();
+        let lookup = (self.lookup)(host.clone());
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+            let addrs: Vec<SocketAddr> = lookup
                 .await?
-                .filter(|a| is_public_ip(a.ip()))
+                .into_iter()
+                .filter(|ip| is_public_ip(*ip))
+                .map(|ip| SocketAddr::new(ip, 0))
                 .collect();
             if addrs.is_empty() {
                 return Err(Box::new(BlockedTarget(host)) as _);
@@ -37,6 +58,14 @@ impl Resolve for PublicOnlyResolver {
 }
 
 pub fn build(request_timeout: Duration, allow_private: bool) -> anyhow::Result<reqwest::Client> {
+    build_with(request_timeout, allow_private, system_lookup())
+}
+
+fn build_with(
+    request_timeout: Duration,
+    allow_private: bool,
+    lookup: Lookup,
+) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("Herald/", env!("CARGO_PKG_VERSION")))
         .timeout(request_timeout)
@@ -48,7 +77,122 @@ pub fn build(request_timeout: Duration, allow_private: bool) -> anyhow::Result<r
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(64);
     if !allow_private {
-        builder = builder.dns_resolver(Arc::new(PublicOnlyResolver));
+        builder = builder.dns_resolver(Arc::new(PublicOnlyResolver { lookup }));
     }
     Ok(builder.build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A DNS under the test's control: each name answers the addresses given.
+    fn hosts(table: &[(&str, &[&str])]) -> Lookup {
+        let table: HashMap<String, Vec<IpAddr>> = table
+            .iter()
+            .map(|(name, ips)| {
+                let ips = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+                (name.to_string(), ips)
+            })
+            .collect();
+        Arc::new(move |host: String| {
+            let answer = table.get(&host).cloned().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, format!("no such host {host}"))
+            });
+            Box::pin(async move { answer })
+        })
+    }
+
+    /// A server on 127.0.0.1 that counts the connections it accepts.
+    async fn counting_listener() -> (u16, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+        (port, accepted)
+    }
+
+    fn blocked(e: &reqwest::Error) -> bool {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = source {
+            if err.is::<BlockedTarget>() {
+                return true;
+            }
+            source = err.source();
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn names_resolving_to_private_addresses_are_never_called() {
+        let (port, accepted) = counting_listener().await;
+        let client = build_with(
+            Duration::from_secs(2),
+            false,
+            hosts(&[
+                ("loopback.test", &["127.0.0.1"]),
+                ("loopback6.test", &["::1"]),
+                ("private.test", &["10.1.2.3"]),
+                ("metadata.test", &["169.254.169.254"]),
+                ("mapped.test", &["::ffff:127.0.0.1"]),
+                ("cgnat.test", &["100.64.0.1"]),
+                (
+                    "all-private.test",
+                    &["10.0.0.1", "::ffff:127.0.0.1", "fd00::1"],
+                ),
+            ]),
+        )
+        .unwrap();
+        for name in [
+            "loopback.test",
+            "loopback6.test",
+            "private.test",
+            "metadata.test",
+            "mapped.test",
+            "cgnat.test",
+            "all-private.test",
+        ] {
+            let err = client
+                .post(format!("http://{name}:{port}/hook"))
+                .send()
+                .await
+                .expect_err(name);
+            assert!(blocked(&err), "{name}: {err:?}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 0);
+    }
+
+    /// A name with public and private addresses keeps only the public ones: the private
+    /// address (where something listens) is never tried, even when the public one fails.
+    #[tokio::test]
+    async fn a_mixed_answer_is_reduced_to_its_public_addresses() {
+        let (port, accepted) = counting_listener().await;
+        let client = build_with(
+            Duration::from_secs(1),
+            false,
+            hosts(&[("mixed.test", &["127.0.0.1", "192.88.99.1"])]),
+        )
+        .unwrap();
+        let err = client
+            .post(format!("http://mixed.test:{port}/hook"))
+            .send()
+            .await
+            .expect_err("nothing answers at the public address here");
+        assert!(!blocked(&err), "a public address remained: {err:?}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 0);
+
+        // The listener does count what reaches it.
+        let open = build_with(Duration::from_secs(1), true, system_lookup()).unwrap();
+        let _ = open.post(format!("http://127.0.0.1:{port}/")).send().await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
 }

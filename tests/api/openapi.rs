@@ -139,3 +139,51 @@ fn example_body(method: &str, path: &str, receiver: &Receiver) -> Option<Value> 
         _ => return None,
     })
 }
+
+/// Tenant isolation on every route that takes an id: application A's endpoint and message
+/// under application B's path are not found, whatever the method, and A's are untouched.
+#[tokio::test]
+async fn every_route_refuses_the_ids_of_another_application() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let (a, ep, secret) = app.app_with_endpoint(&receiver).await;
+    let msg = app.send(&a, "invoice.paid", json!({"n": 1})).await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let b = app.create_app().await;
+
+    let mut checked = 0;
+    for (method, template) in ROUTES {
+        if !template.contains("{ep}") && !template.contains("{msg}") {
+            continue;
+        }
+        let path = template
+            .replace("{app}", &b)
+            .replace("{ep}", &ep)
+            .replace("{msg}", &msg);
+        let mut request = app
+            .http
+            .request(
+                method.to_uppercase().parse().unwrap(),
+                format!("http://{}{path}", app.addr),
+            )
+            .bearer_auth(TOKEN);
+        if let Some(body) = example_body(method, template, &receiver) {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 404, "{method} {template} under another app: {body}");
+        assert_eq!(body["code"], "not_found");
+        checked += 1;
+    }
+    assert_eq!(checked, 10, "every route with an {{ep}} or {{msg}}");
+
+    // Nothing of A's changed, and nothing was sent again.
+    let (_, endpoint) = app.get(&format!("/apps/{a}/endpoints/{ep}")).await;
+    assert_eq!(endpoint["description"], "");
+    let (_, current) = app.get(&format!("/apps/{a}/endpoints/{ep}/secret")).await;
+    assert_eq!(current["secret"], secret.as_str());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.count(), 1);
+}

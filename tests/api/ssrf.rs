@@ -1,9 +1,10 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{Receiver, deliveries_in, spawn_app_with};
+use crate::helpers::{Receiver, Reply, deliveries_in, spawn_app_with};
 
 const STRICT: [(&str, &str); 2] = [
     ("HERALD_ALLOW_PRIVATE_TARGETS", "false"),
@@ -82,4 +83,31 @@ async fn a_stored_private_literal_is_blocked_at_send_time() {
         "blocked"
     );
     assert_eq!(receiver.count(), 0);
+}
+
+/// A receiver that redirects to a private address (here, another local receiver standing in
+/// for 169.254.169.254) gets a failed attempt, and the target of the redirect gets nothing:
+/// redirects are never followed. Names that resolve to private addresses are covered in
+/// `src/delivery/client.rs`, where the test controls DNS.
+#[tokio::test]
+async fn a_redirect_to_a_private_address_is_not_followed() {
+    let app = spawn_app_with(&[("HERALD_RETRY_SCHEDULE", "none")]).await;
+    let inside = Receiver::start().await;
+    let location = format!("{}/latest/meta-data", inside.url());
+    let receiver = Receiver::with(Arc::new(move |_| Reply {
+        status: 302,
+        headers: vec![("location", location.clone())],
+        ..Default::default()
+    }))
+    .await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
+    let msg = app.send(&app_id, "probe", json!({})).await;
+    app.wait_for_message(&app_id, &msg, Duration::from_secs(10), |m| {
+        deliveries_in(m, "dead")
+    })
+    .await;
+    let attempts = app.attempts(&app_id, &msg).await;
+    assert_eq!(attempts[0]["error_kind"], "redirect", "{:#}", attempts[0]);
+    assert_eq!(receiver.count(), 1);
+    assert_eq!(inside.count(), 0);
 }
