@@ -36,6 +36,8 @@ pub struct Claimed {
     pub room: i64,
     /// The endpoint's cap on requests in flight.
     pub max_in_flight: i32,
+    /// The endpoint's requests per second, if limited.
+    pub rate_limit: Option<i32>,
 }
 
 /// Most endpoints one claim considers. With more endpoints than this having due work,
@@ -45,12 +47,12 @@ const ENDPOINTS_PER_CLAIM: i64 = 128;
 /// Where the next claim's walk over endpoints starts: just after the last endpoint served.
 pub type ClaimCursor = Option<EndpointId>;
 
-/// Claims up to `limit` due deliveries in one statement, endpoint by endpoint: it walks the
-/// endpoints that have due rows (in id order from `after`, a loose index scan), gives each
-/// no more rows than its in-flight cap leaves room for (counting what every worker has in
-/// flight there), and takes its oldest due rows first. Rows other workers hold are
-/// skipped, never waited for; so are endpoints another worker is claiming for at that
-/// instant, which keeps the cap exact across processes.
+/// Claims up to `limit` due deliveries, endpoint by endpoint (`herald.claim`, migration
+/// 0004): it walks the endpoints that have due rows (in id order from `after`, a loose index
+/// scan), gives each no more rows than its cap leaves room for (counting what every worker
+/// has in flight there, under a lock on the endpoint) and its rate limit has tokens for, and
+/// takes its oldest due rows first. Rows and endpoints other workers hold are skipped, never
+/// waited for.
 pub async fn claim(
     db: impl PgExecutor<'_>,
     worker: Uuid,
@@ -59,88 +61,15 @@ pub async fn claim(
     default_max_in_flight: i32,
     after: ClaimCursor,
 ) -> sqlx::Result<Vec<Claimed>> {
-    sqlx::query_as(
-        "with recursive due_endpoint as (
-             (select d.endpoint_id, 1 as n
-                from delivery d
-               where d.state = 'pending' and d.next_attempt_at <= now()
-                 and d.endpoint_id > $6
-               order by d.endpoint_id
-               limit 1)
-             union all
-             select next.endpoint_id, prev.n + 1
-               from due_endpoint prev
-              cross join lateral (
-                    select d.endpoint_id
-                      from delivery d
-                     where d.state = 'pending' and d.next_attempt_at <= now()
-                       and d.endpoint_id > prev.endpoint_id
-                     order by d.endpoint_id
-                     limit 1) next
-              where prev.n < $5
-         ), room as (
-             select de.endpoint_id, l.free
-               from due_endpoint de
-              cross join lateral (
-                    select coalesce(e.max_in_flight, $4)
-                             - (select count(*) from delivery f
-                                 where f.state = 'in_flight' and f.endpoint_id = e.id) as free
-                      from endpoint e
-                     where e.id = de.endpoint_id
-                       for no key update of e skip locked) l
-         ), picked as (
-             select rows.id, r.free
-               from room r
-              cross join lateral (
-                    select d.id
-                      from delivery d
-                     where d.endpoint_id = r.endpoint_id
-                       and d.state = 'pending' and d.next_attempt_at <= now()
-                     order by d.next_attempt_at
-                     limit greatest(r.free, 0)
-                     for update of d skip locked) rows
-              limit $3
-         ), claimed as (
-             -- `= any(array(...))`, not a join: under a generic plan the planner cannot
-             -- tell how few rows were picked, and a join may become a full table scan.
-             update delivery d
-                set state = 'in_flight',
-                    locked_by = $1,
-                    lease_expires_at = now() + make_interval(secs => $2),
-                    attempt_count = d.attempt_count + 1,
-                    updated_at = now()
-              where d.id = any(array(select id from picked))
-             returning d.id, d.attempt_count, d.trigger, d.retry_base, d.message_id,
-                       d.endpoint_id
-         )
-         -- Lateral lookups (`offset 0` keeps them from being flattened into joins), for the
-         -- same reason: one index probe per claimed row.
-         select c.id, c.attempt_count, c.trigger::text as trigger, c.retry_base, c.message_id,
-                m.app_id, m.event_type, m.payload,
-                m.created_at as message_created_at, c.endpoint_id, e.url, e.headers,
-                e.disabled, e.disabled_reason, e.secrets,
-                (select p.free from picked p where p.id = c.id) as room, e.max_in_flight
-           from claimed c
-          cross join lateral (
-                select m.app_id, m.event_type, m.payload::text as payload, m.created_at
-                  from message m where m.id = c.message_id offset 0) m
-          cross join lateral (
-                select e.url, e.headers, e.disabled, e.disabled_reason,
-                       coalesce(e.max_in_flight, $4) as max_in_flight,
-                       array(select s.secret from endpoint_secret s
-                              where s.endpoint_id = e.id
-                                and (s.expires_at is null or s.expires_at > now())
-                              order by s.created_at desc) as secrets
-                  from endpoint e where e.id = c.endpoint_id offset 0) e",
-    )
-    .bind(worker)
-    .bind(lease.as_secs_f64())
-    .bind(limit)
-    .bind(default_max_in_flight)
-    .bind(ENDPOINTS_PER_CLAIM)
-    .bind(after.map_or(Uuid::nil(), |e| e.0))
-    .fetch_all(db)
-    .await
+    sqlx::query_as("select * from herald.claim($1, $2, $3, $4, $5, $6)")
+        .bind(worker)
+        .bind(lease.as_secs_f64())
+        .bind(limit)
+        .bind(default_max_in_flight)
+        .bind(ENDPOINTS_PER_CLAIM)
+        .bind(after.map_or(Uuid::nil(), |e| e.0))
+        .fetch_all(db)
+        .await
 }
 
 /// Returns deliveries whose lease ran out (their worker died or lost the database) to

@@ -18,6 +18,8 @@ pub struct Endpoint {
     pub disabled: bool,
     pub disabled_reason: Option<String>,
     pub max_in_flight: Option<i32>,
+    /// Requests per second at most; `null`: unlimited.
+    pub rate_limit: Option<i32>,
     #[schema(value_type = BTreeMap<String, String>)]
     pub headers: Json<BTreeMap<String, String>>,
     pub created_at: DateTime<Utc>,
@@ -32,13 +34,14 @@ pub struct EndpointFields {
     pub event_types: Option<Vec<String>>,
     pub disabled: Option<bool>,
     pub max_in_flight: Option<Option<i32>>,
+    pub rate_limit: Option<Option<i32>>,
     pub headers: Option<BTreeMap<String, String>>,
 }
 
 macro_rules! endpoint_columns {
     () => {
         "id, app_id, url, description, event_types, disabled, disabled_reason, \
-                       max_in_flight, headers, created_at, updated_at"
+                       max_in_flight, rate_limit, headers, created_at, updated_at"
     };
 }
 
@@ -51,8 +54,9 @@ pub async fn create(
     let disabled = fields.disabled.unwrap_or(false);
     let endpoint: Endpoint = sqlx::query_as(concat!(
         "insert into endpoint (id, app_id, url, description, event_types, disabled, \
-                               disabled_reason, max_in_flight, headers)
-         values ($1, $2, $3, $4, $5, $6, case when $6 then 'disabled by an operator' end, $7, $8)
+                               disabled_reason, max_in_flight, rate_limit, headers)
+         values ($1, $2, $3, $4, $5, $6, case when $6 then 'disabled by an operator' end, $7, $8,
+                 $9)
          returning ",
         endpoint_columns!()
     ))
@@ -63,6 +67,7 @@ pub async fn create(
     .bind(fields.event_types.unwrap_or_default())
     .bind(disabled)
     .bind(fields.max_in_flight.flatten())
+    .bind(fields.rate_limit.flatten())
     .bind(Json(fields.headers.unwrap_or_default()))
     .fetch_one(&mut *tx)
     .await?;
@@ -116,10 +121,12 @@ pub async fn update(
     id: EndpointId,
     fields: EndpointFields,
 ) -> sqlx::Result<Option<Endpoint>> {
-    let (set_max, max_in_flight) = match fields.max_in_flight {
-        Some(v) => (true, v),
-        None => (false, None),
-    };
+    // Some(None) sets null (the default), None leaves the column alone.
+    let (set_max, max_in_flight) = (
+        fields.max_in_flight.is_some(),
+        fields.max_in_flight.flatten(),
+    );
+    let (set_rate, rate_limit) = (fields.rate_limit.is_some(), fields.rate_limit.flatten());
     sqlx::query_as(concat!(
         "update endpoint set
              url = coalesce($3, url),
@@ -134,6 +141,7 @@ pub async fn update(
              failing_since = case when $6 = false then null else failing_since end,
              max_in_flight = case when $7 then $8 else max_in_flight end,
              headers = coalesce($9, headers),
+             rate_limit = case when $10 then $11 else rate_limit end,
              updated_at = now()
           where app_id = $1 and id = $2
           returning ",
@@ -148,6 +156,8 @@ pub async fn update(
     .bind(set_max)
     .bind(max_in_flight)
     .bind(fields.headers.map(Json))
+    .bind(set_rate)
+    .bind(rate_limit)
     .fetch_optional(db)
     .await
 }

@@ -92,6 +92,14 @@ pub async fn send(
     idempotency_key: Option<&str>,
     direct: Option<DirectOffer>,
 ) -> sqlx::Result<Option<Sent>> {
+    let (worker, lease, busy_endpoints) = match direct {
+        Some(d) => (
+            Some(d.worker),
+            Some(d.lease.as_secs_f64()),
+            d.busy_endpoints,
+        ),
+        None => (None, None, Vec::new()),
+    };
     sqlx::query_as::<_, Enqueued>(
         "select (q.message).id, (q.message).app_id, (q.message).event_type,
                 (q.message).payload::text as payload, (q.message).idempotency_key,
@@ -102,9 +110,9 @@ pub async fn send(
     .bind(event_type)
     .bind(payload)
     .bind(idempotency_key)
-    .bind(direct.as_ref().map(|d| d.worker))
-    .bind(direct.as_ref().map(|d| d.lease.as_secs_f64()))
-    .bind(direct.map(|d| d.busy_endpoints).unwrap_or_default())
+    .bind(worker)
+    .bind(lease)
+    .bind(busy_endpoints)
     .fetch_one(db)
     .await
     .map(|e| {

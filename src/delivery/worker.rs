@@ -225,6 +225,8 @@ impl Direct {
                 max_in_flight: d
                     .max_in_flight
                     .unwrap_or(self.0.settings.endpoint_concurrency),
+                // herald.enqueue never sends to a rate-limited endpoint directly.
+                rate_limit: None,
             };
             let shared = self.0.clone();
             self.0.tasks.spawn(async move {
@@ -247,6 +249,9 @@ async fn dispatch(
     let permits = shared.permits.clone();
     let mut cursor: ClaimCursor = None;
     let mut next_sweep = Instant::now();
+    // When a rate-limited endpoint that just sent may have its next token: no notification
+    // announces a refilled bucket, so the dispatcher looks again then.
+    let mut rate_wake: Option<Instant> = None;
 
     while !cancel.is_cancelled() {
         if Instant::now() >= next_sweep {
@@ -279,6 +284,9 @@ async fn dispatch(
             Ok(rows) => {
                 let full = rows.len() == limit;
                 shared.note_capped(&rows);
+                if let Some(next) = next_token(&rows, shared.settings.poll_interval) {
+                    rate_wake = Some(rate_wake.map_or(next, |at| at.min(next)));
+                }
                 let walked_from_start = cursor.is_none();
                 // Round-robin: a full batch resumes after the last endpoint it served; an
                 // unfilled one has seen every endpoint from `cursor` on, so start over.
@@ -305,10 +313,15 @@ async fn dispatch(
         if more_due {
             continue;
         }
+        let poll = Instant::now() + shared.settings.poll_interval;
+        let until = rate_wake.map_or(poll, |at| at.min(poll));
         tokio::select! {
             _ = shared.wake.notified() => {}
-            _ = tokio::time::sleep(shared.settings.poll_interval) => {}
+            _ = tokio::time::sleep_until(until.into()) => {}
             _ = cancel.cancelled() => break,
+        }
+        if rate_wake.is_some_and(|at| at <= Instant::now()) {
+            rate_wake = None;
         }
     }
 
@@ -332,6 +345,20 @@ async fn dispatch(
     shared.drained.cancel();
     let _ = completer.await;
     info!("worker pool stopped");
+}
+
+/// When the fastest rate-limited endpoint among `rows` has its next token: one token's time
+/// from now, between 10 ms and the poll interval.
+fn next_token(rows: &[Claimed], poll: Duration) -> Option<Instant> {
+    let per_second = rows.iter().filter_map(|r| r.rate_limit).max()?;
+    let wait = Duration::from_secs_f64(1.0 / f64::from(per_second.max(1)));
+    Some(
+        Instant::now()
+            + wait.clamp(
+                Duration::from_millis(10),
+                poll.max(Duration::from_millis(10)),
+            ),
+    )
 }
 
 impl Shared {

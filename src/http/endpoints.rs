@@ -37,6 +37,11 @@ struct EndpointSettings {
     #[serde(default, deserialize_with = "present_whole")]
     #[schema(value_type = Option<i32>, minimum = 1, maximum = 1000)]
     max_in_flight: Option<Option<i32>>,
+    /// Requests per second this endpoint receives at most, across every Herald process,
+    /// retries included; bursts up to one second's worth. `null`: unlimited.
+    #[serde(default, deserialize_with = "present_whole")]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 10000)]
+    rate_limit: Option<Option<i32>>,
     /// Sent with every request; `webhook-*`, `content-type` and the like are Herald's.
     #[schema(schema_with = headers_schema)]
     headers: Option<BTreeMap<String, String>>,
@@ -127,6 +132,13 @@ impl EndpointSettings {
                 "max_in_flight must be between 1 and 1000".into(),
             ));
         }
+        if let Some(Some(n)) = self.rate_limit
+            && !(1..=10_000).contains(&n)
+        {
+            return Err(AppError::Invalid(
+                "rate_limit must be between 1 and 10000 requests per second".into(),
+            ));
+        }
         if let Some(headers) = &self.headers {
             validate_headers(headers)?;
         }
@@ -136,6 +148,7 @@ impl EndpointSettings {
             event_types,
             disabled: self.disabled,
             max_in_flight: self.max_in_flight,
+            rate_limit: self.rate_limit,
             headers: self.headers,
         })
     }

@@ -482,6 +482,8 @@ struct EndpointRow {
     event_types: String,
     disabled: bool,
     disabled_reason: String,
+    /// Its cap on requests in flight and its rate limit, in words.
+    limits: String,
 }
 
 impl From<Endpoint> for EndpointRow {
@@ -497,6 +499,14 @@ impl From<Endpoint> for EndpointRow {
             },
             disabled: e.disabled,
             disabled_reason: e.disabled_reason.unwrap_or_default(),
+            limits: format!(
+                "{} · {}",
+                e.max_in_flight
+                    .map_or("default cap".into(), |n| format!("at most {n} in flight")),
+                e.rate_limit.map_or("no rate limit".into(), |n| format!(
+                    "at most {n} requests/s"
+                ))
+            ),
         }
     }
 }

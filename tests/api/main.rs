@@ -14,6 +14,7 @@ mod delivery;
 mod endpoints;
 mod fuzz;
 mod lifecycle;
+mod limits;
 mod messages;
 mod metrics;
 mod openapi;

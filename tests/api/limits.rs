@@ -1,0 +1,115 @@
+//! Per-endpoint limits under load: a rate limit and a concurrency cap hold while two Herald
+//! processes share the work, and neither holds up an unlimited endpoint.
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use serde_json::json;
+
+use crate::helpers::{Receiver, fresh_database, spawn_app_on};
+
+const RATE: usize = 20;
+const CAP: usize = 3;
+const HOLD: Duration = Duration::from_millis(200);
+
+#[tokio::test]
+async fn a_rate_limit_and_a_cap_hold_under_load_across_two_processes() {
+    let db_url = fresh_database().await;
+    let a = spawn_app_on(db_url.clone(), &[("HERALD_POLL_INTERVAL", "1s")]).await;
+    let b = spawn_app_on(db_url, &[("HERALD_POLL_INTERVAL", "1s")]).await;
+    let limited = Receiver::start().await;
+    let capped = Receiver::slow(HOLD).await;
+    let free = Receiver::start().await;
+    let app_id = a.create_app().await;
+    for (receiver, event, limits) in [
+        (&limited, "limited", json!({"rate_limit": RATE})),
+        (&capped, "capped", json!({"max_in_flight": CAP})),
+        (&free, "free", json!({})),
+    ] {
+        let mut body = limits;
+        body["url"] = json!(receiver.url());
+        body["event_types"] = json!([event]);
+        a.create_endpoint(&app_id, body).await;
+    }
+
+    // Everything at once, half through each process.
+    let started = Instant::now();
+    let sends = (0..100).flat_map(|i| {
+        let via = if i % 2 == 0 { &a } else { &b };
+        let app_id = app_id.as_str();
+        let mut events = vec![("limited", i), ("free", i)];
+        if i < 30 {
+            events.push(("capped", i));
+        }
+        events
+            .into_iter()
+            .map(move |(event, i)| via.send(app_id, event, json!({"i": i})))
+    });
+    join_all(sends).await;
+
+    free.wait_for(100, Duration::from_secs(10)).await;
+    let free_done = started.elapsed();
+    capped.wait_for(30, Duration::from_secs(20)).await;
+    let arrivals = limited.wait_for(100, Duration::from_secs(30)).await;
+    let limited_done = started.elapsed();
+
+    // The rate limit: a bucket of one second's worth, refilled at RATE per second, so by
+    // any time t after the first request at most RATE * (1 + t) have arrived, and no
+    // second holds more than 2 * RATE.
+    let mut at: Vec<Duration> = arrivals.iter().map(|r| r.at - arrivals[0].at).collect();
+    at.sort();
+    let span = *at.last().unwrap();
+    for (n, t) in at.iter().enumerate() {
+        let allowed = RATE as f64 * (1.0 + t.as_secs_f64()) + 2.0;
+        assert!(
+            (n + 1) as f64 <= allowed,
+            "request {} arrived {t:?} after the first: over {RATE}/s",
+            n + 1
+        );
+    }
+    let busiest_second = (0..at.len())
+        .map(|i| {
+            at[i..]
+                .iter()
+                .take_while(|t| **t - at[i] < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(
+        busiest_second <= 2 * RATE + 2,
+        "{busiest_second} in one second"
+    );
+    // 100 requests at 20/s with 20 in the bucket take at least 4 s; it is not starved.
+    assert!(
+        span >= Duration::from_millis(3500),
+        "100 requests in {span:?}"
+    );
+
+    // The cap: requests held HOLD each, never more than CAP at once.
+    let held: Vec<Instant> = capped.received().iter().map(|r| r.at).collect();
+    let most_at_once = held
+        .iter()
+        .map(|start| {
+            held.iter()
+                .filter(|other| **other <= *start && *start < **other + HOLD)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(
+        most_at_once <= CAP,
+        "{most_at_once} requests in flight at once"
+    );
+    assert!(most_at_once >= 2, "the capped endpoint was never busy");
+
+    eprintln!(
+        "rate limit {RATE}/s: 100 requests over {span:.2?} (done {limited_done:.2?} after the \
+         sends started), busiest second {busiest_second}; cap {CAP}: at most {most_at_once} \
+         at once; the unlimited endpoint got its 100 in {free_done:.2?}"
+    );
+    assert!(
+        free_done < Duration::from_secs(4),
+        "the unlimited endpoint waited {free_done:?}"
+    );
+}
