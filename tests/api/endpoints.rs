@@ -35,7 +35,7 @@ async fn endpoint_crud() {
         .patch(
             &format!("{base}/{id}"),
             json!({"url": "https://example.org/new", "event_types": [], "disabled": true,
-                   "max_in_flight": 3}),
+                   "max_in_flight": 3, "rate_limit": 50}),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{patched}");
@@ -43,17 +43,25 @@ async fn endpoint_crud() {
     assert_eq!(patched["event_types"], json!([]));
     assert_eq!(patched["disabled"], true);
     assert_eq!(patched["max_in_flight"], 3);
+    assert_eq!(patched["rate_limit"], 50);
     assert_eq!(patched["description"], "billing");
+    for bad in [json!(0), json!(10_001), json!(1.5), json!("10")] {
+        let (status, err) = app
+            .patch(&format!("{base}/{id}"), json!({"rate_limit": bad}))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {err}");
+    }
 
     let (_, patched) = app
         .patch(
             &format!("{base}/{id}"),
-            json!({"disabled": false, "max_in_flight": null}),
+            json!({"disabled": false, "max_in_flight": null, "rate_limit": null}),
         )
         .await;
     assert_eq!(patched["disabled"], false);
     assert_eq!(patched["disabled_reason"], json!(null));
     assert_eq!(patched["max_in_flight"], json!(null));
+    assert_eq!(patched["rate_limit"], json!(null));
 
     let (status, list) = app.get(&base).await;
     assert_eq!(status, StatusCode::OK);
