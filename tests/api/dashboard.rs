@@ -379,3 +379,73 @@ async fn replay_and_recover_work_as_plain_forms() {
         .await;
     assert_eq!(without_token.status(), 403);
 }
+
+/// Issue 7's auto-disable scenario, end to end: an endpoint failing for longer than
+/// `HERALD_DISABLE_AFTER` is disabled, and its reason shows in the API, on its page and in
+/// the feed; once the receiver is fixed and the endpoint enabled again, delivery resumes.
+#[tokio::test]
+async fn an_endpoint_failing_too_long_is_disabled_with_its_reason_everywhere_then_resumes() {
+    let app = spawn_app_with(&[
+        ("HERALD_DISABLE_AFTER", "200ms"),
+        ("HERALD_RETRY_SCHEDULE", "300ms,300ms"),
+    ])
+    .await;
+    let healthy = Arc::new(AtomicBool::new(false));
+    let state = healthy.clone();
+    let receiver = Receiver::with(Arc::new(move |_| {
+        Reply::status(if state.load(Ordering::SeqCst) {
+            200
+        } else {
+            500
+        })
+    }))
+    .await;
+    let app_id = app.create_app().await;
+    let (ep, _) = app
+        .create_endpoint(&app_id, json!({"url": receiver.url()}))
+        .await;
+    let mut stream = SseClient::connect(&app, &format!("endpoint={ep}"), None).await;
+
+    let failing = app.send(&app_id, "a.b", json!({})).await;
+    app.wait_for_message(&app_id, &failing, WAIT, |m| deliveries_in(m, "dead"))
+        .await;
+    let (_, endpoint) = app.get(&format!("/apps/{app_id}/endpoints/{ep}")).await;
+    assert_eq!(endpoint["disabled"], true, "{endpoint}");
+    let reason = endpoint["disabled_reason"].as_str().unwrap().to_owned();
+    assert!(reason.starts_with("failing continuously since"), "{reason}");
+
+    let mut announced = None;
+    while let Some(event) = stream.next(WAIT).await {
+        if event.event == "endpoint.disabled" {
+            announced = Some(event.json());
+            break;
+        }
+    }
+    let announced = announced.expect("the feed announces the disabling");
+    assert_eq!(announced["disabled_reason"], reason.as_str());
+
+    let mut browser = Browser::new(&app);
+    browser.login().await;
+    let page = browser
+        .page(&format!("/apps/{app_id}/endpoints/{ep}"))
+        .await;
+    assert!(
+        page.contains("disabled") && page.contains(&reason),
+        "{page}"
+    );
+
+    healthy.store(true, Ordering::SeqCst);
+    let (status, enabled) = app
+        .patch(
+            &format!("/apps/{app_id}/endpoints/{ep}"),
+            json!({"disabled": false}),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), &enabled["disabled"]),
+        (200, &json!(false))
+    );
+    let after = app.send(&app_id, "a.b", json!({})).await;
+    app.wait_for_message(&app_id, &after, WAIT, all_delivered)
+        .await;
+}
