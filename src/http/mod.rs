@@ -92,7 +92,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(admin_ws::routes())
 }
 
-/// What needs no token: the document itself, and the probes.
+/// What under `/api/v1` needs no token: the document itself.
 fn public_api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(openapi::document))
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Receiver, TOKEN, spawn_app};
+use crate::helpers::{Receiver, TOKEN, TestApp, spawn_app};
 
 /// DESIGN §3's routes, plus `/stats`, the document itself and the probes.
 const ROUTES: &[(&str, &str)] = &[
@@ -89,22 +89,7 @@ async fn every_route_is_documented_and_every_documented_operation_is_served() {
         } else {
             (app_id.as_str(), ep.as_str())
         };
-        let path = template
-            .replace("{app}", app_key)
-            .replace("{ep}", ep_key)
-            .replace("{msg}", &msg);
-        let mut request = app
-            .http
-            .request(
-                method.to_uppercase().parse().unwrap(),
-                format!("http://{}{path}", app.addr),
-            )
-            .bearer_auth(TOKEN)
-            .timeout(Duration::from_secs(10));
-        if let Some(body) = example_body(method, template, &receiver) {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
+        let response = call(&app, method, template, [app_key, ep_key, &msg], &receiver).await;
         let status = response.status().as_u16().to_string();
         let declared = &doc["paths"][template][method]["responses"];
         assert!(
@@ -127,6 +112,33 @@ async fn every_route_is_documented_and_every_documented_operation_is_served() {
             );
         }
     }
+}
+
+/// `method template` with `{app}`, `{ep}` and `{msg}` filled in, as an admin, with a valid
+/// body where the operation takes one.
+async fn call(
+    app: &TestApp,
+    method: &str,
+    template: &str,
+    [app_key, ep, msg]: [&str; 3],
+    receiver: &Receiver,
+) -> reqwest::Response {
+    let path = template
+        .replace("{app}", app_key)
+        .replace("{ep}", ep)
+        .replace("{msg}", msg);
+    let mut request = app
+        .http
+        .request(
+            method.to_uppercase().parse().unwrap(),
+            format!("http://{}{path}", app.addr),
+        )
+        .bearer_auth(TOKEN)
+        .timeout(Duration::from_secs(10));
+    if let Some(body) = example_body(method, template, receiver) {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap()
 }
 
 fn example_body(method: &str, path: &str, receiver: &Receiver) -> Option<Value> {
@@ -156,21 +168,7 @@ async fn every_route_refuses_the_ids_of_another_application() {
         if !template.contains("{ep}") && !template.contains("{msg}") {
             continue;
         }
-        let path = template
-            .replace("{app}", &b)
-            .replace("{ep}", &ep)
-            .replace("{msg}", &msg);
-        let mut request = app
-            .http
-            .request(
-                method.to_uppercase().parse().unwrap(),
-                format!("http://{}{path}", app.addr),
-            )
-            .bearer_auth(TOKEN);
-        if let Some(body) = example_body(method, template, &receiver) {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
+        let response = call(&app, method, template, [&b, &ep, &msg], &receiver).await;
         let status = response.status().as_u16();
         let body: Value = response.json().await.unwrap();
         assert_eq!(status, 404, "{method} {template} under another app: {body}");
