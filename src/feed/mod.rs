@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
@@ -64,6 +64,9 @@ impl Event {
 pub enum Item {
     /// Matching events, in feed order.
     Events(Vec<Arc<Event>>),
+    /// A whole read of the log, every event of which the subscriber wants: its frames come
+    /// already joined, the same bytes for every such subscriber, to be written as they are.
+    Batch(Batch),
     /// The subscriber fell behind the live buffer; what follows comes from the log,
     /// starting right after `resume_from` (the last event it was given), so nothing is
     /// lost or repeated.
@@ -73,8 +76,24 @@ pub enum Item {
 #[derive(Clone)]
 pub struct Feed(Arc<Shared>);
 
+impl Item {
+    /// The events this item carries (none for `Lagged`).
+    pub fn events(&self) -> &[Arc<Event>] {
+        match self {
+            Self::Events(events) => events,
+            Self::Batch(batch) => &batch.events,
+            Self::Lagged { .. } => &[],
+        }
+    }
+}
+
 /// One read of the log, as the reader broadcasts it.
-type Batch = Arc<[Arc<Event>]>;
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub events: Arc<[Arc<Event>]>,
+    /// Every event's frame, in order, in one buffer.
+    pub frames: Bytes,
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct FeedSettings {
@@ -204,12 +223,19 @@ async fn follow(
     loop {
         match live.recv().await {
             Ok(batch) => {
-                let matching: Vec<Arc<Event>> = batch
-                    .iter()
-                    .filter(|e| e.position > last && e.matches(&filter))
-                    .cloned()
-                    .collect();
-                if let Some(newest) = batch.last() {
+                let wanted = |e: &Arc<Event>| e.position > last && e.matches(&filter);
+                if batch.events.iter().all(wanted) {
+                    // The common case of a subscriber following everything: no copy.
+                    last = batch.events.last().map_or(last, |e| e.position);
+                    sent_any = true;
+                    if out.send(Item::Batch(batch)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let matching: Vec<Arc<Event>> =
+                    batch.events.iter().filter(|e| wanted(e)).cloned().collect();
+                if let Some(newest) = batch.events.last() {
                     last = last.max(newest.position);
                 }
                 if !matching.is_empty() {
@@ -374,14 +400,19 @@ async fn read(shared: Arc<Shared>, start: Position) {
         if let Some((newest, _)) = page.events.last() {
             cursor = *newest;
         }
-        let batch: Batch = page
+        let events: Arc<[Arc<Event>]> = page
             .events
             .into_iter()
             .filter_map(|(_, e)| e.map(Arc::new))
             .collect();
-        if !batch.is_empty() {
+        if !events.is_empty() {
+            let mut frames = BytesMut::with_capacity(events.iter().map(|e| e.frame.len()).sum());
+            for e in events.iter() {
+                frames.extend_from_slice(&e.frame);
+            }
+            let frames = frames.freeze();
             // No receivers is fine: nobody is watching.
-            let _ = shared.live.send(batch);
+            let _ = shared.live.send(Batch { events, frames });
         }
         shared.head.send_replace(cursor);
         // Let subscribers take this batch before the next one pushes the oldest out.

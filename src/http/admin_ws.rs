@@ -28,7 +28,6 @@ use crate::db::events::Filter;
 use crate::db::replays::{self, RecoveryProgress, Refused};
 use crate::domain::{AppId, DeliveryId, EndpointId, MessageId};
 use crate::error::AppError;
-use crate::feed::Item;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(upgrade))
@@ -151,13 +150,11 @@ async fn serve(state: AppState, socket: WebSocket) {
             }
             item = feed.recv() => {
                 let Some(item) = item else { break };
-                if let Item::Events(events) = item {
-                    for e in events.iter().filter(|e| e.kind == "attempt") {
-                        if let Some(frame) = attempt_frame(&e.data, &mut watched)
-                            && send(&out, frame).await.is_err()
-                        {
-                            break;
-                        }
+                for e in item.events().iter().filter(|e| e.kind == "attempt") {
+                    if let Some(frame) = attempt_frame(&e.data, &mut watched)
+                        && send(&out, frame).await.is_err()
+                    {
+                        break;
                     }
                 }
             }

@@ -111,30 +111,44 @@ async fn stream(
         .into_response())
 }
 
-/// Most bytes written to a client in one go when events queue up for it.
+/// Most bytes copied into one write to a client when small items queue up for it.
 const CHUNK: usize = 64 * 1024;
 
-/// The stream's bytes: each event's ready-made frame, as many as are waiting joined into
-/// one write, and a keep-alive comment after `keep_alive` of silence.
+/// The stream's bytes: a whole batch's shared frames as they are, other items' frames
+/// joined into one write while they wait, and a keep-alive comment after `keep_alive` of
+/// silence.
 fn frames(
     items: mpsc::Receiver<Item>,
     keep_alive: Duration,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
-    futures_util::stream::unfold(items, move |mut items| async move {
-        let first = match tokio::time::timeout(keep_alive, items.recv()).await {
-            Ok(Some(item)) => item,
-            Ok(None) => return None,
-            Err(_) => return Some((Ok(Bytes::from_static(b":\n\n")), items)),
+    // An item taken while joining that is better written on its own, next.
+    let held: Option<Item> = None;
+    futures_util::stream::unfold((items, held), move |(mut items, held)| async move {
+        let first = match held {
+            Some(item) => item,
+            None => match tokio::time::timeout(keep_alive, items.recv()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => return None,
+                Err(_) => return Some((Ok(Bytes::from_static(b":\n\n")), (items, None))),
+            },
         };
+        if let Item::Batch(batch) = first {
+            return Some((Ok(batch.frames), (items, None)));
+        }
         let mut chunk = Vec::new();
         append(&mut chunk, first);
+        let mut held = None;
         while chunk.len() < CHUNK {
             match items.try_recv() {
+                Ok(item @ Item::Batch(_)) => {
+                    held = Some(item);
+                    break;
+                }
                 Ok(item) => append(&mut chunk, item),
                 Err(_) => break,
             }
         }
-        Some((Ok(Bytes::from(chunk)), items))
+        Some((Ok(Bytes::from(chunk)), (items, held)))
     })
 }
 
@@ -145,6 +159,7 @@ fn append(chunk: &mut Vec<u8>, item: Item) {
                 chunk.extend_from_slice(&e.frame);
             }
         }
+        Item::Batch(batch) => chunk.extend_from_slice(&batch.frames),
         // No id: the client's Last-Event-ID stays at the last event it really got.
         Item::Lagged { resume_from } => {
             let data = json!({
