@@ -671,16 +671,25 @@ async fn a_replay_while_an_attempt_is_in_flight_is_refused() {
 /// recover it asked for, and the workers, carry on at full speed.
 #[tokio::test]
 async fn a_client_that_never_reads_does_not_hold_up_the_work() {
-    const DEAD: i64 = 2000;
+    const DEAD: i64 = 3000;
     let app = spawn_app_with(&[("HERALD_WORKER_CONCURRENCY", "32")]).await;
-    let receiver = Receiver::start().await;
+    // Every attempt keeps the first 4 KiB of this body, and its frame carries them: 3,000
+    // frames of about 4.7 KB are 14 MB, several times what the kernel buffers between the
+    // two sockets (at most 4 MB sent and unread here), so the connection's writer must block.
+    let body = "x".repeat(8192);
+    let receiver = Receiver::with(Arc::new(move |_| Reply {
+        status: 200,
+        body: body.clone(),
+        ..Default::default()
+    }))
+    .await;
     let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
     insert_dead(&app, &app_id, &ep, DEAD).await;
     let mut ws = admin(&app).await;
     let since = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
     ws.send(json!({"req": "r", "op": "recover", "endpoint_id": ep, "since": since}))
         .await;
-    // ...and never reads again, while its attempt frames (about 1 MB) are produced.
+    // ...and never reads again, while its attempt frames are produced.
     receiver
         .wait_for(DEAD as usize, Duration::from_secs(60))
         .await;
