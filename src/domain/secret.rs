@@ -100,4 +100,32 @@ mod tests {
         assert!(SigningSecret::parse(&long).is_err());
         assert!(!format!("{generated:?}").contains(generated.expose()));
     }
+
+    /// The API document's pattern says exactly what `parse` accepts.
+    #[test]
+    fn the_documented_pattern_matches_parse() {
+        use rand::RngCore;
+        let pattern = regex::Regex::new(SigningSecret::PATTERN).unwrap();
+        let mut rng = rand::rng();
+        for n in 0..80 {
+            for _ in 0..50 {
+                let mut key = vec![0u8; n];
+                rng.fill_bytes(&mut key);
+                let text = format!("whsec_{}", STANDARD.encode(&key));
+                assert_eq!(pattern.is_match(&text), (24..=64).contains(&n), "{text}");
+                assert_eq!(pattern.is_match(&text), SigningSecret::parse(&text).is_ok());
+                // One character off: a stray bit in the padding, or a missing `=`.
+                for bad in [
+                    text.replacen("A=", "B=", 1),
+                    text.trim_end_matches('=').to_owned(),
+                ] {
+                    assert_eq!(
+                        pattern.is_match(&bad),
+                        SigningSecret::parse(&bad).is_ok(),
+                        "{bad}"
+                    );
+                }
+            }
+        }
+    }
 }
