@@ -195,8 +195,11 @@ impl Feed {
         shared.subscribers.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let cancel = shared.cancel.clone();
+            // A client that went away is let go at once, not at the next event for it.
+            let gone = out.clone();
             tokio::select! {
                 _ = follow(&shared, filter, start, from.is_some(), live, out) => {},
+                _ = gone.closed() => {},
                 _ = cancel.cancelled() => {},
             }
             shared.subscribers.fetch_sub(1, Ordering::Relaxed);

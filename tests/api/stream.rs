@@ -517,3 +517,25 @@ async fn events_older_than_the_retention_are_pruned_and_cannot_be_resumed_from()
     let next = resumed.next(WAIT).await.unwrap();
     assert_eq!(next.json()["id"], third.as_str());
 }
+
+/// A client that goes away while nothing happens is let go once a keep-alive finds its
+/// connection closed: it must not stay counted (and fed) until the next event.
+#[tokio::test]
+async fn a_client_that_leaves_while_all_is_quiet_is_let_go() {
+    let app = spawn_app_with(&[("HERALD_SSE_KEEP_ALIVE", "200ms")]).await;
+    let subscribers = || async {
+        let (_, stats) = app.get("/stats").await;
+        stats["feed_subscribers"].as_u64().unwrap()
+    };
+    let stream = SseClient::connect(&app, "", None).await;
+    assert_eq!(subscribers().await, 1);
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while subscribers().await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the subscriber is still counted 5 s after it left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
