@@ -83,15 +83,7 @@ async fn kill_9_three_times_under_load_loses_nothing() {
     );
 
     // Leases of the killed processes expire (2 x timeout + 5 s), then the rest goes out.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let t = tally(accepted.clone(), &receiver);
-        if t.lost().is_empty() || tokio::time::Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let t = tally(accepted, &receiver);
+    let t = settle(accepted, &receiver).await;
     t.report("kill -9 x3");
     assert!(t.lost().is_empty(), "lost: {:?}", t.lost());
     assert!(
@@ -185,15 +177,7 @@ async fn a_database_restart_under_load_loses_nothing() {
     );
     assert!(slowest < Duration::from_secs(10), "a send took {slowest:?}");
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let t = tally(accepted.clone(), &receiver);
-        if t.lost().is_empty() || tokio::time::Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let t = tally(accepted, &receiver);
+    let t = settle(accepted, &receiver).await;
     t.report(&format!(
         "database restart ({unavailable} sends refused with 503)"
     ));
@@ -304,12 +288,21 @@ async fn three_processes_share_the_load_and_take_over_from_a_dead_one() {
 }
 
 async fn wait_delivered(accepted: &[String], receiver: &Receiver) {
+    assert!(
+        settle(accepted.to_vec(), receiver).await.lost().is_empty(),
+        "not all delivered in time"
+    );
+}
+
+/// The tally once every accepted message has arrived, or after two minutes (leases of
+/// killed processes expire after 2 x timeout + 5 s, then the rest goes out).
+async fn settle(accepted: Vec<String>, receiver: &Receiver) -> Tally {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while !tally(accepted.to_vec(), receiver).lost().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not all delivered in time"
-        );
+    loop {
+        let t = tally(accepted.clone(), receiver);
+        if t.lost().is_empty() || tokio::time::Instant::now() > deadline {
+            return t;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
