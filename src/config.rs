@@ -40,6 +40,10 @@ pub struct Config {
     /// live subscribers; one that falls further behind is told so and catches up from the
     /// database.
     pub feed_buffer: usize,
+    /// Shortest time between two reads of the event log by a process's feed reader while
+    /// events keep coming: what arrives meanwhile goes out to subscribers as one batch, one
+    /// write per client, instead of a write per commit.
+    pub feed_interval: Duration,
     /// Longest silence on an SSE stream before a keep-alive comment.
     pub sse_keep_alive: Duration,
     /// Dead deliveries a recover queues per transaction.
@@ -158,6 +162,7 @@ impl Config {
             feed_retention: duration("HERALD_FEED_RETENTION", "24h")?.max(Duration::from_secs(60)),
             recover_batch: number("HERALD_RECOVER_BATCH", "500")?.clamp(1, 10_000) as usize,
             feed_buffer: number("HERALD_FEED_BUFFER", "64")?.clamp(1, 1 << 16) as usize,
+            feed_interval: duration("HERALD_FEED_INTERVAL", "0ms")?.min(Duration::from_secs(1)),
             sse_keep_alive: duration("HERALD_SSE_KEEP_ALIVE", "15s")?
                 .max(Duration::from_millis(100)),
             log_format,

@@ -6,6 +6,7 @@
 //! - `report`: the table and chart of a saved run.
 
 mod driver;
+mod loopback;
 mod receiver;
 mod report;
 mod sse;

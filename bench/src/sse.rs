@@ -4,7 +4,7 @@
 //! receiver's, and so that they cannot starve them of the main runtime's workers).
 //!
 //! The client is deliberately cheap: it undoes the chunked transfer encoding, splits lines
-//! with a word-at-a-time byte search, and reads only the `event:` field and, of `attempt`
+//! with a SIMD byte search (`memchr`), and reads only the `event:` field and, of `attempt`
 //! events, the transaction id at the start of the `id:` field (`<xid>-<seq>`) and the
 //! `"duration_ms":` and `"created_at":"` fields, searched for backwards from the end of the
 //! data line (they are the last fields but one). Each read from the socket is stamped once
@@ -18,10 +18,11 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use memchr::memmem::FinderRev;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -52,6 +53,8 @@ pub struct Stats {
     pub error: Option<String>,
     /// The server ended the stream before it was stopped.
     pub ended: bool,
+    /// Bytes read after the response head.
+    pub bytes: u64,
 }
 
 struct Shared {
@@ -299,6 +302,7 @@ async fn follow(
         }
         let n = stream.read(&mut raw[end..]).await?;
         arrived_us = now_us();
+        stats.bytes += n as u64;
         if n == 0 {
             stats.ended = true;
             return Ok(());
@@ -567,10 +571,13 @@ impl Arrivals {
 fn request_end_us(data: &[u8]) -> Option<i64> {
     const CREATED: &[u8] = b"\"created_at\":\"";
     const DURATION: &[u8] = b"\"duration_ms\":";
-    let c = rfind(data, CREATED)?;
+    // Built once: building a searcher per event cost more than the search.
+    static FIND_CREATED: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(CREATED));
+    static FIND_DURATION: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(DURATION));
+    let c = FIND_CREATED.rfind(data)?;
     let ts = &data[c + CREATED.len()..];
     let created = parse_rfc3339_us(&ts[..find_byte(b'"', ts)?])?;
-    let d = rfind(&data[..c], DURATION)?;
+    let d = FIND_DURATION.rfind(&data[..c])?;
     let digits = &data[d + DURATION.len()..];
     let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
     if n == 0 {
@@ -634,30 +641,10 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The first `b` in `hay`, eight bytes at a time.
+/// The first `b` in `hay` (SIMD: scanning every byte for newlines is most of what the
+/// subscribers' thread does).
 fn find_byte(b: u8, hay: &[u8]) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let pattern = LO * u64::from(b);
-    let mut i = 0;
-    while i + 8 <= hay.len() {
-        let word = u64::from_le_bytes(hay[i..i + 8].try_into().expect("8 bytes")) ^ pattern;
-        // The lowest flagged byte is the first zero byte (higher ones may be false).
-        let zero = word.wrapping_sub(LO) & !word & HI;
-        if zero != 0 {
-            return Some(i + (zero.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
-    }
-    hay[i..].iter().position(|&x| x == b).map(|p| i + p)
-}
-
-/// The last `needle` in `hay`.
-fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    let last = hay.len().checked_sub(needle.len())?;
-    (0..=last)
-        .rev()
-        .find(|&i| hay[i] == needle[0] && hay[i..].starts_with(needle))
+    memchr::memchr(b, hay)
 }
 
 fn now_us() -> i64 {
@@ -667,7 +654,7 @@ fn now_us() -> i64 {
 }
 
 /// The calling thread's id, from /proc (0 when unknown).
-fn thread_id() -> u64 {
+pub(crate) fn thread_id() -> u64 {
     std::fs::read_to_string("/proc/thread-self/stat")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
@@ -754,23 +741,6 @@ mod tests {
             Some(1_709_251_199_999_999)
         );
         assert_eq!(parse_rfc3339_us(b"2026-11-24 nonsense"), None);
-    }
-
-    #[test]
-    fn byte_search() {
-        let hay = b"0123456789abcdef\nxyz\n";
-        assert_eq!(find_byte(b'\n', hay), Some(16));
-        assert_eq!(find_byte(b'z', hay), Some(19));
-        assert_eq!(find_byte(b'q', hay), None);
-        for i in 0..39 {
-            let mut v = vec![b'a'; 40];
-            v[i] = 0x80;
-            v[39] = b'\n';
-            assert_eq!(find_byte(0x80, &v), Some(i));
-            assert_eq!(find_byte(b'\n', &v), Some(39));
-        }
-        assert_eq!(rfind(b"a\"b\"a\"b\"", b"\"b"), Some(5));
-        assert_eq!(rfind(b"ab", b"abc"), None);
     }
 
     const ATTEMPT: &str = r#"{"id":"atm_1","response_body":"{\"created_at\":\"1999-01-01T00:00:00Z\"}","duration_ms":12,"created_at":"2026-11-24T00:05:23.123456Z","next_attempt_at":null}"#;

@@ -34,6 +34,8 @@ pub struct Settings {
 
 /// The burst again, with live-feed subscribers connected throughout.
 pub const BURST_SSE: &str = "burst sse";
+/// The control of `burst sse`: the same bytes from a minimal server (see `loopback`).
+pub const BURST_SSE_CONTROL: &str = "burst sse control";
 /// p99 of the feed's lag (the attempt's commit → the event at a subscriber) at most this.
 pub const SSE_LAG_P99_TARGET_MS: f64 = 100.0;
 /// Deliveries/s with subscribers at most this much below the plain burst's.
@@ -121,6 +123,11 @@ pub struct SseResult {
     pub delivered_change_pct: Option<f64>,
     /// CPU seconds of the subscribers' own thread during the burst (part of `bench`).
     pub subscriber_cpu_s: f64,
+    /// Bytes of the stream each subscriber read, on average, and per event.
+    #[serde(default)]
+    pub bytes_per_subscriber: u64,
+    #[serde(default)]
+    pub bytes_per_event: f64,
     /// The commit lag's p99 within the target; without a commit lag, `true` if the upper
     /// bound's p99 is within it and `None` (unknown) if not. (Runs before the commit lag
     /// judged by the upper bound alone, `false` included.)
@@ -213,9 +220,20 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
         scenarios.push(burst);
     }
     if sse {
+        let feed = run
+            .burst_sse(10_000, 64, settings.sse_subscribers, burst_rate)
+            .await?;
+        let event_bytes = feed.sse.as_ref().map(|f| f.bytes_per_event as usize);
+        scenarios.push(feed);
         scenarios.push(
-            run.burst_sse(10_000, 64, settings.sse_subscribers, burst_rate)
-                .await?,
+            run.burst_sse_control(
+                10_000,
+                64,
+                settings.sse_subscribers,
+                burst_rate,
+                event_bytes,
+            )
+            .await?,
         );
     }
     let mut baseline = None;
@@ -531,10 +549,16 @@ impl Run {
                 .filter(|b| *b > 0.0)
                 .map(|b| round(100.0 * (result.delivered_per_s - b) / b)),
             subscriber_cpu_s: round(subscriber_cpu),
+            bytes_per_subscriber: stats.iter().map(|s| s.bytes).sum::<u64>()
+                / subscribers.max(1) as u64,
+            bytes_per_event: 0.0,
             lag_target_met: None,
             throughput_target_met: None,
         };
         let mut other_events = 0;
+        let events: u64 = stats.iter().map(|s| s.attempts + s.other_events).sum();
+        let bytes: u64 = stats.iter().map(|s| s.bytes).sum();
+        sse.bytes_per_event = round(bytes as f64 / events.max(1) as f64);
         for mut s in stats {
             sse.missing += expected.saturating_sub(s.attempts);
             sse.subscribers_missing_some += usize::from(s.attempts < expected);
@@ -561,6 +585,92 @@ impl Run {
         sse.lag_target_met = sse.lag_verdict().0;
         sse.throughput_target_met = sse.delivered_change_pct.map(|c| c > -SSE_DROP_TARGET_PCT);
         result.sse = Some(sse);
+        Ok(result)
+    }
+
+    /// The burst again, while a minimal server in this process (see `loopback`) streams
+    /// what Herald's feed would, two events of `event_bytes` per delivery, every 25 ms, to
+    /// as many subscribers of the same client: what those bytes cost on this machine
+    /// without Herald doing any of the work.
+    async fn burst_sse_control(
+        &mut self,
+        count: usize,
+        concurrency: usize,
+        subscribers: usize,
+        baseline: Option<f64>,
+        event_bytes: Option<usize>,
+    ) -> anyhow::Result<ScenarioResult> {
+        let name = BURST_SSE_CONTROL;
+        // Herald's frames averaged about 700 bytes when this was written.
+        let event_bytes = event_bytes.filter(|b| *b > 0).unwrap_or(700);
+        // A client socket and a server socket per subscriber, both in this process.
+        self.check_open_files(2 * subscribers)?;
+        let load = Load {
+            count: count / self.scale,
+            concurrency,
+            rate: None,
+            payload_bytes: 256,
+        };
+        let (app, paths) = self.setup(name, 1).await?;
+        let receiver = self.receiver.clone();
+        let blaster =
+            crate::loopback::Blaster::start(event_bytes, Duration::from_millis(25), move || {
+                receiver.distinct()
+            })?;
+        let subs = Subscribers::start(blaster.addr, "/", TOKEN, subscribers)?;
+        subs.wait_connected(Duration::from_secs(60)).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let cpu_before = (subs.cpu_seconds(), blaster.cpu_seconds());
+        let mut result = self
+            .measure(
+                name,
+                &app,
+                &paths,
+                &load,
+                format!(
+                    "closed loop, {concurrency} senders, {subscribers} subscribers to a \
+                     minimal server sending the feed's bytes ({event_bytes} an event)"
+                ),
+            )
+            .await?;
+        let cpu = (
+            subs.cpu_seconds() - cpu_before.0,
+            blaster.cpu_seconds() - cpu_before.1,
+        );
+        let delivered = result.messages as u64 - result.lost as u64;
+        let (waiting, mut last) = (Instant::now(), (subs.progress(), Instant::now()));
+        while last.0.min < delivered
+            && last.1.elapsed() < Duration::from_secs(10)
+            && waiting.elapsed() < Duration::from_secs(300)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = subs.progress();
+            if now.sum != last.0.sum {
+                last = (now, Instant::now());
+            }
+        }
+        let skipped = blaster.skipped();
+        let stats = subs.stop().await?;
+        blaster.stop().await;
+        let mut lags: Vec<u32> = stats
+            .iter()
+            .flat_map(|s| s.lags_us.iter().copied())
+            .collect();
+        let lag = Latency::of_micros(&mut lags);
+        let change = baseline
+            .filter(|b| *b > 0.0)
+            .map(|b| round(100.0 * (result.delivered_per_s - b) / b));
+        result.notes["control"] = json!({
+            "event_bytes": event_bytes,
+            "bytes_per_subscriber": stats.iter().map(|s| s.bytes).sum::<u64>()
+                / subscribers.max(1) as u64,
+            "attempts_received_min": stats.iter().map(|s| s.attempts).min().unwrap_or(0),
+            "skipped_chunks": skipped,
+            "delivered_change_pct": change,
+            "server_cpu_s": round(cpu.1),
+            "subscribers_cpu_s": round(cpu.0),
+            "build_to_arrival_ms": {"p50": lag.p50_ms, "p99": lag.p99_ms, "max": lag.max_ms},
+        });
         Ok(result)
     }
 

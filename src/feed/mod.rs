@@ -104,6 +104,8 @@ pub struct FeedSettings {
     /// Reads of the log (each up to 500 events) buffered for live subscribers; one
     /// further behind catches up from the log.
     pub buffer: usize,
+    /// Shortest time between two reads of the log.
+    pub interval: Duration,
 }
 
 impl From<&crate::config::Config> for FeedSettings {
@@ -112,6 +114,7 @@ impl From<&crate::config::Config> for FeedSettings {
             poll_interval: c.poll_interval,
             retention: c.feed_retention,
             buffer: c.feed_buffer,
+            interval: c.feed_interval,
         }
     }
 }
@@ -123,6 +126,7 @@ struct Shared {
     head: watch::Sender<Position>,
     wake: Notify,
     poll_interval: Duration,
+    interval: Duration,
     subscribers: AtomicUsize,
     cancel: CancellationToken,
 }
@@ -140,6 +144,7 @@ impl Feed {
             poll_interval,
             retention,
             buffer,
+            interval,
         } = settings;
         let start = events::head(&pool).await?;
         let shared = Arc::new(Shared {
@@ -148,6 +153,7 @@ impl Feed {
             head: watch::Sender::new(start),
             wake: Notify::new(),
             poll_interval,
+            interval,
             subscribers: AtomicUsize::new(0),
             cancel: cancel.clone(),
         });
@@ -376,6 +382,7 @@ async fn read(shared: Arc<Shared>, start: Position) {
     let mut recheck = Duration::ZERO;
     let mut conn: Option<PoolConnection<Postgres>> = None;
     loop {
+        let read_at = tokio::time::Instant::now();
         let page = async {
             if conn.is_none() {
                 conn = Some(shared.pool.acquire().await?);
@@ -437,6 +444,11 @@ async fn read(shared: Arc<Shared>, start: Position) {
         tokio::select! {
             _ = shared.wake.notified() => {},
             _ = tokio::time::sleep(wait) => {},
+            _ = cancel.cancelled() => return,
+        }
+        // Whatever commits from now until the interval is up comes in the next read.
+        tokio::select! {
+            _ = tokio::time::sleep_until(read_at + shared.interval) => {},
             _ = cancel.cancelled() => return,
         }
     }

@@ -386,6 +386,8 @@ pub struct SseClient {
     response: reqwest::Response,
     buffer: String,
     pub last_id: Option<String>,
+    /// HTTP chunks read so far: what the server wrote in one piece.
+    pub chunks: usize,
 }
 
 impl SseClient {
@@ -413,6 +415,7 @@ impl SseClient {
             response,
             buffer: String::new(),
             last_id: last_id.map(str::to_owned),
+            chunks: 0,
         }
     }
 
@@ -451,6 +454,7 @@ impl SseClient {
                 .await
                 .ok()?
                 .ok()??;
+            self.chunks += 1;
             self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
         }
     }

@@ -539,3 +539,29 @@ async fn a_client_that_leaves_while_all_is_quiet_is_let_go() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `HERALD_FEED_INTERVAL` spaces the reader's reads of the log, so that what commits in
+/// between reaches a client as one write: eight messages committed 30 ms apart, with reads at
+/// least 300 ms apart, come in at most three pieces (two reads, or three if one read finds
+/// the last few not yet settled), not eight.
+#[tokio::test]
+async fn with_a_feed_interval_events_that_commit_close_together_come_in_one_write() {
+    let app = spawn_app_with(&[("HERALD_FEED_INTERVAL", "300ms")]).await;
+    app_with_uid(&app, "spaced").await;
+    let mut stream = SseClient::connect(&app, "app=spaced", None).await;
+    let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+    let mut sent = Vec::new();
+    for i in 0..8 {
+        sent.push(send_sql(&mut conn, "spaced", json!({"i": i})).await);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let events = stream.collect_until(WAIT, |got| got.len() == 8).await;
+    let ids: Vec<Value> = events.iter().map(|e| e.json()["id"].clone()).collect();
+    assert_eq!(ids, sent.iter().map(|s| json!(s)).collect::<Vec<_>>());
+    assert_in_order(&events);
+    assert!(
+        stream.chunks <= 3,
+        "8 events came in {} writes despite the interval",
+        stream.chunks
+    );
+}
