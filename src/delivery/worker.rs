@@ -696,8 +696,14 @@ async fn complete(shared: Arc<Shared>, mut done: mpsc::Receiver<Completion>) {
                 Err(_) => break,
             }
         }
+        // Unmark the endpoints before the commit, not after: a claim that runs right after
+        // the commit can fill an endpoint again and mark it, and an unmark landing after
+        // that mark would erase it, so that no later completion there would wake anyone
+        // and its queue would wait for the poll. Every claim from the commit on sees the
+        // room made, and marks what it fills; the wake below makes sure one runs.
+        let room_made = shared.uncap(&batch);
         write_completions(&shared, &mut conn, &batch).await;
-        if shared.uncap(&batch) {
+        if room_made {
             // Room was made at a full endpoint: rows held back by its cap can go now.
             shared.wake.notify_one();
         }
