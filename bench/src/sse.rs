@@ -194,6 +194,22 @@ impl Subscribers {
         p
     }
 
+    /// Waits until every subscriber has `target` `attempt` events, or until nothing moved
+    /// for 10 s (or, however slowly they still move, for 5 minutes).
+    pub async fn wait_for(&self, target: u64) {
+        let (waiting, mut last) = (Instant::now(), (self.progress(), Instant::now()));
+        while last.0.min < target
+            && last.1.elapsed() < Duration::from_secs(10)
+            && waiting.elapsed() < Duration::from_secs(300)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = self.progress();
+            if now.sum != last.0.sum {
+                last = (now, Instant::now());
+            }
+        }
+    }
+
     /// CPU seconds the subscribers' thread has used so far.
     pub fn cpu_seconds(&self) -> f64 {
         match self.shared.tid.load(Ordering::Relaxed) {

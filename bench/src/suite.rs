@@ -299,6 +299,17 @@ impl Run {
         Ok((app, paths))
     }
 
+    /// `count` messages (divided by `--scale`) from `concurrency` senders, each sending its
+    /// next as soon as its last is accepted.
+    fn closed_loop(&self, count: usize, concurrency: usize) -> Load {
+        Load {
+            count: count / self.scale,
+            concurrency,
+            rate: None,
+            payload_bytes: 256,
+        }
+    }
+
     async fn closed(
         &mut self,
         name: &'static str,
@@ -306,12 +317,7 @@ impl Run {
         concurrency: usize,
         fan_out: usize,
     ) -> anyhow::Result<ScenarioResult> {
-        let load = Load {
-            count: count / self.scale,
-            concurrency,
-            rate: None,
-            payload_bytes: 256,
-        };
+        let load = self.closed_loop(count, concurrency);
         let (app, paths) = self.setup(name, fan_out).await?;
         self.measure(
             name,
@@ -396,12 +402,7 @@ impl Run {
                 ..Default::default()
             },
         );
-        let load = Load {
-            count: count / self.scale,
-            concurrency,
-            rate: None,
-            payload_bytes: 256,
-        };
+        let load = self.closed_loop(count, concurrency);
         let healthy = vec![paths[0].clone()];
         let mut result = self
             .measure(
@@ -464,12 +465,7 @@ impl Run {
     ) -> anyhow::Result<ScenarioResult> {
         let name = BURST_SSE;
         self.check_open_files(subscribers)?;
-        let load = Load {
-            count: count / self.scale,
-            concurrency,
-            rate: None,
-            payload_bytes: 256,
-        };
+        let load = self.closed_loop(count, concurrency);
         let (app, paths) = self.setup(name, 1).await?;
         let stream = format!("/api/v1/stream?app={app}");
         let subs = Subscribers::start(self.herald_addr, &stream, TOKEN, subscribers)?;
@@ -493,24 +489,9 @@ impl Run {
         let subscriber_cpu = subs.cpu_seconds() - cpu_before;
 
         // Every delivered webhook is at least one attempt; retries would add more.
-        let delivered = ((result.messages as u64).saturating_sub(result.send_errors)
-            * paths.len() as u64)
-            .saturating_sub(result.lost as u64);
+        let delivered = delivered(&result);
         let in_db = self.attempts_in_db(&app, delivered).await;
-        let target = in_db.unwrap_or(delivered);
-        // Wait until every subscriber has every attempt, or nothing moved for 10 s (or,
-        // however slowly they still move, for 5 minutes).
-        let (waiting, mut last) = (Instant::now(), (subs.progress(), Instant::now()));
-        while last.0.min < target
-            && last.1.elapsed() < Duration::from_secs(10)
-            && waiting.elapsed() < Duration::from_secs(300)
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let now = subs.progress();
-            if now.sum != last.0.sum {
-                last = (now, Instant::now());
-            }
-        }
+        subs.wait_for(in_db.unwrap_or(delivered)).await;
         let epoch_us = subs.epoch_us;
         let stats = subs.stop().await?;
         self.wait_for_streams_closed().await;
@@ -605,12 +586,7 @@ impl Run {
         let event_bytes = event_bytes.filter(|b| *b > 0).unwrap_or(700);
         // A client socket and a server socket per subscriber, both in this process.
         self.check_open_files(2 * subscribers)?;
-        let load = Load {
-            count: count / self.scale,
-            concurrency,
-            rate: None,
-            payload_bytes: 256,
-        };
+        let load = self.closed_loop(count, concurrency);
         let (app, paths) = self.setup(name, 1).await?;
         let receiver = self.receiver.clone();
         let blaster =
@@ -637,18 +613,7 @@ impl Run {
             subs.cpu_seconds() - cpu_before.0,
             blaster.cpu_seconds() - cpu_before.1,
         );
-        let delivered = result.messages as u64 - result.lost as u64;
-        let (waiting, mut last) = (Instant::now(), (subs.progress(), Instant::now()));
-        while last.0.min < delivered
-            && last.1.elapsed() < Duration::from_secs(10)
-            && waiting.elapsed() < Duration::from_secs(300)
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let now = subs.progress();
-            if now.sum != last.0.sum {
-                last = (now, Instant::now());
-            }
-        }
+        subs.wait_for(delivered(&result)).await;
         let skipped = blaster.skipped();
         let stats = subs.stop().await?;
         blaster.stop().await;
@@ -878,6 +843,12 @@ pub(crate) fn cpu_of(pid: &str) -> f64 {
             .unwrap_or(0.0)
     };
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Webhooks a scenario delivered: every message accepted, to every endpoint, but the lost.
+fn delivered(result: &ScenarioResult) -> u64 {
+    ((result.messages as u64).saturating_sub(result.send_errors) * result.fan_out as u64)
+        .saturating_sub(result.lost as u64)
 }
 
 fn round(x: f64) -> f64 {

@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Receiver, all_delivered, spawn_app, spawn_app_with};
+use crate::helpers::{Receiver, TestApp, all_delivered, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn delivers_a_signed_standard_webhook() {
@@ -142,16 +142,22 @@ async fn the_poll_finds_deliveries_no_one_announced() {
     assert_eq!(got[1].header("webhook-id"), msg);
 }
 
-#[tokio::test]
-async fn an_endpoint_at_its_cap_drains_without_waiting_for_the_poll() {
-    // With a one-request cap, each delivery can only start when the previous one is
-    // recorded; nothing but that completion can wake the workers within the poll of 60 s.
+/// An application whose one endpoint takes one request at a time, with a poll of 60 s:
+/// nothing but a completion can wake the workers for what waits behind the cap.
+async fn one_request_at_a_time() -> (TestApp, Receiver, String) {
     let app = spawn_app_with(&[("HERALD_POLL_INTERVAL", "60s")]).await;
     let receiver = Receiver::start().await;
     let app_id = app.create_app().await;
     app.create_endpoint(&app_id, json!({"url": receiver.url(), "max_in_flight": 1}))
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    (app, receiver, app_id)
+}
+
+#[tokio::test]
+async fn an_endpoint_at_its_cap_drains_without_waiting_for_the_poll() {
+    // Each delivery can only start once the previous one is recorded.
+    let (app, receiver, app_id) = one_request_at_a_time().await;
     for i in 0..5 {
         app.send(&app_id, "queued", json!({"i": i})).await;
     }
@@ -169,12 +175,7 @@ async fn an_endpoint_at_its_cap_drains_without_waiting_for_the_poll() {
 /// requests of 5 or 60 arrived in 20 s), and none since the unmark moved before the commit.
 #[tokio::test]
 async fn an_endpoint_at_its_cap_drains_while_messages_keep_arriving() {
-    let app = spawn_app_with(&[("HERALD_POLL_INTERVAL", "60s")]).await;
-    let receiver = Receiver::start().await;
-    let app_id = app.create_app().await;
-    app.create_endpoint(&app_id, json!({"url": receiver.url(), "max_in_flight": 1}))
-        .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (app, receiver, app_id) = one_request_at_a_time().await;
     let senders = (0..4).map(|s| {
         let (app, app_id) = (&app, &app_id);
         async move {
