@@ -447,9 +447,11 @@ async fn read(shared: Arc<Shared>, start: Position) {
             _ = cancel.cancelled() => return,
         }
         // Whatever commits from now until the interval is up comes in the next read.
-        tokio::select! {
-            _ = tokio::time::sleep_until(read_at + shared.interval) => {},
-            _ = cancel.cancelled() => return,
+        if !shared.interval.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(read_at + shared.interval) => {},
+                _ = cancel.cancelled() => return,
+            }
         }
     }
 }
