@@ -105,8 +105,9 @@ impl Config {
         let listen: SocketAddr = parsed("HERALD_LISTEN", "127.0.0.1:8080")
             .parse()
             .context("HERALD_LISTEN must be host:port, e.g. 127.0.0.1:8080")?;
-        let public_url_configured = var("HERALD_PUBLIC_URL").is_some();
-        let public_url = var("HERALD_PUBLIC_URL")
+        let configured_url = var("HERALD_PUBLIC_URL");
+        let public_url_configured = configured_url.is_some();
+        let public_url = configured_url
             .unwrap_or_else(|| format!("http://{listen}"))
             .trim_end_matches('/')
             .to_owned();

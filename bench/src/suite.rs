@@ -500,6 +500,8 @@ impl Run {
         let max_received = stats.iter().map(|s| s.attempts).max().unwrap_or(0);
         let expected = in_db.unwrap_or(max_received);
         let mut lags: Vec<u32> = Vec::with_capacity(stats.iter().map(|s| s.lags_us.len()).sum());
+        let events: u64 = stats.iter().map(|s| s.attempts + s.other_events).sum();
+        let bytes: u64 = stats.iter().map(|s| s.bytes).sum();
         let mut sse = SseResult {
             subscribers,
             stream,
@@ -530,16 +532,12 @@ impl Run {
                 .filter(|b| *b > 0.0)
                 .map(|b| round(100.0 * (result.delivered_per_s - b) / b)),
             subscriber_cpu_s: round(subscriber_cpu),
-            bytes_per_subscriber: stats.iter().map(|s| s.bytes).sum::<u64>()
-                / subscribers.max(1) as u64,
-            bytes_per_event: 0.0,
+            bytes_per_subscriber: bytes / subscribers.max(1) as u64,
+            bytes_per_event: round(bytes as f64 / events.max(1) as f64),
             lag_target_met: None,
             throughput_target_met: None,
         };
         let mut other_events = 0;
-        let events: u64 = stats.iter().map(|s| s.attempts + s.other_events).sum();
-        let bytes: u64 = stats.iter().map(|s| s.bytes).sum();
-        sse.bytes_per_event = round(bytes as f64 / events.max(1) as f64);
         for mut s in stats {
             sse.missing += expected.saturating_sub(s.attempts);
             sse.subscribers_missing_some += usize::from(s.attempts < expected);
@@ -582,8 +580,8 @@ impl Run {
         event_bytes: Option<usize>,
     ) -> anyhow::Result<ScenarioResult> {
         let name = BURST_SSE_CONTROL;
-        // Herald's frames averaged about 700 bytes when this was written.
-        let event_bytes = event_bytes.filter(|b| *b > 0).unwrap_or(700);
+        // What Herald's frames averaged at 304f0b9, should `burst sse` have read nothing.
+        let event_bytes = event_bytes.filter(|b| *b > 0).unwrap_or(512);
         // A client socket and a server socket per subscriber, both in this process.
         self.check_open_files(2 * subscribers)?;
         let load = self.closed_loop(count, concurrency);
@@ -965,13 +963,9 @@ fn psql(url: &str, db: &str, sql: &str) -> anyhow::Result<()> {
     psql_output(url, db, sql).map(drop)
 }
 
-/// Runs `sql` and returns what it printed, unaligned and without headers.
+/// Runs `sql` and returns what it printed, unaligned and without headers. `sql` goes in on
+/// psql's standard input, so its length has no limit.
 fn psql_output(url: &str, db: &str, sql: &str) -> anyhow::Result<String> {
-    psql_stdin(url, db, sql)
-}
-
-/// `sql` goes in on psql's standard input, so its length has no limit.
-fn psql_stdin(url: &str, db: &str, sql: &str) -> anyhow::Result<String> {
     use std::io::Write;
     let c = conn(url)?;
     let mut child = Command::new("psql")
@@ -1035,7 +1029,7 @@ fn commit_timestamps(
          * 1000000)::bigint from unnest('{{{}}}'::bigint[]) x",
         list.join(",")
     );
-    let out = psql_stdin(server_url, DB_NAME, &sql).context("reading commit timestamps")?;
+    let out = psql_output(server_url, DB_NAME, &sql).context("reading commit timestamps")?;
     let mut committed = std::collections::HashMap::with_capacity(xids.len());
     let mut unknown = 0;
     for line in out.lines().filter(|l| !l.is_empty()) {
