@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{FromRow, PgConnection, PgExecutor, Row};
 use uuid::Uuid;
 
 use crate::domain::{AppId, AttemptId, DeliveryId, EndpointId, MessageId};
@@ -44,15 +44,25 @@ pub struct Claimed {
 /// successive claims walk them round-robin (see [`ClaimCursor`]).
 const ENDPOINTS_PER_CLAIM: i64 = 128;
 
-/// Where the next claim's walk over endpoints starts: just after the last endpoint served.
+/// Where the next claim's walk over endpoints starts: just after this endpoint, or at the
+/// first one.
 pub type ClaimCursor = Option<EndpointId>;
 
+/// What one claim took, and where its walk over endpoints stopped.
+#[derive(Debug, Default)]
+pub struct ClaimBatch {
+    pub rows: Vec<Claimed>,
+    /// The last endpoint walked when the walk stopped at [`ENDPOINTS_PER_CLAIM`] endpoints:
+    /// more may have due rows after it. `None` when the walk reached the last one.
+    pub walk_end: ClaimCursor,
+}
+
 /// Claims up to `limit` due deliveries, endpoint by endpoint (`herald.claim`, migration
-/// 0004): it walks the endpoints that have due rows (in id order from `after`, a loose index
-/// scan), gives each no more rows than its cap leaves room for (counting what every worker
-/// has in flight there, under a lock on the endpoint) and its rate limit has tokens for, and
-/// takes its oldest due rows first. Rows and endpoints other workers hold are skipped, never
-/// waited for.
+/// 0005): it walks the endpoints that have due rows (in id order from `after`, a loose index
+/// scan, at most [`ENDPOINTS_PER_CLAIM`] of them), gives each no more rows than its cap
+/// leaves room for (counting what every worker has in flight there, under a lock on the
+/// endpoint) and its rate limit has tokens for, and takes its oldest due rows first. Rows
+/// and endpoints other workers hold are skipped, never waited for.
 pub async fn claim(
     db: impl PgExecutor<'_>,
     worker: Uuid,
@@ -60,8 +70,8 @@ pub async fn claim(
     limit: i64,
     default_max_in_flight: i32,
     after: ClaimCursor,
-) -> sqlx::Result<Vec<Claimed>> {
-    sqlx::query_as("select * from herald.claim($1, $2, $3, $4, $5, $6)")
+) -> sqlx::Result<ClaimBatch> {
+    let rows = sqlx::query("select * from herald.claim($1, $2, $3, $4, $5, $6)")
         .bind(worker)
         .bind(lease.as_secs_f64())
         .bind(limit)
@@ -69,7 +79,17 @@ pub async fn claim(
         .bind(ENDPOINTS_PER_CLAIM)
         .bind(after.map_or(Uuid::nil(), |e| e.0))
         .fetch_all(db)
-        .await
+        .await?;
+    let mut batch = ClaimBatch::default();
+    for row in &rows {
+        // Every row carries the walk's end; a claim that took nothing although its walk
+        // stopped early returns one row with nothing else.
+        batch.walk_end = row.try_get::<Option<Uuid>, _>("walk_end")?.map(EndpointId);
+        if row.try_get::<Option<Uuid>, _>("id")?.is_some() {
+            batch.rows.push(Claimed::from_row(row)?);
+        }
+    }
+    Ok(batch)
 }
 
 /// Returns deliveries whose lease ran out (their worker died or lost the database) to

@@ -248,6 +248,9 @@ async fn dispatch(
 ) {
     let permits = shared.permits.clone();
     let mut cursor: ClaimCursor = None;
+    // Whether the claims since the last full batch began at the first endpoint: only then
+    // has a walk that reaches the end seen every endpoint.
+    let mut lap_from_start = true;
     let mut next_sweep = Instant::now();
     // When a rate-limited endpoint that just sent may have its next token: no notification
     // announces a refilled bucket, so the dispatcher looks again then.
@@ -271,6 +274,9 @@ async fn dispatch(
             continue;
         }
         let limit = free.min(MAX_BATCH);
+        if cursor.is_none() {
+            lap_from_start = true;
+        }
         let claimed = deliveries::claim(
             &shared.pool,
             shared.worker_id,
@@ -281,20 +287,28 @@ async fn dispatch(
         )
         .await;
         let more_due = match claimed {
-            Ok(rows) => {
+            Ok(batch) => {
+                let rows = batch.rows;
                 let full = rows.len() == limit;
                 shared.note_capped(&rows);
                 if let Some(next) = next_token(&rows, shared.settings.poll_interval) {
                     rate_wake = Some(rate_wake.map_or(next, |at| at.min(next)));
                 }
-                let walked_from_start = cursor.is_none();
-                // Round-robin: a full batch resumes after the last endpoint it served; an
-                // unfilled one has seen every endpoint from `cursor` on, so start over.
+                // Round-robin over the endpoints with due rows: a full batch resumes after
+                // the last endpoint it served; an unfilled one after the last endpoint its
+                // walk reached, even if it took nothing there (endpoints at their cap or
+                // out of tokens must not hide the ones behind them), until a walk reaches
+                // the end.
                 cursor = if full {
                     rows.iter().map(|r| r.endpoint_id).max()
                 } else {
-                    None
+                    batch.walk_end
                 };
+                if full {
+                    // Rows may be due anywhere again: this lap must come round to the
+                    // start before the dispatcher may rest.
+                    lap_from_start = false;
+                }
                 for row in rows {
                     // Direct dispatch may have taken permits since `free` was read; then
                     // this waits for one (the semaphore is never closed).
@@ -303,7 +317,9 @@ async fn dispatch(
                     };
                     shared.spawn_delivery(row, permit);
                 }
-                full || !walked_from_start
+                // Rest only once the walks since the start have reached the end: every
+                // endpoint with due rows has been looked at since the last full batch.
+                full || cursor.is_some() || !lap_from_start
             }
             Err(e) => {
                 warn!(error = %e, "claiming deliveries failed");

@@ -203,7 +203,8 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_a_newer_attempt() {
     let lease = Duration::from_secs(60);
     let claimed_a = deliveries::claim(&pool, a, lease, 10, 10, None)
         .await
-        .unwrap();
+        .unwrap()
+        .rows;
     assert_eq!(claimed_a.len(), 1);
     assert_eq!(claimed_a[0].attempt_count, 1);
     // A live lease is skipped by everyone else.
@@ -211,6 +212,7 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_a_newer_attempt() {
         deliveries::claim(&pool, b, lease, 10, 10, None)
             .await
             .unwrap()
+            .rows
             .is_empty()
     );
 
@@ -221,7 +223,8 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_a_newer_attempt() {
     assert_eq!(deliveries::reclaim_expired(&pool).await.unwrap(), 1);
     let claimed_b = deliveries::claim(&pool, b, lease, 10, 10, None)
         .await
-        .unwrap();
+        .unwrap()
+        .rows;
     assert_eq!(claimed_b.len(), 1);
     assert_eq!(claimed_b[0].attempt_count, 2);
 

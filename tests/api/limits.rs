@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use serde_json::json;
 
-use crate::helpers::{Receiver, fresh_database, spawn_app_on};
+use crate::helpers::{Receiver, fresh_database, spawn_app_on, spawn_app_with};
 
 const RATE: usize = 20;
 const CAP: usize = 3;
@@ -112,4 +112,56 @@ async fn a_rate_limit_and_a_cap_hold_under_load_across_two_processes() {
         free_done < Duration::from_secs(4),
         "the unlimited endpoint waited {free_done:?}"
     );
+}
+
+/// One claim walks at most 128 endpoints with due rows. With more than that at their limit
+/// with backlogs, in one application, an unlimited endpoint of another application created
+/// after them (so walked after them) must still get its messages within a poll interval or
+/// two. (Before the claim said where its walk stopped, every claim walked the same first
+/// 128 endpoints, found no room, and started over: the last endpoint got nothing until the
+/// backlogs drained, 40 s here.)
+#[tokio::test]
+async fn endpoints_without_room_do_not_starve_the_endpoints_walked_after_them() {
+    const BUSY: usize = 130;
+    let app = spawn_app_with(&[
+        // More workers than one walk has endpoints: a claim that walked 128 endpoints with
+        // a token each comes back unfilled.
+        ("HERALD_WORKER_CONCURRENCY", "256"),
+        ("HERALD_POLL_INTERVAL", "1s"),
+    ])
+    .await;
+    let busy = Receiver::start().await;
+    let crowded = app.create_app().await;
+    for _ in 0..BUSY {
+        app.create_endpoint(&crowded, json!({"url": busy.url(), "rate_limit": 1}))
+            .await;
+    }
+    for i in 0..40 {
+        app.send(&crowded, "busy", json!({"i": i})).await;
+    }
+    let free = Receiver::start().await;
+    let other = app.create_app().await;
+    app.create_endpoint(&other, json!({"url": free.url()}))
+        .await;
+    // Every busy endpoint has spent its bucket's first token: from now on each has a token
+    // a second and 39 rows waiting.
+    busy.wait_for(BUSY, Duration::from_secs(10)).await;
+
+    let started = Instant::now();
+    for i in 0..3 {
+        // Through the SQL outbox, never sent directly: only a claim can deliver these.
+        sqlx::query("select herald.send_message($1, 'free', $2::text::json)")
+            .bind(&other)
+            .bind(json!({"i": i}).to_string())
+            .execute(&app.pool)
+            .await
+            .unwrap();
+    }
+    free.wait_for(3, Duration::from_secs(3)).await;
+    let took = started.elapsed();
+    assert!(
+        busy.count() < BUSY * 40,
+        "the busy endpoints had drained: the test proves nothing"
+    );
+    eprintln!("the free endpoint got its 3 messages in {took:?}");
 }
