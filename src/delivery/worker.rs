@@ -617,6 +617,10 @@ struct Failure {
 
 impl Failure {
     fn from_reqwest(e: reqwest::Error) -> Self {
+        // reqwest's text names the URL, and a webhook URL is often a credential itself
+        // (Slack's and Discord's carry the key in the path): the endpoint is named by id,
+        // in the span, and never by its URL, in the log or in the stored error.
+        let e = e.without_url();
         let chain = error_chain(&e);
         let kind = if source_is::<BlockedTarget>(&e) {
             "blocked"

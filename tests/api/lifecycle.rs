@@ -179,6 +179,74 @@ async fn no_secret_ever_reaches_the_logs() {
     }
 }
 
+/// Webhook URLs are often credentials themselves (Slack's and Discord's carry the key in the
+/// path, others in the query): a failed attempt's log line names the endpoint by id, and
+/// neither the log nor the stored error text carries the URL.
+#[tokio::test]
+async fn a_failed_attempt_logs_and_stores_no_part_of_the_endpoint_url() {
+    let db_url = fresh_database().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut p = Process::start(
+        &db_url,
+        &[
+            ("RUST_LOG", "info,herald=trace"),
+            ("HERALD_RETRY_SCHEDULE", "1h"),
+        ],
+    )
+    .await;
+    let (path_key, query_key) = ("T0PSECRETPATHKEY", "T0PSECRETQUERYKEY");
+    let url = format!("http://127.0.0.1:{port}/hooks/{path_key}?token={query_key}");
+    let (app_id, ep_id, _) = p.app_with_endpoint(&url).await;
+    let msg = p.send(&app_id, "log.test", json!({})).await;
+    let msg_id = msg["id"].as_str().unwrap();
+    let attempts = loop {
+        let attempts = p
+            .api(
+                reqwest::Method::GET,
+                &format!("/apps/{app_id}/messages/{msg_id}/attempts"),
+                json!(null),
+            )
+            .await;
+        if attempts["data"].as_array().is_some_and(|a| !a.is_empty()) {
+            break attempts;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let message = p
+        .api(
+            reqwest::Method::GET,
+            &format!("/apps/{app_id}/messages/{msg_id}"),
+            json!(null),
+        )
+        .await;
+    p.signal("-TERM");
+    p.wait_exit(Duration::from_secs(10)).await;
+
+    let attempt = &attempts["data"][0];
+    assert_eq!(attempt["outcome"], "retrying", "{attempt}");
+    assert!(attempt["error"].as_str().is_some(), "{attempt}");
+    let logs = p.logs();
+    assert!(
+        logs.contains("attempt failed") && logs.contains(&ep_id),
+        "the failure is logged with its endpoint id"
+    );
+    for (what, text) in [
+        ("the log", logs),
+        ("the attempt", attempt.to_string()),
+        ("the delivery", message["deliveries"].to_string()),
+    ] {
+        for key in [path_key, query_key] {
+            assert!(!text.contains(key), "{what} carries the endpoint's URL");
+        }
+        assert!(
+            !text.contains("/hooks/"),
+            "{what} carries the endpoint's URL"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_worker_that_lost_its_lease_cannot_overwrite_a_newer_attempt() {
     let db_url = fresh_database().await;
