@@ -106,6 +106,31 @@ pub async fn reclaim_expired(db: impl PgExecutor<'_>) -> sqlx::Result<u64> {
     Ok(done.rows_affected())
 }
 
+/// Returns held deliveries that were never sent to `pending`, as if never claimed (the
+/// attempt number goes back too), so any worker may claim them at once. Fenced like a
+/// completion. Returns how many went back.
+pub async fn release(
+    db: impl PgExecutor<'_>,
+    worker: Uuid,
+    rows: &[(DeliveryId, i32)],
+) -> sqlx::Result<u64> {
+    let (ids, counts): (Vec<DeliveryId>, Vec<i32>) = rows.iter().copied().unzip();
+    let done = sqlx::query(
+        "update delivery d
+            set state = 'pending', locked_by = null, lease_expires_at = null,
+                attempt_count = d.attempt_count - 1, updated_at = now()
+           from unnest($2::uuid[], $3::int[]) as u(id, attempt_count)
+          where d.id = u.id and d.locked_by = $1 and d.attempt_count = u.attempt_count
+            and d.state = 'in_flight'",
+    )
+    .bind(worker)
+    .bind(ids)
+    .bind(counts)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// The end of one attempt, as the worker decided it.
 #[derive(Debug, Clone)]
 pub struct Completion {

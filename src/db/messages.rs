@@ -1,5 +1,5 @@
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, Serializer};
@@ -45,6 +45,8 @@ macro_rules! message_columns {
 /// the worker that will send them, its lease, and the endpoints it already fills.
 #[derive(Debug, Clone)]
 pub struct DirectOffer {
+    /// When the offer was made: the leases of what it claims begin no earlier.
+    pub made_at: Instant,
     pub worker: Uuid,
     pub lease: Duration,
     /// Endpoints where this process already has as many requests in flight as their cap.
@@ -76,6 +78,8 @@ struct Enqueued {
 pub struct Sent {
     pub message: Message,
     pub claimed: Vec<DirectDelivery>,
+    /// When the direct offer was made, if one was.
+    pub offered_at: Option<Instant>,
     pub queued_for: Vec<EndpointId>,
 }
 
@@ -92,6 +96,7 @@ pub async fn send(
     idempotency_key: Option<&str>,
     direct: Option<DirectOffer>,
 ) -> sqlx::Result<Option<Sent>> {
+    let offered_at = direct.as_ref().map(|d| d.made_at);
     let (worker, lease, busy_endpoints) = match direct {
         Some(d) => (
             Some(d.worker),
@@ -119,6 +124,7 @@ pub async fn send(
         Some(Sent {
             message: e.message,
             claimed: e.claimed.0,
+            offered_at,
             queued_for: e.pending_endpoints.into_iter().map(EndpointId).collect(),
         })
     })

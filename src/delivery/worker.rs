@@ -3,6 +3,7 @@
 //! `LISTEN herald_delivery`, with a poll as the fallback.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,17 +35,32 @@ pub const CHANNEL: &str = "herald_delivery";
 const RESPONSE_BODY_LIMIT: usize = 4096;
 /// Largest claim or completion batch.
 const MAX_BATCH: usize = 256;
+/// Time kept, at the end of a lease, for a finished attempt's completion to be written.
+const COMPLETION_MARGIN: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {
     pub concurrency: usize,
     pub endpoint_concurrency: i32,
     pub lease: Duration,
+    /// The longest one request may take (the client's timeout).
+    pub request_timeout: Duration,
     pub poll_interval: Duration,
     pub retry_schedule: RetrySchedule,
     pub disable_after: Duration,
     pub allow_private_targets: bool,
     pub shutdown_grace: Duration,
+}
+
+impl WorkerSettings {
+    /// How long after its lease began a delivery may still be sent: the request and the
+    /// write of its completion must both end before the lease does, or the sweep hands the
+    /// row to another worker and the receiver gets a copy that no attempt records.
+    fn send_window(&self) -> Duration {
+        self.lease
+            .saturating_sub(self.request_timeout)
+            .saturating_sub(COMPLETION_MARGIN)
+    }
 }
 
 impl From<&Config> for WorkerSettings {
@@ -53,6 +69,7 @@ impl From<&Config> for WorkerSettings {
             concurrency: c.worker_concurrency,
             endpoint_concurrency: c.endpoint_concurrency,
             lease: c.lease(),
+            request_timeout: c.request_timeout,
             poll_interval: c.poll_interval,
             retry_schedule: c.retry_schedule.clone(),
             disable_after: c.disable_after,
@@ -86,9 +103,13 @@ struct Shared {
     /// Endpoints whose last claim filled their cap: their completions must wake the
     /// dispatcher, since rows may be waiting for exactly that room.
     capped: Mutex<HashSet<EndpointId>>,
-    /// This process's requests in flight per endpoint, with the endpoint's cap: direct
-    /// dispatch stays off endpoints this process already fills.
+    /// This process's deliveries held per endpoint (waiting for a worker or in flight),
+    /// with the endpoint's cap: direct dispatch stays off endpoints this process already
+    /// fills.
     in_flight: Mutex<HashMap<EndpointId, (i32, i32)>>,
+    /// Deliveries handed over by direct dispatch that wait for a worker: each is as good
+    /// as a taken permit for the next offer.
+    direct_waiting: AtomicUsize,
     /// Attempts made by this pool, for `/metrics`.
     metrics: Metrics,
 }
@@ -114,6 +135,7 @@ impl WorkerPool {
             drained: CancellationToken::new(),
             capped: Mutex::new(HashSet::new()),
             in_flight: Mutex::new(HashMap::new()),
+            direct_waiting: AtomicUsize::new(0),
             metrics: Metrics::new(),
         });
         info!(worker_id = %shared.worker_id, concurrency = shared.settings.concurrency, "worker pool started");
@@ -153,7 +175,9 @@ impl Direct {
     /// through the queue like any other.
     pub fn offer(&self) -> Option<DirectOffer> {
         let shared = &self.0;
-        if shared.cancel.is_cancelled() || shared.permits.available_permits() == 0 {
+        if shared.cancel.is_cancelled()
+            || shared.permits.available_permits() <= shared.direct_waiting.load(Ordering::Acquire)
+        {
             return None;
         }
         let busy_endpoints: Vec<EndpointId> = shared
@@ -173,6 +197,7 @@ impl Direct {
             capped.extend(busy_endpoints.iter().copied());
         }
         Some(DirectOffer {
+            made_at: Instant::now(),
             worker: shared.worker_id,
             lease: shared.settings.lease,
             busy_endpoints,
@@ -228,14 +253,21 @@ impl Direct {
                 // herald.enqueue never sends to a rate-limited endpoint directly.
                 rate_limit: None,
             };
+            let held = Held::take(&self.0, row);
+            // The leases began no earlier than the offer.
+            let start_by =
+                sent.offered_at.unwrap_or_else(Instant::now) + self.0.settings.send_window();
             let shared = self.0.clone();
+            shared.direct_waiting.fetch_add(1, Ordering::AcqRel);
             self.0.tasks.spawn(async move {
-                // The offer saw a free worker; if others took it meanwhile, wait for one
-                // (the lease is far longer than any wait this can cause).
-                let Ok(permit) = shared.permits.clone().acquire_owned().await else {
-                    return;
-                };
-                shared.spawn_delivery(row, permit);
+                // The offer saw a free worker; if others took it meanwhile, wait for one,
+                // but never past the time the send could still end within the lease.
+                let permit = shared.permit_until(start_by).await;
+                shared.direct_waiting.fetch_sub(1, Ordering::AcqRel);
+                match permit {
+                    Some(permit) => shared.spawn_delivery(held, permit),
+                    None => shared.give_back(vec![held]).await,
+                }
             });
         }
     }
@@ -274,6 +306,8 @@ async fn dispatch(
             continue;
         }
         let limit = free.min(MAX_BATCH);
+        // The claimed rows' leases begin no earlier than this.
+        let start_by = Instant::now() + shared.settings.send_window();
         if cursor.is_none() {
             lap_from_start = true;
         }
@@ -309,13 +343,23 @@ async fn dispatch(
                     // start before the dispatcher may rest.
                     lap_from_start = false;
                 }
-                for row in rows {
+                let mut held: Vec<Held> = rows
+                    .into_iter()
+                    .map(|row| Held::take(&shared, row))
+                    .collect::<Vec<_>>();
+                held.reverse();
+                while let Some(next) = held.pop() {
                     // Direct dispatch may have taken permits since `free` was read; then
-                    // this waits for one (the semaphore is never closed).
-                    let Ok(permit) = permits.clone().acquire_owned().await else {
-                        break;
-                    };
-                    shared.spawn_delivery(row, permit);
+                    // this waits for one, but never past the time the sends could still
+                    // end within their leases: what is left goes back to the queue.
+                    match shared.permit_until(start_by).await {
+                        Some(permit) => shared.spawn_delivery(next, permit),
+                        None => {
+                            held.push(next);
+                            shared.give_back(held).await;
+                            break;
+                        }
+                    }
                 }
                 // Rest only once the walks since the start have reached the end: every
                 // endpoint with due rows has been looked at since the last full batch.
@@ -377,6 +421,31 @@ fn next_token(rows: &[Claimed], poll: Duration) -> Option<Instant> {
     )
 }
 
+/// A delivery this process holds under a lease, from its claim (or direct insert) until
+/// its completion is queued: counted among the endpoint's requests in flight the whole
+/// time, waiting for a worker included.
+struct Held {
+    row: Claimed,
+    shared: Arc<Shared>,
+}
+
+impl Held {
+    fn take(shared: &Arc<Shared>, row: Claimed) -> Self {
+        shared.count_in_flight(row.endpoint_id, row.max_in_flight, 1);
+        Self {
+            row,
+            shared: shared.clone(),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.shared
+            .count_in_flight(self.row.endpoint_id, self.row.max_in_flight, -1);
+    }
+}
+
 impl Shared {
     fn note_capped(&self, rows: &[Claimed]) {
         let mut taken: HashMap<EndpointId, (i64, i64)> = HashMap::new();
@@ -416,15 +485,48 @@ impl Shared {
         capped.len() < before
     }
 
-    fn spawn_delivery(self: &Arc<Self>, row: Claimed, permit: OwnedSemaphorePermit) {
+    /// A worker for a held delivery, if one frees up by `start_by` and the pool is not
+    /// stopping.
+    async fn permit_until(&self, start_by: Instant) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            // The semaphore is never closed.
+            p = tokio::time::timeout_at(start_by.into(), self.permits.clone().acquire_owned()) => {
+                p.ok().and_then(Result::ok)
+            }
+            _ = self.cancel.cancelled() => None,
+        }
+    }
+
+    /// Returns held deliveries that were never sent to the queue at once, rather than let
+    /// their leases run out.
+    async fn give_back(&self, held: Vec<Held>) {
+        let rows: Vec<(DeliveryId, i32)> = held
+            .iter()
+            .map(|h| (h.row.id, h.row.attempt_count))
+            .collect();
+        drop(held);
+        match deliveries::release(&self.pool, self.worker_id, &rows).await {
+            Ok(n) => debug!(
+                count = n,
+                "gave back deliveries no worker was free for in time"
+            ),
+            Err(e) => {
+                warn!(error = %e, count = rows.len(), "giving back deliveries failed; their leases will expire")
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    fn spawn_delivery(self: &Arc<Self>, held: Held, permit: OwnedSemaphorePermit) {
+        let row = &held.row;
         let span = info_span!("deliver", message_id = %row.message_id,
             endpoint_id = %row.endpoint_id, attempt = row.attempt_count);
         self.tasks
-            .spawn(self.clone().deliver(row, permit).instrument(span));
+            .spawn(self.clone().deliver(held, permit).instrument(span));
     }
 
-    async fn deliver(self: Arc<Self>, row: Claimed, _permit: OwnedSemaphorePermit) {
-        self.count_in_flight(row.endpoint_id, row.max_in_flight, 1);
+    async fn deliver(self: Arc<Self>, held: Held, _permit: OwnedSemaphorePermit) {
+        let row = &held.row;
         let completion = if row.disabled {
             let reason = row.disabled_reason.as_deref().unwrap_or("disabled");
             Completion {
@@ -433,12 +535,12 @@ impl Shared {
                 last_error: Some(format!("endpoint disabled: {reason}")),
                 attempt: None,
                 endpoint_effect: EndpointEffect::None,
-                ..completion_base(&row)
+                ..completion_base(row)
             }
         } else {
-            self.attempt(&row).await
+            self.attempt(row).await
         };
-        self.count_in_flight(row.endpoint_id, row.max_in_flight, -1);
+        drop(held);
         if self.done.send(completion).await.is_err() {
             warn!("completer gone; the lease will expire and the delivery will be retried");
         }

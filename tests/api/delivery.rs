@@ -187,3 +187,46 @@ async fn an_endpoint_at_its_cap_drains_while_messages_keep_arriving() {
     futures_util::future::join_all(senders).await;
     receiver.wait_for(60, Duration::from_secs(20)).await;
 }
+
+/// Direct dispatch hands deliveries to this process's workers at insert time, under a
+/// lease. When more arrive than there are workers, those that wait for one must neither
+/// outwait their lease (the sweep would hand them to another claim, and the receiver would
+/// get a copy that no attempt records) nor be offered more work as if the workers were
+/// free. Here one worker, receivers that outlast the 250 ms timeout (so each attempt holds
+/// the worker for it), and 40 sends at once: 10 s of work for leases of 5.5 s.
+#[tokio::test]
+async fn direct_sends_that_wait_for_a_worker_never_outlive_their_lease() {
+    const SENDS: usize = 40;
+    let app = spawn_app_with(&[
+        ("HERALD_WORKER_CONCURRENCY", "1"),
+        ("HERALD_REQUEST_TIMEOUT", "250ms"),
+        // One attempt per message within the test.
+        ("HERALD_RETRY_SCHEDULE", "1h"),
+    ])
+    .await;
+    let receiver = Receiver::slow(Duration::from_secs(1)).await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
+    futures_util::future::join_all((0..SENDS).map(|i| app.send(&app_id, "crowd", json!({"i": i}))))
+        .await;
+
+    let got = receiver.wait_for(SENDS, Duration::from_secs(40)).await;
+    // Whatever was in flight has timed out and been recorded by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = receiver.received().len().max(got.len());
+    let recorded: i64 = sqlx::query_scalar("select count(*) from attempt")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let ids: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.header("webhook-id").to_owned())
+        .collect();
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(
+        got as i64, recorded,
+        "{got} requests arrived but {recorded} attempts were recorded"
+    );
+    assert_eq!(distinct.len(), SENDS, "every message arrived once");
+    assert_eq!(ids.len(), SENDS, "a message arrived twice");
+}
