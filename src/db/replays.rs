@@ -6,7 +6,7 @@
 //! A delivery in flight is left alone: it is being attempted at this very moment.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{Connection, PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::domain::{AppId, DeliveryId, EndpointId, MessageId};
@@ -176,8 +176,10 @@ pub struct Recovery {
     pub total: i32,
 }
 
-/// Records a recover of `endpoint`'s dead deliveries created in `[since, until)`, leased
-/// to `worker`, which runs it with [`recover_batch`].
+/// Records a recover of `endpoint` over `[since, until)`, leased to `worker`, which runs
+/// it with [`recover_batch`]: the endpoint's dead deliveries created in the window, and the
+/// window's messages it has no delivery for (sent while it was disabled, or before it
+/// subscribed to their type), created since the endpoint was. `total` counts both.
 pub async fn create_recovery(
     db: &mut PgConnection,
     app: AppId,
@@ -192,10 +194,20 @@ pub async fn create_recovery(
     let recovery: Recovery = sqlx::query_as(
         "insert into recovery (app_id, endpoint_id, since, until, total, locked_by,
                                lease_expires_at)
-         select $1, $2, $3, $4, count(*), $5, now() + interval '30 seconds'
-           from delivery d
-          where d.endpoint_id = $2 and d.state = 'dead'
-            and d.id >= uuid_v7_floor($3) and d.id < uuid_v7_floor($4)
+         select $1, $2, $3, $4,
+                (select count(*) from delivery d
+                  where d.endpoint_id = $2 and d.state = 'dead'
+                    and d.id >= uuid_v7_floor($3) and d.id < uuid_v7_floor($4))
+                + (select count(*)
+                     from endpoint e
+                     join message m on m.app_id = e.app_id
+                    where e.id = $2
+                      and m.id >= uuid_v7_floor(greatest($3, e.created_at))
+                      and m.id < uuid_v7_floor($4)
+                      and (cardinality(e.event_types) = 0 or m.event_type = any (e.event_types))
+                      and not exists (select 1 from delivery d
+                                       where d.message_id = m.id and d.endpoint_id = e.id)),
+                $5, now() + interval '30 seconds'
          returning id, total",
     )
     .bind(app)
@@ -219,17 +231,20 @@ pub struct RecoveryProgress {
     pub batch: Vec<DeliveryId>,
 }
 
-/// Queues the next `limit` dead deliveries of a recover and moves its cursor past them,
-/// in one statement (so one transaction): a restart between batches resumes after the
-/// last one that committed. Rows another recover holds are skipped, not waited for: that
-/// one queues them. `None` when `worker` no longer holds the recover.
+/// Queues the next `limit` deliveries of a recover and moves its cursor past them, in one
+/// transaction: a restart between batches resumes after the last one that committed.
+/// First the endpoint's dead deliveries (rows another recover holds are skipped, not
+/// waited for: that one queues them), then new deliveries for the messages it never got
+/// (`limit` messages looked at per batch; one another recover created meanwhile is left
+/// alone). `None` when `worker` no longer holds the recover.
 pub async fn recover_batch(
     db: &mut PgConnection,
     recovery: Uuid,
     worker: Uuid,
     limit: i64,
 ) -> sqlx::Result<Option<RecoveryProgress>> {
-    let row: Option<(i32, i32, bool, Vec<Uuid>)> = sqlx::query_as(
+    let mut tx = db.begin().await?;
+    let dead: Option<(i32, i32, bool, i64, Vec<Uuid>)> = sqlx::query_as(
         "with r as (
              select * from recovery
               where id = $1 and locked_by = $2 and finished_at is null
@@ -238,7 +253,8 @@ pub async fn recover_batch(
              select d.id
                from r
                join delivery d on d.endpoint_id = r.endpoint_id
-              where d.state = 'dead'
+              where not r.dead_done
+                and d.state = 'dead'
                 and d.id > coalesce(r.cursor, uuid_v7_floor(r.since))
                 and d.id < uuid_v7_floor(r.until)
               order by d.id
@@ -254,23 +270,66 @@ pub async fn recover_batch(
          update recovery
             set cursor = coalesce((select id from batch order by id desc limit 1), cursor),
                 queued = queued + (select count(*) from requeued),
-                finished_at = case when (select count(*) from batch) < $3 then now() end,
+                dead_done = dead_done or (select count(*) from batch) < $3,
                 lease_expires_at = now() + interval '30 seconds'
           where id = (select id from r)
-         returning queued, total, finished_at is not null,
+         returning queued, total, dead_done, (select count(*) from batch),
                    array(select id from requeued)",
     )
     .bind(recovery)
     .bind(worker)
     .bind(limit)
-    .fetch_optional(&mut *db)
+    .fetch_optional(&mut *tx)
     .await?;
-    let Some((queued, total, finished, batch)) = row else {
+    let Some((mut queued, total, dead_done, looked_at, mut batch)) = dead else {
         return Ok(None);
     };
-    if !batch.is_empty() {
-        notify_workers(db).await?;
+    let mut finished = false;
+    if dead_done && looked_at < limit {
+        let missing: (i32, bool, Vec<Uuid>) = sqlx::query_as(
+            "with r as (
+                 select r.id, r.app_id, r.endpoint_id, r.until,
+                        coalesce(r.missing_cursor,
+                                 uuid_v7_floor(greatest(r.since, e.created_at))) as after,
+                        e.event_types
+                   from recovery r
+                   join endpoint e on e.id = r.endpoint_id
+                  where r.id = $1
+             ), scanned as (
+                 select m.id, m.event_type
+                   from r
+                   join message m on m.app_id = r.app_id
+                  where m.id > r.after and m.id < uuid_v7_floor(r.until)
+                  order by m.id
+                  limit $2
+             ), created as (
+                 insert into delivery (message_id, endpoint_id, state, trigger, next_attempt_at)
+                 select s.id, r.endpoint_id, 'pending', 'replay', now()
+                   from scanned s, r
+                  where cardinality(r.event_types) = 0 or s.event_type = any (r.event_types)
+                 on conflict (message_id, endpoint_id) do nothing
+                 returning id
+             )
+             update recovery
+                set missing_cursor = coalesce((select id from scanned order by id desc limit 1),
+                                              missing_cursor),
+                    queued = queued + (select count(*) from created),
+                    finished_at = case when (select count(*) from scanned) < $2 then now() end
+              where id = $1
+             returning queued, finished_at is not null, array(select id from created)",
+        )
+        .bind(recovery)
+        .bind(limit - looked_at)
+        .fetch_one(&mut *tx)
+        .await?;
+        queued = missing.0;
+        finished = missing.1;
+        batch.extend(missing.2);
     }
+    if !batch.is_empty() {
+        notify_workers(&mut tx).await?;
+    }
+    tx.commit().await?;
     Ok(Some(RecoveryProgress {
         queued,
         total,

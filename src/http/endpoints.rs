@@ -268,7 +268,9 @@ async fn show(
     Ok(Json(find(&state, &app, &ep).await?))
 }
 
-/// Changes an endpoint; enabling a disabled one resumes its deliveries.
+/// Changes an endpoint. Enabling a disabled one sends it new messages again; messages
+/// accepted while it was disabled were not queued for it, and a recover of their time
+/// window sends them.
 #[utoipa::path(
     patch,
     path = "/apps/{app}/endpoints/{ep}",

@@ -666,7 +666,7 @@ async fn set_state(
     let flash = if form.disabled {
         "Endpoint disabled."
     } else {
-        "Endpoint enabled: deliveries resume."
+        "Endpoint enabled: new messages are sent to it again. Messages sent while it was disabled were not queued for it; recover a time window to send them."
     };
     endpoint_page(&state, &session, &app, &ep, None, Some(flash.into())).await
 }

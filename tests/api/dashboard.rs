@@ -247,12 +247,20 @@ async fn forms_need_the_csrf_token_and_our_origin() {
     let event = stream.next(WAIT).await.unwrap();
     assert_eq!(event.event, "endpoint.disabled");
 
-    // While disabled it gets nothing; once enabled again, deliveries resume.
+    // While disabled it gets nothing; once enabled again, new messages go out, and the
+    // page says how to send what it missed.
     let meanwhile = app.send(&app_id, "a.b", json!({})).await;
     let enable = browser
         .post_form(&toggle, &[("disabled", "false"), ("csrf", &csrf)])
         .await;
     assert_eq!(enable.status(), 200);
+    assert!(
+        enable
+            .text()
+            .await
+            .unwrap()
+            .contains("were not queued for it; recover a time window to send them")
+    );
     let later = app.send(&app_id, "a.b", json!({})).await;
     app.wait_for_message(&app_id, &later, WAIT, all_delivered)
         .await;
