@@ -136,6 +136,21 @@ pub async fn prune(
     Ok(done.rows_affected())
 }
 
+/// Each message's payload length in bytes, measured by the database without sending the
+/// payloads: a catching-up reader sizes its reads with it.
+pub async fn payload_sizes(
+    db: impl PgExecutor<'_>,
+    messages: &[Uuid],
+) -> sqlx::Result<HashMap<Uuid, i64>> {
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+        "select id, octet_length(payload::text)::bigint from message where id = any($1)",
+    )
+    .bind(messages)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// `message.created` data: the message as the API shows it, with its application.
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct CreatedMessage {
