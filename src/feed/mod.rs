@@ -389,9 +389,16 @@ impl Feed {
         *self.0.head.borrow()
     }
 
-    /// The oldest event still kept; a resume from before it would have a gap.
-    pub async fn oldest(&self) -> sqlx::Result<Option<Position>> {
-        events::oldest(&self.0.pool).await
+    /// Whether a client that has seen everything up to `from` can be given all that
+    /// followed: not if it is older than the oldest event kept (what lay between may have
+    /// been pruned), nor older than the newest event pruned (which it missed, even when the
+    /// log after it is empty now).
+    pub async fn can_resume_from(&self, from: Position) -> sqlx::Result<bool> {
+        let pool = &self.0.pool;
+        let before_oldest = events::oldest(pool)
+            .await?
+            .is_some_and(|oldest| from < oldest);
+        Ok(!before_oldest && from >= events::pruned_up_to(pool).await?)
     }
 
     /// Events matching `filter`: those after `from` (taken from the log), then live ones,

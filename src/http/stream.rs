@@ -87,8 +87,7 @@ async fn stream(
         })
         .transpose()?;
     if let Some(from) = from
-        && let Some(oldest) = state.feed.oldest().await?
-        && from < oldest
+        && !state.feed.can_resume_from(from).await?
     {
         return Err(AppError::UnknownEventId(format!(
             "events after {from} are no longer kept (the feed keeps {}); \

@@ -676,3 +676,42 @@ async fn a_client_that_stops_reading_is_held_to_its_byte_budget() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Pruning can leave nothing in the log after a client's position: the events it missed
+/// are gone without a trace there. The mark pruning leaves behind still refuses the resume.
+#[tokio::test]
+async fn a_resume_past_which_everything_was_pruned_is_refused() {
+    let app = spawn_app().await;
+    app_with_uid(&app, "gone").await;
+    let mut stream = SseClient::connect(&app, "app=gone", None).await;
+    let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+    send_sql(&mut conn, "gone", json!({"n": 1})).await;
+    send_sql(&mut conn, "gone", json!({"n": 2})).await;
+    let events = stream.collect_until(WAIT, |g| g.len() == 2).await;
+    drop(stream);
+
+    sqlx::query("update herald.event set created_at = now() - interval '2 days'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let pruned = herald::db::events::prune(&app.pool, Duration::from_secs(86400), 1000)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 2, "the log is empty now");
+
+    let resume = |last: String| {
+        app.http
+            .get(app.url("/stream?app=gone"))
+            .bearer_auth(TOKEN)
+            .header("last-event-id", last)
+            .send()
+    };
+    // The client saw the first event only: the second was pruned before it came back.
+    let r = resume(events[0].id.clone().unwrap()).await.unwrap();
+    assert_eq!(r.status().as_u16(), 410);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "unknown_last_event_id");
+    // A client that saw both missed nothing.
+    let r = resume(events[1].id.clone().unwrap()).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
