@@ -197,6 +197,7 @@ pub struct DeadDelivery {
 pub struct DisabledEndpoint {
     pub id: EndpointId,
     pub app_id: AppId,
+    #[serde(serialize_with = "crate::db::endpoints::shown_url")]
     pub url: String,
     pub disabled: bool,
     pub disabled_reason: Option<String>,
