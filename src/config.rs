@@ -44,6 +44,9 @@ pub struct Config {
     /// events keep coming: what arrives meanwhile goes out to subscribers as one batch, one
     /// write per client, instead of a write per commit.
     pub feed_interval: Duration,
+    /// Bytes of events that may wait for one feed subscriber (SSE stream, admin WebSocket)
+    /// before it is told it lagged and reads on from the database at its own pace.
+    pub feed_client_buffer: usize,
     /// Longest silence on an SSE stream before a keep-alive comment.
     pub sse_keep_alive: Duration,
     /// Dead deliveries a recover queues per transaction.
@@ -138,6 +141,10 @@ impl Config {
         if !(1..=1000).contains(&endpoint_concurrency) {
             bail!("HERALD_ENDPOINT_CONCURRENCY must be between 1 and 1000");
         }
+        let feed_client_buffer = number("HERALD_FEED_CLIENT_BUFFER_BYTES", "4194304")?;
+        if feed_client_buffer < 65536 {
+            bail!("HERALD_FEED_CLIENT_BUFFER_BYTES must be at least 65536");
+        }
         let log_format = match parsed("HERALD_LOG_FORMAT", "pretty").as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
@@ -164,6 +171,7 @@ impl Config {
             recover_batch: number("HERALD_RECOVER_BATCH", "500")?.clamp(1, 10_000) as usize,
             feed_buffer: number("HERALD_FEED_BUFFER", "64")?.clamp(1, 1 << 16) as usize,
             feed_interval: duration("HERALD_FEED_INTERVAL", "0ms")?.min(Duration::from_secs(1)),
+            feed_client_buffer: usize::try_from(feed_client_buffer).unwrap_or(usize::MAX),
             sse_keep_alive: duration("HERALD_SSE_KEEP_ALIVE", "15s")?
                 .max(Duration::from_millis(100)),
             log_format,
@@ -268,6 +276,7 @@ mod tests {
         assert!(with("HERALD_ALLOW_PRIVATE_TARGETS", "maybe").is_err());
         assert!(with("HERALD_WORKER_CONCURRENCY", "0").is_err());
         assert!(with("HERALD_ADMIN_TOKEN", "short").is_err());
+        assert!(with("HERALD_FEED_CLIENT_BUFFER_BYTES", "1024").is_err());
         assert!(config(&BASE[1..]).is_err());
     }
 

@@ -2,16 +2,17 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 
-use crate::domain::{AppId, EndpointId, SigningSecret};
+use crate::domain::{AppId, EndpointId, SigningSecret, redact_userinfo};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Endpoint {
     pub id: EndpointId,
     pub app_id: AppId,
+    #[serde(serialize_with = "shown_url")]
     pub url: String,
     pub description: String,
     pub event_types: Vec<String>,
@@ -20,10 +21,28 @@ pub struct Endpoint {
     pub max_in_flight: Option<i32>,
     /// Requests per second at most; `null`: unlimited.
     pub rate_limit: Option<i32>,
+    /// Custom headers, each value shown as `••••` (they are the receiver's credentials):
+    /// `GET .../endpoints/{ep}/headers` shows them.
     #[schema(value_type = BTreeMap<String, String>)]
+    #[serde(serialize_with = "redacted_headers")]
     pub headers: Json<BTreeMap<String, String>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// What a read shows of a custom header's value.
+pub const REDACTED: &str = "••••";
+
+fn redacted_headers<S: Serializer>(
+    headers: &Json<BTreeMap<String, String>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(headers.0.keys().map(|name| (name, REDACTED)))
+}
+
+/// A URL as reads show it: never with a user name or password.
+pub fn shown_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_userinfo(url))
 }
 
 /// Everything an endpoint has that a caller may set; `None` on update means "unchanged".
@@ -169,6 +188,19 @@ pub async fn delete(db: impl PgExecutor<'_>, app_id: AppId, id: EndpointId) -> s
         .execute(db)
         .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// The endpoint's custom headers, values and all.
+pub async fn headers(
+    db: impl PgExecutor<'_>,
+    id: EndpointId,
+) -> sqlx::Result<Option<BTreeMap<String, String>>> {
+    let headers: Option<Json<BTreeMap<String, String>>> =
+        sqlx::query_scalar("select headers from endpoint where id = $1")
+            .bind(id)
+            .fetch_optional(db)
+            .await?;
+    Ok(headers.map(|h| h.0))
 }
 
 /// The secret new signatures are made with.

@@ -117,23 +117,55 @@ pub async fn oldest(db: impl PgExecutor<'_>) -> sqlx::Result<Option<Position>> {
     Ok(row.map(|(xid, seq)| Position { xid, seq }))
 }
 
-/// Deletes up to `batch` events older than `keep`; returns how many went.
+/// Deletes up to `batch` events older than `keep`, and moves the pruned-up-to mark past
+/// the newest of them in the same statement; returns how many went.
 pub async fn prune(
     db: impl PgExecutor<'_>,
     keep: std::time::Duration,
     batch: i64,
 ) -> sqlx::Result<u64> {
-    let done = sqlx::query(
-        "delete from event
-          where ctid = any(array(select ctid from event
-                                  where created_at < now() - make_interval(secs => $1)
-                                  limit $2))",
+    let gone: i64 = sqlx::query_scalar(
+        "with gone as (
+              delete from event
+               where ctid = any(array(select ctid from event
+                                       where created_at < now() - make_interval(secs => $1)
+                                       limit $2))
+              returning xid, seq),
+              newest as (select xid, seq from gone order by xid desc, seq desc limit 1),
+              marked as (
+              update event_pruned p set xid = n.xid, seq = n.seq
+                from newest n
+               where (n.xid, n.seq) > (p.xid, p.seq))
+         select count(*) from gone",
     )
     .bind(keep.as_secs_f64())
     .bind(batch)
-    .execute(db)
+    .fetch_one(db)
     .await?;
-    Ok(done.rows_affected())
+    Ok(gone as u64)
+}
+
+/// The newest event ever pruned: a resume from before it may have missed it.
+pub async fn pruned_up_to(db: impl PgExecutor<'_>) -> sqlx::Result<Position> {
+    let (xid, seq): (i64, i64) = sqlx::query_as("select xid::text::bigint, seq from event_pruned")
+        .fetch_one(db)
+        .await?;
+    Ok(Position { xid, seq })
+}
+
+/// Each message's payload length in bytes, measured by the database without sending the
+/// payloads: a catching-up reader sizes its reads with it.
+pub async fn payload_sizes(
+    db: impl PgExecutor<'_>,
+    messages: &[Uuid],
+) -> sqlx::Result<HashMap<Uuid, i64>> {
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+        "select id, octet_length(payload::text)::bigint from message where id = any($1)",
+    )
+    .bind(messages)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// `message.created` data: the message as the API shows it, with its application.
@@ -165,6 +197,7 @@ pub struct DeadDelivery {
 pub struct DisabledEndpoint {
     pub id: EndpointId,
     pub app_id: AppId,
+    #[serde(serialize_with = "crate::db::endpoints::shown_url")]
     pub url: String,
     pub disabled: bool,
     pub disabled_reason: Option<String>,

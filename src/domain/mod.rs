@@ -10,4 +10,4 @@ pub use event_type::EventType;
 pub use id::{AppId, AttemptId, DeliveryId, EndpointId, InvalidId, MessageId};
 pub use position::{InvalidPosition, Position};
 pub use secret::SigningSecret;
-pub use url::{EndpointUrl, is_public_ip};
+pub use url::{EndpointUrl, is_public_ip, redact_userinfo, short_url};

@@ -22,6 +22,15 @@ impl EndpointUrl {
         let Some(host) = url.host() else {
             return Err("url must have a host".to_owned());
         };
+        // Credentials in the URL would be shown wherever the URL is (pages, lists, logs of
+        // proxies): they belong in a custom header, which reads never show.
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(
+                "url must not carry a user name or password (user:pass@); send credentials \
+                 in a custom header instead, e.g. \"headers\": {\"Authorization\": \"Basic …\"}"
+                    .to_owned(),
+            );
+        }
         if !allow_private {
             let ip = match host {
                 url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
@@ -47,6 +56,37 @@ impl EndpointUrl {
 impl fmt::Display for EndpointUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.0.as_str())
+    }
+}
+
+/// A stored URL as it may be shown: user name and password (only in rows older than the
+/// rule that refuses them) replaced by `***`.
+pub fn redact_userinfo(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_password(None);
+            let _ = u.set_username("***");
+            u.into()
+        }
+        Ok(u) => u.into(),
+        // Every stored URL was parsed once; should one not be, show nothing of it.
+        Err(_) => "(invalid URL)".to_owned(),
+    }
+}
+
+/// A stored URL as titles and lists show it: without credentials, and without its query
+/// and fragment (Slack- and Discord-style URLs carry a key there), marked `?…` if it had one.
+pub fn short_url(url: &str) -> String {
+    let Ok(mut u) = url::Url::parse(&redact_userinfo(url)) else {
+        return "(invalid URL)".to_owned();
+    };
+    let had_query = u.query().is_some() || u.fragment().is_some();
+    u.set_query(None);
+    u.set_fragment(None);
+    if had_query {
+        format!("{u}?…")
+    } else {
+        u.into()
     }
 }
 
@@ -146,5 +186,26 @@ mod tests {
         assert!(EndpointUrl::parse("http://127.0.0.1:9/x", false).is_err());
         assert!(EndpointUrl::parse("http://[::ffff:10.0.0.1]/x", false).is_err());
         assert!(EndpointUrl::parse("http://127.0.0.1:9/x", true).is_ok());
+        for with_credentials in [
+            "https://user:pass@example.com/hook",
+            "https://user@example.com/hook",
+            "https://:pass@example.com/hook",
+        ] {
+            let e = EndpointUrl::parse(with_credentials, false).unwrap_err();
+            assert!(e.contains("user name or password"), "{e}");
+        }
+    }
+
+    #[test]
+    fn shows_urls_without_credentials_and_lists_them_without_query() {
+        let old = "https://user:hunter2@example.com/hook?token=k3y#frag";
+        let shown = redact_userinfo(old);
+        assert_eq!(shown, "https://***@example.com/hook?token=k3y#frag");
+        assert_eq!(short_url(old), "https://***@example.com/hook?…");
+        assert_eq!(
+            short_url("https://hooks.example.com/services/T0/B0"),
+            "https://hooks.example.com/services/T0/B0"
+        );
+        assert_eq!(redact_userinfo("not a url"), "(invalid URL)");
     }
 }

@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 use super::openapi::{AppParam, AttemptsPage, EndpointParams, EndpointsPage, ErrorBody};
 use super::{AppState, optional_body, path_id};
 use crate::db::attempts::{Attempt, Of};
-use crate::db::endpoints::{Endpoint, EndpointFields};
+use crate::db::endpoints::{Endpoint, EndpointFields, REDACTED};
 use crate::db::{self, Page, PageParams};
 use crate::domain::{AttemptId, EndpointId, EndpointUrl, EventType, SigningSecret};
 use crate::error::{AppError, AppResult, Json, Query};
@@ -19,6 +19,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(create, list))
         .routes(routes!(show, update, remove))
         .routes(routes!(secret))
+        .routes(routes!(headers))
         .routes(routes!(rotate))
         .routes(routes!(attempts))
         .routes(routes!(recover))
@@ -47,19 +48,24 @@ struct EndpointSettings {
     headers: Option<BTreeMap<String, String>>,
 }
 
-/// Up to 20 headers; names are HTTP tokens, values visible ASCII. `null`: unchanged.
+/// Up to 20 headers; names are HTTP tokens of at most 256 bytes, values visible ASCII of
+/// at most 4096 bytes, 6144 bytes in all. Hop-by-hop headers and Herald's own are refused.
+/// `null`: unchanged.
 fn headers_schema() -> utoipa::openapi::schema::Object {
     use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
-    let string = |pattern: &str| {
+    let string = |pattern: &str, max: usize| {
         ObjectBuilder::new()
             .schema_type(Type::String)
             .pattern(Some(pattern))
+            .max_length(Some(max))
     };
     ObjectBuilder::new()
         .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
-        .max_properties(Some(20))
-        .property_names(Some(string("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$").build()))
-        .additional_properties(Some(string("^[\\t\\x20-\\x7e]*$")))
+        .max_properties(Some(MAX_HEADERS))
+        .property_names(Some(
+            string("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", MAX_HEADER_NAME).build(),
+        ))
+        .additional_properties(Some(string("^[\\t\\x20-\\x7e]*$", MAX_HEADER_VALUE)))
         .build()
 }
 
@@ -154,20 +160,66 @@ impl EndpointSettings {
     }
 }
 
+/// Most custom headers an endpoint may have.
+const MAX_HEADERS: usize = 20;
+/// Longest header name, in bytes.
+const MAX_HEADER_NAME: usize = 256;
+/// Longest header value, in bytes: room for any bearer token or JWT, not for a payload.
+const MAX_HEADER_VALUE: usize = 4096;
+/// All names and values together, in bytes: well under what servers accept in a request's
+/// headers (8 KiB and up) once Herald's own are added.
+const MAX_HEADERS_TOTAL: usize = 6144;
+
 fn validate_headers(headers: &BTreeMap<String, String>) -> AppResult<()> {
-    if headers.len() > 20 {
-        return Err(AppError::Invalid("at most 20 custom headers".into()));
+    if headers.len() > MAX_HEADERS {
+        return Err(AppError::Invalid(format!(
+            "at most {MAX_HEADERS} custom headers"
+        )));
     }
     for (name, value) in headers {
         let lower = name.to_ascii_lowercase();
-        let reserved = lower.starts_with("webhook-")
-            || matches!(
-                lower.as_str(),
-                "content-type" | "content-length" | "host" | "transfer-encoding" | "connection"
-            );
-        if reserved {
+        let herald = lower.starts_with("webhook-")
+            || matches!(lower.as_str(), "content-type" | "content-length" | "host");
+        if herald {
             return Err(AppError::Invalid(format!(
                 "header {name:?} is set by Herald"
+            )));
+        }
+        // Hop-by-hop headers govern the connection, not the request (RFC 9110 §7.6.1), and
+        // `expect` changes how the request is sent: none is the receiver's to get from us.
+        let hop_by_hop = lower.starts_with("proxy-")
+            || matches!(
+                lower.as_str(),
+                "connection"
+                    | "keep-alive"
+                    | "te"
+                    | "trailer"
+                    | "transfer-encoding"
+                    | "upgrade"
+                    | "expect"
+                    | "http2-settings"
+            );
+        if hop_by_hop {
+            return Err(AppError::Invalid(format!(
+                "header {name:?} is hop-by-hop or controls the connection; it cannot be set"
+            )));
+        }
+        if value == REDACTED {
+            return Err(AppError::Invalid(format!(
+                "header {name:?} has the value {REDACTED:?} that reads show in place of every \
+                 value: send the real value (GET .../headers shows them), or leave headers out \
+                 to keep them as they are"
+            )));
+        }
+        if name.len() > MAX_HEADER_NAME {
+            return Err(AppError::Invalid(format!(
+                "header names must be at most {MAX_HEADER_NAME} bytes"
+            )));
+        }
+        if value.len() > MAX_HEADER_VALUE {
+            return Err(AppError::Invalid(format!(
+                "header {name:?} is {} bytes long; a value must be at most {MAX_HEADER_VALUE}",
+                value.len()
             )));
         }
         // HeaderValue takes any byte but controls; receivers handle ASCII only reliably.
@@ -179,6 +231,12 @@ fn validate_headers(headers: &BTreeMap<String, String>) -> AppResult<()> {
                 "header {name:?} is not a valid HTTP header"
             )));
         }
+    }
+    let total: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+    if total > MAX_HEADERS_TOTAL {
+        return Err(AppError::Invalid(format!(
+            "custom headers take {total} bytes (names and values); at most {MAX_HEADERS_TOTAL}"
+        )));
     }
     Ok(())
 }
@@ -339,6 +397,32 @@ async fn secret(
         .await?
         .ok_or(AppError::NotFound("secret"))?;
     Ok(Json(SecretAnswer { secret }))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct HeadersAnswer {
+    /// Every custom header with its value.
+    #[schema(value_type = BTreeMap<String, String>)]
+    headers: BTreeMap<String, String>,
+}
+
+/// The endpoint's custom headers with their values, which other reads show as `••••`.
+#[utoipa::path(
+    get,
+    path = "/apps/{app}/endpoints/{ep}/headers",
+    tag = "endpoints",
+    params(EndpointParams),
+    responses((status = 200, body = HeadersAnswer))
+)]
+async fn headers(
+    State(state): State<AppState>,
+    Path((app, ep)): Path<(String, String)>,
+) -> AppResult<Json<HeadersAnswer>> {
+    let endpoint = find(&state, &app, &ep).await?;
+    let headers = db::endpoints::headers(&state.pool, endpoint.id)
+        .await?
+        .ok_or(AppError::NotFound("endpoint"))?;
+    Ok(Json(HeadersAnswer { headers }))
 }
 
 /// Optional: an empty body generates the new secret.

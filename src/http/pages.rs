@@ -21,7 +21,7 @@ use crate::db::events::DeadDelivery;
 use crate::db::messages::{DeliveryStatus, Message};
 use crate::db::replays::{self, Refused};
 use crate::db::{self, PageParams};
-use crate::domain::{DeliveryId, EndpointId, MessageId, SigningSecret};
+use crate::domain::{DeliveryId, EndpointId, MessageId, SigningSecret, redact_userinfo, short_url};
 use crate::error::AppError;
 
 pub fn routes() -> Router<AppState> {
@@ -477,7 +477,10 @@ async fn apps(State(state): State<AppState>, session: Session) -> PageResult {
 
 struct EndpointRow {
     id: String,
+    /// Without credentials or query: titles and lists show this.
     url: String,
+    /// Without credentials: the endpoint's own page shows its query too.
+    full_url: String,
     description: String,
     event_types: String,
     disabled: bool,
@@ -490,7 +493,8 @@ impl From<Endpoint> for EndpointRow {
     fn from(e: Endpoint) -> Self {
         Self {
             id: e.id.to_string(),
-            url: e.url,
+            url: short_url(&e.url),
+            full_url: redact_userinfo(&e.url),
             description: e.description,
             event_types: if e.event_types.is_empty() {
                 "all".into()
@@ -586,7 +590,7 @@ async fn endpoint_page(
     let attempts =
         db::attempts::list(&state.pool, app.id, Of::Endpoint(endpoint.id), None, 50).await?;
     render(EndpointPage {
-        layout: Layout::new(state, session, endpoint.url.clone(), "apps")
+        layout: Layout::new(state, session, short_url(&endpoint.url), "apps")
             .live(format!("endpoint={}", endpoint.id)),
         app_id: app.id.to_string(),
         app_name: app.name,
@@ -837,7 +841,7 @@ async fn dead_page(
             .map(|e| DeadEndpointRow {
                 id: e.id.to_string(),
                 app_id: e.app_id.to_string(),
-                url: e.url,
+                url: short_url(&e.url),
                 dead: e.dead,
             })
             .collect(),

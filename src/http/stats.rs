@@ -19,6 +19,9 @@ struct Stats {
     queue: QueueStats,
     /// Live feed subscribers on the process that answered.
     feed_subscribers: usize,
+    /// Bytes of events waiting to be written to those subscribers (each charged what it
+    /// holds, so a batch shared by several counts once for each).
+    feed_buffered_bytes: usize,
 }
 
 /// Queue depth and the age of the oldest pending delivery.
@@ -27,5 +30,6 @@ async fn stats(State(state): State<AppState>) -> AppResult<Json<Stats>> {
     Ok(Json(Stats {
         queue: dashboard::queue(&state.pool).await?,
         feed_subscribers: state.feed.subscribers(),
+        feed_buffered_bytes: state.feed.buffered_bytes(),
     }))
 }

@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -22,7 +21,7 @@ use super::openapi::ErrorBody;
 use crate::db::events::Filter;
 use crate::domain::{EndpointId, EventType, Position};
 use crate::error::{AppError, AppResult, Query};
-use crate::feed::Item;
+use crate::feed::{Held, Item, Queued, Subscription};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(stream))
@@ -88,8 +87,7 @@ async fn stream(
         })
         .transpose()?;
     if let Some(from) = from
-        && let Some(oldest) = state.feed.oldest().await?
-        && from < oldest
+        && !state.feed.can_resume_from(from).await?
     {
         return Err(AppError::UnknownEventId(format!(
             "events after {from} are no longer kept (the feed keeps {}); \
@@ -116,13 +114,15 @@ const CHUNK: usize = 64 * 1024;
 
 /// The stream's bytes: a whole batch's shared frames as they are, other items' frames
 /// joined into one write while they wait, and a keep-alive comment after `keep_alive` of
-/// silence.
+/// silence. Each write keeps its items charged to the subscriber until the server has
+/// written it out and dropped it, so bytes stuck behind a client that does not read count
+/// against its budget.
 fn frames(
-    items: mpsc::Receiver<Item>,
+    items: Subscription,
     keep_alive: Duration,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
     // An item taken while joining that is better written on its own, next.
-    let held: Option<Item> = None;
+    let held: Option<Queued> = None;
     futures_util::stream::unfold((items, held), move |(mut items, held)| async move {
         let first = match held {
             Some(item) => item,
@@ -132,23 +132,48 @@ fn frames(
                 Err(_) => return Some((Ok(Bytes::from_static(b":\n\n")), (items, None))),
             },
         };
+        let (first, charge) = first.into_parts();
         if let Item::Batch(batch) = first {
-            return Some((Ok(batch.frames), (items, None)));
+            return Some((Ok(written(batch.frames, vec![charge])), (items, None)));
         }
         let mut chunk = Vec::new();
+        let mut charges = vec![charge];
         append(&mut chunk, first);
         let mut held = None;
         while chunk.len() < CHUNK {
             match items.try_recv() {
-                Ok(item @ Item::Batch(_)) => {
+                Some(item) if matches!(*item, Item::Batch(_)) => {
                     held = Some(item);
                     break;
                 }
-                Ok(item) => append(&mut chunk, item),
-                Err(_) => break,
+                Some(item) => {
+                    let (item, charge) = item.into_parts();
+                    append(&mut chunk, item);
+                    charges.push(charge);
+                }
+                None => break,
             }
         }
-        Some((Ok(Bytes::from(chunk)), (items, held)))
+        Some((Ok(written(chunk.into(), charges)), (items, held)))
+    })
+}
+
+/// Bytes handed to the server, with what they are charged to.
+struct Written {
+    bytes: Bytes,
+    _charges: Vec<Held>,
+}
+
+impl AsRef<[u8]> for Written {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+fn written(bytes: Bytes, charges: Vec<Held>) -> Bytes {
+    Bytes::from_owner(Written {
+        bytes,
+        _charges: charges,
     })
 }
 

@@ -317,3 +317,70 @@ async fn what_the_document_calls_valid_is_accepted() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], "method_not_allowed");
 }
+
+/// Custom headers: none that governs the connection (hop-by-hop, `expect`) or that Herald
+/// sets, and bounded in number, length and total, each refusal saying why.
+#[tokio::test]
+async fn custom_headers_refuse_hop_by_hop_and_oversized_ones() {
+    let app = spawn_app().await;
+    let app_id = app.create_app().await;
+    let base = format!("/apps/{app_id}/endpoints");
+    let create = |headers: Value| {
+        let body = json!({"url": "https://example.com/hook", "headers": headers});
+        let base = base.clone();
+        let app = &app;
+        async move { app.post(&base, body).await }
+    };
+    for name in [
+        "te",
+        "Trailer",
+        "upgrade",
+        "keep-alive",
+        "proxy-authorization",
+        "Proxy-Connection",
+        "expect",
+        "connection",
+        "transfer-encoding",
+    ] {
+        let (status, err) = create(json!({name: "x"})).await;
+        assert_eq!(status, 422, "{name}: {err}");
+        assert!(
+            err["message"].as_str().unwrap().contains("hop-by-hop"),
+            "{name}: {err}"
+        );
+    }
+    for name in ["host", "content-length", "Webhook-Signature"] {
+        let (status, err) = create(json!({name: "x"})).await;
+        assert_eq!(status, 422, "{name}: {err}");
+        assert!(err["message"].as_str().unwrap().contains("set by Herald"));
+    }
+
+    let (status, _) = create(json!({"authorization": "a".repeat(4096)})).await;
+    assert_eq!(status, 201, "a 4 KiB value is fine");
+    let (status, err) = create(json!({"authorization": "a".repeat(4097)})).await;
+    assert_eq!(status, 422);
+    assert!(
+        err["message"].as_str().unwrap().contains("at most 4096"),
+        "{err}"
+    );
+    let (status, err) = create(json!({"x-a": "a".repeat(3500), "x-b": "b".repeat(3500)})).await;
+    assert_eq!(status, 422);
+    assert!(
+        err["message"].as_str().unwrap().contains("at most 6144"),
+        "{err}"
+    );
+    let (status, err) = create(json!({"x-".to_owned() + &"n".repeat(300): "v"})).await;
+    assert_eq!(status, 422);
+    assert!(
+        err["message"].as_str().unwrap().contains("at most 256"),
+        "{err}"
+    );
+    let many: serde_json::Map<String, Value> =
+        (0..21).map(|i| (format!("x-h{i}"), json!("v"))).collect();
+    let (status, err) = create(Value::Object(many)).await;
+    assert_eq!(status, 422);
+    assert!(
+        err["message"].as_str().unwrap().contains("at most 20"),
+        "{err}"
+    );
+}

@@ -457,3 +457,56 @@ async fn an_endpoint_failing_too_long_is_disabled_with_its_reason_everywhere_the
     app.wait_for_message(&app_id, &after, WAIT, all_delivered)
         .await;
 }
+
+/// Pages never show a URL's user name or password (rows from before they were refused),
+/// and titles and lists leave out the query, where Slack- and Discord-style URLs carry their
+/// key; the endpoint's own page still shows the query, below its title.
+#[tokio::test]
+async fn pages_show_endpoint_urls_without_credentials_and_list_them_without_query() {
+    let app = spawn_app().await;
+    let app_id = app.create_app().await;
+    let (ep, _) = app
+        .create_endpoint(
+            &app_id,
+            json!({"url": "https://hooks.example.com/services/T0?token=k3y-in-query"}),
+        )
+        .await;
+    let mut browser = Browser::new(&app);
+    browser.login().await;
+    let title = |html: &str| {
+        let start = html.find("<title>").unwrap();
+        html[start..html.find("</title>").unwrap()].to_owned()
+    };
+
+    let page = browser
+        .page(&format!("/apps/{app_id}/endpoints/{ep}"))
+        .await;
+    assert!(!title(&page).contains("k3y"), "{}", title(&page));
+    assert!(title(&page).contains("hooks.example.com/services/T0"));
+    assert!(
+        page.contains("k3y-in-query"),
+        "the endpoint's page shows its whole URL"
+    );
+    let list = browser.page(&format!("/apps/{app_id}")).await;
+    assert!(list.contains("hooks.example.com/services/T0"));
+    assert!(
+        !list.contains("k3y"),
+        "the application's list shows no query"
+    );
+
+    sqlx::query("update herald.endpoint set url = 'https://olduser:hunter2@example.com/h?k=v'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    for path in [
+        format!("/apps/{app_id}/endpoints/{ep}"),
+        format!("/apps/{app_id}"),
+    ] {
+        let html = browser.page(&path).await;
+        assert!(
+            !html.contains("hunter2") && !html.contains("olduser"),
+            "{path}"
+        );
+        assert!(html.contains("***@example.com/h"), "{path}");
+    }
+}

@@ -117,3 +117,103 @@ async fn tenants_cannot_reach_each_others_endpoints() {
     let (status, _) = app.get(&format!("/apps/{a}/endpoints/{ep}")).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// Custom header values are the receiver's credentials: every read shows them as `••••`,
+/// only `GET .../headers` shows them, and a read written back is refused, not stored.
+#[tokio::test]
+async fn custom_header_values_are_shown_only_on_request() {
+    let app = spawn_app().await;
+    let app_id = app.create_app().await;
+    let other = app.create_app().await;
+    let base = format!("/apps/{app_id}/endpoints");
+    const TOKEN_VALUE: &str = "Bearer rcv-s3cr3t-0123456789";
+    let headers = json!({"authorization": TOKEN_VALUE, "x-tenant": "acme"});
+
+    let (status, created) = app
+        .post(
+            &base,
+            json!({"url": "https://example.com/hook", "headers": headers}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let redacted = json!({"authorization": "••••", "x-tenant": "••••"});
+    assert_eq!(created["headers"], redacted);
+    let (_, shown) = app.get(&format!("{base}/{id}")).await;
+    assert_eq!(shown["headers"], redacted);
+    let (_, list) = app.get(&base).await;
+    assert_eq!(list["data"][0]["headers"], redacted);
+    let (status, patched) = app
+        .patch(&format!("{base}/{id}"), json!({"description": "billing"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(patched["headers"], redacted);
+    for read in [&created, &shown, &list, &patched] {
+        assert!(!read.to_string().contains("s3cr3t"), "{read}");
+    }
+
+    let (status, clear) = app.get(&format!("{base}/{id}/headers")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(clear["headers"], headers);
+    let (status, _) = app
+        .get(&format!("/apps/{other}/endpoints/{id}/headers"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // What a read shows, sent back as it is, would replace the credential with the marker.
+    let (status, err) = app
+        .patch(
+            &format!("{base}/{id}"),
+            json!({"headers": shown["headers"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert!(err["message"].as_str().unwrap().contains("GET .../headers"));
+    let (_, clear) = app.get(&format!("{base}/{id}/headers")).await;
+    assert_eq!(clear["headers"], headers);
+}
+
+/// A URL with a user name or password is refused with a reason; one stored before the rule
+/// is shown without them.
+#[tokio::test]
+async fn endpoint_urls_with_credentials_are_refused_and_old_ones_shown_without() {
+    let app = spawn_app().await;
+    let app_id = app.create_app().await;
+    let base = format!("/apps/{app_id}/endpoints");
+    for url in [
+        "https://user:hunter2@example.com/hook",
+        "https://user@example.com/hook",
+    ] {
+        let (status, err) = app.post(&base, json!({"url": url})).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {err}");
+        assert_eq!(err["code"], "invalid");
+        assert!(
+            err["message"]
+                .as_str()
+                .unwrap()
+                .contains("user name or password"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+    let (id, _) = app
+        .create_endpoint(&app_id, json!({"url": "https://example.com/hook"}))
+        .await;
+    let (status, _) = app
+        .patch(
+            &format!("{base}/{id}"),
+            json!({"url": "https://user:hunter2@example.com/hook"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // A row from before the rule.
+    sqlx::query("update herald.endpoint set url = 'https://olduser:hunter2@example.com/hook'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let (_, shown) = app.get(&format!("{base}/{id}")).await;
+    assert_eq!(shown["url"], "https://***@example.com/hook");
+    let (_, list) = app.get(&base).await;
+    assert_eq!(list["data"][0]["url"], "https://***@example.com/hook");
+}

@@ -26,6 +26,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("patch", "/api/v1/apps/{app}/endpoints/{ep}"),
     ("delete", "/api/v1/apps/{app}/endpoints/{ep}"),
     ("get", "/api/v1/apps/{app}/endpoints/{ep}/secret"),
+    ("get", "/api/v1/apps/{app}/endpoints/{ep}/headers"),
     ("post", "/api/v1/apps/{app}/endpoints/{ep}/secret/rotate"),
     ("get", "/api/v1/apps/{app}/endpoints/{ep}/attempts"),
     ("post", "/api/v1/apps/{app}/endpoints/{ep}/recover"),
@@ -175,7 +176,7 @@ async fn every_route_refuses_the_ids_of_another_application() {
         assert_eq!(body["code"], "not_found");
         checked += 1;
     }
-    assert_eq!(checked, 10, "every route with an {{ep}} or {{msg}}");
+    assert_eq!(checked, 11, "every route with an {{ep}} or {{msg}}");
 
     // Nothing of A's changed, and nothing was sent again.
     let (_, endpoint) = app.get(&format!("/apps/{a}/endpoints/{ep}")).await;

@@ -565,3 +565,153 @@ async fn with_a_feed_interval_events_that_commit_close_together_come_in_one_writ
         stream.chunks
     );
 }
+
+/// What waits for one client is bounded in bytes: a client that does not read while big
+/// messages go by (fewer of them than any count of items would catch) is told it lagged
+/// once it reads again, and gets every message from the log; meanwhile the bytes held for
+/// subscribers stay within their budgets. A client that reads gets everything live.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_held_to_its_byte_budget() {
+    const MESSAGES: usize = 40;
+    const BUDGET: u64 = 1 << 20;
+    let app = spawn_app_with(&[("HERALD_FEED_CLIENT_BUFFER_BYTES", &BUDGET.to_string())]).await;
+    app_with_uid(&app, "big").await;
+    let buffered = || async {
+        let (_, stats) = app.get("/stats").await;
+        stats["feed_buffered_bytes"]
+            .as_u64()
+            .expect("/stats reports feed_buffered_bytes")
+    };
+
+    let mut stalled = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stalled
+        .write_all(
+            format!(
+                "GET /api/v1/stream?app=big HTTP/1.0\r\nhost: herald\r\n\
+                 authorization: Bearer {TOKEN}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut healthy = SseClient::connect(&app, "app=big", None).await;
+    let reader = tokio::spawn(async move {
+        healthy
+            .collect_until(Duration::from_secs(60), |got| {
+                got.iter().filter(|e| e.event == "message.created").count() == MESSAGES
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // 40 messages of 256 KiB: 10 MiB for the stalled client, far fewer items than it
+    // could queue before, far more bytes than its budget and its socket's buffers.
+    let filler = "x".repeat(256 * 1024);
+    let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+    let mut sent = Vec::new();
+    let mut most = 0;
+    for i in 0..MESSAGES {
+        sent.push(send_sql(&mut conn, "big", json!({"i": i, "filler": filler})).await);
+        most = most.max(buffered().await);
+    }
+    let live = reader.await.unwrap();
+    let created: Vec<Value> = live
+        .iter()
+        .filter(|e| e.event == "message.created")
+        .map(|e| e.json()["id"].clone())
+        .collect();
+    assert_eq!(
+        created, sent,
+        "the reading client got every message, in order"
+    );
+    for _ in 0..20 {
+        most = most.max(buffered().await);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Two subscribers, each within its budget (or one item over an empty one); and the
+    // gauge does count: the stalled client holds at least a message.
+    assert!(most >= 256 * 1024, "only {most} bytes were ever held");
+    assert!(
+        most <= 2 * BUDGET + 2 * 300 * 1024,
+        "{most} bytes were held for two clients with {BUDGET} bytes each"
+    );
+
+    // The stalled client reads at last: told it lagged, then every message once, in order.
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let count = |raw: &[u8]| {
+        String::from_utf8_lossy(raw)
+            .matches("event: message.created")
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while count(&raw) < MESSAGES || !String::from_utf8_lossy(&raw).ends_with("\n\n") {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let n = tokio::time::timeout(left, stalled.read(&mut buf))
+            .await
+            .expect("the stalled client gets the rest")
+            .unwrap();
+        assert!(n > 0, "stream closed");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.contains("event: lagged"),
+        "the stalled client held {MESSAGES} big messages and was never told it fell behind"
+    );
+    let ids: Vec<&str> = text
+        .split("\n\n")
+        .filter(|frame| frame.contains("event: message.created"))
+        .filter_map(|frame| frame.split("\"id\":\"").nth(1))
+        .map(|rest| &rest[..36])
+        .collect();
+    assert_eq!(ids, sent, "every message, once, in order");
+    drop(stalled);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while buffered().await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bytes still held for clients gone"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Pruning can leave nothing in the log after a client's position: the events it missed
+/// are gone without a trace there. The mark pruning leaves behind still refuses the resume.
+#[tokio::test]
+async fn a_resume_past_which_everything_was_pruned_is_refused() {
+    let app = spawn_app().await;
+    app_with_uid(&app, "gone").await;
+    let mut stream = SseClient::connect(&app, "app=gone", None).await;
+    let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+    send_sql(&mut conn, "gone", json!({"n": 1})).await;
+    send_sql(&mut conn, "gone", json!({"n": 2})).await;
+    let events = stream.collect_until(WAIT, |g| g.len() == 2).await;
+    drop(stream);
+
+    sqlx::query("update herald.event set created_at = now() - interval '2 days'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let pruned = herald::db::events::prune(&app.pool, Duration::from_secs(86400), 1000)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 2, "the log is empty now");
+
+    let resume = |last: String| {
+        app.http
+            .get(app.url("/stream?app=gone"))
+            .bearer_auth(TOKEN)
+            .header("last-event-id", last)
+            .send()
+    };
+    // The client saw the first event only: the second was pruned before it came back.
+    let r = resume(events[0].id.clone().unwrap()).await.unwrap();
+    assert_eq!(r.status().as_u16(), 410);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "unknown_last_event_id");
+    // A client that saw both missed nothing.
+    let r = resume(events[1].id.clone().unwrap()).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
