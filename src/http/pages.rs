@@ -209,10 +209,17 @@ struct NextParam {
     next: Option<String>,
 }
 
-/// Only same-site paths: `next` must not become an open redirect.
+/// Only a path on this site: `next` must not become an open redirect. Browsers drop tabs
+/// and newlines from a `Location` and read `\` as `/`, so `/\t/evil.example` would leave
+/// the site: anything but printable ASCII without spaces or backslashes, after a single
+/// leading `/`, goes to the overview instead. A request's own path and query always pass.
 fn safe_next(next: Option<String>) -> String {
-    next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
-        .unwrap_or_else(|| "/".into())
+    next.filter(|n| {
+        let rest = n.strip_prefix('/');
+        rest.is_some_and(|rest| !rest.starts_with('/'))
+            && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
+    })
+    .unwrap_or_else(|| "/".into())
 }
 
 async fn login_form(

@@ -152,6 +152,49 @@ async fn pages_need_a_login_that_exchanges_the_token_for_a_strict_cookie() {
     );
 }
 
+/// `next` after login stays on this site whatever it holds, and never makes a 500: browsers
+/// drop tabs and newlines from a `Location` and read `\\` as `/`.
+#[tokio::test]
+async fn login_redirects_only_to_a_path_on_this_site() {
+    let app = spawn_app().await;
+    let anonymous = Browser::new(&app);
+    let mut logged_in = Browser::new(&app);
+    logged_in.login().await;
+    let refused = [
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "/\r/evil.example",
+        "/x\r\nSet-Cookie: a=b",
+        "//evil.example",
+        "/\\evil.example",
+        "/ /evil.example",
+        "https://evil.example/",
+        "evil.example",
+        "",
+    ];
+    let valid = "/apps/app_1/messages?cursor=abc%2F1&limit=5";
+    for (next, expected) in refused.iter().map(|n| (*n, "/")).chain([(valid, valid)]) {
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("next", next)
+            .finish();
+        let form = anonymous.get(&format!("/login?{query}")).await;
+        assert_eq!(form.status(), 200, "{next:?}");
+        let html = form.text().await.unwrap();
+        let hidden = format!("name=\"next\" value=\"{}\"", expected.replace('&', "&#38;"));
+        assert!(html.contains(&hidden), "{next:?}: {html}");
+
+        let again = logged_in.get(&format!("/login?{query}")).await;
+        assert_eq!(again.status(), 303, "{next:?}");
+        assert_eq!(again.headers()["location"], expected, "{next:?}");
+
+        let posted = anonymous
+            .post_form("/login", &[("token", TOKEN), ("next", next)])
+            .await;
+        assert_eq!(posted.status(), 303, "{next:?}");
+        assert_eq!(posted.headers()["location"], expected, "{next:?}");
+    }
+}
+
 #[tokio::test]
 async fn every_value_is_escaped() {
     let app = spawn_app().await;
