@@ -126,24 +126,38 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// How `require_admin` let a request in: handlers that treat the two differently (the
+/// admin channel's Origin check) read it from the request's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthBy {
+    /// A bearer token that authenticated.
+    Bearer,
+    /// The dashboard's session cookie.
+    Session,
+}
+
 /// The admin token as a bearer token, or, for reads only, the dashboard's session cookie
 /// (its pages follow the feed with `EventSource`, which cannot set headers). Writes through
 /// the dashboard go through its own CSRF-checked forms instead.
-async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn require_admin(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let bearer = request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let allowed = match bearer {
-        Some(token) => session::is_admin_token(&state.config, token),
-        None => {
-            (request.method() == Method::GET || request.method() == Method::HEAD)
-                && session::session(&state.config, request.headers()).is_some()
-        }
+    let by = match bearer {
+        Some(token) => session::is_admin_token(&state.config, token).then_some(AuthBy::Bearer),
+        None => ((request.method() == Method::GET || request.method() == Method::HEAD)
+            && session::session(&state.config, request.headers()).is_some())
+        .then_some(AuthBy::Session),
     };
-    if allowed {
+    if let Some(by) = by {
+        request.extensions_mut().insert(by);
         next.run(request).await
     } else {
         axum::response::IntoResponse::into_response(AppError::Unauthorized)
