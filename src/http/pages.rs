@@ -5,7 +5,7 @@
 use askama::Template;
 use axum::Router;
 use axum::extract::{Form, FromRequestParts, Path, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER, SET_COOKIE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use super::throttle::ClientAddr;
 use super::{AppState, path_id, session};
 use crate::db::attempts::{Attempt, Of};
 use crate::db::dashboard::{self, Minute, QueueStats, Rate};
@@ -201,7 +202,7 @@ fn render(page: impl Template) -> PageResult {
 #[template(path = "login.html")]
 struct LoginPage {
     next: String,
-    error: Option<&'static str>,
+    error: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -240,12 +241,29 @@ struct LoginForm {
     next: Option<String>,
 }
 
-async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> PageResult {
+async fn login(
+    State(state): State<AppState>,
+    client: ClientAddr,
+    Form(form): Form<LoginForm>,
+) -> PageResult {
     let next = safe_next(form.next);
-    if !session::is_admin_token(&state.config, form.token.trim()) {
+    if let Err(blocked) = state.auth_throttle.check(client) {
+        let secs = blocked.retry_after_secs();
         let mut page = render(LoginPage {
             next,
-            error: Some("That is not this Herald's admin token."),
+            error: Some(format!(
+                "Too many wrong tokens from your address: try again in {secs} s."
+            )),
+        })?;
+        *page.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        page.headers_mut().insert(RETRY_AFTER, secs.into());
+        return Ok(page);
+    }
+    if !session::is_admin_token(&state.config, form.token.trim()) {
+        super::auth_failed(&state, client, "token at login");
+        let mut page = render(LoginPage {
+            next,
+            error: Some("That is not this Herald's admin token.".into()),
         })?;
         *page.status_mut() = StatusCode::UNAUTHORIZED;
         return Ok(page);
