@@ -46,6 +46,8 @@ pub struct Inner {
     pub recoveries: Recoveries,
     /// Failed tokens per client address.
     pub auth_throttle: throttle::AuthThrottle,
+    /// Dashboard sessions logged out here or in another process.
+    pub revoked_sessions: Arc<session::Revoked>,
 }
 
 impl std::ops::Deref for AppState {
@@ -65,10 +67,17 @@ impl AppState {
     ) -> Self {
         let auth_throttle =
             throttle::AuthThrottle::new(config.auth_failure_limit, config.auth_failure_window);
+        let revoked_sessions = Arc::new(session::Revoked::default());
+        tokio::spawn(session::follow_revocations(
+            config.database_url.expose().to_owned(),
+            pool.clone(),
+            revoked_sessions.clone(),
+        ));
         Self(Arc::new(Inner {
             pool,
             config,
             auth_throttle,
+            revoked_sessions,
             direct,
             feed,
             recoveries,
@@ -172,7 +181,8 @@ async fn require_admin(
             }
         }
         None => ((request.method() == Method::GET || request.method() == Method::HEAD)
-            && session::session(&state.config, request.headers()).is_some())
+            && session::session(&state.config, &state.revoked_sessions, request.headers())
+                .is_some())
         .then_some(AuthBy::Session),
     };
     if let Some(by) = by {
