@@ -106,9 +106,15 @@ impl App {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
-        axum::serve(listener, self.router)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await?;
+        // The peer address reaches handlers as `ConnectInfo`: failed tokens are throttled
+        // per client address.
+        axum::serve(
+            listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await?;
         self.workers.join().await;
         self.recoveries.join().await;
         self.pool.close().await;

@@ -52,6 +52,11 @@ pub struct Config {
     /// Dead deliveries a recover queues per transaction.
     pub recover_batch: usize,
     pub log_format: LogFormat,
+
+    // ---- authentication throttling (per client address, per process) ----
+    /// Failed tokens (bearer or login) one address may present per window; 0 = no limit.
+    pub auth_failure_limit: u32,
+    pub auth_failure_window: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,6 +180,12 @@ impl Config {
             sse_keep_alive: duration("HERALD_SSE_KEEP_ALIVE", "15s")?
                 .max(Duration::from_millis(100)),
             log_format,
+
+            // ---- authentication throttling ----
+            auth_failure_limit: u32::try_from(number("HERALD_AUTH_FAILURE_LIMIT", "20")?)
+                .context("HERALD_AUTH_FAILURE_LIMIT is too large")?,
+            auth_failure_window: duration("HERALD_AUTH_FAILURE_WINDOW", "5m")?
+                .max(Duration::from_secs(1)),
         })
     }
 

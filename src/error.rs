@@ -32,6 +32,9 @@ pub enum AppError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// Too many failed tokens from the caller's address; answered with `Retry-After`.
+    #[error("too many failed authentication attempts from this address; retry after {0} s")]
+    TooManyRequests(u64),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -60,6 +63,7 @@ impl AppError {
             Self::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::Database(e) if database_unavailable(e) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
@@ -133,11 +137,17 @@ impl IntoResponse for AppError {
             }
             other => other.to_string(),
         };
-        (
+        let mut response = (
             status,
             axum::Json(json!({ "code": code, "message": message })),
         )
-            .into_response()
+            .into_response();
+        if let Self::TooManyRequests(secs) = self {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

@@ -52,7 +52,8 @@ pub enum VerifyError {
     NoMatch,
 }
 
-/// Check a received request. `now` is the receiver's clock in Unix seconds.
+/// Check a received request. `now` is the receiver's clock in Unix seconds;
+/// `tolerance_secs` of `i64::MAX` accepts any timestamp (`herald verify --ignore-timestamp`).
 pub fn verify(
     secret: &SigningSecret,
     msg_id: &str,
@@ -66,8 +67,13 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| VerifyError::BadTimestamp)?;
-    if (now - ts).abs() > tolerance_secs {
-        return Err(VerifyError::OutsideTolerance(now - ts));
+    // Widened: a timestamp the sender controls can be anywhere in i64, and `now - ts` or
+    // its absolute value must not overflow.
+    let drift = i128::from(now) - i128::from(ts);
+    let unbounded = tolerance_secs == i64::MAX;
+    if !unbounded && drift.unsigned_abs() > u128::try_from(tolerance_secs).unwrap_or(0) {
+        let shown = i64::try_from(drift).unwrap_or(if drift > 0 { i64::MAX } else { i64::MIN });
+        return Err(VerifyError::OutsideTolerance(shown));
     }
     let mut signed = Vec::with_capacity(msg_id.len() + timestamp.len() + body.len() + 2);
     signed.extend_from_slice(msg_id.as_bytes());
@@ -163,6 +169,71 @@ mod tests {
         assert_eq!(
             verify(&s, "msg_1", "soon", &header, b"{}", 1000, 300),
             Err(VerifyError::BadTimestamp)
+        );
+    }
+
+    #[test]
+    fn extreme_timestamps_are_refused_without_overflow() {
+        let s = secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD");
+        let now = 1_700_000_000;
+        for ts in [i64::MIN, i64::MIN + 1, i64::MAX, -1] {
+            let header = sign(&s, "msg_1", ts, b"{}");
+            let got = verify(&s, "msg_1", &ts.to_string(), &header, b"{}", now, 300);
+            assert!(
+                matches!(got, Err(VerifyError::OutsideTolerance(_))),
+                "{ts}: {got:?}"
+            );
+        }
+        let header = sign(&s, "msg_1", i64::MIN, b"{}");
+        assert_eq!(
+            verify(&s, "msg_1", &i64::MIN.to_string(), &header, b"{}", now, 300),
+            Err(VerifyError::OutsideTolerance(i64::MAX))
+        );
+        // Both ends of the clock at once: the drift does not fit in i64 at all.
+        let header = sign(&s, "msg_1", i64::MAX, b"{}");
+        assert_eq!(
+            verify(
+                &s,
+                "msg_1",
+                &i64::MAX.to_string(),
+                &header,
+                b"{}",
+                i64::MIN,
+                300
+            ),
+            Err(VerifyError::OutsideTolerance(i64::MIN))
+        );
+    }
+
+    #[test]
+    fn an_unbounded_tolerance_ignores_any_timestamp() {
+        let s = secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD");
+        for (ts, now) in [
+            (i64::MIN, 1_700_000_000),
+            (i64::MAX, 1_700_000_000),
+            (i64::MAX, i64::MIN),
+            (i64::MIN, i64::MAX),
+        ] {
+            let header = sign(&s, "msg_1", ts, b"{}");
+            assert_eq!(
+                verify(&s, "msg_1", &ts.to_string(), &header, b"{}", now, i64::MAX),
+                Ok(()),
+                "{ts} at {now}"
+            );
+        }
+        // The signature is still checked.
+        let header = sign(&s, "msg_1", i64::MIN, b"{}");
+        assert_eq!(
+            verify(
+                &s,
+                "msg_1",
+                &i64::MIN.to_string(),
+                &header,
+                b"{ }",
+                0,
+                i64::MAX
+            ),
+            Err(VerifyError::NoMatch)
         );
     }
 }

@@ -8,11 +8,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
-use axum::http::header::{AUTHORIZATION, ORIGIN};
+use axum::http::header::ORIGIN;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use futures_util::{SinkExt, StreamExt};
@@ -22,8 +23,8 @@ use tracing::debug;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::AppState;
 use super::openapi::ErrorBody;
+use super::{AppState, AuthBy};
 use crate::db::events::Filter;
 use crate::db::replays::{self, RecoveryProgress, Refused};
 use crate::domain::{AppId, DeliveryId, EndpointId, MessageId};
@@ -57,13 +58,16 @@ const OUTBOX: usize = 256;
 async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,
+    by: Option<Extension<AuthBy>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => return AppError::BadRequest(rejection.body_text()).into_response(),
     };
-    let by_bearer = headers.contains_key(AUTHORIZATION);
+    // Only a token that authenticated may go without an Origin: an `Authorization` header
+    // of any other kind next to a cookie is still a cookie login.
+    let by_bearer = matches!(by, Some(Extension(AuthBy::Bearer)));
     let origin = headers.get(ORIGIN).and_then(|o| o.to_str().ok());
     let allowed = match origin {
         Some(o) => state.config.origin_allowed(o),

@@ -10,6 +10,7 @@ mod pages;
 mod session;
 mod stats;
 mod stream;
+mod throttle;
 
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::Method;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
@@ -43,6 +44,10 @@ pub struct Inner {
     pub feed: Feed,
     /// Runs recovers (bulk replays) in the background.
     pub recoveries: Recoveries,
+    /// Failed tokens per client address.
+    pub auth_throttle: throttle::AuthThrottle,
+    /// Dashboard sessions logged out here or in another process.
+    pub revoked_sessions: Arc<session::Revoked>,
 }
 
 impl std::ops::Deref for AppState {
@@ -60,9 +65,19 @@ impl AppState {
         feed: Feed,
         recoveries: Recoveries,
     ) -> Self {
+        let auth_throttle =
+            throttle::AuthThrottle::new(config.auth_failure_limit, config.auth_failure_window);
+        let revoked_sessions = Arc::new(session::Revoked::default());
+        tokio::spawn(session::follow_revocations(
+            config.database_url.expose().to_owned(),
+            pool.clone(),
+            revoked_sessions.clone(),
+        ));
         Self(Arc::new(Inner {
             pool,
             config,
+            auth_throttle,
+            revoked_sessions,
             direct,
             feed,
             recoveries,
@@ -126,27 +141,67 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// How `require_admin` let a request in: handlers that treat the two differently (the
+/// admin channel's Origin check) read it from the request's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthBy {
+    /// A bearer token that authenticated.
+    Bearer,
+    /// The dashboard's session cookie.
+    Session,
+}
+
 /// The admin token as a bearer token, or, for reads only, the dashboard's session cookie
 /// (its pages follow the feed with `EventSource`, which cannot set headers). Writes through
-/// the dashboard go through its own CSRF-checked forms instead.
-async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// the dashboard go through its own CSRF-checked forms instead. A bearer token is checked
+/// only while its address has failed fewer than `HERALD_AUTH_FAILURE_LIMIT` times.
+async fn require_admin(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let bearer = request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let allowed = match bearer {
-        Some(token) => session::is_admin_token(&state.config, token),
-        None => {
-            (request.method() == Method::GET || request.method() == Method::HEAD)
-                && session::session(&state.config, request.headers()).is_some()
+    let by = match bearer {
+        Some(token) => {
+            let client = throttle::ClientAddr::of(request.extensions());
+            if let Err(blocked) = state.auth_throttle.check(client) {
+                tracing::debug!(%client, "bearer token refused unchecked: too many failures");
+                return AppError::TooManyRequests(blocked.retry_after_secs()).into_response();
+            }
+            if session::is_admin_token(&state.config, token) {
+                Some(AuthBy::Bearer)
+            } else {
+                auth_failed(&state, client, "bearer token");
+                None
+            }
         }
+        None => ((request.method() == Method::GET || request.method() == Method::HEAD)
+            && session::session(&state.config, &state.revoked_sessions, request.headers())
+                .is_some())
+        .then_some(AuthBy::Session),
     };
-    if allowed {
+    if let Some(by) = by {
+        request.extensions_mut().insert(by);
         next.run(request).await
     } else {
-        axum::response::IntoResponse::into_response(AppError::Unauthorized)
+        AppError::Unauthorized.into_response()
+    }
+}
+
+/// Counts and logs a token that did not match; never logs the token itself.
+fn auth_failed(state: &AppState, client: throttle::ClientAddr, what: &'static str) {
+    match state.auth_throttle.failed(client) {
+        Ok(()) => tracing::warn!(%client, "authentication failed: wrong {what}"),
+        Err(blocked) => tracing::warn!(
+            %client,
+            retry_after_secs = blocked.retry_after_secs(),
+            "authentication failed: wrong {what}; this address is refused until the window ends"
+        ),
     }
 }
 

@@ -76,6 +76,11 @@ pub fn finish(mut api: OpenApi) -> OpenApi {
             if authenticated {
                 errors.push((401, "The admin token is missing or wrong."));
                 errors.push((
+                    429,
+                    "Too many wrong tokens from this address: nothing is checked from it \
+                     until `Retry-After` seconds have passed.",
+                ));
+                errors.push((
                     503,
                     "The database is unavailable; nothing was stored. Retry as is.",
                 ));

@@ -3,16 +3,20 @@
 //! embedded in the binary: no CDN, since Herald often runs where there is no internet.
 
 use askama::Template;
-use axum::Router;
 use axum::extract::{Form, FromRequestParts, Path, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY as CONTENT_SECURITY_POLICY_HEADER, CONTENT_TYPE,
+    LOCATION, REFERRER_POLICY, RETRY_AFTER, SET_COOKIE, X_CONTENT_TYPE_OPTIONS,
+};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use axum::{Router, middleware};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use super::throttle::ClientAddr;
 use super::{AppState, path_id, session};
 use crate::db::attempts::{Attempt, Of};
 use crate::db::dashboard::{self, Minute, QueueStats, Rate};
@@ -40,6 +44,29 @@ pub fn routes() -> Router<AppState> {
         .route("/dead", get(dead))
         .route("/assets/herald.css", get(css))
         .route("/assets/live.js", get(js))
+        .layer(middleware::map_response(page_headers))
+}
+
+/// Scripts, styles and everything else from this origin only (the pages have no inline
+/// script or style, and `live.js` talks to this origin's feed and WebSocket); no framing;
+/// no URL (with ids in it) sent to other sites. Pages show secrets, payloads and response
+/// bodies: none is kept in a cache (assets say their own `Cache-Control`).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; \
+    base-uri 'none'; frame-ancestors 'none'";
+
+async fn page_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_SECURITY_POLICY_HEADER,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if !headers.contains_key(CACHE_CONTROL) {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
 }
 
 const CSS: &str = include_str!("../../assets/herald.css");
@@ -72,7 +99,7 @@ impl FromRequestParts<AppState> for Session {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        match session::session(&state.config, &parts.headers) {
+        match session::session(&state.config, &state.revoked_sessions, &parts.headers) {
             Some(cookie) => Ok(Self {
                 csrf: session::csrf_token(&state.config, &cookie),
                 cookie,
@@ -201,7 +228,7 @@ fn render(page: impl Template) -> PageResult {
 #[template(path = "login.html")]
 struct LoginPage {
     next: String,
-    error: Option<&'static str>,
+    error: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -209,10 +236,17 @@ struct NextParam {
     next: Option<String>,
 }
 
-/// Only same-site paths: `next` must not become an open redirect.
+/// Only a path on this site: `next` must not become an open redirect. Browsers drop tabs
+/// and newlines from a `Location` and read `\` as `/`, so `/\t/evil.example` would leave
+/// the site: anything but printable ASCII without spaces or backslashes, after a single
+/// leading `/`, goes to the overview instead. A request's own path and query always pass.
 fn safe_next(next: Option<String>) -> String {
-    next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
-        .unwrap_or_else(|| "/".into())
+    next.filter(|n| {
+        let rest = n.strip_prefix('/');
+        rest.is_some_and(|rest| !rest.starts_with('/'))
+            && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
+    })
+    .unwrap_or_else(|| "/".into())
 }
 
 async fn login_form(
@@ -221,7 +255,7 @@ async fn login_form(
     axum::extract::Query(q): axum::extract::Query<NextParam>,
 ) -> PageResult {
     let next = safe_next(q.next);
-    if session::session(&state.config, &headers).is_some() {
+    if session::session(&state.config, &state.revoked_sessions, &headers).is_some() {
         return Ok(Redirect::to(&next).into_response());
     }
     render(LoginPage { next, error: None })
@@ -233,12 +267,29 @@ struct LoginForm {
     next: Option<String>,
 }
 
-async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> PageResult {
+async fn login(
+    State(state): State<AppState>,
+    client: ClientAddr,
+    Form(form): Form<LoginForm>,
+) -> PageResult {
     let next = safe_next(form.next);
-    if !session::is_admin_token(&state.config, form.token.trim()) {
+    if let Err(blocked) = state.auth_throttle.check(client) {
+        let secs = blocked.retry_after_secs();
         let mut page = render(LoginPage {
             next,
-            error: Some("That is not this Herald's admin token."),
+            error: Some(format!(
+                "Too many wrong tokens from your address: try again in {secs} s."
+            )),
+        })?;
+        *page.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        page.headers_mut().insert(RETRY_AFTER, secs.into());
+        return Ok(page);
+    }
+    if !session::is_admin_token(&state.config, form.token.trim()) {
+        super::auth_failed(&state, client, "token at login");
+        let mut page = render(LoginPage {
+            next,
+            error: Some("That is not this Herald's admin token.".into()),
         })?;
         *page.status_mut() = StatusCode::UNAUTHORIZED;
         return Ok(page);
@@ -270,6 +321,17 @@ async fn logout(
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
     session.check_csrf(&state, &headers, &form.csrf)?;
+    // The cookie a browser drops could have been copied: it must stop working here and on
+    // every other process, not merely leave this browser.
+    state.revoked_sessions.revoke(&session.cookie);
+    if let Err(e) = sqlx::query("select pg_notify($1, $2)")
+        .bind(session::REVOKED_CHANNEL)
+        .bind(session::revocation_notice(&session.cookie))
+        .execute(&state.pool)
+        .await
+    {
+        tracing::warn!(error = %e, "logout not announced to other processes");
+    }
     Ok((
         StatusCode::SEE_OTHER,
         [

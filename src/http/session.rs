@@ -3,8 +3,14 @@
 //! derived from that cookie.
 //!
 //! Both are HMACs keyed by the admin token, so they need no storage, work on every Herald
-//! process behind a load balancer, and all die when the token is rotated.
+//! process behind a load balancer, and all die when the token is rotated. Each session has a
+//! random id: logging out revokes that id in this process at once and, through
+//! `pg_notify`, in every other process sharing the database (each keeps the ids it was told
+//! of, in memory, until their cookies would have expired anyway).
 
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::http::header::{COOKIE, ORIGIN};
@@ -32,8 +38,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Compares MACs of both sides under a key of this process, so the comparison runs over
+/// 32 bytes whatever was presented: neither the length nor a prefix of the secret shows in
+/// its timing.
 fn same(a: &str, b: &str) -> bool {
-    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    let key = KEY.get_or_init(rand::random);
+    let digest = |s: &str| {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+        mac.update(s.as_bytes());
+        mac.finalize().into_bytes()
+    };
+    bool::from(digest(a).ct_eq(&digest(b)))
 }
 
 /// Whether `presented` is the admin token (constant time).
@@ -41,12 +57,16 @@ pub fn is_admin_token(config: &Config, presented: &str) -> bool {
     same(presented, config.admin_token.expose())
 }
 
-/// A fresh session cookie's value: `<expiry>.<mac>`.
+/// The channel on which processes tell each other of a logout: `<session id>.<expiry>`.
+pub const REVOKED_CHANNEL: &str = "herald_session_revoked";
+
+/// A fresh session cookie's value: `<id>.<expiry>.<mac>`.
 fn new_session(config: &Config) -> String {
+    let id = hex(&rand::random::<[u8; 16]>());
     let expires = Utc::now().timestamp() + LIFETIME.as_secs() as i64;
-    let expires = expires.to_string();
-    let tag = mac(config, "session", &expires);
-    format!("{expires}.{tag}")
+    let body = format!("{id}.{expires}");
+    let tag = mac(config, "session", &body);
+    format!("{body}.{tag}")
 }
 
 /// The `Set-Cookie` header that logs a browser in.
@@ -69,8 +89,42 @@ pub fn logout_cookie() -> HeaderValue {
     HeaderValue::from_static("herald_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
 }
 
-/// The valid, unexpired session cookie the request carries, if any.
-pub fn session(config: &Config, headers: &HeaderMap) -> Option<String> {
+/// Sessions logged out before their cookie expired: id → expiry (Unix seconds).
+#[derive(Default)]
+pub struct Revoked(Mutex<HashMap<String, i64>>);
+
+/// More than any real number of logouts within a cookie's lifetime; only a logged-in admin
+/// (or the database) can add one.
+const MAX_REVOKED: usize = 100_000;
+
+impl Revoked {
+    /// `session` is a cookie value from [`session`], or `<id>.<expiry>` as notified.
+    pub fn revoke(&self, session: &str) {
+        let mut parts = session.split('.');
+        let (Some(id), Some(Ok(expires))) = (parts.next(), parts.next().map(str::parse::<i64>))
+        else {
+            return;
+        };
+        let now = Utc::now().timestamp();
+        let mut revoked = self.0.lock().expect("revoked lock");
+        revoked.retain(|_, &mut e| e > now);
+        if revoked.len() < MAX_REVOKED && expires > now {
+            revoked.insert(id.to_owned(), expires);
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.0.lock().expect("revoked lock").contains_key(id)
+    }
+}
+
+/// What a logout tells the other processes: the session's id and expiry, not its MAC.
+pub fn revocation_notice(session: &str) -> &str {
+    session.rsplit_once('.').map_or(session, |(body, _)| body)
+}
+
+/// The valid, unexpired, not logged-out session cookie the request carries, if any.
+pub fn session(config: &Config, revoked: &Revoked, headers: &HeaderMap) -> Option<String> {
     let value = headers
         .get_all(COOKIE)
         .iter()
@@ -79,11 +133,13 @@ pub fn session(config: &Config, headers: &HeaderMap) -> Option<String> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == COOKIE_NAME)
         .map(|(_, value)| value.to_owned())?;
-    let (expires, tag) = value.split_once('.')?;
-    let valid = same(tag, &mac(config, "session", expires))
+    let (body, tag) = value.rsplit_once('.')?;
+    let (id, expires) = body.split_once('.')?;
+    let valid = same(tag, &mac(config, "session", body))
         && expires
             .parse::<i64>()
-            .is_ok_and(|t| t > Utc::now().timestamp());
+            .is_ok_and(|t| t > Utc::now().timestamp())
+        && !revoked.contains(id);
     valid.then_some(value)
 }
 
@@ -100,4 +156,37 @@ pub fn csrf_ok(config: &Config, headers: &HeaderMap, session: &str, token: &str)
         .and_then(|o| o.to_str().ok())
         .is_none_or(|o| config.origin_allowed(o));
     origin_ok && same(token, &csrf_token(config, session))
+}
+
+/// Follows other processes' logouts until `pool` (the process's main pool) is closed at
+/// shutdown. Runs on a connection of its own, so it takes none from the API. A notice sent
+/// while it reconnects is missed: that cookie then stays valid here until it expires.
+pub async fn follow_revocations(
+    database_url: String,
+    pool: sqlx::PgPool,
+    revoked: std::sync::Arc<Revoked>,
+) {
+    let closed = pool.close_event();
+    tokio::pin!(closed);
+    loop {
+        let listen = listen(&database_url, &revoked);
+        tokio::select! {
+            _ = &mut closed => return,
+            Err(e) = listen => {
+                tracing::warn!(error = %e, "not following logouts of other processes; retrying");
+            }
+        }
+        tokio::select! {
+            _ = &mut closed => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn listen(database_url: &str, revoked: &Revoked) -> Result<Infallible, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect(database_url).await?;
+    listener.listen(REVOKED_CHANNEL).await?;
+    loop {
+        revoked.revoke(listener.recv().await?.payload());
+    }
 }

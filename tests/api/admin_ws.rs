@@ -130,6 +130,22 @@ async fn the_channel_is_for_admins_on_our_origin_only() {
         .unwrap()
         .to_owned();
     assert_eq!(open(&app, &[("cookie", &cookie)]).await.err(), Some(403));
+    // An `Authorization` header that is not a bearer token that authenticated does not
+    // make a cookie login exempt from the Origin check.
+    for authorization in ["Basic eDp4", "Bearer not-the-token"] {
+        for origin in [None, Some("https://evil.example")] {
+            let mut headers = vec![
+                ("cookie", cookie.as_str()),
+                ("authorization", authorization),
+            ];
+            headers.extend(origin.map(|o| ("origin", o)));
+            let refused = open(&app, &headers).await.err();
+            assert!(
+                matches!(refused, Some(401 | 403)),
+                "{authorization} {origin:?}: {refused:?}"
+            );
+        }
+    }
     assert_eq!(
         open(
             &app,

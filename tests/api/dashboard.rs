@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::helpers::{
     Receiver, Reply, SseClient, TOKEN, TestApp, all_delivered, deliveries_in, spawn_app,
-    spawn_app_with,
+    spawn_app_on, spawn_app_with,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -150,6 +150,138 @@ async fn pages_need_a_login_that_exchanges_the_token_for_a_strict_cookie() {
             .unwrap()
             .contains("Max-Age=0")
     );
+}
+
+/// Every page forbids framing, foreign scripts and styles, referrers and caching (they show
+/// secrets), the login page and a rotation's result included.
+#[tokio::test]
+async fn pages_are_not_cached_framed_or_given_foreign_scripts() {
+    let app = spawn_app().await;
+    let app_id = app.create_app().await;
+    let (ep, _) = app
+        .create_endpoint(&app_id, json!({"url": "https://example.com/hook"}))
+        .await;
+    let mut browser = Browser::new(&app);
+    let check = |path: &str, r: &reqwest::Response| {
+        let h = r.headers();
+        assert_eq!(h["cache-control"], "no-store", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        for directive in [
+            "script-src 'self'",
+            "style-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+    };
+    check("/login", &browser.get("/login").await);
+    browser.login().await;
+    let endpoint = format!("/apps/{app_id}/endpoints/{ep}");
+    for path in ["/", "/apps", &format!("/apps/{app_id}"), &endpoint, "/dead"] {
+        let r = browser.get(path).await;
+        assert_eq!(r.status(), 200, "{path}");
+        check(path, &r);
+    }
+    let csrf = browser.csrf(&endpoint).await;
+    let rotated = browser
+        .post_form(&format!("{endpoint}/rotate"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(rotated.status(), 200);
+    check("rotate", &rotated);
+    assert!(rotated.text().await.unwrap().contains("whsec_"));
+    // The pages keep to that policy: no inline script, style or handler for it to block.
+    for path in ["/", &endpoint] {
+        let html = browser.page(path).await;
+        assert!(
+            !html.contains("<script>") && !html.contains("<style"),
+            "{path}"
+        );
+        assert!(
+            !html.contains(" style=") && !html.contains(" onclick="),
+            "{path}"
+        );
+    }
+}
+
+/// Logging out ends the session on the server, on every process sharing the database: a
+/// copy of the cookie taken before is refused afterwards.
+#[tokio::test]
+async fn a_cookie_copied_before_logout_is_refused_after_it_on_every_process() {
+    let app = spawn_app().await;
+    let other = spawn_app_on(app.db_url.clone(), &[]).await;
+    let mut browser = Browser::new(&app);
+    browser.login().await;
+    let copy = Browser {
+        cookie: browser.cookie.clone(),
+        ..Browser::new(&other)
+    };
+    assert_eq!(copy.get("/").await.status(), 200);
+    assert_eq!(copy.get("/api/v1/stats").await.status(), 200);
+
+    let csrf = browser.csrf("/").await;
+    let out = browser.post_form("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status(), 303);
+    // Where the logout happened, at once.
+    assert_eq!(browser.get("/").await.status(), 303);
+    assert_eq!(browser.get("/api/v1/stats").await.status(), 401);
+    // Elsewhere, as soon as the notice arrives.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while copy.get("/").await.status() != 303 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other process still accepts the cookie"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(copy.get("/api/v1/stats").await.status(), 401);
+    // A new login still works.
+    browser.login().await;
+    assert_eq!(browser.get("/").await.status(), 200);
+}
+
+/// `next` after login stays on this site whatever it holds, and never makes a 500: browsers
+/// drop tabs and newlines from a `Location` and read `\\` as `/`.
+#[tokio::test]
+async fn login_redirects_only_to_a_path_on_this_site() {
+    let app = spawn_app().await;
+    let anonymous = Browser::new(&app);
+    let mut logged_in = Browser::new(&app);
+    logged_in.login().await;
+    let refused = [
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "/\r/evil.example",
+        "/x\r\nSet-Cookie: a=b",
+        "//evil.example",
+        "/\\evil.example",
+        "/ /evil.example",
+        "https://evil.example/",
+        "evil.example",
+        "",
+    ];
+    let valid = "/apps/app_1/messages?cursor=abc%2F1&limit=5";
+    for (next, expected) in refused.iter().map(|n| (*n, "/")).chain([(valid, valid)]) {
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("next", next)
+            .finish();
+        let form = anonymous.get(&format!("/login?{query}")).await;
+        assert_eq!(form.status(), 200, "{next:?}");
+        let html = form.text().await.unwrap();
+        let hidden = format!("name=\"next\" value=\"{}\"", expected.replace('&', "&#38;"));
+        assert!(html.contains(&hidden), "{next:?}: {html}");
+
+        let again = logged_in.get(&format!("/login?{query}")).await;
+        assert_eq!(again.status(), 303, "{next:?}");
+        assert_eq!(again.headers()["location"], expected, "{next:?}");
+
+        let posted = anonymous
+            .post_form("/login", &[("token", TOKEN), ("next", next)])
+            .await;
+        assert_eq!(posted.status(), 303, "{next:?}");
+        assert_eq!(posted.headers()["location"], expected, "{next:?}");
+    }
 }
 
 #[tokio::test]

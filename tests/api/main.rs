@@ -6,6 +6,7 @@ mod process;
 
 mod admin_ws;
 mod apps;
+mod auth;
 mod bad_input;
 mod browser;
 mod chaos;
