@@ -118,7 +118,12 @@ impl IntoResponse for AppError {
         let message = match &self {
             Self::Database(e) if database_unavailable(e) => {
                 tracing::warn!(error = %e, "database unavailable");
-                "the database is unavailable; nothing was stored, try again".to_owned()
+                // The connection may have dropped after a commit: the caller cannot know
+                // whether a write landed, only an idempotency key makes the retry safe.
+                "the database is unavailable; try again. A write may have been stored \
+                 before the connection failed: retry a send with the same Idempotency-Key \
+                 so it is not stored twice"
+                    .to_owned()
             }
             Self::Database(e) if nul_in_text(e) => {
                 "text must not contain NUL (\\u0000) characters".to_owned()

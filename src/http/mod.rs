@@ -11,6 +11,7 @@ mod session;
 mod stats;
 mod stream;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -71,7 +72,7 @@ impl AppState {
 
     /// The application named by a `{app}` path segment: its id or its uid.
     async fn app(&self, key: &str) -> AppResult<db::apps::App> {
-        db::apps::find(&self.pool, app_key(key)?)
+        db::apps::find(&self.pool, &app_key(key)?)
             .await?
             .ok_or(AppError::NotFound("application"))
     }
@@ -163,12 +164,17 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> AppRe
 }
 
 /// An `{app}` path segment as the database may be asked about it: text there cannot hold
-/// NUL, and a key with one names nothing.
-fn app_key(key: &str) -> AppResult<&str> {
+/// NUL, and a key with one names nothing. An id is spelt the one way `herald.enqueue`
+/// matches it (lower-case hex), so every call finds the application a `GET` finds; uids
+/// cannot start with `app_`, so nothing else is rewritten.
+fn app_key(key: &str) -> AppResult<Cow<'_, str>> {
     if key.contains('\0') {
         return Err(AppError::NotFound("application"));
     }
-    Ok(key)
+    Ok(match key.parse::<AppId>() {
+        Ok(id) => Cow::Owned(id.to_string()),
+        Err(_) => Cow::Borrowed(key),
+    })
 }
 
 /// Parses an id from a path segment; one that cannot be an id names nothing that exists.
