@@ -15,10 +15,13 @@ use crate::db;
 use crate::delivery::{Recoveries, WorkerPool, WorkerSettings, client};
 use crate::feed::{Feed, FeedSettings};
 use crate::http::{self, AppState};
+use crate::probe::Probe;
 
 /// Connections of the live feed's own pool: its reader keeps one, catch-ups and pruning
 /// share the rest.
 const FEED_CONNECTIONS: u32 = 4;
+/// Connections of the probes (`/readyz`, the queue gauges of `/metrics`): one each.
+const PROBE_CONNECTIONS: u32 = 2;
 
 pub struct App {
     listener: TcpListener,
@@ -63,12 +66,19 @@ impl App {
             .await
             .context("cannot start the live feed")?;
         let recoveries = Recoveries::spawn(pool.clone(), config.recover_batch, cancel.clone());
+        // The probes too: however many scrapes come, and however busy the shared pool is,
+        // they cost one readiness check a second and one queue count per interval.
+        let probe_pool = db::connect(config.database_url.expose(), PROBE_CONNECTIONS)
+            .await
+            .context("cannot connect to the database")?;
+        let probe = Probe::spawn(probe_pool, config.metrics_interval, cancel.clone()).await;
         let router = http::router(AppState::new(
             pool.clone(),
             config,
             workers.direct(),
             feed,
             recoveries.clone(),
+            probe,
         ));
         Ok(Self {
             listener,

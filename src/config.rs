@@ -46,6 +46,8 @@ pub struct Config {
     pub feed_interval: Duration,
     /// Longest silence on an SSE stream before a keep-alive comment.
     pub sse_keep_alive: Duration,
+    /// How often each process reads the queue gauges `/metrics` serves.
+    pub metrics_interval: Duration,
     /// Dead deliveries a recover queues per transaction.
     pub recover_batch: usize,
     pub log_format: LogFormat,
@@ -161,6 +163,8 @@ impl Config {
             shutdown_grace: duration("HERALD_SHUTDOWN_GRACE", "20s")?,
             db_pool_size: number("HERALD_DB_POOL_SIZE", "16")?.clamp(2, 1000) as u32,
             feed_retention: duration("HERALD_FEED_RETENTION", "24h")?.max(Duration::from_secs(60)),
+            metrics_interval: duration("HERALD_METRICS_INTERVAL", "5s")?
+                .max(Duration::from_millis(100)),
             recover_batch: number("HERALD_RECOVER_BATCH", "500")?.clamp(1, 10_000) as usize,
             feed_buffer: number("HERALD_FEED_BUFFER", "64")?.clamp(1, 1 << 16) as usize,
             feed_interval: duration("HERALD_FEED_INTERVAL", "0ms")?.min(Duration::from_secs(1)),
@@ -254,6 +258,7 @@ mod tests {
         assert_eq!(c.retry_schedule.max_attempts(), 10);
         assert_eq!((c.worker_concurrency, c.endpoint_concurrency), (256, 128));
         assert!(c.lease() > c.request_timeout);
+        assert_eq!(c.metrics_interval, Duration::from_secs(5));
         assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
     }
 

@@ -32,6 +32,7 @@ use crate::delivery::{Direct, Recoveries};
 use crate::domain::AppId;
 use crate::error::{AppError, AppResult};
 use crate::feed::Feed;
+use crate::probe::Probe;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -44,6 +45,8 @@ pub struct Inner {
     pub feed: Feed,
     /// Runs recovers (bulk replays) in the background.
     pub recoveries: Recoveries,
+    /// What `/readyz` and `/metrics` report, read in the background.
+    pub probe: Probe,
 }
 
 impl std::ops::Deref for AppState {
@@ -60,6 +63,7 @@ impl AppState {
         direct: Direct,
         feed: Feed,
         recoveries: Recoveries,
+        probe: Probe,
     ) -> Self {
         Self(Arc::new(Inner {
             pool,
@@ -67,6 +71,7 @@ impl AppState {
             direct,
             feed,
             recoveries,
+            probe,
         }))
     }
 
