@@ -32,6 +32,12 @@ pub enum AppError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The client did not send its request body in time.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// The server did not answer in time; the request may still have taken effect.
+    #[error("{0}")]
+    Timeout(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -60,6 +66,8 @@ impl AppError {
             Self::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            Self::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Self::Database(e) if database_unavailable(e) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }

@@ -10,6 +10,7 @@ mod pages;
 mod session;
 mod stats;
 mod stream;
+mod timeouts;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -128,6 +129,10 @@ pub fn router(state: AppState) -> Router {
         .merge(health::routes())
         .merge(pages::routes())
         .layer(Extension(Arc::new(openapi())))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            timeouts::limit,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -13,6 +13,7 @@ mod dashboard;
 mod delivery;
 mod endpoints;
 mod fuzz;
+mod inbound;
 mod lifecycle;
 mod limits;
 mod messages;
