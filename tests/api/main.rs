@@ -11,6 +11,7 @@ mod browser;
 mod chaos;
 mod dashboard;
 mod delivery;
+mod dev_setup;
 mod endpoints;
 mod fuzz;
 mod inbound;
