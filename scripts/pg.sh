@@ -9,8 +9,11 @@
 #   scripts/pg.sh crash <dir>   stop with -m immediate (no clean shutdown)
 #
 # initdb refuses to run as root, so as root the cluster belongs to the `postgres` user.
-# "test" trades durability for speed (fsync off); never use it for real data. "bench" stays
-# durable and records commit timestamps.
+# "dev" (the default, make run) listens on a unix socket only, in <dir> with mode 0700: only
+# the cluster's owner (and root) can reach it, so trusting whoever connects there is safe.
+# "test" and "bench" listen on 127.0.0.1 and trust every local user: they are throw-away
+# clusters holding generated data only. "test" trades durability for speed (fsync off);
+# never use it for real data. "bench" stays durable and records commit timestamps.
 set -euo pipefail
 
 for bin in /usr/lib/postgresql/15/bin /usr/lib/postgresql/*/bin; do
@@ -29,11 +32,18 @@ case "$cmd" in
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
     if [ "$(id -u)" = 0 ]; then chown postgres: "$dir"; fi
+    if [ "$mode" = dev ]; then
+      chmod 700 "$dir"
+      auth="--auth-local=trust --auth-host=reject" listen=""
+    else
+      auth="-A trust" listen=127.0.0.1
+    fi
     if [ ! -f "$dir/data/PG_VERSION" ]; then
-      as_owner initdb -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+      # shellcheck disable=SC2086
+      as_owner initdb -D "$dir/data" -U postgres $auth -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
         || { cat "$dir/initdb.log" >&2; exit 1; }
     fi
-    opts="-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=400"
+    opts="-c listen_addresses='$listen' -p $port -k $dir -c unix_socket_permissions=0700 -c max_connections=400"
     # Per-statement timings for profiling (bench/README.md): cheap enough to leave on.
     opts="$opts -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
     if [ "$mode" = test ]; then
@@ -55,5 +65,5 @@ case "$cmd" in
       as_owner pg_ctl -D "$dir/data" -m "$mode" -w stop >/dev/null
     fi
     ;;
-  *) echo "usage: $0 start <dir> <port> [test|bench] | stop <dir> | crash <dir>" >&2; exit 2 ;;
+  *) echo "usage: $0 start <dir> <port> [dev|test|bench] | stop <dir> | crash <dir>" >&2; exit 2 ;;
 esac

@@ -4,9 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# .env holds the admin token: only its owner may read it, also when an older run or a copy
+# left it readable by others.
+umask 077
 if [ ! -f .env ]; then
   cp .env.example .env
 fi
+chmod 600 .env
 if ! grep -q '^HERALD_ADMIN_TOKEN=.\+' .env; then
   token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
   sed -i '/^HERALD_ADMIN_TOKEN=/d' .env
@@ -21,9 +25,12 @@ done < .env
 if [ -z "${DATABASE_URL:-}" ]; then
   port=${HERALD_DEV_PG_PORT:-15432}
   scripts/pg.sh start .data/pg "$port"
-  psql -h 127.0.0.1 -p "$port" -U postgres -tAc "select 1 from pg_database where datname = 'herald'" postgres | grep -q 1 \
-    || psql -h 127.0.0.1 -p "$port" -U postgres -qc "create database herald" postgres
-  export DATABASE_URL="postgres://postgres@127.0.0.1:$port/herald"
+  # Its socket is in .data/pg (mode 0700): no TCP, and no other local user gets in.
+  sock=$PWD/.data/pg
+  psql -h "$sock" -p "$port" -U postgres -tAc "select 1 from pg_database where datname = 'herald'" postgres | grep -q 1 \
+    || psql -h "$sock" -p "$port" -U postgres -qc "create database herald" postgres
+  # (The host name is required by the URL syntax; host= makes it the socket.)
+  export DATABASE_URL="postgres://postgres@localhost/herald?host=$sock&port=$port"
   echo "PostgreSQL: $DATABASE_URL (data in .data/pg; stop it with: make db-stop)"
 fi
 

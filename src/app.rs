@@ -3,22 +3,33 @@
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::Context;
-use axum::serve::ListenerExt;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tokio_util::task::TaskTracker;
+use tower_service::Service as _;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::db;
 use crate::delivery::{Recoveries, WorkerPool, WorkerSettings, client};
 use crate::feed::{Feed, FeedSettings};
 use crate::http::{self, AppState};
+use crate::probe::Probe;
 
 /// Connections of the live feed's own pool: its reader keeps one, catch-ups and pruning
 /// share the rest.
 const FEED_CONNECTIONS: u32 = 4;
+/// Connections of the probes (`/readyz`, the queue gauges of `/metrics`): one each.
+const PROBE_CONNECTIONS: u32 = 2;
 
 pub struct App {
     listener: TcpListener,
@@ -27,6 +38,7 @@ pub struct App {
     workers: WorkerPool,
     recoveries: Recoveries,
     cancel: CancellationToken,
+    limits: ServerLimits,
 }
 
 impl App {
@@ -63,12 +75,24 @@ impl App {
             .await
             .context("cannot start the live feed")?;
         let recoveries = Recoveries::spawn(pool.clone(), config.recover_batch, cancel.clone());
+        // The probes too: however many scrapes come, and however busy the shared pool is,
+        // they cost one readiness check a second and one queue count per interval.
+        let probe_pool = db::connect(config.database_url.expose(), PROBE_CONNECTIONS)
+            .await
+            .context("cannot connect to the database")?;
+        let probe = Probe::spawn(probe_pool, config.metrics_interval, cancel.clone()).await;
+        let limits = ServerLimits {
+            header_timeout: config.header_timeout,
+            max_connections: config.max_connections,
+            grace: config.shutdown_grace,
+        };
         let router = http::router(AppState::new(
             pool.clone(),
             config,
             workers.direct(),
             feed,
             recoveries.clone(),
+            probe,
         ));
         Ok(Self {
             listener,
@@ -77,6 +101,7 @@ impl App {
             workers,
             recoveries,
             cancel,
+            limits,
         })
     }
 
@@ -98,28 +123,106 @@ impl App {
 
     pub async fn run(self) -> anyhow::Result<()> {
         info!(addr = %self.local_addr(), "herald listening");
-        let cancel = self.cancel.clone();
-        // Small writes (API answers, SSE events) go out at once instead of waiting for
-        // the previous segment's ACK.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        // The peer address reaches handlers as `ConnectInfo`: failed tokens are throttled
-        // per client address.
-        axum::serve(
-            listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await?;
-        self.workers.join().await;
-        self.recoveries.join().await;
+        // The server and the workers wind down side by side, each within the grace period.
+        let workers = async {
+            self.workers.join().await;
+            self.recoveries.join().await;
+        };
+        tokio::join!(
+            serve(self.listener, self.router, self.limits, self.cancel.clone()),
+            workers
+        );
         self.pool.close().await;
         info!("herald stopped");
         Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ServerLimits {
+    header_timeout: Duration,
+    max_connections: usize,
+    grace: Duration,
+}
+
+/// The accept loop, written out rather than `axum::serve` for what that does not offer: a
+/// timer (without one hyper applies no header timeout at all, and a client sending half a
+/// request head holds its connection forever), a cap on connections, and an end to
+/// shutdown when a client does not let go.
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: ServerLimits,
+    cancel: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    // Fires when the grace period is over: connections still open are dropped.
+    let hard_stop = CancellationToken::new();
+    // The peer address reaches handlers as `ConnectInfo`: failed tokens are throttled per
+    // client address.
+    let mut make_service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    loop {
+        // At the cap, new connections wait in the kernel's backlog, and the descriptors
+        // the workers need for their sends and DNS lookups stay free.
+        let slot = tokio::select! {
+            _ = cancel.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors (EMFILE) or a connection reset before accept:
+                    // retrying at once would spin.
+                    warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Small writes (API answers, SSE events) go out at once instead of waiting for
+        // the previous segment's ACK.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let Ok(service) = make_service.call(peer).await;
+        let service = TowerToHyperService::new(service);
+        let connection = http
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
+        let (cancel, hard_stop) = (cancel.clone(), hard_stop.clone());
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = cancel.cancelled() => {}
+            }
+            // Finish the request in progress, then close; SSE streams end on `cancel`.
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = connection => {}
+                _ = hard_stop.cancelled() => {}
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(limits.grace, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open = connections.len(),
+            "closing the connections still open after the shutdown grace period"
+        );
+        hard_stop.cancel();
+        connections.wait().await;
     }
 }
 

@@ -31,8 +31,19 @@ pub struct Config {
     /// Fallback wake-up for workers when no NOTIFY arrives (retries falling due, lost
     /// notifications).
     pub poll_interval: Duration,
-    /// How long in-flight sends may take to finish after SIGTERM before we exit anyway.
+    /// How long in-flight sends may take to finish after SIGTERM before we exit anyway;
+    /// inbound connections still open then are closed.
     pub shutdown_grace: Duration,
+    /// Longest a client may take to send a request's head (also how long an idle
+    /// keep-alive connection stays open).
+    pub header_timeout: Duration,
+    /// Longest a client may take to send a request's body, from its head on.
+    pub body_timeout: Duration,
+    /// Longest an ordinary request may take, from its head to the last byte of the
+    /// answer; the live feed (SSE) and the WebSocket are not bounded by it.
+    pub http_timeout: Duration,
+    /// Inbound connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
     pub db_pool_size: u32,
     /// How long the live feed keeps events for clients resuming with `Last-Event-ID`.
     pub feed_retention: Duration,
@@ -49,6 +60,8 @@ pub struct Config {
     pub feed_client_buffer: usize,
     /// Longest silence on an SSE stream before a keep-alive comment.
     pub sse_keep_alive: Duration,
+    /// How often each process reads the queue gauges `/metrics` serves.
+    pub metrics_interval: Duration,
     /// Dead deliveries a recover queues per transaction.
     pub recover_batch: usize,
     pub log_format: LogFormat,
@@ -150,6 +163,25 @@ impl Config {
         if feed_client_buffer < 65536 {
             bail!("HERALD_FEED_CLIENT_BUFFER_BYTES must be at least 65536");
         }
+        let positive = |name: &str, default: &str| -> anyhow::Result<Duration> {
+            let d = duration(name, default)?;
+            if d.is_zero() {
+                bail!("{name} must be positive");
+            }
+            Ok(d)
+        };
+        let db_pool_size = number("HERALD_DB_POOL_SIZE", "16")?.clamp(2, 1000) as u32;
+        let max_connections = match var("HERALD_MAX_CONNECTIONS") {
+            Some(_) => number("HERALD_MAX_CONNECTIONS", "")? as usize,
+            None => default_max_connections(
+                open_files_limit(),
+                worker_concurrency,
+                db_pool_size as usize,
+            ),
+        };
+        if max_connections == 0 {
+            bail!("HERALD_MAX_CONNECTIONS must be at least 1");
+        }
         let log_format = match parsed("HERALD_LOG_FORMAT", "pretty").as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
@@ -171,8 +203,14 @@ impl Config {
             max_payload_bytes: number("HERALD_MAX_PAYLOAD_BYTES", "1048576")? as usize,
             poll_interval: duration("HERALD_POLL_INTERVAL", "1s")?.max(Duration::from_millis(10)),
             shutdown_grace: duration("HERALD_SHUTDOWN_GRACE", "20s")?,
-            db_pool_size: number("HERALD_DB_POOL_SIZE", "16")?.clamp(2, 1000) as u32,
+            header_timeout: positive("HERALD_HEADER_TIMEOUT", "10s")?,
+            body_timeout: positive("HERALD_BODY_TIMEOUT", "30s")?,
+            http_timeout: positive("HERALD_HTTP_TIMEOUT", "60s")?,
+            max_connections,
+            db_pool_size,
             feed_retention: duration("HERALD_FEED_RETENTION", "24h")?.max(Duration::from_secs(60)),
+            metrics_interval: duration("HERALD_METRICS_INTERVAL", "5s")?
+                .max(Duration::from_millis(100)),
             recover_batch: number("HERALD_RECOVER_BATCH", "500")?.clamp(1, 10_000) as usize,
             feed_buffer: number("HERALD_FEED_BUFFER", "64")?.clamp(1, 1 << 16) as usize,
             feed_interval: duration("HERALD_FEED_INTERVAL", "0ms")?.min(Duration::from_secs(1)),
@@ -219,6 +257,44 @@ impl Config {
     pub fn lease(&self) -> Duration {
         self.request_timeout * 2 + Duration::from_secs(5)
     }
+}
+
+/// Descriptors kept free for everything but inbound connections: per worker one socket for
+/// its request and one for a DNS lookup, the database pools (the shared one, the feed's
+/// and the probes'), and files, the listener, the runtime and the logs.
+fn reserved_descriptors(worker_concurrency: usize, db_pool_size: usize) -> usize {
+    2 * worker_concurrency + db_pool_size + 8 + 64
+}
+
+/// What is left of the process's open-files limit once the workers and the database have
+/// theirs: accepting more would leave the workers failing their DNS lookups and connects.
+/// At least 64, so a low limit still serves something (raise `ulimit -n` then).
+fn default_max_connections(
+    open_files: Option<u64>,
+    worker_concurrency: usize,
+    db_pool_size: usize,
+) -> usize {
+    // Unknown (not Unix): a common soft limit.
+    let open_files = open_files.unwrap_or(1024).min(1 << 20) as usize;
+    open_files
+        .saturating_sub(reserved_descriptors(worker_concurrency, db_pool_size))
+        .max(64)
+}
+
+/// The soft limit on open files (`ulimit -n`), if there is one.
+fn open_files_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct it is given.
+        let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+        (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+    }
+    #[cfg(not(unix))]
+    None
 }
 
 /// `250ms`, `15s`, `5m`, `2h`, `5d`; a bare number means seconds.
@@ -273,6 +349,11 @@ mod tests {
         assert_eq!(c.retry_schedule.max_attempts(), 10);
         assert_eq!((c.worker_concurrency, c.endpoint_concurrency), (256, 128));
         assert!(c.lease() > c.request_timeout);
+        assert_eq!(c.metrics_interval, Duration::from_secs(5));
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.body_timeout, Duration::from_secs(30));
+        assert_eq!(c.http_timeout, Duration::from_secs(60));
+        assert!(c.max_connections >= 64);
         assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
     }
 
@@ -288,6 +369,15 @@ mod tests {
         assert!(with("HERALD_WORKER_CONCURRENCY", "0").is_err());
         assert!(with("HERALD_ADMIN_TOKEN", "short").is_err());
         assert!(with("HERALD_FEED_CLIENT_BUFFER_BYTES", "1024").is_err());
+        assert!(with("HERALD_HEADER_TIMEOUT", "0s").is_err());
+        assert!(with("HERALD_MAX_CONNECTIONS", "0").is_err());
+        assert!(with("HERALD_MAX_CONNECTIONS", "many").is_err());
+        assert_eq!(
+            with("HERALD_MAX_CONNECTIONS", "50")
+                .unwrap()
+                .max_connections,
+            50
+        );
         assert!(config(&BASE[1..]).is_err());
     }
 
@@ -310,6 +400,18 @@ mod tests {
         .unwrap();
         assert!(public.origin_allowed("https://herald.example.com"));
         assert!(!public.origin_allowed("http://localhost:8080"));
+    }
+
+    #[test]
+    fn inbound_connections_leave_descriptors_for_the_workers() {
+        // 1024 files, 256 workers, 16 connections: 2 * 256 + 16 + 72 kept back.
+        assert_eq!(default_max_connections(Some(1024), 256, 16), 424);
+        assert_eq!(
+            default_max_connections(Some(1 << 20), 256, 16),
+            (1 << 20) - 600
+        );
+        assert_eq!(default_max_connections(Some(256), 256, 16), 64);
+        assert_eq!(default_max_connections(None, 8, 5), 1024 - 93);
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub enum AppError {
     /// Too many failed tokens from the caller's address; answered with `Retry-After`.
     #[error("too many failed authentication attempts from this address; retry after {0} s")]
     TooManyRequests(u64),
+    /// The client did not send its request body in time.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// The server did not answer in time; the request may still have taken effect.
+    #[error("{0}")]
+    Timeout(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -64,6 +70,8 @@ impl AppError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            Self::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Self::Database(e) if database_unavailable(e) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
@@ -122,7 +130,12 @@ impl IntoResponse for AppError {
         let message = match &self {
             Self::Database(e) if database_unavailable(e) => {
                 tracing::warn!(error = %e, "database unavailable");
-                "the database is unavailable; nothing was stored, try again".to_owned()
+                // The connection may have dropped after a commit: the caller cannot know
+                // whether a write landed, only an idempotency key makes the retry safe.
+                "the database is unavailable; try again. A write may have been stored \
+                 before the connection failed: retry a send with the same Idempotency-Key \
+                 so it is not stored twice"
+                    .to_owned()
             }
             Self::Database(e) if nul_in_text(e) => {
                 "text must not contain NUL (\\u0000) characters".to_owned()

@@ -12,6 +12,7 @@ pub mod error;
 pub mod feed;
 pub mod http;
 pub mod metrics;
+pub mod probe;
 pub mod telemetry;
 
 pub use delivery::signature::{VerifyError, verify};

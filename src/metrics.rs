@@ -2,8 +2,9 @@
 //! `prometheus-client` encodes.
 //!
 //! Two kinds: what this process's workers did (a counter per outcome and a latency
-//! histogram, kept by the worker pool for its lifetime), and gauges read at scrape time
-//! (the queue in the database, SSE subscribers, worker saturation). Aggregates only: no
+//! histogram, kept by the worker pool for its lifetime), and gauges: the queue in the
+//! database as the background reader last saw it, and, read at scrape time, SSE
+//! subscribers and worker saturation. Aggregates only: no
 //! label names an application, endpoint or URL.
 
 use std::time::Duration;
@@ -16,7 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::db::dashboard::QueueStats;
+use crate::probe::QueueReading;
 
 /// The media type of what [`Metrics::encode`] writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -86,7 +87,7 @@ impl Metrics {
     /// The full exposition: the counters above, then the gauges read for this scrape.
     pub fn encode(&self, scrape: &Scrape) -> String {
         let mut gauges = Registry::with_prefix(PREFIX);
-        if let Some(queue) = scrape.queue {
+        if let Some(QueueReading { stats: queue, age }) = scrape.queue {
             gauges.register(
                 "queue_depth",
                 "Deliveries waiting to be sent (state pending), in all processes",
@@ -102,6 +103,12 @@ impl Metrics {
                 "Age of the oldest pending delivery, 0 when none is pending",
                 Unit::Seconds,
                 ConstGauge::new(queue.oldest_pending_age_seconds),
+            );
+            gauges.register_with_unit(
+                "queue_gauges_age",
+                "Time since the three queue gauges above were read from the database",
+                Unit::Seconds,
+                ConstGauge::new(age.as_secs_f64()),
             );
         }
         gauges.register(
@@ -141,8 +148,8 @@ impl Metrics {
 /// Values read when `/metrics` is scraped.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Scrape {
-    /// `None` when the database did not answer: those gauges are left out.
-    pub queue: Option<QueueStats>,
+    /// `None` when the database has not answered lately: those gauges are left out.
+    pub queue: Option<QueueReading>,
     pub sse_subscribers: usize,
     pub worker_in_flight: usize,
     pub worker_concurrency: usize,
@@ -151,6 +158,7 @@ pub struct Scrape {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::dashboard::QueueStats;
 
     fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
         text.lines()
@@ -165,10 +173,13 @@ mod tests {
         metrics.record_attempt("succeeded", Duration::from_millis(40));
         metrics.record_attempt("dead", Duration::from_secs(2));
         let text = metrics.encode(&Scrape {
-            queue: Some(QueueStats {
-                pending: 7,
-                in_flight: 2,
-                oldest_pending_age_seconds: 1.5,
+            queue: Some(QueueReading {
+                stats: QueueStats {
+                    pending: 7,
+                    in_flight: 2,
+                    oldest_pending_age_seconds: 1.5,
+                },
+                age: Duration::from_millis(250),
             }),
             sse_subscribers: 1,
             worker_in_flight: 2,
@@ -186,6 +197,7 @@ mod tests {
         assert!(text.contains("herald_queue_depth 7\n"));
         assert!(text.contains("herald_deliveries_in_flight 2\n"));
         assert!(text.contains("herald_oldest_pending_age_seconds 1.5\n"));
+        assert!(text.contains("herald_queue_gauges_age_seconds 0.25\n"));
         assert!(text.contains("herald_sse_subscribers 1\n"));
         assert!(text.contains("herald_worker_in_flight 2\n"));
         assert!(text.contains("herald_worker_concurrency 8\n"));

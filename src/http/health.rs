@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
@@ -8,11 +6,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use crate::db::dashboard;
 use crate::metrics::{self, Scrape};
-
-/// How long a scrape waits for the queue numbers before leaving them out.
-const QUEUE_STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -33,7 +27,8 @@ async fn alive() -> &'static str {
     "ok"
 }
 
-/// Ready when the database answers.
+/// Ready when the database answered the last check (made every second in the
+/// background, on a connection of its own; this call does not touch the database).
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -45,14 +40,17 @@ async fn alive() -> &'static str {
     )
 )]
 async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    match sqlx::query("select 1").execute(&state.pool).await {
-        Ok(_) => (StatusCode::OK, "ready"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
+    if state.probe.ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
     }
 }
 
-/// Prometheus metrics, unauthenticated like the probes: aggregates only. If the database
-/// does not answer in time, the queue gauges are left out and the rest is still served.
+/// Prometheus metrics, unauthenticated like the probes: aggregates only. The queue gauges
+/// are what the background reader last saw (every `HERALD_METRICS_INTERVAL`); while the
+/// database does not answer for three intervals they are left out and the rest is still
+/// served.
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -66,21 +64,9 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
     ))
 )]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let queue = match tokio::time::timeout(QUEUE_STATS_TIMEOUT, dashboard::queue(&state.pool)).await
-    {
-        Ok(Ok(stats)) => Some(stats),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "metrics: reading the queue failed");
-            None
-        }
-        Err(_) => {
-            tracing::warn!("metrics: reading the queue timed out");
-            None
-        }
-    };
     let direct = &state.direct;
     let body = direct.metrics().encode(&Scrape {
-        queue,
+        queue: state.probe.queue(),
         sse_subscribers: state.feed.subscribers(),
         worker_in_flight: direct.in_flight(),
         worker_concurrency: direct.concurrency(),

@@ -89,7 +89,7 @@ async fn send(
     // with no backlog get their delivery claimed by this process's workers right there.
     let sent = db::messages::send(
         &state.pool,
-        super::app_key(&app)?,
+        &super::app_key(&app)?,
         event_type.as_str(),
         payload,
         key.as_deref(),

@@ -11,7 +11,9 @@ mod session;
 mod stats;
 mod stream;
 mod throttle;
+mod timeouts;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -32,6 +34,7 @@ use crate::delivery::{Direct, Recoveries};
 use crate::domain::AppId;
 use crate::error::{AppError, AppResult};
 use crate::feed::Feed;
+use crate::probe::Probe;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -48,6 +51,8 @@ pub struct Inner {
     pub auth_throttle: throttle::AuthThrottle,
     /// Dashboard sessions logged out here or in another process.
     pub revoked_sessions: Arc<session::Revoked>,
+    /// What `/readyz` and `/metrics` report, read in the background.
+    pub probe: Probe,
 }
 
 impl std::ops::Deref for AppState {
@@ -64,6 +69,7 @@ impl AppState {
         direct: Direct,
         feed: Feed,
         recoveries: Recoveries,
+        probe: Probe,
     ) -> Self {
         let auth_throttle =
             throttle::AuthThrottle::new(config.auth_failure_limit, config.auth_failure_window);
@@ -81,12 +87,13 @@ impl AppState {
             direct,
             feed,
             recoveries,
+            probe,
         }))
     }
 
     /// The application named by a `{app}` path segment: its id or its uid.
     async fn app(&self, key: &str) -> AppResult<db::apps::App> {
-        db::apps::find(&self.pool, app_key(key)?)
+        db::apps::find(&self.pool, &app_key(key)?)
             .await?
             .ok_or(AppError::NotFound("application"))
     }
@@ -137,6 +144,10 @@ pub fn router(state: AppState) -> Router {
         .merge(health::routes())
         .merge(pages::routes())
         .layer(Extension(Arc::new(openapi())))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            timeouts::limit,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -218,12 +229,17 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> AppRe
 }
 
 /// An `{app}` path segment as the database may be asked about it: text there cannot hold
-/// NUL, and a key with one names nothing.
-fn app_key(key: &str) -> AppResult<&str> {
+/// NUL, and a key with one names nothing. An id is spelt the one way `herald.enqueue`
+/// matches it (lower-case hex), so every call finds the application a `GET` finds; uids
+/// cannot start with `app_`, so nothing else is rewritten.
+fn app_key(key: &str) -> AppResult<Cow<'_, str>> {
     if key.contains('\0') {
         return Err(AppError::NotFound("application"));
     }
-    Ok(key)
+    Ok(match key.parse::<AppId>() {
+        Ok(id) => Cow::Owned(id.to_string()),
+        Err(_) => Cow::Borrowed(key),
+    })
 }
 
 /// Parses an id from a path segment; one that cannot be an id names nothing that exists.

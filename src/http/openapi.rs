@@ -82,7 +82,8 @@ pub fn finish(mut api: OpenApi) -> OpenApi {
                 ));
                 errors.push((
                     503,
-                    "The database is unavailable; nothing was stored. Retry as is.",
+                    "The database is unavailable. A write may have been committed before the \
+                     connection failed: retry a send with the same Idempotency-Key.",
                 ));
             }
             let takes = |place: ParameterIn| {

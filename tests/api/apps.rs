@@ -59,3 +59,35 @@ async fn lists_page_with_a_cursor() {
     let (status, _) = app.get("/apps?cursor=nonsense").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+/// An id with its hex digits in upper case names the same application on every call, the
+/// send included (`herald.enqueue` matches ids in lower case only).
+#[tokio::test]
+async fn an_upper_case_id_names_the_same_application_everywhere() {
+    let app = spawn_app().await;
+    let receiver = crate::helpers::Receiver::start().await;
+    let (id, _, _) = app.app_with_endpoint(&receiver).await;
+    let upper = format!("app_{}", id["app_".len()..].to_ascii_uppercase());
+    assert_ne!(upper, id);
+
+    let (status, found) = app.get(&format!("/apps/{upper}")).await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    assert_eq!(found["id"], id.as_str());
+    let (status, endpoints) = app.get(&format!("/apps/{upper}/endpoints")).await;
+    assert_eq!(status, StatusCode::OK, "{endpoints}");
+    assert_eq!(endpoints["data"].as_array().unwrap().len(), 1);
+
+    let (status, msg) = app
+        .post(
+            &format!("/apps/{upper}/messages"),
+            json!({"event_type": "order.paid", "payload": {}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{msg}");
+    receiver
+        .wait_for(1, std::time::Duration::from_secs(10))
+        .await;
+    let (status, listed) = app.get(&format!("/apps/{id}/messages")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["data"][0]["id"], msg["id"]);
+}

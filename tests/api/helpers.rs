@@ -493,3 +493,15 @@ impl SseClient {
         got
     }
 }
+
+/// Takes every connection of `pool` that is or becomes free within half a second (some
+/// are held for good by listeners), so that the next query must wait for one.
+pub async fn exhaust(pool: &PgPool) -> Vec<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+    let mut held = Vec::new();
+    while let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_millis(500), pool.acquire()).await
+    {
+        held.push(conn);
+    }
+    assert!(!held.is_empty(), "no connection of the pool came free");
+    held
+}

@@ -98,3 +98,25 @@ async fn messages_of_one_tenant_are_invisible_to_another() {
     let (_, list) = app.get(&format!("/apps/{b}/messages")).await;
     assert_eq!(list["data"], json!([]));
 }
+
+/// With every database connection taken, a send fails with 503. The connection could also
+/// have dropped after a commit, so the answer does not promise that nothing was stored: it
+/// says to retry with the same idempotency key.
+#[tokio::test]
+async fn a_send_the_database_cannot_take_says_to_retry_with_the_idempotency_key() {
+    let app = crate::helpers::spawn_app_with(&[("HERALD_DB_POOL_SIZE", "2")]).await;
+    let app_id = app.create_app().await;
+    let held = crate::helpers::exhaust(&app.pool).await;
+    let (status, err) = app
+        .post(
+            &format!("/apps/{app_id}/messages"),
+            json!({"event_type": "order.paid", "payload": {}}),
+        )
+        .await;
+    drop(held);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{err}");
+    assert_eq!(err["code"], "unavailable");
+    let message = err["message"].as_str().unwrap();
+    assert!(message.contains("Idempotency-Key"), "{message}");
+    assert!(!message.contains("nothing was stored"), "{message}");
+}

@@ -11,6 +11,10 @@ use crate::helpers::{
 };
 
 const WAIT: Duration = Duration::from_secs(10);
+/// The queue gauges are read in the background; these tests read them often, and wait
+/// for the next reading before looking.
+const FRESH_GAUGES: (&str, &str) = ("HERALD_METRICS_INTERVAL", "100ms");
+const GAUGES_CAUGHT_UP: Duration = Duration::from_millis(300);
 
 /// One scrape, without credentials, as Prometheus makes it.
 async fn scrape(app: &TestApp) -> String {
@@ -54,7 +58,7 @@ async fn app_sending_to(app: &TestApp, receiver: &Receiver) -> String {
 #[tokio::test]
 async fn counts_attempts_by_outcome_and_shows_the_queue() {
     // A failed attempt waits an hour for its retry, so it stays pending.
-    let app = spawn_app_with(&[("HERALD_RETRY_SCHEDULE", "1h")]).await;
+    let app = spawn_app_with(&[("HERALD_RETRY_SCHEDULE", "1h"), FRESH_GAUGES]).await;
 
     let before = scrape(&app).await;
     for outcome in ["succeeded", "retrying", "dead"] {
@@ -87,6 +91,7 @@ async fn counts_attempts_by_outcome_and_shows_the_queue() {
         .await;
     let _stream = SseClient::connect(&app, "", None).await;
 
+    tokio::time::sleep(GAUGES_CAUGHT_UP).await;
     let after = scrape(&app).await;
     assert_eq!(attempts(&after, "succeeded"), 2.0, "{after}");
     assert_eq!(attempts(&after, "retrying"), 1.0, "{after}");
@@ -121,12 +126,13 @@ async fn counts_attempts_by_outcome_and_shows_the_queue() {
 async fn shows_requests_in_flight_and_how_long_they_took() {
     // The receiver holds the request long enough to be seen in flight, well within the
     // request timeout.
-    let app = spawn_app_with(&[("HERALD_REQUEST_TIMEOUT", "10s")]).await;
+    let app = spawn_app_with(&[("HERALD_REQUEST_TIMEOUT", "10s"), FRESH_GAUGES]).await;
     let slow = Receiver::slow(Duration::from_secs(2)).await;
     let app_id = app_sending_to(&app, &slow).await;
 
     let msg = app.send(&app_id, "order.paid", json!({})).await;
     slow.wait_for(1, WAIT).await;
+    tokio::time::sleep(GAUGES_CAUGHT_UP).await;
     let during = scrape(&app).await;
     assert_eq!(value(&during, "herald_worker_in_flight"), 1.0, "{during}");
     assert_eq!(value(&during, "herald_worker_saturation"), 1.0 / 8.0);
@@ -136,6 +142,7 @@ async fn shows_requests_in_flight_and_how_long_they_took() {
 
     app.wait_for_message(&app_id, &msg, WAIT, all_delivered)
         .await;
+    tokio::time::sleep(GAUGES_CAUGHT_UP).await;
     let after = scrape(&app).await;
     assert_eq!(value(&after, "herald_worker_in_flight"), 0.0, "{after}");
     assert_eq!(value(&after, "herald_deliveries_in_flight"), 0.0);
@@ -151,4 +158,129 @@ async fn shows_requests_in_flight_and_how_long_they_took() {
     assert_eq!(bucket("2.5"), 1.0, "{after}");
     let sum = value(&after, "herald_attempt_duration_seconds_sum");
     assert!((1.0..=2.5).contains(&sum), "{after}");
+}
+
+/// Calls of the queue-gauge statement (`count(*)` over the queue) in one database, as
+/// `pg_stat_statements` (loaded by scripts/pg.sh) counts them.
+async fn queue_reads(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "select coalesce(sum(calls), 0)::int8 from public.pg_stat_statements s
+           join pg_database d on d.oid = s.dbid
+          where d.datname = current_database()
+            and s.query like '%count(*) filter (where state = %'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+/// Prometheus (or anyone: the route is public) scraping as fast as it can costs the
+/// database one queue count per interval, not one per scrape.
+#[tokio::test]
+async fn a_flood_of_scrapes_reads_the_queue_once_per_interval() {
+    let app = spawn_app_with(&[("HERALD_METRICS_INTERVAL", "1s")]).await;
+    sqlx::query("create extension if not exists pg_stat_statements schema public")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let before = queue_reads(&app).await;
+    let flood = Duration::from_secs(3);
+    let started = std::time::Instant::now();
+    let scrapers = (0..4).map(|_| async {
+        let mut n = 0;
+        while started.elapsed() < flood {
+            let r = app.http.get(format!("http://{}/metrics", app.addr)).send();
+            assert!(r.await.unwrap().text().await.unwrap().ends_with("# EOF\n"));
+            n += 1;
+        }
+        n
+    });
+    let scrapes: usize = futures_util::future::join_all(scrapers)
+        .await
+        .into_iter()
+        .sum();
+    let reads = queue_reads(&app).await - before;
+    assert!(scrapes >= 100, "only {scrapes} scrapes in {flood:?}");
+    // One read per second of the flood, give or take the one in progress at each end.
+    assert!(
+        (1..=5).contains(&reads),
+        "{scrapes} scrapes made {reads} queue reads"
+    );
+}
+
+/// The probes answer from what the background reader saw, on connections of their own:
+/// with every connection of the shared pool taken (sends waiting for one), `/metrics` still
+/// serves the queue gauges and `/readyz` still says ready, at once.
+#[tokio::test]
+async fn probes_answer_at_once_while_the_shared_pool_is_exhausted() {
+    let app = spawn_app_with(&[FRESH_GAUGES]).await;
+    let held = crate::helpers::exhaust(&app.pool).await;
+    tokio::time::sleep(GAUGES_CAUGHT_UP).await;
+
+    let started = std::time::Instant::now();
+    let text = scrape(&app).await;
+    let ready = reqwest::get(format!("http://{}/readyz", app.addr))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    drop(held);
+    assert_eq!(value(&text, "herald_queue_depth"), 0.0, "{text}");
+    assert!(
+        value(&text, "herald_queue_gauges_age_seconds") < 1.0,
+        "{text}"
+    );
+    assert_eq!(ready.status().as_u16(), 200);
+    assert!(
+        took < Duration::from_millis(500),
+        "the probes took {took:?}"
+    );
+}
+
+/// `/readyz` still says whether the database answers: refused connections make it 503
+/// within a few seconds, and it is ready again once they are allowed.
+#[tokio::test]
+async fn readyz_follows_the_database() {
+    let app = spawn_app_with(&[]).await;
+    let name: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let ready = || async {
+        reqwest::get(format!("http://{}/readyz", app.addr))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(ready().await, 200);
+    let admin = |sql: String| async move {
+        let url = std::env::var("HERALD_TEST_DATABASE_URL")
+            .or_else(|_| std::env::var("DATABASE_URL"))
+            .unwrap();
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    };
+    admin(format!("alter database {name} allow_connections false")).await;
+    admin(format!(
+        "select pg_terminate_backend(pid) from pg_stat_activity where datname = '{name}'"
+    ))
+    .await;
+    let wait_for = |status: u16| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(8);
+        while ready().await != status {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/readyz never answered {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    wait_for(503).await;
+    admin(format!("alter database {name} allow_connections true")).await;
+    wait_for(200).await;
 }
