@@ -9,12 +9,14 @@
 -- the walk stopped early returns one row that holds only `walk_end` (every other column
 -- null). The dispatcher resumes after `walk_end` until a walk reaches the end.
 --
--- Replaces herald.claim from 0004 (a new result column needs drop and create); the rest is
--- as there.
+-- Replaces herald.claim from 0004 under a new name: processes of the previous release,
+-- still running during a rolling upgrade, keep calling herald.claim (a new result column
+-- under the old name would break their prepared statements); a later migration drops it.
+-- Besides the walk's end, the rest is as there, except that an endpoint's rate-limit bucket
+-- is written only when the claim spends from it (its refill is computed from `rate_at`, so
+-- leaving it alone changes nothing).
 
-drop function herald.claim(uuid, float8, bigint, integer, bigint, uuid);
-
-create function herald.claim(
+create function herald.claim_next(
     p_worker uuid,
     p_lease_secs float8,
     p_limit bigint,
@@ -117,6 +119,7 @@ begin
                    rate_at = greatest(e.rate_at, now())
               from room r
              where e.id = r.endpoint_id and r.tokens is not null
+               and exists (select 1 from picked p where p.endpoint_id = e.id)
         ), claimed as (
             -- `= any(array(...))`, not a join: under a generic plan the planner cannot tell
             -- how few rows were picked, and a join may become a full table scan.

@@ -57,8 +57,8 @@ pub struct ClaimBatch {
     pub walk_end: ClaimCursor,
 }
 
-/// Claims up to `limit` due deliveries, endpoint by endpoint (`herald.claim`, migration
-/// 0005): it walks the endpoints that have due rows (in id order from `after`, a loose index
+/// Claims up to `limit` due deliveries, endpoint by endpoint (`herald.claim_next`,
+/// migration 0005): it walks the endpoints that have due rows (in id order from `after`, a loose index
 /// scan, at most [`ENDPOINTS_PER_CLAIM`] of them), gives each no more rows than its cap
 /// leaves room for (counting what every worker has in flight there, under a lock on the
 /// endpoint) and its rate limit has tokens for, and takes its oldest due rows first. Rows
@@ -71,7 +71,7 @@ pub async fn claim(
     default_max_in_flight: i32,
     after: ClaimCursor,
 ) -> sqlx::Result<ClaimBatch> {
-    let rows = sqlx::query("select * from herald.claim($1, $2, $3, $4, $5, $6)")
+    let rows = sqlx::query("select * from herald.claim_next($1, $2, $3, $4, $5, $6)")
         .bind(worker)
         .bind(lease.as_secs_f64())
         .bind(limit)
@@ -110,7 +110,7 @@ pub async fn reclaim_expired(db: impl PgExecutor<'_>) -> sqlx::Result<u64> {
 /// attempt number goes back too), so any worker may claim them at once. Fenced like a
 /// completion. Returns how many went back.
 pub async fn release(
-    db: impl PgExecutor<'_>,
+    db: &mut PgConnection,
     worker: Uuid,
     rows: &[(DeliveryId, i32)],
 ) -> sqlx::Result<u64> {
@@ -126,8 +126,14 @@ pub async fn release(
     .bind(worker)
     .bind(ids)
     .bind(counts)
-    .execute(db)
+    .execute(&mut *db)
     .await?;
+    if done.rows_affected() > 0 {
+        // Due now: wake the workers of every process, not only this one's.
+        sqlx::query("select pg_notify('herald_delivery', '')")
+            .execute(&mut *db)
+            .await?;
+    }
     Ok(done.rows_affected())
 }
 

@@ -286,27 +286,43 @@ pub async fn recover_batch(
     };
     let mut finished = false;
     if dead_done && looked_at < limit {
+        // The window's bounds first, as values: bound from a joined row, the scan below
+        // could not be a plain index range that stops at its limit.
+        let (app, endpoint, after, until, event_types): (
+            AppId,
+            EndpointId,
+            Uuid,
+            Uuid,
+            Vec<String>,
+        ) = sqlx::query_as(
+            "select r.app_id, r.endpoint_id,
+                    coalesce(r.missing_cursor, uuid_v7_floor(greatest(r.since, e.created_at))),
+                    uuid_v7_floor(r.until), e.event_types
+               from recovery r
+               join endpoint e on e.id = r.endpoint_id
+              where r.id = $1",
+        )
+        .bind(recovery)
+        .fetch_one(&mut *tx)
+        .await?;
+        // A new delivery's id carries its message's time, not now's: it belongs to the
+        // window, and a later recover of the window finds it if it dies.
         let missing: (i32, bool, Vec<Uuid>) = sqlx::query_as(
-            "with r as (
-                 select r.id, r.app_id, r.endpoint_id, r.until,
-                        coalesce(r.missing_cursor,
-                                 uuid_v7_floor(greatest(r.since, e.created_at))) as after,
-                        e.event_types
-                   from recovery r
-                   join endpoint e on e.id = r.endpoint_id
-                  where r.id = $1
-             ), scanned as (
+            "with scanned as (
                  select m.id, m.event_type
-                   from r
-                   join message m on m.app_id = r.app_id
-                  where m.id > r.after and m.id < uuid_v7_floor(r.until)
+                   from message m
+                  where m.app_id = $2 and m.id > $4 and m.id < $5
                   order by m.id
-                  limit $2
+                  limit $7
              ), created as (
-                 insert into delivery (message_id, endpoint_id, state, trigger, next_attempt_at)
-                 select s.id, r.endpoint_id, 'pending', 'replay', now()
-                   from scanned s, r
-                  where cardinality(r.event_types) = 0 or s.event_type = any (r.event_types)
+                 insert into delivery (id, message_id, endpoint_id, state, trigger,
+                                       next_attempt_at)
+                 select encode(overlay(uuid_send(uuid_v7())
+                                       placing substring(uuid_send(s.id) from 1 for 6)
+                                       from 1 for 6), 'hex')::uuid,
+                        s.id, $3, 'pending', 'replay', now()
+                   from scanned s
+                  where cardinality($6::text[]) = 0 or s.event_type = any ($6::text[])
                  on conflict (message_id, endpoint_id) do nothing
                  returning id
              )
@@ -314,11 +330,16 @@ pub async fn recover_batch(
                 set missing_cursor = coalesce((select id from scanned order by id desc limit 1),
                                               missing_cursor),
                     queued = queued + (select count(*) from created),
-                    finished_at = case when (select count(*) from scanned) < $2 then now() end
+                    finished_at = case when (select count(*) from scanned) < $7 then now() end
               where id = $1
              returning queued, finished_at is not null, array(select id from created)",
         )
         .bind(recovery)
+        .bind(app)
+        .bind(endpoint)
+        .bind(after)
+        .bind(until)
+        .bind(event_types)
         .bind(limit - looked_at)
         .fetch_one(&mut *tx)
         .await?;

@@ -367,6 +367,8 @@ async fn dispatch(
             }
             Err(e) => {
                 warn!(error = %e, "claiming deliveries failed");
+                // The next try walks from the first endpoint: none is left unvisited.
+                cursor = None;
                 false
             }
         };
@@ -488,13 +490,16 @@ impl Shared {
     /// A worker for a held delivery, if one frees up by `start_by` and the pool is not
     /// stopping.
     async fn permit_until(&self, start_by: Instant) -> Option<OwnedSemaphorePermit> {
-        tokio::select! {
+        let permit = tokio::select! {
             // The semaphore is never closed.
             p = tokio::time::timeout_at(start_by.into(), self.permits.clone().acquire_owned()) => {
                 p.ok().and_then(Result::ok)
             }
             _ = self.cancel.cancelled() => None,
-        }
+        };
+        // A permit that was free at once is handed over even past the deadline (the claim
+        // or the insert itself may have taken that long): too late is too late.
+        permit.filter(|_| Instant::now() < start_by)
     }
 
     /// Returns held deliveries that were never sent to the queue at once, rather than let
@@ -505,7 +510,11 @@ impl Shared {
             .map(|h| (h.row.id, h.row.attempt_count))
             .collect();
         drop(held);
-        match deliveries::release(&self.pool, self.worker_id, &rows).await {
+        let released = async {
+            let mut conn = self.pool.acquire().await?;
+            deliveries::release(&mut conn, self.worker_id, &rows).await
+        };
+        match released.await {
             Ok(n) => debug!(
                 count = n,
                 "gave back deliveries no worker was free for in time"

@@ -799,4 +799,29 @@ async fn a_recover_sends_what_arrived_while_the_endpoint_was_disabled() {
     assert_eq!((status.as_u16(), again["queued"].as_i64()), (202, Some(0)));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.count(), 5);
+
+    // Had those deliveries died (as if the receiver were still failing), a recover of the
+    // same window would find them: they belong to it, like their messages.
+    let died = sqlx::query(
+        "update herald.delivery set state = 'dead'
+          where trigger = 'replay' and endpoint_id = (select id from herald.endpoint)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(died, 3);
+    let until = chrono::Utc::now();
+    let (status, third) = app
+        .post(
+            &format!("{ep_path}/recover"),
+            json!({"since": since, "until": until - chrono::Duration::milliseconds(1)}),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), third["queued"].as_i64()),
+        (202, Some(3)),
+        "{third}"
+    );
+    receiver.wait_for(8, WAIT).await;
 }
