@@ -192,12 +192,19 @@ pub struct DeadDelivery {
     pub updated_at: DateTime<Utc>,
 }
 
+fn short_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::domain::short_url(url))
+}
+
 /// `endpoint.disabled` data.
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct DisabledEndpoint {
     pub id: EndpointId,
     pub app_id: AppId,
-    #[serde(serialize_with = "crate::db::endpoints::shown_url")]
+    /// Without its query: a webhook URL's query is often its key, and
+    /// the feed goes to every dashboard. The endpoint itself, read through the API, has
+    /// it whole.
+    #[serde(serialize_with = "short_url")]
     pub url: String,
     pub disabled: bool,
     pub disabled_reason: Option<String>,

@@ -26,7 +26,9 @@ use crate::db::deliveries::{
     self, AttemptRecord, ClaimCursor, Claimed, Completion, EndpointEffect,
 };
 use crate::db::messages::{DirectOffer, Sent};
-use crate::domain::{AttemptId, DeliveryId, EndpointId, SigningSecret, is_public_ip};
+use crate::domain::{
+    AttemptId, DeliveryId, EndpointId, SigningSecret, is_public_ip, refused_header,
+};
 use crate::metrics::Metrics;
 
 /// The channel deliveries are announced on (by `herald.send_message`).
@@ -659,7 +661,12 @@ impl Shared {
             .filter_map(|s| SigningSecret::parse(s).ok())
             .collect();
         let mut headers = HeaderMap::new();
-        for (name, value) in row.headers.iter() {
+        // Rows stored before a header rule existed may still carry what it refuses.
+        for (name, value) in row
+            .headers
+            .iter()
+            .filter(|(n, _)| refused_header(n).is_none())
+        {
             if let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),

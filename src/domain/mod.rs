@@ -1,12 +1,14 @@
 //! Values parsed once at the edge; past this point they are known to be valid.
 
 mod event_type;
+mod header;
 mod id;
 mod position;
 mod secret;
 mod url;
 
 pub use event_type::EventType;
+pub use header::refused_header;
 pub use id::{AppId, AttemptId, DeliveryId, EndpointId, InvalidId, MessageId};
 pub use position::{InvalidPosition, Position};
 pub use secret::SigningSecret;

@@ -601,25 +601,35 @@ impl Page {
         let rows = events::after(&mut *conn, from, filter, PAGE).await?;
         let fetched = rows.len();
         let mut settled: Vec<Logged> = rows.into_iter().take_while(|r| r.settled).collect();
-        let messages: Vec<Uuid> = settled
-            .iter()
-            .filter(|r| r.kind == "message.created")
-            .map(|r| r.ref_id)
-            .collect();
-        let sizes = if messages.is_empty() {
-            HashMap::new()
-        } else {
-            events::payload_sizes(&mut *conn, &messages).await?
-        };
+        // Payloads are measured in growing chunks, not all at once: where only a few big
+        // ones fit, the next page starts right after them, and measuring the whole page
+        // every time would read the same payloads hundreds of times over.
+        let mut sizes = HashMap::new();
         let mut estimate = 0;
-        let fit = settled
-            .iter()
-            .take_while(|row| {
+        let mut fit = 0;
+        let mut chunk = 4;
+        'measure: while fit < settled.len() {
+            let mut end = fit;
+            let mut messages: Vec<Uuid> = Vec::new();
+            while end < settled.len() && messages.len() < chunk {
+                if settled[end].kind == "message.created" {
+                    messages.push(settled[end].ref_id);
+                }
+                end += 1;
+            }
+            if !messages.is_empty() {
+                sizes.extend(events::payload_sizes(&mut *conn, &messages).await?);
+            }
+            for row in &settled[fit..end] {
                 let first = estimate == 0;
                 estimate += estimated_size(row, &sizes);
-                first || estimate <= room
-            })
-            .count();
+                if !first && estimate > room {
+                    break 'measure;
+                }
+                fit += 1;
+            }
+            chunk *= 2;
+        }
         let cut = fit < settled.len();
         settled.truncate(fit);
         let data = events::render(conn, &settled).await?;

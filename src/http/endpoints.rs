@@ -11,7 +11,7 @@ use super::{AppState, optional_body, path_id};
 use crate::db::attempts::{Attempt, Of};
 use crate::db::endpoints::{Endpoint, EndpointFields, REDACTED};
 use crate::db::{self, Page, PageParams};
-use crate::domain::{AttemptId, EndpointId, EndpointUrl, EventType, SigningSecret};
+use crate::domain::{AttemptId, EndpointId, EndpointUrl, EventType, SigningSecret, refused_header};
 use crate::error::{AppError, AppResult, Json, Query};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -176,32 +176,16 @@ fn validate_headers(headers: &BTreeMap<String, String>) -> AppResult<()> {
             "at most {MAX_HEADERS} custom headers"
         )));
     }
+    let mut seen = std::collections::HashSet::new();
     for (name, value) in headers {
-        let lower = name.to_ascii_lowercase();
-        let herald = lower.starts_with("webhook-")
-            || matches!(lower.as_str(), "content-type" | "content-length" | "host");
-        if herald {
-            return Err(AppError::Invalid(format!(
-                "header {name:?} is set by Herald"
-            )));
+        if let Some(why) = refused_header(name) {
+            return Err(AppError::Invalid(format!("header {name:?} {why}")));
         }
-        // Hop-by-hop headers govern the connection, not the request (RFC 9110 §7.6.1), and
-        // `expect` changes how the request is sent: none is the receiver's to get from us.
-        let hop_by_hop = lower.starts_with("proxy-")
-            || matches!(
-                lower.as_str(),
-                "connection"
-                    | "keep-alive"
-                    | "te"
-                    | "trailer"
-                    | "transfer-encoding"
-                    | "upgrade"
-                    | "expect"
-                    | "http2-settings"
-            );
-        if hop_by_hop {
+        // Header names are case-insensitive: two spellings of one name would reach the
+        // receiver as one, silently.
+        if !seen.insert(name.to_ascii_lowercase()) {
             return Err(AppError::Invalid(format!(
-                "header {name:?} is hop-by-hop or controls the connection; it cannot be set"
+                "header {name:?} is given twice (names are case-insensitive)"
             )));
         }
         if value == REDACTED {

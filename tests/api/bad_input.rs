@@ -355,6 +355,10 @@ async fn custom_headers_refuse_hop_by_hop_and_oversized_ones() {
         assert!(err["message"].as_str().unwrap().contains("set by Herald"));
     }
 
+    let (status, err) = create(json!({"Authorization": "a", "authorization": "b"})).await;
+    assert_eq!(status, 422, "two spellings of one name: {err}");
+    assert!(err["message"].as_str().unwrap().contains("twice"), "{err}");
+
     let (status, _) = create(json!({"authorization": "a".repeat(4096)})).await;
     assert_eq!(status, 201, "a 4 KiB value is fine");
     let (status, err) = create(json!({"authorization": "a".repeat(4097)})).await;

@@ -541,8 +541,12 @@ async fn an_endpoint_failing_too_long_is_disabled_with_its_reason_everywhere_the
     }))
     .await;
     let app_id = app.create_app().await;
+    // A key in the query, as many webhook URLs carry: the feed goes to every dashboard.
     let (ep, _) = app
-        .create_endpoint(&app_id, json!({"url": receiver.url()}))
+        .create_endpoint(
+            &app_id,
+            json!({"url": format!("{}?key=F33DKEY", receiver.url())}),
+        )
         .await;
     let mut stream = SseClient::connect(&app, &format!("endpoint={ep}"), None).await;
 
@@ -563,6 +567,10 @@ async fn an_endpoint_failing_too_long_is_disabled_with_its_reason_everywhere_the
     }
     let announced = announced.expect("the feed announces the disabling");
     assert_eq!(announced["disabled_reason"], reason.as_str());
+    assert!(
+        !announced["url"].as_str().unwrap().contains("F33DKEY"),
+        "{announced}"
+    );
 
     let mut browser = Browser::new(&app);
     browser.login().await;

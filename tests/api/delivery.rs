@@ -230,3 +230,26 @@ async fn direct_sends_that_wait_for_a_worker_never_outlive_their_lease() {
     assert_eq!(distinct.len(), SENDS, "every message arrived once");
     assert_eq!(ids.len(), SENDS, "a message arrived twice");
 }
+
+/// Headers refused today may sit on endpoints stored before the rule: they are left out of
+/// the request, the others still go.
+#[tokio::test]
+async fn stored_headers_that_are_refused_now_are_not_sent() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
+    sqlx::query(
+        "update herald.endpoint
+            set headers = '{\"x-tenant\": \"acme\", \"upgrade\": \"h2c\", \"proxy-authorization\": \"x\"}'
+          where id = $1::uuid",
+    )
+    .bind(ep.trim_start_matches("ep_"))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    app.send(&app_id, "a.b", json!({})).await;
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].header("x-tenant"), "acme");
+    assert!(got[0].headers.get("upgrade").is_none());
+    assert!(got[0].headers.get("proxy-authorization").is_none());
+}
