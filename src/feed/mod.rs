@@ -738,7 +738,12 @@ async fn read(shared: Arc<Shared>, start: Position) {
             .collect();
         // Batches small enough that a subscriber can hold two within its budget: one being
         // written, one waiting.
-        for batch in batches(events, shared.client_buffer / 2) {
+        let batches = batches(events, shared.client_buffer / 2);
+        if batches.is_empty() {
+            // Unwatched reads render nothing; still, give way once per read.
+            tokio::task::yield_now().await;
+        }
+        for batch in batches {
             // No receivers is fine: nobody is watching.
             let _ = shared.live.send(batch);
             // Let subscribers take this batch before the next one pushes the oldest out.
