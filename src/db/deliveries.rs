@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
-use sqlx::{FromRow, PgConnection, PgExecutor, Row};
+use sqlx::{FromRow, PgConnection, PgExecutor, PgPool, Row};
 use uuid::Uuid;
 
 use crate::domain::{AppId, AttemptId, DeliveryId, EndpointId, MessageId};
@@ -24,6 +24,9 @@ pub struct Claimed {
     pub app_id: AppId,
     pub event_type: String,
     pub payload: String,
+    /// The message's payload was erased: there is nothing to send.
+    #[sqlx(skip)]
+    pub payload_erased: bool,
     pub message_created_at: DateTime<Utc>,
     pub endpoint_id: EndpointId,
     pub url: String,
@@ -64,7 +67,7 @@ pub struct ClaimBatch {
 /// endpoint) and its rate limit has tokens for, and takes its oldest due rows first. Rows
 /// and endpoints other workers hold are skipped, never waited for.
 pub async fn claim(
-    db: impl PgExecutor<'_>,
+    db: &PgPool,
     worker: Uuid,
     lease: Duration,
     limit: i64,
@@ -89,7 +92,36 @@ pub async fn claim(
             batch.rows.push(Claimed::from_row(row)?);
         }
     }
+    mark_erased(db, &mut batch.rows).await?;
     Ok(batch)
+}
+
+/// Marks the claimed rows whose message's payload was erased. An erasure stops the
+/// deliveries that were still to be sent, but one can still come back to the queue after
+/// it (a lease that ran out, a replay racing the erasure); the claim reads the payload as
+/// JSON `null` then, which must not be sent as if the sender had sent it. Only rows whose
+/// payload is `null` are looked up, so an ordinary claim costs nothing more.
+async fn mark_erased(db: impl PgExecutor<'_>, rows: &mut [Claimed]) -> sqlx::Result<()> {
+    let nulls: Vec<MessageId> = rows
+        .iter()
+        .filter(|r| r.payload == "null")
+        .map(|r| r.message_id)
+        .collect();
+    if nulls.is_empty() {
+        return Ok(());
+    }
+    let erased: HashSet<MessageId> = sqlx::query_scalar(
+        "select id from message where id = any($1) and payload_erased_at is not null",
+    )
+    .bind(&nulls)
+    .fetch_all(db)
+    .await?
+    .into_iter()
+    .collect();
+    for row in rows {
+        row.payload_erased = erased.contains(&row.message_id);
+    }
+    Ok(())
 }
 
 /// Returns deliveries whose lease ran out (their worker died or lost the database) to
@@ -242,19 +274,39 @@ async fn insert_attempts(tx: &mut PgConnection, fenced: &[&Completion]) -> sqlx:
     for (c, a) in with_attempt {
         cols.push(c, a);
     }
+    // An attempt in flight while its message's payload was erased ends here: it is
+    // recorded without the response body, and is not retried (the delivery is dead). The
+    // delivery rows are locked by now (the fenced update), and the erasure waits for those
+    // locks, so either it committed before this statement's snapshot, or it has not begun
+    // stopping deliveries yet and will see this attempt and this state.
     sqlx::query(
-        "insert into attempt (id, delivery_id, message_id, endpoint_id, app_id, attempt, trigger,
+        "with erased as (
+             select m.id from message m
+              where m.id = any($3::uuid[]) and m.payload_erased_at is not null
+         ), stopped as (
+             update delivery d
+                set state = 'dead', last_error = $16, updated_at = now()
+              where d.id = any($2::uuid[]) and d.state = 'pending'
+                and d.message_id in (select id from erased)
+         )
+         insert into attempt (id, delivery_id, message_id, endpoint_id, app_id, attempt, trigger,
                               outcome, response_status, response_body, error_kind, error,
                               duration_ms, created_at, next_attempt_at)
          select id, delivery_id, message_id, endpoint_id, app_id, attempt,
-                trigger::attempt_trigger, outcome::attempt_outcome, response_status,
-                response_body, error_kind, error, duration_ms, created_at, next_attempt_at
+                trigger::attempt_trigger,
+                case when x.erased and outcome = 'retrying' then 'dead'
+                     else outcome end::attempt_outcome,
+                response_status,
+                case when x.erased then null else response_body end,
+                error_kind, error, duration_ms, created_at,
+                case when x.erased then null else next_attempt_at end
            from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::int[],
                        $7::text[], $8::text[], $9::int[], $10::text[], $11::text[], $12::text[],
                        $13::int[], $14::timestamptz[], $15::timestamptz[])
                 as u(id, delivery_id, message_id, endpoint_id, app_id, attempt, trigger, outcome,
                      response_status, response_body, error_kind, error, duration_ms,
-                     created_at, next_attempt_at)",
+                     created_at, next_attempt_at)
+          cross join lateral (select u.message_id in (select id from erased) as erased) x",
     )
     .bind(cols.id)
     .bind(cols.delivery_id)
@@ -271,6 +323,7 @@ async fn insert_attempts(tx: &mut PgConnection, fenced: &[&Completion]) -> sqlx:
     .bind(cols.duration_ms)
     .bind(cols.created_at)
     .bind(cols.next_attempt_at)
+    .bind(crate::db::messages::PAYLOAD_ERASED)
     .execute(&mut *tx)
     .await?;
     Ok(())

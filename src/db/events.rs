@@ -177,6 +177,9 @@ pub struct CreatedMessage {
     #[serde(serialize_with = "raw_json")]
     pub payload: String,
     pub created_at: DateTime<Utc>,
+    /// Rendered when read, not when logged: a payload erased since shows as `null` here,
+    /// also to a client resuming from before the erasure.
+    pub payload_erased_at: Option<DateTime<Utc>>,
 }
 
 /// `delivery.dead` data.
@@ -233,7 +236,8 @@ pub async fn render(db: &mut PgConnection, events: &[Logged]) -> sqlx::Result<Ve
     let ids = ids_of("message.created");
     if !ids.is_empty() {
         let rows: Vec<CreatedMessage> = sqlx::query_as(
-            "select id, app_id, event_type, payload::text as payload, created_at
+            "select id, app_id, event_type, payload::text as payload, created_at,
+                    payload_erased_at
                from message where id = any($1)",
         )
         .bind(&ids)

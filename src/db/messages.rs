@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
-use sqlx::PgExecutor;
 use sqlx::types::Json;
+use sqlx::{Connection, PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::domain::{AppId, DeliveryId, EndpointId, MessageId};
@@ -16,12 +16,15 @@ pub struct Message {
     #[serde(skip)]
     pub app_id: AppId,
     pub event_type: String,
-    /// The exact JSON text the sender gave.
+    /// The exact JSON text the sender gave; `null` once erased.
     #[serde(serialize_with = "raw_json")]
     #[schema(value_type = serde_json::Value)]
     pub payload: String,
     pub idempotency_key: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// When the payload (and its attempts' response bodies) was erased; `null` if it was
+    /// not.
+    pub payload_erased_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -37,7 +40,8 @@ pub struct DeliveryStatus {
 
 macro_rules! message_columns {
     () => {
-        "id, app_id, event_type, payload::text as payload, idempotency_key, created_at"
+        "id, app_id, event_type, payload::text as payload, idempotency_key, created_at,
+         payload_erased_at"
     };
 }
 
@@ -108,7 +112,8 @@ pub async fn send(
     sqlx::query_as::<_, Enqueued>(
         "select (q.message).id, (q.message).app_id, (q.message).event_type,
                 (q.message).payload::text as payload, (q.message).idempotency_key,
-                (q.message).created_at, q.claimed, q.pending_endpoints
+                (q.message).created_at, (q.message).payload_erased_at, q.claimed,
+                q.pending_endpoints
            from herald.enqueue($1, $2, $3::json, $4, $5, $6, $7) q",
     )
     .bind(app)
@@ -185,6 +190,91 @@ pub async fn deliveries(
     .bind(id)
     .fetch_all(db)
     .await
+}
+
+/// The `last_error` of a delivery stopped because its message's payload was erased.
+pub const PAYLOAD_ERASED: &str = "payload erased";
+
+/// What erasing a message's payload removed.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Erased {
+    pub message_id: MessageId,
+    /// When the payload was erased: the first erasure's time, however often it is asked.
+    pub payload_erased_at: DateTime<Utc>,
+    /// Response bodies removed from the message's attempts by this call.
+    pub attempt_bodies_erased: u64,
+    /// Deliveries that were still to be sent (pending or retrying) and are now `dead`,
+    /// with `last_error` "payload erased", by this call.
+    pub deliveries_stopped: u64,
+}
+
+/// Erases a message's payload (it becomes JSON `null`) and the response bodies of its
+/// attempts, and stops its deliveries that were still to be sent: an erased payload is
+/// never sent again. Its id, event type, times, deliveries and attempts stay. Asking again
+/// changes nothing and answers the first erasure's time. `None` when `app` has no such
+/// message.
+pub async fn erase_payload(
+    db: &mut PgConnection,
+    app_id: AppId,
+    id: MessageId,
+) -> sqlx::Result<Option<Erased>> {
+    let mut tx = db.begin().await?;
+    // The message first, then its deliveries: the order in which deleting its application
+    // locks them, so the two never deadlock.
+    let found: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
+        "select payload_erased_at from message where app_id = $1 and id = $2
+            for no key update",
+    )
+    .bind(app_id)
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let erased_at = match found {
+        None => return Ok(None),
+        Some(Some(at)) => at,
+        Some(None) => {
+            sqlx::query_scalar(
+                "update message set payload = 'null', payload_erased_at = now()
+                  where id = $1
+                 returning payload_erased_at",
+            )
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+        }
+    };
+    // Waits for any worker writing the outcome of an attempt of this message: the
+    // statements below then see that attempt and the delivery's new state. A worker that
+    // completes later sees the erasure (db/deliveries.rs, `insert_attempts`).
+    sqlx::query("select 1 from delivery where message_id = $1 for no key update")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let stopped = sqlx::query(
+        "update delivery
+            set state = 'dead', last_error = $2, updated_at = now()
+          where message_id = $1 and state = 'pending'",
+    )
+    .bind(id)
+    .bind(PAYLOAD_ERASED)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let bodies = sqlx::query(
+        "update attempt set response_body = null
+          where message_id = $1 and response_body is not null",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(Some(Erased {
+        message_id: id,
+        payload_erased_at: erased_at,
+        attempt_bodies_erased: bodies,
+        deliveries_stopped: stopped,
+    }))
 }
 
 pub fn raw_json<S: Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {

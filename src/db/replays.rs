@@ -3,7 +3,9 @@
 //!
 //! Every form puts delivery rows back to `pending`, due now, with trigger `replay` and a
 //! fresh retry schedule (`retry_base`); the row, and so the `webhook-id`, stays the same.
-//! A delivery in flight is left alone: it is being attempted at this very moment.
+//! A delivery in flight is left alone: it is being attempted at this very moment. A
+//! message whose payload was erased has nothing to send: replaying it or retrying one of
+//! its deliveries is refused (`payload_erased`), and a recover passes over it.
 
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, PgExecutor};
@@ -16,6 +18,8 @@ pub enum Refused {
     NotFound(&'static str),
     EndpointDisabled,
     InFlight,
+    /// The message's payload was erased: there is nothing to send.
+    PayloadErased,
 }
 
 impl Refused {
@@ -24,6 +28,7 @@ impl Refused {
             Self::NotFound(_) => "not_found",
             Self::EndpointDisabled => "endpoint_disabled",
             Self::InFlight => "in_flight",
+            Self::PayloadErased => "payload_erased",
         }
     }
 
@@ -36,6 +41,9 @@ impl Refused {
             Self::InFlight => {
                 "an attempt of this delivery is in flight right now; its outcome will follow"
                     .to_owned()
+            }
+            Self::PayloadErased => {
+                "the message's payload was erased: there is nothing to send".to_owned()
             }
         }
     }
@@ -79,15 +87,18 @@ pub async fn replay_message(
     app: Option<AppId>,
     endpoint: Option<EndpointId>,
 ) -> sqlx::Result<Replayed> {
-    let owner: Option<AppId> = sqlx::query_scalar(
-        "select app_id from message where id = $1 and ($2::uuid is null or app_id = $2)",
+    let owner: Option<(AppId, bool)> = sqlx::query_as(
+        "select app_id, payload_erased_at is not null from message
+          where id = $1 and ($2::uuid is null or app_id = $2)",
     )
     .bind(message)
     .bind(app)
     .fetch_optional(&mut *db)
     .await?;
-    let Some(app) = owner else {
-        return Ok(Err(Refused::NotFound("message")));
+    let app = match owner {
+        None => return Ok(Err(Refused::NotFound("message"))),
+        Some((_, true)) => return Ok(Err(Refused::PayloadErased)),
+        Some((app, false)) => app,
     };
     if let Some(endpoint) = endpoint {
         if let Err(refused) = usable_endpoint(db, app, endpoint).await? {
@@ -109,7 +120,7 @@ pub async fn replay_message(
          select m.id, e.id, 'pending', 'replay', now()
            from message m
            join endpoint e on e.app_id = m.app_id
-          where m.id = $1 and not e.disabled
+          where m.id = $1 and m.payload_erased_at is null and not e.disabled
             and case when $2::uuid is null
                      then cardinality(e.event_types) = 0 or m.event_type = any (e.event_types)
                      else e.id = $2 end
@@ -134,8 +145,8 @@ pub async fn retry_delivery(
     delivery: DeliveryId,
     app: Option<AppId>,
 ) -> sqlx::Result<Replayed> {
-    let found: Option<(String, bool)> = sqlx::query_as(
-        "select d.state::text, e.disabled
+    let found: Option<(String, bool, bool)> = sqlx::query_as(
+        "select d.state::text, e.disabled, m.payload_erased_at is not null
            from delivery d
            join message m on m.id = d.message_id
            join endpoint e on e.id = d.endpoint_id
@@ -147,8 +158,9 @@ pub async fn retry_delivery(
     .await?;
     match found {
         None => return Ok(Err(Refused::NotFound("delivery"))),
-        Some((_, true)) => return Ok(Err(Refused::EndpointDisabled)),
-        Some((state, _)) if state == "in_flight" => return Ok(Err(Refused::InFlight)),
+        Some((_, _, true)) => return Ok(Err(Refused::PayloadErased)),
+        Some((_, true, _)) => return Ok(Err(Refused::EndpointDisabled)),
+        Some((state, ..)) if state == "in_flight" => return Ok(Err(Refused::InFlight)),
         Some(_) => {}
     }
     let queued: Vec<DeliveryId> = sqlx::query_scalar(
@@ -156,6 +168,8 @@ pub async fn retry_delivery(
             set state = 'pending', next_attempt_at = now(), trigger = 'replay',
                 retry_base = d.attempt_count, last_error = null, updated_at = now()
           where d.id = $1 and d.state <> 'in_flight'
+            and not exists (select 1 from message m
+                             where m.id = d.message_id and m.payload_erased_at is not null)
          returning d.id",
     )
     .bind(delivery)
@@ -197,13 +211,17 @@ pub async fn create_recovery(
          select $1, $2, $3, $4,
                 (select count(*) from delivery d
                   where d.endpoint_id = $2 and d.state = 'dead'
-                    and d.id >= uuid_v7_floor($3) and d.id < uuid_v7_floor($4))
+                    and d.id >= uuid_v7_floor($3) and d.id < uuid_v7_floor($4)
+                    and not exists (select 1 from message m
+                                     where m.id = d.message_id
+                                       and m.payload_erased_at is not null))
                 + (select count(*)
                      from endpoint e
                      join message m on m.app_id = e.app_id
                     where e.id = $2
                       and m.id >= uuid_v7_floor(greatest($3, e.created_at))
                       and m.id < uuid_v7_floor($4)
+                      and m.payload_erased_at is null
                       and (cardinality(e.event_types) = 0 or m.event_type = any (e.event_types))
                       and not exists (select 1 from delivery d
                                        where d.message_id = m.id and d.endpoint_id = e.id)),
@@ -257,6 +275,8 @@ pub async fn recover_batch(
                 and d.state = 'dead'
                 and d.id > coalesce(r.cursor, uuid_v7_floor(r.since))
                 and d.id < uuid_v7_floor(r.until)
+                and not exists (select 1 from message m
+                                 where m.id = d.message_id and m.payload_erased_at is not null)
               order by d.id
               limit $3
                 for update of d skip locked
@@ -309,7 +329,7 @@ pub async fn recover_batch(
         // window, and a later recover of the window finds it if it dies.
         let missing: (i32, bool, Vec<Uuid>) = sqlx::query_as(
             "with scanned as (
-                 select m.id, m.event_type
+                 select m.id, m.event_type, m.payload_erased_at
                    from message m
                   where m.app_id = $2 and m.id > $4 and m.id < $5
                   order by m.id
@@ -322,7 +342,8 @@ pub async fn recover_batch(
                                        from 1 for 6), 'hex')::uuid,
                         s.id, $3, 'pending', 'replay', now()
                    from scanned s
-                  where cardinality($6::text[]) = 0 or s.event_type = any ($6::text[])
+                  where (cardinality($6::text[]) = 0 or s.event_type = any ($6::text[]))
+                    and s.payload_erased_at is null
                  on conflict (message_id, endpoint_id) do nothing
                  returning id
              )

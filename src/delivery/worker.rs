@@ -241,6 +241,7 @@ impl Direct {
                 app_id: message.app_id,
                 event_type: message.event_type.clone(),
                 payload: message.payload.clone(),
+                payload_erased: false,
                 message_created_at: message.created_at,
                 endpoint_id: EndpointId(d.endpoint_id),
                 url: d.url.clone(),
@@ -544,6 +545,16 @@ impl Shared {
                 state: "dead",
                 next_attempt_at: None,
                 last_error: Some(format!("endpoint disabled: {reason}")),
+                attempt: None,
+                endpoint_effect: EndpointEffect::None,
+                ..completion_base(row)
+            }
+        } else if row.payload_erased {
+            // Like a disabled endpoint: nothing is sent, and the delivery ends with why.
+            Completion {
+                state: "dead",
+                next_attempt_at: None,
+                last_error: Some(db::messages::PAYLOAD_ERASED.to_owned()),
                 attempt: None,
                 endpoint_effect: EndpointEffect::None,
                 ..completion_base(row)

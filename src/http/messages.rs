@@ -8,7 +8,7 @@ use utoipa_axum::routes;
 use super::openapi::{AppParam, AttemptsPage, ErrorBody, MessageParams, MessagesPage};
 use super::{AppState, optional_body, path_id};
 use crate::db::attempts::{Attempt, Of};
-use crate::db::messages::{DeliveryStatus, Message};
+use crate::db::messages::{DeliveryStatus, Erased, Message};
 use crate::db::{self, Page, PageParams};
 use crate::domain::{AttemptId, DeliveryId, EndpointId, EventType, MessageId};
 use crate::error::{AppError, AppResult, Json, Query};
@@ -19,6 +19,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(show))
         .routes(routes!(attempts))
         .routes(routes!(replay))
+        .routes(routes!(erase_payload))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -208,7 +209,7 @@ struct Queued {
     request_body(content = Option<ReplayBody>, description = "Optional"),
     responses(
         (status = 202, body = Queued),
-        (status = 409, body = ErrorBody, description = "`endpoint_disabled` or `in_flight`."),
+        (status = 409, body = ErrorBody, description = "`endpoint_disabled`, `in_flight`, or `payload_erased` (there is nothing to send)."),
     )
 )]
 async fn replay(
@@ -234,4 +235,34 @@ async fn replay(
             deliveries: queued,
         }),
     ))
+}
+
+/// Erases the message's payload and the response bodies of its attempts, for good. What
+/// stays is what happened: the message's id, event type and time, its deliveries and its
+/// attempts with their status codes, errors and durations; the payload reads as `null`
+/// from then on, with `payload_erased_at` set, everywhere (this API, the live feed, the
+/// dashboard). Deliveries still to be sent (pending or retrying) end `dead` with
+/// `last_error` "payload erased"; an attempt already in flight finishes and is recorded
+/// without its response body, and is not retried. Replaying the message or retrying its
+/// deliveries is refused from then on (409 `payload_erased`), and recovers pass over it.
+/// Erasing again changes nothing and answers the first erasure's time, with nothing
+/// removed.
+#[utoipa::path(
+    delete,
+    path = "/apps/{app}/messages/{msg}/payload",
+    tag = "messages",
+    params(MessageParams),
+    responses((status = 200, body = Erased, description = "What was removed"))
+)]
+async fn erase_payload(
+    State(state): State<AppState>,
+    Path((app, msg)): Path<(String, String)>,
+) -> AppResult<Json<Erased>> {
+    let app_id = state.app_id(&app).await?;
+    let id = path_id(&msg, "message")?;
+    let mut conn = state.pool.acquire().await?;
+    let erased = db::messages::erase_payload(&mut conn, app_id, id)
+        .await?
+        .ok_or(AppError::NotFound("message"))?;
+    Ok(Json(erased))
 }

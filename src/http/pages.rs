@@ -770,6 +770,8 @@ struct MessagePage {
     created: String,
     idempotency_key: String,
     payload: String,
+    /// When the payload was erased; empty if it was not.
+    payload_erased: String,
     deliveries: Vec<DeliveryRow>,
     attempts: Vec<AttemptRow>,
     flash: Option<String>,
@@ -822,6 +824,7 @@ async fn message_page(
         created: stamp(message.created_at),
         idempotency_key: message.idempotency_key.unwrap_or_default(),
         payload: pretty(&message.payload),
+        payload_erased: message.payload_erased_at.map(stamp).unwrap_or_default(),
         deliveries: deliveries.into_iter().map(DeliveryRow::from).collect(),
         attempts: rows(attempts),
     })

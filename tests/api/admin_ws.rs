@@ -825,3 +825,32 @@ async fn a_recover_sends_what_arrived_while_the_endpoint_was_disabled() {
     );
     receiver.wait_for(8, WAIT).await;
 }
+
+#[tokio::test]
+async fn an_erased_message_is_neither_replayed_nor_retried() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
+    let msg = app.send(&app_id, "invoice.paid", json!({"n": 1})).await;
+    let m = app
+        .wait_for_message(&app_id, &msg, WAIT, all_delivered)
+        .await;
+    let delivery = m["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.delete(&format!("/apps/{app_id}/messages/{msg}/payload"))
+            .await,
+        200
+    );
+
+    let mut ws = admin(&app).await;
+    let refused = ws
+        .error_for(json!({"req": "r", "op": "replay", "message_id": msg}))
+        .await;
+    assert_eq!(refused["code"], "payload_erased", "{refused}");
+    let refused = ws
+        .error_for(json!({"req": "t", "op": "retry", "delivery_id": delivery}))
+        .await;
+    assert_eq!(refused["code"], "payload_erased", "{refused}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.count(), 1);
+}

@@ -15,14 +15,14 @@ use crate::helpers::{
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A browser session: keeps the cookie, never follows redirects (tests look at them).
-struct Browser<'a> {
+pub struct Browser<'a> {
     app: &'a TestApp,
     http: reqwest::Client,
     cookie: Option<String>,
 }
 
 impl<'a> Browser<'a> {
-    fn new(app: &'a TestApp) -> Self {
+    pub fn new(app: &'a TestApp) -> Self {
         Self {
             app,
             http: reqwest::Client::builder()
@@ -37,7 +37,7 @@ impl<'a> Browser<'a> {
         format!("http://{}{path}", self.app.addr)
     }
 
-    async fn login(&mut self) {
+    pub async fn login(&mut self) {
         let r = self
             .post_form("/login", &[("token", TOKEN), ("next", "/apps")])
             .await;
@@ -58,7 +58,7 @@ impl<'a> Browser<'a> {
         r.send().await.unwrap()
     }
 
-    async fn page(&self, path: &str) -> String {
+    pub async fn page(&self, path: &str) -> String {
         let r = self.get(path).await;
         assert_eq!(r.status(), 200, "{path}");
         assert!(

@@ -14,6 +14,7 @@ mod dashboard;
 mod delivery;
 mod dev_setup;
 mod endpoints;
+mod erasure;
 mod fuzz;
 mod inbound;
 mod lifecycle;

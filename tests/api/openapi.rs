@@ -35,6 +35,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/apps/{app}/messages/{msg}"),
     ("get", "/api/v1/apps/{app}/messages/{msg}/attempts"),
     ("post", "/api/v1/apps/{app}/messages/{msg}/replay"),
+    ("delete", "/api/v1/apps/{app}/messages/{msg}/payload"),
     // Last: it takes the doomed endpoint with it.
     ("delete", "/api/v1/apps/{app}"),
 ];
@@ -83,14 +84,22 @@ async fn every_route_is_documented_and_every_documented_operation_is_served() {
     let (doomed_ep, _) = app
         .create_endpoint(&doomed_app, json!({"url": receiver.url()}))
         .await;
+    let doomed_msg = app.send(&doomed_app, "invoice.paid", json!({"n": 3})).await;
 
     for (method, template) in ROUTES {
-        let (app_key, ep_key) = if *method == "delete" {
-            (doomed_app.as_str(), doomed_ep.as_str())
+        let (app_key, ep_key, msg_key) = if *method == "delete" {
+            (doomed_app.as_str(), doomed_ep.as_str(), doomed_msg.as_str())
         } else {
-            (app_id.as_str(), ep.as_str())
+            (app_id.as_str(), ep.as_str(), msg.as_str())
         };
-        let response = call(&app, method, template, [app_key, ep_key, &msg], &receiver).await;
+        let response = call(
+            &app,
+            method,
+            template,
+            [app_key, ep_key, msg_key],
+            &receiver,
+        )
+        .await;
         let status = response.status().as_u16().to_string();
         let declared = &doc["paths"][template][method]["responses"];
         assert!(
@@ -176,13 +185,15 @@ async fn every_route_refuses_the_ids_of_another_application() {
         assert_eq!(body["code"], "not_found");
         checked += 1;
     }
-    assert_eq!(checked, 11, "every route with an {{ep}} or {{msg}}");
+    assert_eq!(checked, 12, "every route with an {{ep}} or {{msg}}");
 
     // Nothing of A's changed, and nothing was sent again.
     let (_, endpoint) = app.get(&format!("/apps/{a}/endpoints/{ep}")).await;
     assert_eq!(endpoint["description"], "");
     let (_, current) = app.get(&format!("/apps/{a}/endpoints/{ep}/secret")).await;
     assert_eq!(current["secret"], secret.as_str());
+    let (_, message) = app.get(&format!("/apps/{a}/messages/{msg}")).await;
+    assert_eq!(message["payload"], json!({"n": 1}), "not erased");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.count(), 1);
 }
