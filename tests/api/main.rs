@@ -15,6 +15,7 @@ mod delivery;
 mod dev_setup;
 mod endpoints;
 mod fuzz;
+mod idempotency;
 mod inbound;
 mod lifecycle;
 mod limits;
