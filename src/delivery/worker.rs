@@ -2,7 +2,7 @@
 //! request; one completer writes finished attempts back in batches. Wake-ups come from
 //! `LISTEN herald_delivery`, with a poll as the fallback.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -346,20 +346,22 @@ async fn dispatch(
                     // start before the dispatcher may rest.
                     lap_from_start = false;
                 }
-                let mut held: Vec<Held> = rows
+                // Held from now on, waiting for a worker included.
+                let mut held: VecDeque<Held> = rows
                     .into_iter()
                     .map(|row| Held::take(&shared, row))
-                    .collect::<Vec<_>>();
-                held.reverse();
-                while let Some(next) = held.pop() {
+                    .collect();
+                while !held.is_empty() {
                     // Direct dispatch may have taken permits since `free` was read; then
                     // this waits for one, but never past the time the sends could still
                     // end within their leases: what is left goes back to the queue.
                     match shared.permit_until(start_by).await {
-                        Some(permit) => shared.spawn_delivery(next, permit),
+                        Some(permit) => {
+                            let next = held.pop_front().expect("not empty");
+                            shared.spawn_delivery(next, permit);
+                        }
                         None => {
-                            held.push(next);
-                            shared.give_back(held).await;
+                            shared.give_back(held.into()).await;
                             break;
                         }
                     }
