@@ -16,7 +16,6 @@ mod dev_setup;
 mod endpoints;
 mod erasure;
 mod fuzz;
-mod idempotency;
 mod inbound;
 mod lifecycle;
 mod limits;
