@@ -222,7 +222,11 @@ pub async fn complete(
     let mut states = Vec::with_capacity(batch.len());
     let mut next_at = Vec::with_capacity(batch.len());
     let mut errors = Vec::with_capacity(batch.len());
-    for c in batch {
+    // Rows are locked in id order, as an erasure locks a message's deliveries: two writers
+    // that take the same rows in one order cannot deadlock.
+    let mut sorted: Vec<&Completion> = batch.iter().collect();
+    sorted.sort_by_key(|c| c.delivery_id.0);
+    for c in sorted {
         ids.push(c.delivery_id);
         counts.push(c.attempt_count);
         states.push(c.state);

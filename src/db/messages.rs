@@ -246,7 +246,9 @@ pub async fn erase_payload(
     // Waits for any worker writing the outcome of an attempt of this message: the
     // statements below then see that attempt and the delivery's new state. A worker that
     // completes later sees the erasure (db/deliveries.rs, `insert_attempts`).
-    sqlx::query("select 1 from delivery where message_id = $1 for no key update")
+    // In id order, as a completion batch locks them (db/deliveries.rs, `complete`): two
+    // writers that take the same rows in one order cannot deadlock.
+    sqlx::query("select 1 from delivery where message_id = $1 order by id for no key update")
         .bind(id)
         .execute(&mut *tx)
         .await?;
