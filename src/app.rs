@@ -44,9 +44,13 @@ pub struct App {
 impl App {
     /// Binds `config.listen` (port 0 picks a free port) and starts the workers.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let pool = db::connect(config.database_url.expose(), config.db_pool_size)
-            .await
-            .context("cannot connect to the database")?;
+        let pool = db::connect_with_window(
+            config.database_url.expose(),
+            config.db_pool_size,
+            config.idempotency_window,
+        )
+        .await
+        .context("cannot connect to the database")?;
         db::migrate(&pool).await.context("migrations failed")?;
         let listener = TcpListener::bind(config.listen)
             .await

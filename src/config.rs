@@ -64,6 +64,9 @@ pub struct Config {
     pub metrics_interval: Duration,
     /// Dead deliveries a recover queues per transaction.
     pub recover_batch: usize,
+    /// How long a repeated idempotency key answers its first message; after it, the key
+    /// sends a new one.
+    pub idempotency_window: Duration,
     pub log_format: LogFormat,
 
     // ---- authentication throttling (per client address, per process) ----
@@ -182,6 +185,15 @@ impl Config {
         if max_connections == 0 {
             bail!("HERALD_MAX_CONNECTIONS must be at least 1");
         }
+        // Longer than the history is kept, a key would outlive the message it answers with:
+        // once HERALD_RETENTION exists (issue 14), the window must also be at most it.
+        let idempotency_window = duration("HERALD_IDEMPOTENCY_WINDOW", "24h")?;
+        if !(IDEMPOTENCY_WINDOW_MIN..=IDEMPOTENCY_WINDOW_MAX).contains(&idempotency_window) {
+            bail!(
+                "HERALD_IDEMPOTENCY_WINDOW must be between 1m and 30d, not {}",
+                parsed("HERALD_IDEMPOTENCY_WINDOW", "").trim()
+            );
+        }
         let log_format = match parsed("HERALD_LOG_FORMAT", "pretty").as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
@@ -212,6 +224,7 @@ impl Config {
             metrics_interval: duration("HERALD_METRICS_INTERVAL", "5s")?
                 .max(Duration::from_millis(100)),
             recover_batch: number("HERALD_RECOVER_BATCH", "500")?.clamp(1, 10_000) as usize,
+            idempotency_window,
             feed_buffer: number("HERALD_FEED_BUFFER", "64")?.clamp(1, 1 << 16) as usize,
             feed_interval: duration("HERALD_FEED_INTERVAL", "0ms")?.min(Duration::from_secs(1)),
             feed_client_buffer: usize::try_from(feed_client_buffer).unwrap_or(usize::MAX),
@@ -258,6 +271,9 @@ impl Config {
         self.request_timeout * 2 + Duration::from_secs(5)
     }
 }
+
+const IDEMPOTENCY_WINDOW_MIN: Duration = Duration::from_secs(60);
+const IDEMPOTENCY_WINDOW_MAX: Duration = Duration::from_secs(30 * 86400);
 
 /// Descriptors kept free for everything but inbound connections: per worker one socket for
 /// its request and one for a DNS lookup, the database pools (the shared one, the feed's
@@ -354,6 +370,7 @@ mod tests {
         assert_eq!(c.body_timeout, Duration::from_secs(30));
         assert_eq!(c.http_timeout, Duration::from_secs(60));
         assert!(c.max_connections >= 64);
+        assert_eq!(c.idempotency_window, Duration::from_secs(86400));
         assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
     }
 
@@ -379,6 +396,41 @@ mod tests {
             50
         );
         assert!(config(&BASE[1..]).is_err());
+    }
+
+    #[test]
+    fn the_idempotency_window_is_between_a_minute_and_thirty_days() {
+        let with = |v| {
+            let mut vars = BASE.to_vec();
+            vars.push(("HERALD_IDEMPOTENCY_WINDOW", v));
+            config(&vars)
+        };
+        for (bad, says) in [
+            (
+                "59s",
+                "HERALD_IDEMPOTENCY_WINDOW must be between 1m and 30d, not 59s",
+            ),
+            (
+                "31d",
+                "HERALD_IDEMPOTENCY_WINDOW must be between 1m and 30d, not 31d",
+            ),
+            (
+                "0",
+                "HERALD_IDEMPOTENCY_WINDOW must be between 1m and 30d, not 0",
+            ),
+            ("a day", "HERALD_IDEMPOTENCY_WINDOW is not a duration"),
+        ] {
+            let err = format!("{:#}", with(bad).unwrap_err());
+            assert!(err.starts_with(says), "{bad}: {err}");
+        }
+        assert_eq!(
+            with("1m").unwrap().idempotency_window,
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            with("30d").unwrap().idempotency_window,
+            Duration::from_secs(30 * 86400)
+        );
     }
 
     #[test]

@@ -89,9 +89,9 @@ pub struct Sent {
 
 /// Stores the message and one delivery per matching enabled endpoint in one statement (so
 /// one transaction); deliveries not claimed directly are announced to the workers. Same
-/// function a backend sharing the database calls inside its own transaction; a repeated
-/// idempotency key returns the original and queues nothing. `app` is an application id or
-/// uid; `None` when there is no such application.
+/// function a backend sharing the database calls inside its own transaction; a key repeated
+/// within the idempotency window returns the original and queues nothing. `app` is an
+/// application id or uid; `None` when there is no such application.
 pub async fn send(
     db: impl PgExecutor<'_>,
     app: &str,

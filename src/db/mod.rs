@@ -14,20 +14,53 @@ pub mod replays;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
 
 /// Every Herald table lives in this schema, so Herald can share a database with the
 /// application that feeds it.
 pub const SCHEMA: &str = "herald";
 
+/// Herald's advisory locks take PostgreSQL's two-key form under this first key ("hrlm" in
+/// ASCII), so they collide neither with one-key locks (sqlx's own migration lock among
+/// them) nor with the two-key locks of an application sharing the database.
+pub const HERALD_LOCKS: i32 = 0x6872_6c6d;
+const MIGRATIONS_LOCK: i32 = 1;
+
+/// The indexes Herald's migrations build with `create index concurrently` (each alone in a
+/// `-- no-transaction` migration). A build interrupted on the server leaves its index
+/// invalid and its migration unrecorded; [`migrate`] drops such a remnant, and only these.
+const CONCURRENT_INDEXES: &[&str] = &["message_event_type", "attempt_endpoint_failed"];
+
+/// A pool with no idempotency window of its own: `herald.enqueue` then honours keys for its
+/// default, 24 hours. For tools and tests; the server uses [`connect_with_window`].
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(url)?
+    pool(options(url)?, max_connections).await
+}
+
+/// Herald's main pool: every connection also carries `herald.idempotency_window`, which
+/// `herald.enqueue` reads (a setting rather than an argument, so that the function a
+/// backend calls from its own transaction keeps its signature).
+pub async fn connect_with_window(
+    url: &str,
+    max_connections: u32,
+    idempotency_window: Duration,
+) -> anyhow::Result<PgPool> {
+    let window = format!("{} milliseconds", idempotency_window.as_millis());
+    let options = options(url)?.options([("herald.idempotency_window", window)]);
+    pool(options, max_connections).await
+}
+
+fn options(url: &str) -> anyhow::Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(url)?
         .options([
             ("search_path", SCHEMA),
             ("plan_cache_mode", "force_generic_plan"),
         ])
-        .application_name("herald");
+        .application_name("herald"))
+}
+
+async fn pool(options: PgConnectOptions, max_connections: u32) -> anyhow::Result<PgPool> {
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         // A request must fail fast, not hang, when the database is away: 503 after this.
@@ -42,7 +75,69 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::query("create schema if not exists herald")
         .execute(pool)
         .await?;
-    sqlx::migrate!("./migrations").run(pool).await?;
+    // A connection of its own, closed at the end: its session lock goes with it whatever
+    // fails on the way.
+    let mut conn = pool.acquire().await?.detach();
+    // Several processes may start at once. A migration that creates an index concurrently
+    // waits for every transaction open in the database, a statement blocked on a lock among
+    // them: a process waiting in pg_advisory_lock (as sqlx's own migration lock waits) for
+    // the one building the index would deadlock with it. So the others poll a lock of ours,
+    // holding nothing open between tries, and sqlx's lock is left off.
+    let waiting_since = std::time::Instant::now();
+    let mut said = Duration::ZERO;
+    while !sqlx::query_scalar::<_, bool>("select pg_try_advisory_lock($1, $2)")
+        .bind(HERALD_LOCKS)
+        .bind(MIGRATIONS_LOCK)
+        .fetch_one(&mut conn)
+        .await?
+    {
+        // The holder may be a build whose process died: the server finishes it first.
+        if waiting_since.elapsed() >= said + Duration::from_secs(10) {
+            said = waiting_since.elapsed();
+            tracing::info!(
+                waited_secs = said.as_secs(),
+                "waiting for another process's migrations"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop_interrupted_index_builds(&mut conn).await?;
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_locking(false);
+    migrator.run(&mut conn).await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// A `create index concurrently` that fails or is cancelled on the server leaves its index
+/// invalid and its migration unrecorded; the migration, run again, would skip the index
+/// (`if not exists`) and leave it invalid for good. So an invalid index that is one of
+/// Herald's own concurrent builds, and that no session is building right now, is dropped
+/// before the migrations run. (A build whose process was killed goes on in the server and
+/// ends valid: the migration then finds it there.)
+async fn drop_interrupted_index_builds(conn: &mut PgConnection) -> anyhow::Result<()> {
+    let names: Vec<String> = CONCURRENT_INDEXES.iter().map(|n| n.to_string()).collect();
+    let remnants: Vec<String> = sqlx::query_scalar(
+        "select format('%I.%I', n.nspname, c.relname)
+           from pg_index i
+           join pg_class c on c.oid = i.indexrelid
+           join pg_namespace n on n.oid = c.relnamespace
+          where n.nspname = $1 and c.relname = any($2) and not i.indisvalid
+            and not exists (select 1 from pg_stat_progress_create_index p
+                             where p.index_relid = i.indexrelid)",
+    )
+    .bind(SCHEMA)
+    .bind(&names)
+    .fetch_all(&mut *conn)
+    .await?;
+    for index in remnants {
+        tracing::warn!(%index, "dropping an index whose concurrent build was interrupted");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "drop index concurrently if exists {index}"
+        )))
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 

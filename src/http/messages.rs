@@ -29,7 +29,8 @@ struct SendMessage {
     /// Any JSON; receivers get exactly this text.
     #[schema(value_type = serde_json::Value)]
     payload: Box<RawValue>,
-    /// Sending the same key again answers the first message and queues nothing.
+    /// Sending the same key again within `HERALD_IDEMPOTENCY_WINDOW` (default 24 h) answers
+    /// the first message and queues nothing; after it, the key sends a new message.
     #[schema(min_length = 1, max_length = 256)]
     idempotency_key: Option<String>,
 }

@@ -16,6 +16,7 @@ mod dev_setup;
 mod endpoints;
 mod erasure;
 mod fuzz;
+mod idempotency;
 mod inbound;
 mod lifecycle;
 mod limits;

@@ -1,0 +1,349 @@
+//! Idempotency keys are honoured for HERALD_IDEMPOTENCY_WINDOW (default 24 h); after it a
+//! repeated key creates a new message.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::helpers::{
+    Receiver, TestApp, all_delivered, fresh_database, spawn_app_on, spawn_app_with,
+};
+
+/// Moves a message back in time, as if it had been sent `ago` (a PostgreSQL interval)
+/// earlier: its id (UUIDv7) and its created_at (what the window is measured on). Returns
+/// its new id. Only for a message without deliveries, which would still point at the old id.
+async fn age(pool: &PgPool, msg: &str, ago: &str) -> String {
+    sqlx::query_scalar(
+        "update herald.message
+            set id = herald.uuid_v7_floor(now() - $2::interval),
+                created_at = now() - $2::interval
+          where id = substring($1 from 5)::uuid
+         returning herald.message_ref(id)",
+    )
+    .bind(msg)
+    .bind(ago)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn send_with_key(app: &TestApp, app_id: &str, key: &str, n: u64) -> Value {
+    let (status, msg) = app
+        .post(
+            &format!("/apps/{app_id}/messages"),
+            json!({"event_type": "invoice.paid", "payload": {"n": n}, "idempotency_key": key}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{msg}");
+    msg
+}
+
+async fn messages_with_key(pool: &PgPool, key: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from herald.message where idempotency_key = $1")
+        .bind(key)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_key_repeated_after_the_window_sends_a_new_message() {
+    let app = spawn_app_with(&[("HERALD_IDEMPOTENCY_WINDOW", "1m")]).await;
+    let receiver = Receiver::start().await;
+    let app_id = app.create_app().await;
+
+    // Sent before the endpoint exists (so no delivery holds on to the ids moved below).
+    let expired = send_with_key(&app, &app_id, "expired", 1).await;
+    let kept = send_with_key(&app, &app_id, "kept", 2).await;
+    // 90 s is past the configured 1 minute (and well within the 24 h default); 30 s is not.
+    let expired_id = age(&app.pool, expired["id"].as_str().unwrap(), "90 seconds").await;
+    let kept_id = age(&app.pool, kept["id"].as_str().unwrap(), "30 seconds").await;
+    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
+        .await;
+
+    let again = send_with_key(&app, &app_id, "expired", 3).await;
+    assert_ne!(
+        again["id"],
+        json!(expired_id),
+        "a key past its window sends anew"
+    );
+    assert_eq!(again["payload"], json!({"n": 3}));
+    let still = send_with_key(&app, &app_id, "kept", 4).await;
+    assert_eq!(
+        still["id"],
+        json!(kept_id),
+        "a key within its window answers its first"
+    );
+    assert_eq!(still["payload"], json!({"n": 2}));
+
+    let new_id = again["id"].as_str().unwrap();
+    app.wait_for_message(&app_id, new_id, Duration::from_secs(10), all_delivered)
+        .await;
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.count(), 1, "only the new message is sent");
+    assert_eq!(got[0].header("webhook-id"), new_id);
+    // The key moved to the new message; the old one keeps everything else.
+    assert_eq!(messages_with_key(&app.pool, "expired").await, 1);
+    let (status, old) = app
+        .get(&format!("/apps/{app_id}/messages/{expired_id}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (old["idempotency_key"].clone(), old["payload"].clone()),
+        (Value::Null, json!({"n": 1}))
+    );
+    assert_eq!(messages_with_key(&app.pool, "kept").await, 1);
+}
+
+fn send_in_background(
+    sends: &mut tokio::task::JoinSet<(StatusCode, Value)>,
+    app: &TestApp,
+    app_id: &str,
+    key: &str,
+    n: u64,
+) {
+    let (http, url) = (
+        app.http.clone(),
+        app.url(&format!("/apps/{app_id}/messages")),
+    );
+    let key = key.to_owned();
+    sends.spawn(async move {
+        let r = http
+            .post(url)
+            .bearer_auth(crate::helpers::TOKEN)
+            .header("Idempotency-Key", key)
+            .json(&json!({"event_type": "invoice.paid", "payload": {"n": n}}))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    });
+}
+
+fn all_the_same(answers: &[(StatusCode, Value)]) -> &Value {
+    for (status, msg) in answers {
+        assert_eq!(*status, StatusCode::ACCEPTED, "{msg}");
+        assert_eq!(
+            msg["id"], answers[0].1["id"],
+            "every send answers the same message"
+        );
+    }
+    &answers[0].1["id"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sends_of_one_new_key_make_one_message() {
+    let app = spawn_app_with(&[("HERALD_DB_POOL_SIZE", "24")]).await;
+    let receiver = Receiver::start().await;
+    let (_, created) = app
+        .post("/apps", json!({"name": "Acme", "uid": "acme"}))
+        .await;
+    let app_id = created["id"].as_str().unwrap().to_owned();
+    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
+        .await;
+
+    // 20 at once through the API.
+    let mut sends = tokio::task::JoinSet::new();
+    for n in 0..20 {
+        send_in_background(&mut sends, &app, &app_id, "order-7-paid", n);
+    }
+    all_the_same(&sends.join_all().await);
+    assert_eq!(messages_with_key(&app.pool, "order-7-paid").await, 1);
+
+    // While a backend's transaction holds a send of the key, uncommitted, sends of the key
+    // through the API wait for it, then answer its message.
+    let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let held: String = sqlx::query_scalar(
+        "select herald.message_ref(id)
+           from herald.send_message('acme', 'invoice.paid', '{}', 'order-8-paid')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    let mut sends = tokio::task::JoinSet::new();
+    for n in 0..20 {
+        send_in_background(&mut sends, &app, &app_id, "order-8-paid", n);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(sends.try_join_next().is_none(), "a send did not wait");
+    tx.commit().await.unwrap();
+    assert_eq!(all_the_same(&sends.join_all().await), &json!(held));
+    assert_eq!(messages_with_key(&app.pool, "order-8-paid").await, 1);
+
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.count(), 2, "one webhook per key");
+}
+
+/// A backend calling herald.send_message on its own connection has not set
+/// herald.idempotency_window: it gets the 24 hour default, or the window it sets.
+#[tokio::test]
+async fn the_sql_function_honours_keys_for_24_hours_or_the_sessions_window() {
+    let app = spawn_app_with(&[("HERALD_IDEMPOTENCY_WINDOW", "1m")]).await;
+    let (_, created) = app
+        .post("/apps", json!({"name": "Acme", "uid": "acme"}))
+        .await;
+    assert!(created["id"].is_string(), "{created}");
+    let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+    let send = async |conn: &mut PgConnection| -> String {
+        sqlx::query_scalar(
+            "select herald.message_ref(id)
+               from herald.send_message('acme', 'invoice.paid', '{}', 'in_1-paid')",
+        )
+        .fetch_one(conn)
+        .await
+        .unwrap()
+    };
+
+    let first = send(&mut conn).await;
+    assert_eq!(send(&mut conn).await, first);
+    // Herald's own 1 minute is not the backend's: a day is.
+    let first = age(&app.pool, &first, "23 hours").await;
+    assert_eq!(send(&mut conn).await, first, "23 hours old: still the same");
+    let first = age(&app.pool, &first, "25 hours").await;
+    let second = send(&mut conn).await;
+    assert_ne!(second, first, "25 hours old: a new message");
+    assert_eq!(send(&mut conn).await, second);
+
+    // A session may set its own window.
+    sqlx::query("set herald.idempotency_window = '1 hour'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let second = age(&app.pool, &second, "2 hours").await;
+    let third = send(&mut conn).await;
+    assert!(
+        third != first && third != second,
+        "past the session's hour: new"
+    );
+    // The window is consulted when a key is seen again.
+    sqlx::query("set herald.idempotency_window = '-1 hour'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let err = sqlx::query("select herald.send_message('acme', 'a.b', '{}', 'in_1-paid')")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("herald.idempotency_window must be positive"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn start_up_refuses_a_window_out_of_bounds() {
+    for (window, says) in [
+        (
+            "30s",
+            "HERALD_IDEMPOTENCY_WINDOW must be between 1m and 30d, not 30s",
+        ),
+        (
+            "90d",
+            "HERALD_IDEMPOTENCY_WINDOW must be between 1m and 30d, not 90d",
+        ),
+        ("soon", "HERALD_IDEMPOTENCY_WINDOW is not a duration"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("serve")
+            .env_clear()
+            .current_dir(std::env::temp_dir())
+            .envs(crate::helpers::base_env())
+            // Never reached: the configuration is refused first.
+            .env("DATABASE_URL", "postgres://127.0.0.1:1/none")
+            .env("HERALD_IDEMPOTENCY_WINDOW", window)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{window}: started");
+        assert!(stderr.contains(says), "{window}: {stderr}");
+    }
+}
+
+/// Migrations up to 0008 (the release before the window), as a database of that release.
+async fn database_at_0008() -> (String, PgPool) {
+    let url = fresh_database().await;
+    let pool = herald::db::connect(&url, 2).await.unwrap();
+    sqlx::query("create schema herald")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::migrate!("./migrations")
+        .run_to(8, &pool)
+        .await
+        .unwrap();
+    (url, pool)
+}
+
+async fn index_def(pool: &PgPool, name: &str) -> Option<(String, bool)> {
+    sqlx::query_as(
+        "select pg_get_indexdef(i.indexrelid), i.indisvalid
+           from pg_index i join pg_class c on c.oid = i.indexrelid
+          where c.relname = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn keys_stored_before_the_upgrade_are_honoured_within_the_window() {
+    let (url, old) = database_at_0008().await;
+    let sent = async |key: &str| -> String {
+        sqlx::query_scalar(
+            "select herald.message_ref(id)
+               from herald.send_message('acme', 'invoice.paid', '{\"n\": 1}', $1)",
+        )
+        .bind(key)
+        .fetch_one(&old)
+        .await
+        .unwrap()
+    };
+    sqlx::query("insert into application (uid, name) values ('acme', 'Acme')")
+        .execute(&old)
+        .await
+        .unwrap();
+    let recent = sent("recent").await;
+    let ancient = sent("ancient").await;
+    for i in 0..100 {
+        sent(&format!("other-{i}")).await;
+    }
+    let recent = age(&old, &recent, "2 hours").await;
+    let ancient = age(&old, &ancient, "3 days").await;
+    old.close().await;
+
+    let app = spawn_app_on(url, &[]).await;
+    let receiver = Receiver::start().await;
+    let app_id = {
+        let (_, a) = app.get("/apps/acme").await;
+        a["id"].as_str().unwrap().to_owned()
+    };
+    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
+        .await;
+
+    let again = send_with_key(&app, &app_id, "recent", 2).await;
+    assert_eq!(again["id"], json!(recent), "2 hours old: the same message");
+    let anew = send_with_key(&app, &app_id, "ancient", 3).await;
+    assert_ne!(anew["id"], json!(ancient), "3 days old: past the window");
+    app.wait_for_message(
+        &app_id,
+        anew["id"].as_str().unwrap(),
+        Duration::from_secs(10),
+        all_delivered,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.count(), 1, "only the new message is sent");
+
+    // The unique index still makes one key one message.
+    let (def, valid) = index_def(&app.pool, "message_idempotency").await.unwrap();
+    assert!(valid && def.contains("UNIQUE"), "{def}");
+}
