@@ -1,6 +1,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgExecutor;
+use uuid::Uuid;
 
 use crate::domain::{AppId, AttemptId, DeliveryId, EndpointId, MessageId};
 
@@ -41,12 +42,73 @@ macro_rules! select_attempts {
     };
 }
 
+/// Which attempts of a message or an endpoint a list shows.
+#[derive(Debug, Clone, Default)]
+pub struct Search {
+    /// `succeeded`, `retrying` or `dead`.
+    pub outcome: Option<Outcome>,
+    /// Response status codes in this range, both ends included (one code: both ends equal).
+    pub status: Option<(i32, i32)>,
+    /// Attempts before this one (the page's cursor).
+    pub before: Option<AttemptId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Retrying,
+    Dead,
+}
+
+impl Outcome {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "succeeded" => Some(Self::Succeeded),
+            "retrying" => Some(Self::Retrying),
+            "dead" => Some(Self::Dead),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Retrying => "retrying",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+impl Search {
+    /// Only 2xx succeeds, so a status outside 200-299 is a failure's.
+    fn failures_only(&self) -> bool {
+        matches!(self.outcome, Some(Outcome::Retrying | Outcome::Dead))
+            || self
+                .status
+                .is_some_and(|(low, high)| high < 200 || low > 299)
+    }
+
+    /// Asks for nothing that can exist: a success with a failure's status.
+    fn matches_nothing(&self) -> bool {
+        self.outcome == Some(Outcome::Succeeded)
+            && self
+                .status
+                .is_some_and(|(low, high)| high < 200 || low > 299)
+    }
+}
+
+/// The page's bound is written on the index's own key, `(endpoint_id, id) < ($1, $3)`,
+/// not as `a.id < $3`: a generic plan takes a bare id range for a narrow one and walks the
+/// primary key past every other endpoint's attempts (see db/messages.rs, `list`).
 macro_rules! list_attempts {
-    ($key:literal) => {
+    ($key:literal $(, $and:literal)?) => {
         select_attempts!(concat!(
-            $key,
-            " = $1 and a.app_id = $2 and ($3::uuid is null or a.id < $3)
-              order by a.id desc limit $4"
+            "(", $key, ", a.id) >= ($1, '00000000-0000-0000-0000-000000000000')
+              and (", $key, ", a.id) < ($1, $3) and a.app_id = $2",
+            $($and,)?
+            " and ($5::text is null or a.outcome = $5::text::attempt_outcome)
+              and ($6::int is null or a.response_status between $6 and $7)
+              order by ", $key, " desc, a.id desc limit $4"
         ))
     };
 }
@@ -59,22 +121,46 @@ pub enum Of {
 }
 
 /// Attempts of one message or one endpoint, newest first.
+///
+/// A message has a handful of attempts: its index `(message_id, id)` serves every filter.
+/// An endpoint has its whole history, walked newest first through `(endpoint_id, id)`
+/// until a page matches: cheap when most attempts match (a success filter on a healthy
+/// endpoint, a 2xx status), while filters that only failures can match take the partial
+/// index of failures (migration 0012), which the planner may only use when the
+/// statement itself says `outcome <> 'succeeded'` (the pool plans generically: a
+/// parameter proves nothing).
 pub async fn list(
     db: impl PgExecutor<'_>,
     app_id: AppId,
     of: Of,
-    before: Option<AttemptId>,
+    search: &Search,
     limit: i64,
 ) -> sqlx::Result<Vec<Attempt>> {
-    let (sql, key) = match of {
-        Of::Message(id) => (list_attempts!("a.message_id"), id.0),
-        Of::Endpoint(id) => (list_attempts!("a.endpoint_id"), id.0),
+    if search.matches_nothing() {
+        return Ok(Vec::new());
+    }
+    let failures = search.failures_only();
+    let (sql, key) = match (of, failures) {
+        (Of::Message(id), false) => (list_attempts!("a.message_id"), id.0),
+        (Of::Message(id), true) => (
+            list_attempts!("a.message_id", " and a.outcome <> 'succeeded'"),
+            id.0,
+        ),
+        (Of::Endpoint(id), false) => (list_attempts!("a.endpoint_id"), id.0),
+        (Of::Endpoint(id), true) => (
+            list_attempts!("a.endpoint_id", " and a.outcome <> 'succeeded'"),
+            id.0,
+        ),
     };
+    let (low, high) = search.status.unzip();
     sqlx::query_as(sql)
         .bind(key)
         .bind(app_id)
-        .bind(before)
+        .bind(search.before.map_or(Uuid::max(), |a| a.0))
         .bind(limit + 1)
+        .bind(search.outcome.map(Outcome::as_str))
+        .bind(low)
+        .bind(high)
         .fetch_all(db)
         .await
 }

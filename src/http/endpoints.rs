@@ -7,6 +7,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{AppParam, AttemptsPage, EndpointParams, EndpointsPage, ErrorBody};
+use super::search::AttemptFilters;
 use super::{AppState, optional_body, path_id};
 use crate::db::attempts::{Attempt, Of};
 use crate::db::endpoints::{Endpoint, EndpointFields, REDACTED};
@@ -445,27 +446,36 @@ async fn rotate(
     }))
 }
 
-/// The endpoint's attempts, newest first.
+/// The endpoint's attempts, newest first, optionally only those of one outcome or
+/// status. Pass the same filters with `cursor` for the next page. Filters that only
+/// failures match (`retrying`, `dead`, a status outside 2xx) read an index of failures
+/// alone; `succeeded` and 2xx walk the endpoint's attempts until the page is full, which
+/// is quick unless the endpoint rarely succeeds.
 #[utoipa::path(
     get,
     path = "/apps/{app}/endpoints/{ep}/attempts",
     tag = "endpoints",
-    params(EndpointParams, AttemptsPage),
-    responses((status = 200, body = Page<Attempt>))
+    params(EndpointParams, AttemptsPage, AttemptFilters),
+    responses(
+        (status = 200, body = Page<Attempt>),
+        (status = 422, body = ErrorBody, description = "A filter's value is invalid."),
+    )
 )]
 async fn attempts(
     State(state): State<AppState>,
     Path((app, ep)): Path<(String, String)>,
     Query(page): Query<PageParams>,
+    Query(filters): Query<AttemptFilters>,
 ) -> AppResult<Json<Page<Attempt>>> {
     let endpoint = find(&state, &app, &ep).await?;
     let limit = page.limit().map_err(AppError::BadRequest)?;
     let before = page.cursor::<AttemptId>().map_err(AppError::BadRequest)?;
+    let search = filters.search(before)?;
     let rows = db::attempts::list(
         &state.pool,
         endpoint.app_id,
         Of::Endpoint(endpoint.id),
-        before,
+        &search,
         limit,
     )
     .await?;

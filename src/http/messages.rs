@@ -6,6 +6,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{AppParam, AttemptsPage, ErrorBody, MessageParams, MessagesPage};
+use super::search::{self, AttemptFilters, MessageFilters};
 use super::{AppState, optional_body, path_id};
 use crate::db::attempts::{Attempt, Of};
 use crate::db::messages::{DeliveryStatus, Erased, Message};
@@ -105,23 +106,32 @@ async fn send(
     Ok((StatusCode::ACCEPTED, Json(sent.message)))
 }
 
-/// Lists an application's messages, newest first.
+/// Lists an application's messages, newest first, optionally only those of one event
+/// type, time window or idempotency key. Pass the same filters with `cursor` for the
+/// next page.
 #[utoipa::path(
     get,
     path = "/apps/{app}/messages",
     tag = "messages",
-    params(AppParam, MessagesPage),
-    responses((status = 200, body = Page<Message>))
+    params(AppParam, MessagesPage, MessageFilters),
+    responses(
+        (status = 200, body = Page<Message>),
+        (status = 422, body = ErrorBody, description = "A filter's value is invalid."),
+    )
 )]
 async fn list(
     State(state): State<AppState>,
     Path(app): Path<String>,
     Query(page): Query<PageParams>,
+    Query(filters): Query<MessageFilters>,
 ) -> AppResult<Json<Page<Message>>> {
     let app_id = state.app_id(&app).await?;
     let limit = page.limit().map_err(AppError::BadRequest)?;
     let before = page.cursor::<MessageId>().map_err(AppError::BadRequest)?;
-    let rows = db::messages::list(&state.pool, app_id, before, limit).await?;
+    let Some(search) = filters.search(before, search::rfc3339)? else {
+        return Ok(Json(Page::from_rows(vec![], limit, |_| String::new())));
+    };
+    let rows = db::messages::list(&state.pool, app_id, &search, limit).await?;
     Ok(Json(Page::from_rows(rows, limit, |m| m.id.to_string())))
 }
 
@@ -161,27 +171,33 @@ async fn show(
     }))
 }
 
-/// The message's attempts at every endpoint, newest first.
+/// The message's attempts at every endpoint, newest first, optionally only those of one
+/// outcome or status. Pass the same filters with `cursor` for the next page.
 #[utoipa::path(
     get,
     path = "/apps/{app}/messages/{msg}/attempts",
     tag = "messages",
-    params(MessageParams, AttemptsPage),
-    responses((status = 200, body = Page<Attempt>))
+    params(MessageParams, AttemptsPage, AttemptFilters),
+    responses(
+        (status = 200, body = Page<Attempt>),
+        (status = 422, body = ErrorBody, description = "A filter's value is invalid."),
+    )
 )]
 async fn attempts(
     State(state): State<AppState>,
     Path((app, msg)): Path<(String, String)>,
     Query(page): Query<PageParams>,
+    Query(filters): Query<AttemptFilters>,
 ) -> AppResult<Json<Page<Attempt>>> {
     let message = find(&state, &app, &msg).await?;
     let limit = page.limit().map_err(AppError::BadRequest)?;
     let before = page.cursor::<AttemptId>().map_err(AppError::BadRequest)?;
+    let search = filters.search(before)?;
     let rows = db::attempts::list(
         &state.pool,
         message.app_id,
         Of::Message(message.id),
-        before,
+        &search,
         limit,
     )
     .await?;

@@ -7,6 +7,7 @@ mod health;
 mod messages;
 mod openapi;
 mod pages;
+mod search;
 mod session;
 mod stats;
 mod stream;

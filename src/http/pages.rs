@@ -16,6 +16,7 @@ use axum::{Router, middleware};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use super::search::{self, AttemptFilters, MessageFilters};
 use super::throttle::ClientAddr;
 use super::{AppState, path_id, session};
 use crate::db::attempts::{Attempt, Of};
@@ -25,7 +26,9 @@ use crate::db::events::DeadDelivery;
 use crate::db::messages::{DeliveryStatus, Message};
 use crate::db::replays::{self, Refused};
 use crate::db::{self, PageParams};
-use crate::domain::{DeliveryId, EndpointId, MessageId, SigningSecret, redact_userinfo, short_url};
+use crate::domain::{
+    AttemptId, DeliveryId, EndpointId, MessageId, SigningSecret, redact_userinfo, short_url,
+};
 use crate::error::AppError;
 
 pub fn routes() -> Router<AppState> {
@@ -583,6 +586,9 @@ struct MessageRow {
     at: String,
 }
 
+/// The dashboard's list pages: 50 rows, then an "Older" link.
+const PAGE_ROWS: i64 = 50;
+
 #[derive(Template)]
 #[template(path = "app.html")]
 struct AppPage {
@@ -592,16 +598,85 @@ struct AppPage {
     uid: String,
     endpoints: Vec<EndpointRow>,
     messages: Vec<MessageRow>,
+    /// The filter form's values, as it shows them.
+    filter: MessageFilters,
+    filtered: bool,
+    /// The query of the next page's link: the same filters and the cursor.
+    older: Option<String>,
+}
+
+/// A time from a form: RFC 3339, or a `datetime-local` value read as UTC.
+fn form_time_value(value: &str) -> Option<DateTime<Utc>> {
+    let value = value.trim();
+    search::rfc3339(value).or_else(|| {
+        chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M")
+            .or_else(|_| chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S%.f"))
+            .ok()
+            .map(|t| t.and_utc())
+    })
+}
+
+/// How a `datetime-local` input shows a time (UTC).
+fn form_time_text(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.3f").to_string()
+}
+
+/// `pairs` without the empty ones, as a query string.
+fn query_of<'a>(pairs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in pairs {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            query.append_pair(name, v);
+        }
+    }
+    query.finish()
+}
+
+fn bad_filter(e: String) -> PageError {
+    PageError(StatusCode::UNPROCESSABLE_ENTITY, e)
 }
 
 async fn app(
     State(state): State<AppState>,
     session: Session,
     Path(key): Path<String>,
+    axum::extract::Query(page): axum::extract::Query<PageParams>,
+    axum::extract::Query(filter): axum::extract::Query<MessageFilters>,
 ) -> PageResult {
     let app = state.app(&key).await?;
+    let cursor = page.cursor::<MessageId>().map_err(bad_filter)?;
+    let mut filter = filter.without_empty();
+    let search = filter.search(cursor, form_time_value)?;
+    // The form shows the times it was given in the form it takes them.
+    for value in [&mut filter.since, &mut filter.until] {
+        if let Some(at) = value.as_deref().and_then(form_time_value) {
+            *value = Some(form_time_text(at));
+        }
+    }
     let endpoints = db::endpoints::list(&state.pool, app.id, None, PageParams::MAX_LIMIT).await?;
-    let messages = db::messages::list(&state.pool, app.id, None, 50).await?;
+    let mut messages = match &search {
+        Some(search) => db::messages::list(&state.pool, app.id, search, PAGE_ROWS).await?,
+        None => vec![],
+    };
+    let older = if messages.len() as i64 > PAGE_ROWS {
+        messages.truncate(PAGE_ROWS as usize);
+        messages.last().map(|m| {
+            let cursor = m.id.to_string();
+            query_of([
+                ("event_type", filter.event_type.as_deref()),
+                ("since", filter.since.as_deref()),
+                ("until", filter.until.as_deref()),
+                ("idempotency_key", filter.idempotency_key.as_deref()),
+                ("cursor", Some(cursor.as_str())),
+            ])
+        })
+    } else {
+        None
+    };
+    let filtered = filter.event_type.is_some()
+        || filter.since.is_some()
+        || filter.until.is_some()
+        || filter.idempotency_key.is_some();
     render(AppPage {
         layout: Layout::new(&state, &session, app.name.clone(), "apps"),
         id: app.id.to_string(),
@@ -610,13 +685,15 @@ async fn app(
         endpoints: endpoints.into_iter().map(EndpointRow::from).collect(),
         messages: messages
             .into_iter()
-            .take(50)
             .map(|m| MessageRow {
                 id: m.id.to_string(),
                 event_type: m.event_type,
                 at: stamp(m.created_at),
             })
             .collect(),
+        filter,
+        filtered,
+        older,
     })
 }
 
@@ -630,9 +707,22 @@ struct EndpointPage {
     rate: String,
     rate_counts: Rate,
     attempts: Vec<AttemptRow>,
+    /// The filter form's values.
+    outcome: String,
+    status: String,
+    filtered: bool,
+    /// The query of the next page's link: the same filters and the cursor.
+    older: Option<String>,
     /// Shown once, right after a rotation from this page.
     new_secret: Option<String>,
     flash: Option<String>,
+}
+
+/// Which of an endpoint's attempts its page shows.
+#[derive(Default)]
+struct AttemptView {
+    filter: AttemptFilters,
+    cursor: Option<AttemptId>,
 }
 
 async fn endpoint_page(
@@ -640,26 +730,58 @@ async fn endpoint_page(
     session: &Session,
     app_key: &str,
     ep: &str,
+    view: AttemptView,
     new_secret: Option<String>,
     flash: Option<String>,
 ) -> PageResult {
     let app = state.app(app_key).await?;
     let id = path_id(ep, "endpoint")?;
+    let search = view.filter.search(view.cursor)?;
     let endpoint = db::endpoints::find(&state.pool, app.id, id)
         .await?
         .ok_or(AppError::NotFound("endpoint"))?;
     let rate = dashboard::endpoint_rate(&state.pool, endpoint.id).await?;
-    let attempts =
-        db::attempts::list(&state.pool, app.id, Of::Endpoint(endpoint.id), None, 50).await?;
+    let mut attempts = db::attempts::list(
+        &state.pool,
+        app.id,
+        Of::Endpoint(endpoint.id),
+        &search,
+        PAGE_ROWS,
+    )
+    .await?;
+    let AttemptFilters { outcome, status } = view.filter;
+    let older = if attempts.len() as i64 > PAGE_ROWS {
+        attempts.truncate(PAGE_ROWS as usize);
+        attempts.last().map(|a| {
+            let cursor = a.id.to_string();
+            query_of([
+                ("outcome", outcome.as_deref()),
+                ("status", status.as_deref()),
+                ("cursor", Some(cursor.as_str())),
+            ])
+        })
+    } else {
+        None
+    };
+    let filtered = outcome.is_some() || status.is_some();
+    let mut layout = Layout::new(state, session, short_url(&endpoint.url), "apps");
+    // New attempts are added live only to the unfiltered newest page: the feed cannot say
+    // which of them a filter would show.
+    if !filtered && view.cursor.is_none() {
+        layout = layout.live(format!("endpoint={}", endpoint.id));
+    }
     render(EndpointPage {
-        layout: Layout::new(state, session, short_url(&endpoint.url), "apps")
-            .live(format!("endpoint={}", endpoint.id)),
+        layout,
         app_id: app.id.to_string(),
         app_name: app.name,
         endpoint: endpoint.into(),
         rate: percent(rate.percent()),
         rate_counts: rate,
-        attempts: rows(attempts.into_iter().take(50).collect()),
+        attempts: rows(attempts),
+        outcome: outcome.unwrap_or_default(),
+        status: status.unwrap_or_default(),
+        filtered,
+        older,
         new_secret,
         flash,
     })
@@ -669,8 +791,14 @@ async fn endpoint(
     State(state): State<AppState>,
     session: Session,
     Path((app, ep)): Path<(String, String)>,
+    axum::extract::Query(page): axum::extract::Query<PageParams>,
+    axum::extract::Query(filter): axum::extract::Query<AttemptFilters>,
 ) -> PageResult {
-    endpoint_page(&state, &session, &app, &ep, None, None).await
+    let view = AttemptView {
+        filter: filter.without_empty(),
+        cursor: page.cursor::<AttemptId>().map_err(bad_filter)?,
+    };
+    endpoint_page(&state, &session, &app, &ep, view, None, None).await
 }
 
 async fn rotate(
@@ -694,6 +822,7 @@ async fn rotate(
         &session,
         &app,
         &ep,
+        AttemptView::default(),
         Some(shown),
         Some("Secret rotated.".into()),
     )
@@ -734,7 +863,16 @@ async fn set_state(
     } else {
         "Endpoint enabled: new messages are sent to it again. Messages sent while it was disabled were not queued for it; recover a time window to send them."
     };
-    endpoint_page(&state, &session, &app, &ep, None, Some(flash.into())).await
+    endpoint_page(
+        &state,
+        &session,
+        &app,
+        &ep,
+        AttemptView::default(),
+        None,
+        Some(flash.into()),
+    )
+    .await
 }
 
 struct DeliveryRow {
@@ -809,7 +947,7 @@ async fn message_page(
         &state.pool,
         app.id,
         Of::Message(message.id),
-        None,
+        &Default::default(),
         PageParams::MAX_LIMIT,
     )
     .await?;
@@ -970,19 +1108,12 @@ struct RecoverForm {
 /// `since` from a form: RFC 3339, or a `datetime-local` value read as UTC.
 fn form_time(value: &str) -> Result<DateTime<Utc>, PageError> {
     let value = value.trim();
-    DateTime::parse_from_rfc3339(value)
-        .map(|t| t.with_timezone(&Utc))
-        .or_else(|_| {
-            chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M")
-                .or_else(|_| chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S"))
-                .map(|t| t.and_utc())
-        })
-        .map_err(|_| {
-            PageError(
-                StatusCode::BAD_REQUEST,
-                format!("{value:?} is not a time like 2026-11-24T08:00 (UTC)"),
-            )
-        })
+    form_time_value(value).ok_or_else(|| {
+        PageError(
+            StatusCode::BAD_REQUEST,
+            format!("{value:?} is not a time like 2026-11-24T08:00 (UTC)"),
+        )
+    })
 }
 
 async fn recover(
@@ -1007,6 +1138,15 @@ async fn recover(
     if form.back == "dead" {
         dead_page(&state, &session, None, Some(flash)).await
     } else {
-        endpoint_page(&state, &session, &app, &ep, None, Some(flash)).await
+        endpoint_page(
+            &state,
+            &session,
+            &app,
+            &ep,
+            AttemptView::default(),
+            None,
+            Some(flash),
+        )
+        .await
     }
 }

@@ -25,6 +25,7 @@ mod metrics;
 mod openapi;
 mod outbox;
 mod retries;
+mod search;
 mod signing;
 mod ssrf;
 mod stream;

@@ -1,0 +1,21 @@
+-- no-transaction
+-- The message list's event-type filter (GET /apps/{app}/messages?event_type=...): an
+-- equality on (app_id, event_type), then the id range of the page walked backwards, so a
+-- page costs its own rows however many messages of other types lie between them. The time
+-- filters (since, until) are id bounds too, since ids are UUIDv7, and use this index's
+-- last column the same way; the unfiltered list keeps `message_app` (app_id, id), and the
+-- idempotency-key filter `message_idempotency_window` (0009).
+--
+-- Its cost on the write path is one index entry per message (not per delivery or attempt:
+-- a message is written once). Event types are matched exactly: a prefix (`invoice.*`)
+-- would walk this index in event-type order and need a sort of every match before the
+-- first page, which is the history, not the page.
+--
+-- Ending in `id` keeps it a plain local index on each partition once history is
+-- range-partitioned on id (issue 14).
+--
+-- Built concurrently, one statement in a `-- no-transaction` file, for the reasons 0009
+-- gives: sends go on while it is built, and an interrupted build is dropped by herald's
+-- migrate (src/db/mod.rs) before the migration runs again.
+create index concurrently message_event_type
+    on herald.message (app_id, event_type, id);
