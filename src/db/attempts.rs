@@ -126,7 +126,7 @@ pub enum Of {
 /// An endpoint has its whole history, walked newest first through `(endpoint_id, id)`
 /// until a page matches: cheap when most attempts match (a success filter on a healthy
 /// endpoint, a 2xx status), while filters that only failures can match take the partial
-/// index of failures (migration 0012), which the planner may only use when the
+/// index of failures (migration 0011), which the planner may only use when the
 /// statement itself says `outcome <> 'succeeded'` (the pool plans generically: a
 /// parameter proves nothing).
 pub async fn list(

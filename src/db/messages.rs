@@ -206,13 +206,13 @@ pub async fn list(
             "(app_id, id) >= ($1, $2) and (app_id, id) < ($1, $3)
              order by app_id desc, id desc"
         ),
-        // `message_event_type` (app_id, event_type, id), migration 0011.
+        // `message_event_type` (app_id, event_type, id), migration 0010.
         (Some(_), None) => list_messages!(
             "app_id = $1 and (event_type, id) >= ($5, $2) and (event_type, id) < ($5, $3)
              order by event_type desc, id desc"
         ),
-        // `message_idempotency_window` (app_id, idempotency_key, id), migration 0009: a key
-        // names a message or a few, so its equality alone bounds the walk.
+        // `message_idempotency` (app_id, idempotency_key), unique: a key names one
+        // message, so its equality alone bounds the walk.
         (None, Some(_)) => list_messages!(
             "app_id = $1 and idempotency_key = $5 and id >= $2 and id < $3
              order by id desc"

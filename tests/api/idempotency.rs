@@ -347,3 +347,35 @@ async fn keys_stored_before_the_upgrade_are_honoured_within_the_window() {
     let (def, valid) = index_def(&app.pool, "message_idempotency").await.unwrap();
     assert!(valid && def.contains("UNIQUE"), "{def}");
 }
+
+/// A concurrent index build that failed on the server leaves an invalid index behind and
+/// its migration unrecorded; the next start drops the leftover and builds it again.
+#[tokio::test]
+async fn an_interrupted_index_build_is_redone_at_the_next_start() {
+    let (url, old) = database_at_0008().await;
+    sqlx::query("insert into application (uid, name) values ('acme', 'Acme')")
+        .execute(&old)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        sqlx::query("select herald.send_message('acme', 'invoice.paid', '{}')")
+            .execute(&old)
+            .await
+            .unwrap();
+    }
+    // A build that fails half-way (two messages of one type break this uniqueness) leaves
+    // its index in the catalog, invalid, as a cancelled one would.
+    let failed = sqlx::query(
+        "create unique index concurrently message_event_type on herald.message (app_id, event_type)",
+    )
+    .execute(&old)
+    .await;
+    assert!(failed.is_err());
+    assert!(!index_def(&old, "message_event_type").await.unwrap().1);
+    old.close().await;
+
+    let app = spawn_app_on(url, &[]).await;
+    let (def, valid) = index_def(&app.pool, "message_event_type").await.unwrap();
+    assert!(valid, "{def}");
+    assert!(def.contains("(app_id, event_type, id)"), "{def}");
+}

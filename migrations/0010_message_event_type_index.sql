@@ -4,7 +4,7 @@
 -- page costs its own rows however many messages of other types lie between them. The time
 -- filters (since, until) are id bounds too, since ids are UUIDv7, and use this index's
 -- last column the same way; the unfiltered list keeps `message_app` (app_id, id), and the
--- idempotency-key filter `message_idempotency_window` (0009).
+-- idempotency-key filter the unique `message_idempotency` (app_id, idempotency_key).
 --
 -- Its cost on the write path is one index entry per message (not per delivery or attempt:
 -- a message is written once). Event types are matched exactly: a prefix (`invoice.*`)
@@ -14,8 +14,11 @@
 -- Ending in `id` keeps it a plain local index on each partition once history is
 -- range-partitioned on id (issue 14).
 --
--- Built concurrently, one statement in a `-- no-transaction` file, for the reasons 0009
--- gives: sends go on while it is built, and an interrupted build is dropped by herald's
--- migrate (src/db/mod.rs) before the migration runs again.
-create index concurrently message_event_type
+-- Built concurrently, the one statement of a `-- no-transaction` file (several would run as
+-- one implicit transaction, which `concurrently` refuses): sends go on while it is built.
+-- A build that fails or is cancelled on the server leaves an invalid index and this
+-- migration unrecorded; Herald's migrate (src/db/mod.rs) drops that remnant before the
+-- migration runs again. A build whose process was killed goes on in the server and ends
+-- valid: `if not exists` then takes it as it is.
+create index concurrently if not exists message_event_type
     on herald.message (app_id, event_type, id);

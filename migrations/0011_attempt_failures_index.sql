@@ -17,7 +17,7 @@
 -- `outcome <> 'succeeded'` into the statement of such a search.
 --
 -- Ending in `id`: a local index on each partition once history is range-partitioned on
--- id (issue 14). Built concurrently, alone in a `-- no-transaction` file, as 0009 explains.
-create index concurrently attempt_endpoint_failed
+-- id (issue 14). Built concurrently, alone in a `-- no-transaction` file, as 0010 explains.
+create index concurrently if not exists attempt_endpoint_failed
     on herald.attempt (endpoint_id, id)
     where outcome <> 'succeeded';
