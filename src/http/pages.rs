@@ -1132,7 +1132,7 @@ async fn recover(
         .start(app_id, endpoint, since, Utc::now())
         .await??;
     let flash = format!(
-        "Recovering {} dead deliveries in the background.",
+        "Recover started: {} to send (dead, or never queued), in the background.",
         started.recovery.total
     );
     if form.back == "dead" {

@@ -510,7 +510,7 @@ async fn replay_and_recover_work_as_plain_forms() {
             .text()
             .await
             .unwrap()
-            .contains("Recovering 1 dead deliveries")
+            .contains("Recover started: 1 to send (dead, or never queued)")
     );
     app.wait_for_message(&app_id, &second, WAIT, all_delivered)
         .await;
