@@ -5,10 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # .env holds the admin token: only its owner may read it, also when an older run or a copy
-# left it readable by others.
-umask 077
+# left it readable by others. (The umask is for .env alone: under it, .data/ would be
+# closed to the postgres user that runs the private cluster when we are root.)
 if [ ! -f .env ]; then
-  cp .env.example .env
+  (umask 077 && cp .env.example .env)
 fi
 chmod 600 .env
 if ! grep -q '^HERALD_ADMIN_TOKEN=.\+' .env; then

@@ -103,3 +103,58 @@ fn the_dev_cluster_is_reachable_by_its_owner_only() {
         assert!(!other.status.success(), "another local user got in");
     }
 }
+
+/// `make run` on a fresh checkout, up to its build: it writes `.env`, starts the private
+/// cluster under `.data/pg` and creates the `herald` database there. (Run as root, the
+/// cluster belongs to the postgres user, who must be able to reach `.data/pg`.)
+#[test]
+fn make_run_starts_its_private_cluster_on_a_fresh_checkout() {
+    let dir = std::env::temp_dir().join(format!("herald-run-pg-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    for file in ["scripts/run.sh", "scripts/pg.sh", ".env.example"] {
+        std::fs::copy(file, dir.join(file)).unwrap();
+    }
+    let port = (20000..30000)
+        .map(|p| p + (std::process::id() % 1000) as u16 + 7)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .unwrap()
+        .to_string();
+    let out = Command::new("bash")
+        .arg(dir.join("scripts/run.sh"))
+        .env_clear()
+        // No cargo here: the script stops at the build, after the database is ready.
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HERALD_DEV_PG_PORT", &port)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let pg_dir = dir.join(".data/pg");
+    let herald_db = Command::new("psql")
+        .args([
+            "-h",
+            pg_dir.to_str().unwrap(),
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-tAc",
+        ])
+        .arg("select 1 from pg_database where datname = 'herald'")
+        .arg("postgres")
+        .output()
+        .unwrap();
+    Command::new("scripts/pg.sh")
+        .args(["stop", pg_dir.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let env_mode = mode(&dir.join(".env"));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    assert!(
+        stdout.contains("PostgreSQL: postgres://postgres@localhost/herald?host="),
+        "the cluster did not start: {stdout}{stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&herald_db.stdout).trim(), "1");
+    assert_eq!(env_mode, 0o600);
+}
