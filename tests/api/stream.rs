@@ -55,6 +55,38 @@ async fn app_with_uid(app: &TestApp, uid: &str) -> String {
     body["id"].as_str().unwrap().to_owned()
 }
 
+/// Reads a raw SSE stream until it holds `n` `message.created` frames and ends on a frame
+/// boundary (30 s at most); returns what it read.
+async fn read_messages(stream: &mut tokio::net::TcpStream, n: usize) -> String {
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let created = |raw: &[u8]| {
+        String::from_utf8_lossy(raw)
+            .matches("event: message.created")
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while created(&raw) < n || !String::from_utf8_lossy(&raw).ends_with("\n\n") {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let read = tokio::time::timeout(left, stream.read(&mut buf))
+            .await
+            .expect("the stalled client gets the rest")
+            .unwrap();
+        assert!(read > 0, "stream closed");
+        raw.extend_from_slice(&buf[..read]);
+    }
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// The ids of the `message.created` frames in raw SSE text, in order.
+fn created_ids(text: &str) -> Vec<&str> {
+    text.split("\n\n")
+        .filter(|frame| frame.contains("event: message.created"))
+        .filter_map(|frame| frame.split("\"id\":\"").nth(1))
+        .map(|rest| &rest[..36])
+        .collect()
+}
+
 #[tokio::test]
 async fn a_delivery_shows_up_live_as_message_created_then_attempt() {
     let app = spawn_app().await;
@@ -402,35 +434,12 @@ async fn a_client_that_stops_reading_holds_up_nobody_and_still_gets_everything()
     assert_in_order(&live);
 
     // Now the stalled client reads everything that was kept for it.
-    let mut raw = Vec::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let created = |raw: &[u8]| {
-        String::from_utf8_lossy(raw)
-            .matches("event: message.created")
-            .count()
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while created(&raw) < MESSAGES || !String::from_utf8_lossy(&raw).ends_with("\n\n") {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let n = tokio::time::timeout(left, stalled.read(&mut buf))
-            .await
-            .expect("the stalled client gets the rest")
-            .unwrap();
-        assert!(n > 0, "stream closed");
-        raw.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&raw);
+    let text = read_messages(&mut stalled, MESSAGES).await;
     assert!(
         text.contains("event: lagged"),
         "the stalled client was never told it fell behind"
     );
-    let ids: Vec<&str> = text
-        .split("\n\n")
-        .filter(|frame| frame.contains("event: message.created"))
-        .filter_map(|frame| frame.split("\"id\":\"").nth(1))
-        .map(|rest| &rest[..36])
-        .collect();
-    assert_eq!(ids, sent, "every message, once, in order");
+    assert_eq!(created_ids(&text), sent, "every message, once, in order");
 }
 
 #[tokio::test]
@@ -637,35 +646,12 @@ async fn a_client_that_stops_reading_is_held_to_its_byte_budget() {
     );
 
     // The stalled client reads at last: told it lagged, then every message once, in order.
-    let mut raw = Vec::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let count = |raw: &[u8]| {
-        String::from_utf8_lossy(raw)
-            .matches("event: message.created")
-            .count()
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while count(&raw) < MESSAGES || !String::from_utf8_lossy(&raw).ends_with("\n\n") {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let n = tokio::time::timeout(left, stalled.read(&mut buf))
-            .await
-            .expect("the stalled client gets the rest")
-            .unwrap();
-        assert!(n > 0, "stream closed");
-        raw.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&raw);
+    let text = read_messages(&mut stalled, MESSAGES).await;
     assert!(
         text.contains("event: lagged"),
         "the stalled client held {MESSAGES} big messages and was never told it fell behind"
     );
-    let ids: Vec<&str> = text
-        .split("\n\n")
-        .filter(|frame| frame.contains("event: message.created"))
-        .filter_map(|frame| frame.split("\"id\":\"").nth(1))
-        .map(|rest| &rest[..36])
-        .collect();
-    assert_eq!(ids, sent, "every message, once, in order");
+    assert_eq!(created_ids(&text), sent, "every message, once, in order");
     drop(stalled);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while buffered().await > 0 {
