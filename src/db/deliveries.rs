@@ -92,7 +92,16 @@ pub async fn claim(
             batch.rows.push(Claimed::from_row(row)?);
         }
     }
-    mark_erased(db, &mut batch.rows).await?;
+    if let Err(e) = mark_erased(db, &mut batch.rows).await {
+        // Claimed but not checked: handed back, rather than held until their leases run
+        // out. If that fails too, the leases do expire and the sweep hands them back.
+        let rows: Vec<(DeliveryId, i32)> =
+            batch.rows.iter().map(|r| (r.id, r.attempt_count)).collect();
+        if let Ok(mut conn) = db.acquire().await {
+            let _ = release(&mut conn, worker, &rows).await;
+        }
+        return Err(e);
+    }
     Ok(batch)
 }
 
@@ -139,7 +148,8 @@ pub async fn reclaim_expired(db: impl PgExecutor<'_>) -> sqlx::Result<u64> {
 }
 
 /// Returns held deliveries that were never sent to `pending`, as if never claimed (the
-/// attempt number goes back too), so any worker may claim them at once. Fenced like a
+/// attempt number goes back too, and so do the rate-limit tokens the claim spent on them),
+/// so any worker may claim them at once. Fenced like a
 /// completion. Returns how many went back.
 pub async fn release(
     db: &mut PgConnection,
@@ -147,26 +157,36 @@ pub async fn release(
     rows: &[(DeliveryId, i32)],
 ) -> sqlx::Result<u64> {
     let (ids, counts): (Vec<DeliveryId>, Vec<i32>) = rows.iter().copied().unzip();
-    let done = sqlx::query(
-        "update delivery d
-            set state = 'pending', locked_by = null, lease_expires_at = null,
-                attempt_count = d.attempt_count - 1, updated_at = now()
-           from unnest($2::uuid[], $3::int[]) as u(id, attempt_count)
-          where d.id = u.id and d.locked_by = $1 and d.attempt_count = u.attempt_count
-            and d.state = 'in_flight'",
+    // A rate-limited endpoint gets back the tokens its claim spent on them.
+    let released: i64 = sqlx::query_scalar(
+        "with released as (
+             update delivery d
+                set state = 'pending', locked_by = null, lease_expires_at = null,
+                    attempt_count = d.attempt_count - 1, updated_at = now()
+               from unnest($2::uuid[], $3::int[]) as u(id, attempt_count)
+              where d.id = u.id and d.locked_by = $1 and d.attempt_count = u.attempt_count
+                and d.state = 'in_flight'
+             returning d.endpoint_id
+         ), refunded as (
+             update endpoint e
+                set rate_tokens = least(e.rate_limit::float8, e.rate_tokens + r.n)
+               from (select endpoint_id, count(*) as n from released group by endpoint_id) r
+              where e.id = r.endpoint_id and e.rate_limit is not null
+         )
+         select count(*) from released",
     )
     .bind(worker)
     .bind(ids)
     .bind(counts)
-    .execute(&mut *db)
+    .fetch_one(&mut *db)
     .await?;
-    if done.rows_affected() > 0 {
+    if released > 0 {
         // Due now: wake the workers of every process, not only this one's.
         sqlx::query("select pg_notify('herald_delivery', '')")
             .execute(&mut *db)
             .await?;
     }
-    Ok(done.rows_affected())
+    Ok(released as u64)
 }
 
 /// The end of one attempt, as the worker decided it.

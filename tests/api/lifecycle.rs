@@ -247,6 +247,64 @@ async fn a_failed_attempt_logs_and_stores_no_part_of_the_endpoint_url() {
     }
 }
 
+/// Deliveries a worker claimed but could not start in time go back as if never claimed:
+/// pending, their attempt number and their endpoint's rate-limit tokens restored.
+#[tokio::test]
+async fn released_deliveries_go_back_as_if_never_claimed() {
+    let db_url = fresh_database().await;
+    let pool = db(&db_url).await;
+    herald::db::migrate(&pool).await.unwrap();
+    sqlx::query("insert into application (name, uid) values ('a', 'a')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into endpoint (app_id, url, rate_limit)
+         select id, 'http://127.0.0.1:9/', 5 from application",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        sqlx::query("select herald.send_message('a', 'x', '{}')")
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let worker = uuid::Uuid::now_v7();
+    let claimed = deliveries::claim(&pool, worker, Duration::from_secs(60), 10, 10, None)
+        .await
+        .unwrap()
+        .rows;
+    assert_eq!(claimed.len(), 2);
+    let tokens = || async {
+        sqlx::query_scalar::<_, f64>("select rate_tokens from endpoint")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert!((tokens().await - 3.0).abs() < 0.5, "the claim spent 2 of 5");
+
+    let rows: Vec<(DeliveryId, i32)> = claimed.iter().map(|r| (r.id, r.attempt_count)).collect();
+    let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(
+        deliveries::release(&mut conn, worker, &rows).await.unwrap(),
+        2
+    );
+    // Fenced: a second release (or another worker's) changes nothing.
+    assert_eq!(
+        deliveries::release(&mut conn, worker, &rows).await.unwrap(),
+        0
+    );
+    let states: Vec<(String, i32)> =
+        sqlx::query_as("select state::text, attempt_count from delivery order by id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(states, vec![("pending".to_owned(), 0); 2]);
+    assert!(tokens().await >= 4.99, "the tokens came back");
+}
+
 #[tokio::test]
 async fn a_worker_that_lost_its_lease_cannot_overwrite_a_newer_attempt() {
     let db_url = fresh_database().await;
