@@ -190,19 +190,6 @@ pub async fn delete(db: impl PgExecutor<'_>, app_id: AppId, id: EndpointId) -> s
     Ok(done.rows_affected() == 1)
 }
 
-/// The endpoint's custom headers, values and all.
-pub async fn headers(
-    db: impl PgExecutor<'_>,
-    id: EndpointId,
-) -> sqlx::Result<Option<BTreeMap<String, String>>> {
-    let headers: Option<Json<BTreeMap<String, String>>> =
-        sqlx::query_scalar("select headers from endpoint where id = $1")
-            .bind(id)
-            .fetch_optional(db)
-            .await?;
-    Ok(headers.map(|h| h.0))
-}
-
 /// The secret new signatures are made with.
 pub async fn current_secret(
     db: impl PgExecutor<'_>,

@@ -403,11 +403,11 @@ async fn headers(
     State(state): State<AppState>,
     Path((app, ep)): Path<(String, String)>,
 ) -> AppResult<Json<HeadersAnswer>> {
+    // The endpoint as read holds them; only its JSON form hides the values.
     let endpoint = find(&state, &app, &ep).await?;
-    let headers = db::endpoints::headers(&state.pool, endpoint.id)
-        .await?
-        .ok_or(AppError::NotFound("endpoint"))?;
-    Ok(Json(HeadersAnswer { headers }))
+    Ok(Json(HeadersAnswer {
+        headers: endpoint.headers.0,
+    }))
 }
 
 /// Optional: an empty body generates the new secret.

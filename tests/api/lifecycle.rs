@@ -16,6 +16,32 @@ async fn db(url: &str) -> PgPool {
     herald::db::connect(url, 2).await.unwrap()
 }
 
+/// A fresh, migrated database with application `a`, one endpoint (no Herald running, so
+/// nothing claims but the test) and `messages` messages queued for it.
+async fn one_endpoint(rate_limit: Option<i32>, messages: usize) -> PgPool {
+    let pool = db(&fresh_database().await).await;
+    herald::db::migrate(&pool).await.unwrap();
+    sqlx::query("insert into application (name, uid) values ('a', 'a')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into endpoint (app_id, url, rate_limit)
+         select id, 'http://127.0.0.1:9/', $1 from application",
+    )
+    .bind(rate_limit)
+    .execute(&pool)
+    .await
+    .unwrap();
+    for _ in 0..messages {
+        sqlx::query("select herald.send_message('a', 'x', '{}')")
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool
+}
+
 #[tokio::test]
 async fn a_restart_in_the_middle_of_the_retry_schedule_resumes_it() {
     let db_url = fresh_database().await;
@@ -251,26 +277,7 @@ async fn a_failed_attempt_logs_and_stores_no_part_of_the_endpoint_url() {
 /// pending, their attempt number and their endpoint's rate-limit tokens restored.
 #[tokio::test]
 async fn released_deliveries_go_back_as_if_never_claimed() {
-    let db_url = fresh_database().await;
-    let pool = db(&db_url).await;
-    herald::db::migrate(&pool).await.unwrap();
-    sqlx::query("insert into application (name, uid) values ('a', 'a')")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query(
-        "insert into endpoint (app_id, url, rate_limit)
-         select id, 'http://127.0.0.1:9/', 5 from application",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    for _ in 0..2 {
-        sqlx::query("select herald.send_message('a', 'x', '{}')")
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
+    let pool = one_endpoint(Some(5), 2).await;
     let worker = uuid::Uuid::now_v7();
     let claimed = deliveries::claim(&pool, worker, Duration::from_secs(60), 10, 10, None)
         .await
@@ -307,23 +314,7 @@ async fn released_deliveries_go_back_as_if_never_claimed() {
 
 #[tokio::test]
 async fn a_worker_that_lost_its_lease_cannot_overwrite_a_newer_attempt() {
-    let db_url = fresh_database().await;
-    let pool = db(&db_url).await;
-    herald::db::migrate(&pool).await.unwrap();
-    sqlx::query("insert into application (name, uid) values ('a', 'a')")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query(
-        "insert into endpoint (app_id, url) select id, 'http://127.0.0.1:9/' from application",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query("select herald.send_message('a', 'x', '{}')")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let pool = one_endpoint(None, 1).await;
 
     let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     let lease = Duration::from_secs(60);
