@@ -30,7 +30,11 @@ const MIGRATIONS_LOCK: i32 = 1;
 /// The indexes Herald's migrations build with `create index concurrently` (each alone in a
 /// `-- no-transaction` migration). A build interrupted on the server leaves its index
 /// invalid and its migration unrecorded; [`migrate`] drops such a remnant, and only these.
-const CONCURRENT_INDEXES: &[&str] = &["message_event_type", "attempt_endpoint_failed"];
+const CONCURRENT_INDEXES: &[&str] = &[
+    "message_event_type",
+    "attempt_endpoint_failed",
+    "message_erased",
+];
 
 /// A pool with no idempotency window of its own: `herald.enqueue` then honours keys for its
 /// default, 24 hours. For tools and tests; the server uses [`connect_with_window`].
