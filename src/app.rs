@@ -24,6 +24,7 @@ use crate::delivery::{Recoveries, WorkerPool, WorkerSettings, client};
 use crate::feed::{Feed, FeedSettings};
 use crate::http::{self, AppState};
 use crate::probe::Probe;
+use crate::retention;
 
 /// Connections of the live feed's own pool: its reader keeps one, catch-ups and pruning
 /// share the rest.
@@ -79,6 +80,11 @@ impl App {
             .await
             .context("cannot start the live feed")?;
         let recoveries = Recoveries::spawn(pool.clone(), config.recover_batch, cancel.clone());
+        let layout = db::history::Layout {
+            interval: config.partition_interval,
+            retention: config.retention,
+        };
+        retention::spawn(pool.clone(), layout, cancel.clone()).await;
         // The probes too: however many scrapes come, and however busy the shared pool is,
         // they cost one readiness check a second and one queue count per interval.
         let probe_pool = db::connect(config.database_url.expose(), PROBE_CONNECTIONS)

@@ -67,6 +67,11 @@ pub struct Config {
     /// How long a repeated idempotency key answers its first message; after it, the key
     /// sends a new one.
     pub idempotency_window: Duration,
+    /// How long history (messages, finished deliveries, attempts, finished recovers) is
+    /// kept; a delivery still pending or in flight is kept whatever its age.
+    pub retention: Duration,
+    /// The time range of one history partition: what retention drops at once.
+    pub partition_interval: Duration,
     pub log_format: LogFormat,
 
     // ---- authentication throttling (per client address, per process) ----
@@ -185,13 +190,43 @@ impl Config {
         if max_connections == 0 {
             bail!("HERALD_MAX_CONNECTIONS must be at least 1");
         }
-        // Longer than the history is kept, a key would outlive the message it answers with:
-        // once HERALD_RETENTION exists (issue 14), the window must also be at most it.
+        let retention = duration("HERALD_RETENTION", "30d")?;
+        // A delivery still retrying is kept whatever its age, but a retention shorter than
+        // the schedule would keep every retrying delivery's message past it: refuse it.
+        let span = retry_schedule.span();
+        if retention <= span {
+            bail!(
+                "HERALD_RETENTION ({}) must be longer than the retry schedule's span ({}, \
+                 HERALD_RETRY_SCHEDULE with its largest jitter): raise the retention or \
+                 shorten the schedule",
+                parsed("HERALD_RETENTION", "30d").trim(),
+                spell_duration(span),
+            );
+        }
+        if retention > RETENTION_MAX {
+            bail!("HERALD_RETENTION must be at most 100 years");
+        }
+        let partition_interval = duration("HERALD_PARTITION_INTERVAL", "1d")?;
+        if partition_interval < Duration::from_secs(1) || partition_interval > retention {
+            bail!(
+                "HERALD_PARTITION_INTERVAL must be between 1s and HERALD_RETENTION, not {}",
+                parsed("HERALD_PARTITION_INTERVAL", "1d").trim()
+            );
+        }
+        // Longer than the history is kept, a key would outlive the message it answers with.
         let idempotency_window = duration("HERALD_IDEMPOTENCY_WINDOW", "24h")?;
         if !(IDEMPOTENCY_WINDOW_MIN..=IDEMPOTENCY_WINDOW_MAX).contains(&idempotency_window) {
             bail!(
                 "HERALD_IDEMPOTENCY_WINDOW must be between 1m and 30d, not {}",
                 parsed("HERALD_IDEMPOTENCY_WINDOW", "").trim()
+            );
+        }
+        if idempotency_window > retention {
+            bail!(
+                "HERALD_IDEMPOTENCY_WINDOW ({}) must be at most HERALD_RETENTION ({}): a key \
+                 cannot answer with a message that is no longer kept",
+                parsed("HERALD_IDEMPOTENCY_WINDOW", "24h").trim(),
+                parsed("HERALD_RETENTION", "30d").trim()
             );
         }
         let log_format = match parsed("HERALD_LOG_FORMAT", "pretty").as_str() {
@@ -225,6 +260,8 @@ impl Config {
                 .max(Duration::from_millis(100)),
             recover_batch: number("HERALD_RECOVER_BATCH", "500")?.clamp(1, 10_000) as usize,
             idempotency_window,
+            retention,
+            partition_interval,
             feed_buffer: number("HERALD_FEED_BUFFER", "64")?.clamp(1, 1 << 16) as usize,
             feed_interval: duration("HERALD_FEED_INTERVAL", "0ms")?.min(Duration::from_secs(1)),
             feed_client_buffer: usize::try_from(feed_client_buffer).unwrap_or(usize::MAX),
@@ -272,6 +309,7 @@ impl Config {
     }
 }
 
+const RETENTION_MAX: Duration = Duration::from_secs(100 * 365 * 86400);
 const IDEMPOTENCY_WINDOW_MIN: Duration = Duration::from_secs(60);
 const IDEMPOTENCY_WINDOW_MAX: Duration = Duration::from_secs(30 * 86400);
 
@@ -314,6 +352,22 @@ fn open_files_limit() -> Option<u64> {
 }
 
 /// `250ms`, `15s`, `5m`, `2h`, `5d`; a bare number means seconds.
+/// A duration the way an operator writes one (`3d 11h 8m 5s`), to the second.
+pub fn spell_duration(d: Duration) -> String {
+    let mut s = d.as_secs();
+    if s == 0 {
+        return "0s".into();
+    }
+    let mut parts = Vec::new();
+    for (unit, size) in [("d", 86400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if s >= size {
+            parts.push(format!("{}{unit}", s / size));
+            s %= size;
+        }
+    }
+    parts.join(" ")
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -473,5 +527,65 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("3w").is_err());
+        assert_eq!(spell_duration(Duration::from_secs(299315)), "3d 11h 8m 35s");
+        assert_eq!(spell_duration(Duration::ZERO), "0s");
+    }
+
+    #[test]
+    fn retention_outlasts_the_retry_schedule_and_the_idempotency_window() {
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = BASE.to_vec();
+            vars.extend_from_slice(extra);
+            config(&vars)
+        };
+        let c = with(&[]).unwrap();
+        assert_eq!(c.retention, Duration::from_secs(30 * 86400));
+        assert_eq!(c.partition_interval, Duration::from_secs(86400));
+        // The default schedule spans 3 days and 11 hours at most.
+        let err = with(&[("HERALD_RETENTION", "3d")]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "HERALD_RETENTION (3d) must be longer than the retry schedule's span (3d 11h 8m 35s, \
+             HERALD_RETRY_SCHEDULE with its largest jitter): raise the retention or shorten \
+             the schedule"
+        );
+        assert!(
+            with(&[
+                ("HERALD_RETENTION", "4d"),
+                ("HERALD_IDEMPOTENCY_WINDOW", "1d")
+            ])
+            .is_ok()
+        );
+        // Minutes work, with a schedule that fits in them.
+        let short = with(&[
+            ("HERALD_RETENTION", "2m"),
+            ("HERALD_RETRY_SCHEDULE", "1s,5s"),
+            ("HERALD_IDEMPOTENCY_WINDOW", "1m"),
+            ("HERALD_PARTITION_INTERVAL", "10s"),
+        ])
+        .unwrap();
+        assert_eq!(short.retention, Duration::from_secs(120));
+        assert_eq!(short.partition_interval, Duration::from_secs(10));
+        let err = with(&[
+            ("HERALD_RETENTION", "5d"),
+            ("HERALD_IDEMPOTENCY_WINDOW", "6d"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("HERALD_IDEMPOTENCY_WINDOW (6d) must be at most HERALD_RETENTION (5d)"),
+            "{err}"
+        );
+        for bad in ["0", "500ms", "31d"] {
+            let err = with(&[("HERALD_PARTITION_INTERVAL", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(
+                    "HERALD_PARTITION_INTERVAL must be between 1s and HERALD_RETENTION"
+                ),
+                "{bad}: {err}"
+            );
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod feed;
 pub mod http;
 pub mod metrics;
 pub mod probe;
+pub mod retention;
 pub mod telemetry;
 
 pub use delivery::signature::{VerifyError, verify};

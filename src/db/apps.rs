@@ -47,9 +47,16 @@ pub async fn list(
 }
 
 pub async fn delete(db: impl PgExecutor<'_>, id: AppId) -> sqlx::Result<()> {
-    sqlx::query("delete from application where id = $1")
-        .bind(id)
-        .execute(db)
-        .await?;
+    // The application's messages and deliveries go with it by foreign key; attempts
+    // reference nothing (migration 0015), so they are deleted here.
+    sqlx::query(
+        "with attempts as (
+             delete from attempt
+              where endpoint_id in (select e.id from endpoint e where e.app_id = $1))
+         delete from application where id = $1",
+    )
+    .bind(id)
+    .execute(db)
+    .await?;
     Ok(())
 }

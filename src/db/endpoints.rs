@@ -182,11 +182,19 @@ pub async fn update(
 }
 
 pub async fn delete(db: impl PgExecutor<'_>, app_id: AppId, id: EndpointId) -> sqlx::Result<bool> {
-    let done = sqlx::query("delete from endpoint where app_id = $1 and id = $2")
-        .bind(app_id)
-        .bind(id)
-        .execute(db)
-        .await?;
+    // Its deliveries go with it by foreign key; attempts reference nothing (migration
+    // 0015), so they are deleted here.
+    let done = sqlx::query(
+        "with attempts as (
+             delete from attempt a
+              where a.endpoint_id = $2
+                and exists (select 1 from endpoint e where e.id = $2 and e.app_id = $1))
+         delete from endpoint where app_id = $1 and id = $2",
+    )
+    .bind(app_id)
+    .bind(id)
+    .execute(db)
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -7,6 +7,7 @@ pub mod dashboard;
 pub mod deliveries;
 pub mod endpoints;
 pub mod events;
+pub mod history;
 pub mod listen;
 pub mod messages;
 pub mod replays;
@@ -34,6 +35,7 @@ const CONCURRENT_INDEXES: &[&str] = &[
     "message_event_type",
     "attempt_endpoint_failed",
     "message_erased",
+    "message_idempotency_key",
 ];
 
 /// A pool with no idempotency window of its own: `herald.enqueue` then honours keys for its

@@ -87,13 +87,20 @@ pub async fn replay_message(
     app: Option<AppId>,
     endpoint: Option<EndpointId>,
 ) -> sqlx::Result<Replayed> {
+    // The message's row lock makes replays of one message (and its erasure) take turns:
+    // the insert below adds a delivery only where none exists, which one partition's
+    // unique index (message_id, endpoint_id) would otherwise refuse to the second of two
+    // replays racing to a new endpoint. The lock leaves sends and claims alone (their
+    // foreign key checks take KEY SHARE).
+    let mut tx = db.begin().await?;
     let owner: Option<(AppId, bool)> = sqlx::query_as(
         "select app_id, payload_erased_at is not null from message
-          where id = $1 and ($2::uuid is null or app_id = $2)",
+          where id = $1 and ($2::uuid is null or app_id = $2)
+            for no key update",
     )
     .bind(message)
     .bind(app)
-    .fetch_optional(&mut *db)
+    .fetch_optional(&mut *tx)
     .await?;
     let app = match owner {
         None => return Ok(Err(Refused::NotFound("message"))),
@@ -101,7 +108,7 @@ pub async fn replay_message(
         Some((app, false)) => app,
     };
     if let Some(endpoint) = endpoint {
-        if let Err(refused) = usable_endpoint(db, app, endpoint).await? {
+        if let Err(refused) = usable_endpoint(&mut tx, app, endpoint).await? {
             return Ok(Err(refused));
         }
         let state: Option<String> = sqlx::query_scalar(
@@ -109,32 +116,51 @@ pub async fn replay_message(
         )
         .bind(message)
         .bind(endpoint)
-        .fetch_optional(&mut *db)
+        .fetch_optional(&mut *tx)
         .await?;
         if state.as_deref() == Some("in_flight") {
             return Ok(Err(Refused::InFlight));
         }
     }
+    // Existing deliveries go back to pending; an endpoint that joined after the message
+    // gets a new one, whose id carries the message's time (it shares its partition).
     let queued: Vec<DeliveryId> = sqlx::query_scalar(
-        "insert into delivery (message_id, endpoint_id, state, trigger, next_attempt_at)
-         select m.id, e.id, 'pending', 'replay', now()
-           from message m
-           join endpoint e on e.app_id = m.app_id
-          where m.id = $1 and m.payload_erased_at is null and not e.disabled
-            and case when $2::uuid is null
-                     then cardinality(e.event_types) = 0 or m.event_type = any (e.event_types)
-                     else e.id = $2 end
-         on conflict (message_id, endpoint_id) do update
-            set state = 'pending', next_attempt_at = now(), trigger = 'replay',
-                retry_base = delivery.attempt_count, last_error = null, updated_at = now()
-          where delivery.state <> 'in_flight'
-         returning id",
+        "with target as (
+             select m.id as message_id, e.id as endpoint_id
+               from message m
+               join endpoint e on e.app_id = m.app_id
+              where m.id = $1 and m.payload_erased_at is null and not e.disabled
+                and case when $2::uuid is null
+                         then cardinality(e.event_types) = 0
+                              or m.event_type = any (e.event_types)
+                         else e.id = $2 end
+         ), again as (
+             update delivery d
+                set state = 'pending', next_attempt_at = now(), trigger = 'replay',
+                    retry_base = d.attempt_count, last_error = null, updated_at = now()
+               from target t
+              where d.message_id = t.message_id and d.endpoint_id = t.endpoint_id
+                and d.state <> 'in_flight'
+             returning d.id
+         ), added as (
+             insert into delivery (id, message_id, endpoint_id, state, trigger,
+                                   next_attempt_at)
+             select uuid_v7_at(t.message_id), t.message_id, t.endpoint_id, 'pending',
+                    'replay', now()
+               from target t
+              where not exists (select 1 from delivery d
+                                 where d.message_id = t.message_id
+                                   and d.endpoint_id = t.endpoint_id)
+             returning id
+         )
+         select id from again union all select id from added",
     )
     .bind(message)
     .bind(endpoint)
-    .fetch_all(&mut *db)
+    .fetch_all(&mut *tx)
     .await?;
-    notify_workers(db).await?;
+    notify_workers(&mut tx).await?;
+    tx.commit().await?;
     Ok(Ok(queued))
 }
 
@@ -326,7 +352,9 @@ pub async fn recover_batch(
         .fetch_one(&mut *tx)
         .await?;
         // A new delivery's id carries its message's time, not now's: it belongs to the
-        // window, and a later recover of the window finds it if it dies.
+        // window (a later recover of the window finds it if it dies) and to its message's
+        // partition. The messages' row locks make this and a replay of one of them take
+        // turns, as in `replay_message`.
         let missing: (i32, bool, Vec<Uuid>) = sqlx::query_as(
             "with scanned as (
                  select m.id, m.event_type, m.payload_erased_at
@@ -334,17 +362,16 @@ pub async fn recover_batch(
                   where m.app_id = $2 and m.id > $4 and m.id < $5
                   order by m.id
                   limit $7
+                    for no key update
              ), created as (
                  insert into delivery (id, message_id, endpoint_id, state, trigger,
                                        next_attempt_at)
-                 select encode(overlay(uuid_send(uuid_v7())
-                                       placing substring(uuid_send(s.id) from 1 for 6)
-                                       from 1 for 6), 'hex')::uuid,
-                        s.id, $3, 'pending', 'replay', now()
+                 select uuid_v7_at(s.id), s.id, $3, 'pending', 'replay', now()
                    from scanned s
                   where (cardinality($6::text[]) = 0 or s.event_type = any ($6::text[]))
                     and s.payload_erased_at is null
-                 on conflict (message_id, endpoint_id) do nothing
+                    and not exists (select 1 from delivery d
+                                     where d.message_id = s.id and d.endpoint_id = $3)
                  returning id
              )
              update recovery

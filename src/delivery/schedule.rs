@@ -72,6 +72,36 @@ impl RetrySchedule {
         i32::try_from(retries).unwrap_or(i32::MAX - 1) + 1
     }
 
+    /// The longest a delivery can take from its first try to its last: every wait at its
+    /// largest jitter (steps: +10%; exponential: up to double, each capped at `max`
+    /// before the jitter, as backon applies it).
+    pub fn span(&self) -> Duration {
+        match self {
+            Self::Steps(steps) => steps.iter().map(|s| *s + *s / 10).sum(),
+            Self::Exponential {
+                min,
+                factor,
+                max,
+                retries,
+            } => {
+                let mut total = Duration::ZERO;
+                let mut delay = *min;
+                for _ in 0..*retries {
+                    let capped = delay.min(*max);
+                    total = total.saturating_add(capped.saturating_mul(2));
+                    if capped == *max {
+                        // The rest are all `max`: no need to grow further.
+                        delay = *max;
+                    } else {
+                        delay = Duration::try_from_secs_f32(delay.as_secs_f32() * factor)
+                            .unwrap_or(*max);
+                    }
+                }
+                total
+            }
+        }
+    }
+
     /// The wait after failed attempt number `attempt` (1-based), or `None` when that was
     /// the last one and the delivery is dead.
     pub fn delay_after(&self, attempt: i32) -> Option<Duration> {
@@ -138,6 +168,15 @@ mod tests {
             let d = s.delay_after(i as i32 + 1).unwrap();
             assert!(d >= base && d <= base + base / 10, "retry {i}: {d:?}");
         }
+        // 75 h 35 m 5 s of waits, plus at most 10% jitter.
+        assert_eq!(
+            s.span(),
+            Duration::from_secs(272105) + Duration::from_secs(272105) / 10
+        );
+        assert_eq!(RetrySchedule::parse("none").unwrap().span(), Duration::ZERO);
+        let e = RetrySchedule::parse("exponential:1s,2,5s,4").unwrap();
+        // 1 + 2 + 4 + 5 (capped), each up to doubled.
+        assert_eq!(e.span(), Duration::from_secs(24));
         assert_eq!(s.delay_after(10), None);
         assert_eq!(s.delay_after(0), None);
     }

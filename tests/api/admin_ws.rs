@@ -726,8 +726,9 @@ async fn insert_dead(app: &TestApp, app_id: &str, ep: &str, n: i64) {
              select '{app_uuid}', 'order.failed', json_build_object('i', g)
                from generate_series(1, {n}) g
              returning id)
-         insert into herald.delivery (message_id, endpoint_id, state, attempt_count, last_error)
-         select id, '{ep_uuid}', 'dead', 10, 'HTTP 500' from m"
+         insert into herald.delivery (id, message_id, endpoint_id, state, attempt_count,
+                                      last_error)
+         select herald.uuid_v7_at(id), id, '{ep_uuid}', 'dead', 10, 'HTTP 500' from m"
     )))
     .execute(&app.pool)
     .await

@@ -48,6 +48,22 @@ pub async fn fresh_database() -> String {
     url.to_string()
 }
 
+/// A fresh database with Herald's migrations up to `version` only, as an older release
+/// left it (for upgrade tests), and a pool on it.
+pub async fn database_at(version: i64) -> (String, PgPool) {
+    let url = fresh_database().await;
+    let pool = herald::db::connect(&url, 2).await.unwrap();
+    sqlx::query("create schema herald")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::migrate!("./migrations")
+        .run_to(version, &pool)
+        .await
+        .unwrap();
+    (url, pool)
+}
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub db_url: String,

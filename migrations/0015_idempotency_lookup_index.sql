@@ -1,0 +1,12 @@
+-- no-transaction
+-- Partitioned history, between steps 2 and 3: the idempotency-key lookup without
+-- uniqueness. A unique index on a partitioned table must contain the partition key, so
+-- from 0016 on one key is one message within its window through herald.enqueue's lock, and
+-- the index only finds a key's messages; 0016 drops the unique `message_idempotency`,
+-- which would otherwise refuse a key repeated after its window to any message that lands
+-- in the legacy partition (those of the first moments after the upgrade).
+--
+-- Built concurrently, alone in a `-- no-transaction` file, as 0010 explains.
+create index concurrently if not exists message_idempotency_key
+    on herald.message (app_id, idempotency_key)
+    where idempotency_key is not null;
