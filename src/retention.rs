@@ -1,5 +1,5 @@
 //! Retention: each process keeps the history partitioned and within `HERALD_RETENTION`
-//! (src/db/history.rs, migration 0015), one process at a time. A process that finds
+//! (src/db/history.rs, migration 0016), one process at a time. A process that finds
 //! another at it skips its turn; one that dies half-way leaves each step done or undone.
 
 use std::time::Duration;

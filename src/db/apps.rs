@@ -48,11 +48,15 @@ pub async fn list(
 
 pub async fn delete(db: impl PgExecutor<'_>, id: AppId) -> sqlx::Result<()> {
     // The application's messages and deliveries go with it by foreign key; attempts
-    // reference nothing (migration 0015), so they are deleted here.
+    // reference nothing (migration 0016), so they are deleted here, with their counts.
     sqlx::query(
         "with attempts as (
              delete from attempt
-              where endpoint_id in (select e.id from endpoint e where e.app_id = $1))
+              where endpoint_id in (select e.id from endpoint e where e.app_id = $1)
+         ), counts as (
+             delete from attempt_minute
+              where endpoint_id in (select e.id from endpoint e where e.app_id = $1)
+         )
          delete from application where id = $1",
     )
     .bind(id)

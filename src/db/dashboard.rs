@@ -39,15 +39,15 @@ pub struct Minute {
     pub total: i64,
 }
 
-/// The last `minutes` minutes, oldest first, with empty minutes filled in.
+/// The last `minutes` minutes, oldest first, with empty minutes filled in: read from the
+/// per-minute counts (migration 0017), so it costs the endpoints and minutes shown, not
+/// the attempts behind them.
 pub async fn throughput(db: impl PgExecutor<'_>, minutes: i64) -> sqlx::Result<Vec<Minute>> {
     let rows: Vec<Minute> = sqlx::query_as(
-        "select extract(epoch from date_trunc('minute', created_at))::bigint as minute,
-                count(*) filter (where outcome = 'succeeded') as succeeded,
-                count(*) as total
-           from attempt
-          where id >= uuid_v7_floor(date_trunc('minute', now())
-                                    - make_interval(mins => $1::int - 1))
+        "select extract(epoch from minute)::bigint as minute,
+                sum(succeeded)::bigint as succeeded, sum(total)::bigint as total
+           from attempt_minute
+          where minute >= date_trunc('minute', now()) - make_interval(mins => $1::int - 1)
           group by 1",
     )
     .bind(minutes)
@@ -82,12 +82,14 @@ impl Rate {
     }
 }
 
-/// An endpoint's attempts in the last 24 hours.
+/// An endpoint's attempts in the last 24 hours (to the minute).
 pub async fn endpoint_rate(db: impl PgExecutor<'_>, endpoint: EndpointId) -> sqlx::Result<Rate> {
     sqlx::query_as(
-        "select count(*) filter (where outcome = 'succeeded') as succeeded, count(*) as total
-           from attempt
-          where endpoint_id = $1 and id >= uuid_v7_floor(now() - interval '24 hours')",
+        "select coalesce(sum(succeeded), 0)::bigint as succeeded,
+                coalesce(sum(total), 0)::bigint as total
+           from attempt_minute
+          where endpoint_id = $1
+            and minute >= date_trunc('minute', now()) - interval '24 hours'",
     )
     .bind(endpoint)
     .fetch_one(db)

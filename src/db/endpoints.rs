@@ -183,12 +183,15 @@ pub async fn update(
 
 pub async fn delete(db: impl PgExecutor<'_>, app_id: AppId, id: EndpointId) -> sqlx::Result<bool> {
     // Its deliveries go with it by foreign key; attempts reference nothing (migration
-    // 0015), so they are deleted here.
+    // 0016), so they are deleted here, with their counts.
     let done = sqlx::query(
-        "with attempts as (
-             delete from attempt a
-              where a.endpoint_id = $2
-                and exists (select 1 from endpoint e where e.id = $2 and e.app_id = $1))
+        "with mine as (
+             select e.id from endpoint e where e.id = $2 and e.app_id = $1
+         ), attempts as (
+             delete from attempt a using mine where a.endpoint_id = mine.id
+         ), counts as (
+             delete from attempt_minute r using mine where r.endpoint_id = mine.id
+         )
          delete from endpoint where app_id = $1 and id = $2",
     )
     .bind(app_id)

@@ -1,4 +1,4 @@
-//! History partitions (migration 0015): created ahead of time, dropped whole once past
+//! History partitions (migration 0016): created ahead of time, dropped whole once past
 //! retention. The steps are SQL functions, each run in a transaction of its own, so a
 //! process that dies half-way leaves either the step done or nothing.
 
@@ -50,6 +50,16 @@ pub enum Step {
 /// was done.
 pub async fn manage(pool: &PgPool, layout: Layout) -> sqlx::Result<Vec<Step>> {
     let mut steps = Vec::new();
+    // The dashboard's per-minute counts (migration 0017) are kept two days, whatever the
+    // retention: the views read 24 hours at most. Any process may prune them.
+    let pruned: i64 = sqlx::query_scalar("select herald.prune_rollups()")
+        .fetch_one(pool)
+        .await?;
+    if pruned > 0 {
+        steps.push(Step::Did(format!(
+            "removed {pruned} per-minute counts older than two days"
+        )));
+    }
     while steps.len() < MAX_STEPS {
         match step(pool, layout).await? {
             None => break,

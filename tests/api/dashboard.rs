@@ -650,3 +650,77 @@ async fn pages_show_endpoint_urls_without_credentials_and_list_them_without_quer
         assert!(html.contains("***@example.com/h"), "{path}");
     }
 }
+
+/// The overview's last hour and an endpoint's 24-hour success rate come from per-minute
+/// counts written with the attempts (migration 0017), not from counting the attempts:
+/// they agree with the attempts made, through two processes at once, and a view shows
+/// what the counts say.
+#[tokio::test]
+async fn the_views_read_per_minute_counts_that_agree_with_the_attempts() {
+    // Eight quick retries: no delivery fails all of its tries.
+    let retries = [(
+        "HERALD_RETRY_SCHEDULE",
+        "50ms,50ms,50ms,50ms,50ms,50ms,50ms,50ms",
+    )];
+    let one = spawn_app_with(&retries).await;
+    let two = spawn_app_on(one.db_url.clone(), &retries).await;
+    // One request in three fails.
+    let receiver = Receiver::with(Arc::new(|n| {
+        Reply::status(if n % 3 == 0 { 500 } else { 200 })
+    }))
+    .await;
+    let (app_id, ep, _) = one.app_with_endpoint(&receiver).await;
+    let mut sent = Vec::new();
+    for i in 0..60 {
+        let via = if i % 2 == 0 { &one } else { &two };
+        sent.push(via.send(&app_id, "invoice.paid", json!({"i": i})).await);
+    }
+    for msg in &sent {
+        one.wait_for_message(&app_id, msg, WAIT, all_delivered)
+            .await;
+    }
+    let counted: (i64, i64) = sqlx::query_as(
+        "select count(*) filter (where outcome = 'succeeded'), count(*) from herald.attempt",
+    )
+    .fetch_one(&one.pool)
+    .await
+    .unwrap();
+    let rolled: (i64, i64) = sqlx::query_as(
+        "select sum(succeeded)::bigint, sum(total)::bigint from herald.attempt_minute",
+    )
+    .fetch_one(&one.pool)
+    .await
+    .unwrap();
+    assert_eq!(rolled, counted);
+    assert_eq!(counted.0, 60);
+    assert!(counted.1 > 60, "some attempts failed first: {counted:?}");
+
+    let mut browser = Browser::new(&one);
+    browser.login().await;
+    let overview = browser.page("/").await;
+    assert!(
+        overview.contains(&format!(r#"id="stat-hour-total">{}<"#, counted.1)),
+        "{overview}"
+    );
+    let page = format!("/apps/{app_id}/endpoints/{ep}");
+    assert!(
+        browser
+            .page(&page)
+            .await
+            .contains(&format!("60 of {} attempts", counted.1))
+    );
+    // A view shows what the counts say (here, a minute made up of 1,000 more attempts).
+    sqlx::query(
+        "update herald.attempt_minute
+            set succeeded = succeeded + 900, total = total + 1000
+          where minute = (select max(minute) from herald.attempt_minute)",
+    )
+    .execute(&one.pool)
+    .await
+    .unwrap();
+    let html = browser.page(&page).await;
+    assert!(
+        html.contains(&format!("960 of {} attempts", counted.1 + 1000)),
+        "{html}"
+    );
+}
