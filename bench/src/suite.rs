@@ -219,7 +219,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     };
     let mut scenarios = Vec::new();
     let sse = settings.sse_subscribers > 0 && wanted(BURST_SSE);
-    let history = wanted(history::HISTORY);
+    let (history, soak) = (
+        wanted(history::HISTORY_BURST),
+        wanted(history::HISTORY_SOAK),
+    );
     let mut burst_rate = None;
     // The plain burst is also the baseline of `burst sse`, run right before it, and of
     // `history burst`.
@@ -263,8 +266,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     herald.stop();
     if history {
         let receiver = run.receiver.clone();
-        scenarios.push(history::burst_on_history(&settings, receiver.clone(), burst_rate).await?);
-        scenarios.push(history::soak(&settings, receiver).await?);
+        scenarios.push(history::burst_on_history(&settings, receiver, burst_rate).await?);
+    }
+    if soak {
+        scenarios.push(history::soak(&settings, run.receiver.clone()).await?);
     }
 
     Ok(Report {

@@ -7,7 +7,8 @@ use std::sync::mpsc;
 
 use super::*;
 
-pub const HISTORY: &str = "history";
+pub const HISTORY_BURST: &str = "history burst";
+pub const HISTORY_SOAK: &str = "history soak";
 /// The history's database, and the soak's.
 const HISTORY_DB: &str = "herald_history";
 const SOAK_DB: &str = "herald_soak";
@@ -153,7 +154,7 @@ pub(super) async fn burst_on_history(
         sizes.total_mb()
     );
 
-    let mut result = run.closed("history burst", 10_000, 64, 1).await?;
+    let mut result = run.closed(HISTORY_BURST, 10_000, 64, 1).await?;
     let views = run.views(&app, &ep).await?;
     let drop = drop_oldest(server)?;
     herald.stop();
@@ -185,7 +186,7 @@ pub(super) async fn soak(
     let db_url = recreate_database(&server, SOAK_DB)?;
     let mut herald = HeraldProcess::start(settings, &db_url, &SOAK_ENV, "herald-soak.log").await?;
     let mut run = Run::on(settings, &herald, receiver);
-    let (app, paths) = run.setup("history soak", 1).await?;
+    let (app, paths) = run.setup(HISTORY_SOAK, 1).await?;
     let secs = settings.soak_secs;
     let load = Load {
         count: (SOAK_RATE * secs as f64) as usize,
@@ -219,7 +220,7 @@ pub(super) async fn soak(
     let offered =
         format!("open loop, {SOAK_RATE} msg/s for {secs} s; retention 2m, 15 s partitions");
     let measured = run
-        .measure("history soak", &app, &paths, &load, offered)
+        .measure(HISTORY_SOAK, &app, &paths, &load, offered)
         .await;
     let _ = stop.send(());
     let samples = sampler.join().expect("the sampler does not panic");
