@@ -1,6 +1,6 @@
 //! `herald-bench`: measures Herald's delivery speed on this machine.
 //!
-//! - `suite`: everything `make bench` reports (ceiling, six scenarios, table, JSON, SVG).
+//! - `suite`: everything `make bench` reports (ceiling, the scenarios, table, JSON, SVG).
 //! - `receive`: the counting receiver on its own.
 //! - `drive`: the load driver on its own, against a running Herald.
 //! - `report`: the table and chart of a saved run.
@@ -56,6 +56,13 @@ enum Cmd {
         /// Live-feed (SSE) subscribers during `burst sse`; 0 skips that scenario.
         #[arg(long, default_value_t = 1000)]
         sse_subscribers: usize,
+        /// Messages of history the `history` scenario loads through SQL (divided by
+        /// --scale).
+        #[arg(long, default_value_t = 3_000_000)]
+        history_messages: usize,
+        /// Seconds of steady load in `history soak` (not divided by --scale).
+        #[arg(long, default_value_t = 360)]
+        soak_secs: u64,
     },
     /// Print the table and redraw the chart of a saved run.
     Report {
@@ -127,6 +134,8 @@ async fn main() -> anyhow::Result<()> {
             herald_env,
             only,
             sse_subscribers,
+            history_messages,
+            soak_secs,
         } => {
             let report = suite::run(suite::Settings {
                 server_url: database_url,
@@ -138,6 +147,8 @@ async fn main() -> anyhow::Result<()> {
                 herald_env,
                 only,
                 sse_subscribers,
+                history_messages,
+                soak_secs,
             })
             .await?;
             suite::write_outputs(&report, &out)?;

@@ -2,7 +2,10 @@
 
 use std::fmt::Write;
 
-use crate::suite::{Report, SSE_DROP_TARGET_PCT, SSE_LAG_P99_TARGET_MS};
+use crate::suite::{
+    BURST_RATIO_TARGET_PCT, DROP_TARGET_SECS, Report, SOAK_FLAT_PCT, SSE_DROP_TARGET_PCT,
+    SSE_LAG_P99_TARGET_MS, VIEW_P99_TARGET_MS,
+};
 
 pub fn table(report: &Report) -> String {
     let mut t = String::new();
@@ -59,7 +62,113 @@ pub fn table(report: &Report) -> String {
         }
     }
     sse_table(&mut t, report);
+    history_table(&mut t, report);
     t
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
+}
+
+/// The `history` scenarios: the load, the views, the drop and the soak.
+fn history_table(t: &mut String, report: &Report) {
+    for s in &report.scenarios {
+        if let Some(h) = &s.history {
+            let _ = writeln!(
+                t,
+                "\nHistory: {} messages (one delivery, one attempt each) in {} partitions of {}, \
+                 loaded in {:.1} s, vacuum analyze {:.1} s; message {:.0} MB, delivery {:.0} MB, \
+                 attempt {:.0} MB, total {:.0} MB",
+                h.messages,
+                h.partitions,
+                h.partition_interval,
+                h.load_secs,
+                h.vacuum_analyze_secs,
+                h.sizes.message_mb,
+                h.sizes.delivery_mb,
+                h.sizes.attempt_mb,
+                h.sizes.total_mb()
+            );
+            let _ = writeln!(
+                t,
+                "{}: delivered/s {:.0}, {} of the empty-database burst's {} (target >= {BURST_RATIO_TARGET_PCT}%): {}",
+                s.name,
+                s.delivered_per_s,
+                h.burst_ratio_pct.map_or("-".into(), |r| format!("{r:.1}%")),
+                h.baseline_delivered_per_s
+                    .map_or("-".into(), |b| format!("{b:.0}")),
+                h.burst_ratio_pct
+                    .map_or("unknown", |r| verdict(r >= BURST_RATIO_TARGET_PCT))
+            );
+            let _ = writeln!(
+                t,
+                "| view | path | first ms | p50 ms | p99 ms | max ms | failures | p99 <= {VIEW_P99_TARGET_MS} ms |"
+            );
+            let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---|");
+            for v in &h.views {
+                let _ = writeln!(
+                    t,
+                    "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {}{} | {} |",
+                    v.name,
+                    v.path,
+                    v.first_ms,
+                    v.latency.p50_ms,
+                    v.latency.p99_ms,
+                    v.latency.max_ms,
+                    v.failures,
+                    v.failure
+                        .as_ref()
+                        .map_or(String::new(), |f| format!(" ({f})")),
+                    verdict(v.failures == 0 && v.latency.p99_ms <= VIEW_P99_TARGET_MS)
+                );
+            }
+            let d = &h.drop;
+            let _ = writeln!(
+                t,
+                "drop: message/delivery pair {} ({} messages, {} deliveries) in {:.3} s, \
+                 attempt partition {} ({} attempts) in {:.3} s (target < {DROP_TARGET_SECS} s: {}); \
+                 total {:.1} -> {:.1} MB (message {:.1} -> {:.1}, delivery {:.1} -> {:.1}, attempt {:.1} -> {:.1})",
+                d.message_suffix,
+                d.messages_removed,
+                d.deliveries_removed,
+                d.message_drop_secs,
+                d.attempt_suffix,
+                d.attempts_removed,
+                d.attempt_drop_secs,
+                verdict(d.message_drop_secs.max(d.attempt_drop_secs) < DROP_TARGET_SECS),
+                d.before.total_mb(),
+                d.after.total_mb(),
+                d.before.message_mb,
+                d.after.message_mb,
+                d.before.delivery_mb,
+                d.after.delivery_mb,
+                d.before.attempt_mb,
+                d.after.attempt_mb
+            );
+        }
+        if let Some(k) = &s.soak {
+            let env: Vec<String> = k.env.iter().map(|(a, b)| format!("{a}={b}")).collect();
+            let sizes: Vec<String> = k
+                .samples
+                .iter()
+                .map(|(at, mb)| format!("{at:.0}s:{mb:.0}"))
+                .collect();
+            let _ = writeln!(
+                t,
+                "\n{}: {} msg/s for {} s, {}; {} message partitions at the end; database MB \
+                 over the second half {:.1}-{:.1} (flat within {SOAK_FLAT_PCT}%: {}); samples {}",
+                s.name,
+                k.rate,
+                k.secs,
+                env.join(" "),
+                k.partitions_at_end,
+                k.second_half_min_mb,
+                k.second_half_max_mb,
+                verdict(k.flat),
+                sizes.join(" ")
+            );
+        }
+    }
 }
 
 /// The live-feed subscribers' figures, for the scenarios that had them.
@@ -108,7 +217,6 @@ fn sse_table(t: &mut String, report: &Report) {
             f.subscriber_cpu_s
         );
     }
-    let verdict = |met: bool| if met { "met" } else { "NOT met" };
     for (s, f) in &with_sse {
         let throughput = match (f.delivered_change_pct, f.throughput_target_met) {
             (Some(c), Some(met)) => format!(
@@ -170,9 +278,11 @@ pub fn svg(report: &Report) -> String {
         .scenarios
         .iter()
         .map(|s| {
-            // The burst with SSE subscribers sits at the burst's load: a point of its own.
-            let single = s.fan_out == 1 && s.sse.is_none();
-            let label = if single || s.sse.is_some() {
+            // The burst with SSE subscribers sits at the burst's load: a point of its own,
+            // as do the history's scenarios (another database, another configuration).
+            let single =
+                s.fan_out == 1 && s.sse.is_none() && s.history.is_none() && s.soak.is_none();
+            let label = if s.fan_out == 1 {
                 s.name.to_owned()
             } else {
                 format!("{} ({}x)", s.name, s.fan_out)
@@ -320,5 +430,91 @@ mod tests {
         let t = table(&report);
         assert!(t.contains("| - | 1.0/150.0/200.0 |"), "{t}");
         assert!(t.contains("commit -> arrival not measured"), "{t}");
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+    use crate::stats::Latency;
+    use crate::suite::{HistoryResult, ScenarioResult, SoakResult};
+
+    fn scenario(name: &str) -> ScenarioResult {
+        ScenarioResult {
+            name: name.into(),
+            messages: 10,
+            fan_out: 1,
+            offered: "x".into(),
+            accepted_per_s: 900.0,
+            delivered_per_s: 900.0,
+            latency: Latency::default(),
+            duplicates: 0,
+            lost: 0,
+            send_errors: 0,
+            peak_rss_mb: 1.0,
+            cpu_seconds: Default::default(),
+            notes: serde_json::json!({}),
+            sse: None,
+            history: None,
+            soak: None,
+        }
+    }
+
+    /// The history's figures and verdicts print, and survive a trip through the JSON.
+    #[test]
+    fn history_and_soak_print() {
+        let mut burst = scenario("history burst");
+        let view = |name: &str, p99_ms: f64| {
+            serde_json::json!({"name": name, "path": "/", "requests": 30, "first_ms": 1.0,
+                "latency": {"p50_ms": 1.0, "p90_ms": 1.0, "p99_ms": p99_ms, "max_ms": p99_ms},
+                "failures": 0, "failure": null})
+        };
+        let sizes = serde_json::json!({"message_mb": 10.0, "delivery_mb": 5.0, "attempt_mb": 5.0});
+        let history: HistoryResult = serde_json::from_value(serde_json::json!({
+            "partition_interval": "4m", "messages": 100, "partitions": 34, "load_secs": 1.0,
+            "vacuum_analyze_secs": 0.5, "sizes": sizes, "baseline_delivered_per_s": 1000.0,
+            "burst_ratio_pct": 90.0, "views": [view("overview", 2700.0), view("stats", 5.0)],
+            "drop": {"message_suffix": "p1", "attempt_suffix": "p1", "messages_removed": 3,
+                     "deliveries_removed": 3, "attempts_removed": 3, "before": sizes,
+                     "after": sizes, "message_drop_secs": 0.01, "attempt_drop_secs": 1.5,
+                     "message_said": "dropped", "attempt_said": "dropped"}
+        }))
+        .unwrap();
+        burst.history = Some(history);
+        let mut soak = scenario("history soak");
+        soak.soak = Some(SoakResult {
+            env: vec![("HERALD_RETENTION".into(), "2m".into())],
+            rate: 200.0,
+            secs: 360,
+            samples: vec![(0.0, 10.0), (200.0, 50.0)],
+            second_half_min_mb: 50.0,
+            second_half_max_mb: 50.0,
+            flat: true,
+            partitions_at_end: 12,
+        });
+        let report = Report {
+            commit: "abc".into(),
+            when: "now".into(),
+            ceiling_tps: None,
+            herald_env: vec![],
+            scenarios: vec![burst, soak],
+        };
+        let report: Report =
+            serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+        let t = table(&report);
+        assert!(
+            t.contains("90.0% of the empty-database burst's 1000 (target >= 90%): met"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| overview | / | 1.0 | 1.0 | 2700.0 | 2700.0 | 0 | NOT met |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| stats | / | 1.0 | 1.0 | 5.0 | 5.0 | 0 | met |"),
+            "{t}"
+        );
+        assert!(t.contains("in 1.500 s (target < 1 s: NOT met)"), "{t}");
+        assert!(t.contains("50.0-50.0 (flat within 15%: met)"), "{t}");
     }
 }

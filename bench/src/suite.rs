@@ -15,6 +15,12 @@ use crate::receiver::{Behaviour, Receiver};
 use crate::sse::Subscribers;
 use crate::stats::Latency;
 
+mod history;
+pub use history::{
+    BURST_RATIO_TARGET_PCT, DROP_TARGET_SECS, HistoryResult, SOAK_FLAT_PCT, SoakResult,
+    VIEW_P99_TARGET_MS,
+};
+
 pub struct Settings {
     /// A superuser connection to the cluster (any database).
     pub server_url: String,
@@ -30,6 +36,10 @@ pub struct Settings {
     pub only: Vec<String>,
     /// Live-feed subscribers during the `burst sse` scenario; 0 skips it.
     pub sse_subscribers: usize,
+    /// Messages of history the `history` scenario loads (divided by `scale`).
+    pub history_messages: usize,
+    /// Length of the `history soak` scenario.
+    pub soak_secs: u64,
 }
 
 /// The burst again, with live-feed subscribers connected throughout.
@@ -61,6 +71,12 @@ pub struct ScenarioResult {
     /// The live-feed subscribers' view (the `burst sse` scenario only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sse: Option<SseResult>,
+    /// The history it ran on and what it cost (the `history burst` scenario only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryResult>,
+    /// The database's size under load with a short retention (`history soak` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<SoakResult>,
 }
 
 /// What the live-feed subscribers of `burst sse` saw.
@@ -194,27 +210,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     };
 
     let db_url = recreate_database(&settings.server_url, DB_NAME)?;
-    let mut herald = HeraldProcess::start(&settings, &db_url).await?;
-    let api = Api::new(&format!("http://{}", herald.addr), TOKEN);
+    let mut herald = HeraldProcess::start(&settings, &db_url, &[], "herald.log").await?;
     let receiver = Receiver::start("127.0.0.1:0".parse()?).await?;
-    let mut run = Run {
-        api,
-        receiver,
-        herald_pid: herald.child.id(),
-        herald_addr: herald.addr,
-        server_url: settings.server_url.clone(),
-        scale: settings.scale.max(1),
-        verify: settings.verify_signatures,
-    };
+    let mut run = Run::on(&settings, &herald, receiver);
 
     let wanted = |name: &str| {
         settings.only.is_empty() || settings.only.iter().any(|o| name.contains(o.as_str()))
     };
     let mut scenarios = Vec::new();
     let sse = settings.sse_subscribers > 0 && wanted(BURST_SSE);
+    let (history, soak) = (
+        wanted(history::HISTORY_BURST),
+        wanted(history::HISTORY_SOAK),
+    );
     let mut burst_rate = None;
-    // The plain burst is also the baseline of `burst sse`, run right before it.
-    if wanted("burst") || sse {
+    // The plain burst is also the baseline of `burst sse`, run right before it, and of
+    // `history burst`.
+    if wanted("burst") || sse || history {
         let burst = run.closed("burst", 10_000, 64, 1).await?;
         burst_rate = Some(burst.delivered_per_s);
         scenarios.push(burst);
@@ -252,6 +264,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
         scenarios.push(run.slow_neighbour(3_000, 4, baseline).await?);
     }
     herald.stop();
+    if history {
+        let receiver = run.receiver.clone();
+        scenarios.push(history::burst_on_history(&settings, receiver, burst_rate).await?);
+    }
+    if soak {
+        scenarios.push(history::soak(&settings, run.receiver.clone()).await?);
+    }
 
     Ok(Report {
         commit: git_commit(),
@@ -274,6 +293,19 @@ struct Run {
 }
 
 impl Run {
+    /// The scenarios' driver against `herald`, delivering to `receiver`.
+    fn on(settings: &Settings, herald: &HeraldProcess, receiver: Receiver) -> Self {
+        Self {
+            api: Api::new(&format!("http://{}", herald.addr), TOKEN),
+            receiver,
+            herald_pid: herald.child.id(),
+            herald_addr: herald.addr,
+            server_url: settings.server_url.clone(),
+            scale: settings.scale.max(1),
+            verify: settings.verify_signatures,
+        }
+    }
+
     /// An application whose endpoints all point at the receiver; returns its id and the
     /// receiver paths of its endpoints.
     async fn setup(&self, name: &str, fan_out: usize) -> anyhow::Result<(String, Vec<String>)> {
@@ -801,6 +833,8 @@ impl Run {
             },
             notes,
             sse: None,
+            history: None,
+            soak: None,
         })
     }
 }
@@ -859,13 +893,21 @@ struct HeraldProcess {
 }
 
 impl HeraldProcess {
-    async fn start(settings: &Settings, db_url: &str) -> anyhow::Result<Self> {
+    /// `herald serve` on `db_url`, with `env` beside `--herald-env` (and over it), logging
+    /// to `log` in the output directory.
+    async fn start(
+        settings: &Settings,
+        db_url: &str,
+        env: &[(&str, &str)],
+        log: &str,
+    ) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
         std::fs::create_dir_all(&settings.out_dir)?;
-        let log = std::fs::File::create(settings.out_dir.join("herald.log"))?;
+        let log_path = settings.out_dir.join(log);
+        let log = std::fs::File::create(&log_path)?;
         let mut cmd = Command::new(std::fs::canonicalize(&settings.herald_bin)?);
         // Only what is set here: no inherited HERALD_* and no developer's .env (herald
         // looks for one in its working directory and above).
@@ -884,6 +926,9 @@ impl HeraldProcess {
         for (k, v) in &settings.herald_env {
             cmd.env(k, v);
         }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", settings.herald_bin.display()))?;
@@ -896,10 +941,7 @@ impl HeraldProcess {
                 return Ok(process);
             }
             if let Some(status) = process.child.try_wait()? {
-                bail!(
-                    "herald exited with {status}; see {}",
-                    settings.out_dir.join("herald.log").display()
-                );
+                bail!("herald exited with {status}; see {}", log_path.display());
             }
             if Instant::now() > deadline {
                 process.stop();
