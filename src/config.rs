@@ -255,7 +255,10 @@ impl Config {
             http_timeout: positive("HERALD_HTTP_TIMEOUT", "60s")?,
             max_connections,
             db_pool_size,
-            feed_retention: duration("HERALD_FEED_RETENTION", "24h")?.max(Duration::from_secs(60)),
+            // The feed's log is history too: never kept longer than the rest of it.
+            feed_retention: duration("HERALD_FEED_RETENTION", "24h")?
+                .max(Duration::from_secs(60))
+                .min(retention),
             metrics_interval: duration("HERALD_METRICS_INTERVAL", "5s")?
                 .max(Duration::from_millis(100)),
             recover_batch: number("HERALD_RECOVER_BATCH", "500")?.clamp(1, 10_000) as usize,

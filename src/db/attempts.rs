@@ -28,6 +28,10 @@ pub struct Attempt {
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
+/// The message is looked up per attempt (`lateral ... offset 0`): a join lets a generic
+/// plan hash every message of every partition to keep a page of attempts (the overview's
+/// 50 newest took 2 s with 3 million messages). An attempt whose message is gone (it
+/// outlives it by at most the retry span, see migration 0016) is not listed.
 macro_rules! select_attempts {
     ($($where:tt)+) => {
         concat!(
@@ -35,7 +39,9 @@ macro_rules! select_attempts {
                     a.attempt, a.trigger::text as trigger, a.outcome::text as outcome,
                     a.response_status, a.response_body, a.error_kind, a.error, a.duration_ms,
                     a.created_at, a.next_attempt_at
-               from attempt a join message m on m.id = a.message_id
+               from attempt a
+              cross join lateral (select m.event_type from message m
+                                   where m.id = a.message_id offset 0) m
               where ",
             $($where)+
         )

@@ -167,7 +167,7 @@ async fn queue_reads(app: &TestApp) -> i64 {
         "select coalesce(sum(calls), 0)::int8 from public.pg_stat_statements s
            join pg_database d on d.oid = s.dbid
           where d.datname = current_database()
-            and s.query like '%count(*) filter (where state = %'",
+            and s.query like '%as oldest_pending_age_seconds%'",
     )
     .fetch_one(&app.pool)
     .await
