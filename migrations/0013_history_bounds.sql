@@ -10,11 +10,13 @@
 -- held for milliseconds, and rows written from now on are checked), 0014 validates them
 -- under a lock that lets reads and writes go on, and 0016 attaches in milliseconds.
 --
--- The cutoff leaves the old tables room for the writes of processes of the previous
--- release while 0014 scans (about a second per 50 MB, at least 2 s, at most an hour);
--- from the cutoff on, new rows go to the new partitions. Processes of the previous
--- release that are still writing after the cutoff but before 0016 get a check violation,
--- an error, never a lost row.
+-- The cutoff is an hour after the upgrade, plus a second per 25 MB of history (what 0014's
+-- scan and 0015's index build may take): the old tables keep taking the writes of processes
+-- of the previous release, and of workers whose clocks run a little ahead (attempt ids are
+-- made by the worker), until 0016 has run; from the cutoff on, new rows go to the new
+-- partitions, and the legacy ones are dropped once the cutoff is past retention. Were a
+-- row past the cutoff written anyway (a clock more than that hour ahead), 0014 would fail
+-- with a check violation, an error, never a lost row.
 --
 -- history_partition lists the partitions Herald manages (src/db/history.rs): written in
 -- the same transaction as the DDL that creates or drops them, so it never disagrees with
@@ -38,25 +40,13 @@ declare
     v_bound uuid;
     tries int := 0;
 begin
-    select coalesce(sum(pg_table_size(t)), 0) into v_bytes
-      from unnest(array['herald.message', 'herald.delivery', 'herald.attempt']::regclass[]) t;
-    v_cutoff := date_trunc('second', clock_timestamp())
-                + make_interval(secs => 2 + least(3600, v_bytes / 50000000));
-    v_bound := herald.uuid_v7_floor(v_cutoff);
-    insert into herald.history_partition (kind, suffix, starts_at, ends_at)
-    values ('message', 'legacy', '-infinity', v_cutoff),
-           ('attempt', 'legacy', '-infinity', v_cutoff);
-    -- Each try waits at most 1.2 s for the locks, as 0008 explains.
+    -- Each try waits at most 1.2 s for the locks, as 0008 explains. The bound is chosen
+    -- once they are held: no row written while this waited can be past it.
     loop
         begin
             set local lock_timeout = '1200ms';
-            execute format('alter table herald.message add constraint message_legacy_bound
-                            check (id < %L::uuid) not valid', v_bound);
-            execute format('alter table herald.delivery add constraint delivery_legacy_bound
-                            check (id < %L::uuid) not valid', v_bound);
-            execute format('alter table herald.attempt add constraint attempt_legacy_bound
-                            check (id < %L::uuid) not valid', v_bound);
-            return;
+            lock table herald.message, herald.delivery, herald.attempt in access exclusive mode;
+            exit;
         exception when lock_not_available then
             tries := tries + 1;
             if tries >= 60 then
@@ -66,5 +56,19 @@ begin
             perform pg_sleep(1);
         end;
     end loop;
+    select coalesce(sum(pg_table_size(t)), 0) into v_bytes
+      from unnest(array['herald.message', 'herald.delivery', 'herald.attempt']::regclass[]) t;
+    v_cutoff := date_trunc('second', clock_timestamp()) + interval '1 hour'
+                + make_interval(secs => least(86400, v_bytes / 25000000));
+    v_bound := herald.uuid_v7_floor(v_cutoff);
+    insert into herald.history_partition (kind, suffix, starts_at, ends_at)
+    values ('message', 'legacy', '-infinity', v_cutoff),
+           ('attempt', 'legacy', '-infinity', v_cutoff);
+    execute format('alter table herald.message add constraint message_legacy_bound
+                    check (id < %L::uuid) not valid', v_bound);
+    execute format('alter table herald.delivery add constraint delivery_legacy_bound
+                    check (id < %L::uuid) not valid', v_bound);
+    execute format('alter table herald.attempt add constraint attempt_legacy_bound
+                    check (id < %L::uuid) not valid', v_bound);
 end
 $$;

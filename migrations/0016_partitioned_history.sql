@@ -180,6 +180,41 @@ create constraint trigger feed_delivery_dead after update of state on herald.del
     for each row when (new.state = 'dead' and old.state <> 'dead')
     execute function herald.feed_delivery_dead();
 
+-- Idempotency keys in their window (see herald.enqueue below), filled from the keyed
+-- messages of the window (the window of the connection that migrates: Herald's). The
+-- manager forgets keys older than the retention (herald.prune_idempotency_keys).
+create table herald.idempotency_key (
+    app_id     uuid not null references herald.application (id) on delete cascade,
+    key        text not null,
+    message_id uuid not null,
+    created_at timestamptz not null,
+    primary key (app_id, key)
+);
+create index idempotency_key_created on herald.idempotency_key (created_at);
+insert into herald.idempotency_key (app_id, key, message_id, created_at)
+select distinct on (m.app_id, m.idempotency_key) m.app_id, m.idempotency_key, m.id, m.created_at
+  from herald.message m
+ where m.idempotency_key is not null
+   and m.created_at > now() - herald.idempotency_window()
+ order by m.app_id, m.idempotency_key, m.created_at desc;
+
+create function herald.prune_idempotency_keys(p_older_than interval) returns bigint
+language sql
+set search_path = herald, pg_temp
+as $$
+    with old as (
+        select app_id, key from idempotency_key
+         where created_at < now() - p_older_than
+         limit 10000
+    ), gone as (
+        delete from idempotency_key k using old
+         where k.app_id = old.app_id and k.key = old.key
+           and k.created_at < now() - p_older_than
+        returning 1
+    )
+    select count(*) from gone
+$$;
+
 -- A fresh UUIDv7 that carries the time of another: a delivery's id carries its message's,
 -- so the two share a partition.
 create function herald.uuid_v7_at(p_like uuid) returns uuid
@@ -190,14 +225,13 @@ language sql volatile parallel safe as $$
 $$;
 
 -- As 0009, with two changes. A delivery's id carries its message's time. And a key is one
--- message within its window through a lock rather than a unique index (which a partitioned
--- table can only have across its partition key): concurrent sends of one key take turns on
--- a transaction-scoped advisory lock of that key, and each looks for a message with the key
--- made within the window, in the partitions that window covers. In READ COMMITTED (the
--- default) the look after the lock sees what the turn before it committed. A caller at
--- REPEATABLE READ or SERIALIZABLE sees only its own snapshot, so if another send of the key
--- was under way it gets serialization_failure and sends again, as with any conflict at
--- those levels.
+-- message within its window through herald.idempotency_key, a small table of its own with a
+-- unique (app_id, key) (a partitioned table can only have unique indexes that contain its
+-- partition key): a send claims the key for its new message unless the key's message is
+-- within the window, in which case that message answers (one primary-key probe, in its
+-- partition). Concurrent sends of a key wait for each other on the unique index, as before;
+-- a caller at REPEATABLE READ or SERIALIZABLE that conflicts with a send its snapshot cannot
+-- see gets serialization_failure, and sends again.
 create function herald.enqueue(
     p_app text,
     p_event_type text,
@@ -215,8 +249,8 @@ set search_path = herald, pg_temp
 as $$
 declare
     v_app_id uuid;
-    v_key_lock int;
-    v_since timestamptz;
+    v_id uuid;
+    v_claimed_key uuid;
 begin
     if p_app ~ '^app_[0-9a-f]{32}$' then
         select id into v_app_id from application where id = substring(p_app from 5)::uuid;
@@ -229,31 +263,32 @@ begin
     end if;
 
     if p_idempotency_key is not null then
-        -- The first key of Herald's two-key advisory locks for idempotency keys is "hrli".
-        v_key_lock := hashtext(v_app_id::text || '/' || p_idempotency_key);
-        if not pg_try_advisory_xact_lock(1752329321, v_key_lock) then
-            if current_setting('transaction_isolation') <> 'read committed' then
-                raise exception 'herald: another send of idempotency key % is under way',
-                                p_idempotency_key
-                    using errcode = 'serialization_failure';
+        v_id := herald.uuid_v7();
+        insert into idempotency_key as k (app_id, key, message_id, created_at)
+        values (v_app_id, p_idempotency_key, v_id, now())
+        on conflict (app_id, key) do update
+           set message_id = excluded.message_id, created_at = excluded.created_at
+         where k.created_at <= now() - herald.idempotency_window()
+        returning k.message_id into v_claimed_key;
+        if v_claimed_key is null then
+            -- The key is within its window: its message answers.
+            select * into message from herald.message m
+             where m.id = (select k.message_id from idempotency_key k
+                            where k.app_id = v_app_id and k.key = p_idempotency_key);
+            if found then
+                claimed := '[]';
+                pending_endpoints := '{}';
+                return;
             end if;
-            perform pg_advisory_xact_lock(1752329321, v_key_lock);
-        end if;
-        v_since := now() - herald.idempotency_window();
-        select * into message from herald.message m
-         where m.app_id = v_app_id and m.idempotency_key = p_idempotency_key
-           and m.id >= herald.uuid_v7_floor(v_since) and m.created_at > v_since
-         order by m.id desc
-         limit 1;
-        if found then
-            claimed := '[]';
-            pending_endpoints := '{}';
-            return;
+            -- Its message is gone (its application's history was removed): send anew.
+            update idempotency_key k set message_id = v_id, created_at = now()
+             where k.app_id = v_app_id and k.key = p_idempotency_key;
         end if;
     end if;
 
-    insert into herald.message (app_id, event_type, payload, idempotency_key)
-    values (v_app_id, p_event_type, p_payload, p_idempotency_key)
+    insert into herald.message (id, app_id, event_type, payload, idempotency_key)
+    values (coalesce(v_id, herald.uuid_v7()), v_app_id, p_event_type, p_payload,
+            p_idempotency_key)
     returning * into message;
 
     -- An endpoint is sent to directly only if nothing of its is due and waiting (no
@@ -346,6 +381,9 @@ declare
     v_moved bigint := 0;
 begin
     if p_kind = 'message' then
+        -- Nothing may arrive in the default partitions between the move below and the
+        -- attach, which checks that none of their rows belongs to the new range.
+        lock table message_default, delivery_default in exclusive mode;
         execute format('create table %I (like message including defaults including constraints)',
                        v_message);
         execute format('create table %I (like delivery including defaults including constraints)',
@@ -374,6 +412,7 @@ begin
         execute format('alter table delivery attach partition %I for values from (%L) to (%L)',
                        v_delivery, v_lo, v_hi);
     elsif p_kind = 'attempt' then
+        lock table attempt_default in exclusive mode;
         execute format('create table %I (like attempt including defaults including constraints)',
                        v_attempt);
         execute format('with moved as (delete from attempt_default where id >= $1 and id < $2
@@ -417,12 +456,15 @@ begin
             return format('kept message partition %s: %s deliveries still pending or in flight',
                           p_suffix, v_live);
         end if;
-        -- The order every writer takes them in: a send writes message, then delivery.
+        -- The order a send takes them in: message, then delivery.
         lock table message, delivery in access exclusive mode;
-        if v_live > 0 then
-            -- Counted again under the lock: it is the count that decides.
-            execute format('select count(*) from %I where state in (''pending'', ''in_flight'')',
-                           v_delivery) into v_live;
+        -- Counted again under the lock, always: it is this count that decides (a replay
+        -- that committed while this waited made a delivery live).
+        execute format('select count(*) from %I where state in (''pending'', ''in_flight'')',
+                       v_delivery) into v_live;
+        if v_live > p_max_live then
+            return format('kept message partition %s: %s deliveries still pending or in flight',
+                          p_suffix, v_live);
         end if;
         execute format('alter table delivery detach partition %I', v_delivery);
         execute format('alter table message detach partition %I', v_message);
@@ -452,6 +494,41 @@ begin
                   case when v_kept > 0
                        then format(', %s messages still being delivered kept', v_kept)
                        else '' end);
+end
+$$;
+
+-- What waits in the default partitions past p_cutoff and is done, in a small batch: the
+-- messages removed.
+create function herald.sweep_history_default(p_cutoff timestamptz) returns bigint
+language plpgsql
+set search_path = herald, pg_temp
+as $$
+declare
+    v_rows bigint;
+begin
+    -- Finished deliveries first: a delete rechecks its condition on a row that changed
+    -- meanwhile, so a delivery a replay made pending again stays. Then messages left
+    -- without any delivery, each locked first (one a replay holds is skipped: its replay
+    -- may be adding a delivery).
+    with done as (
+        select d.id from delivery_default d
+         where d.id < uuid_v7_floor(p_cutoff) and d.state in ('succeeded', 'dead')
+         limit 1000
+    )
+    delete from delivery_default d using done
+     where d.id = done.id and d.state in ('succeeded', 'dead');
+    with bare as (
+        select m.id from message_default m
+         where m.id < uuid_v7_floor(p_cutoff)
+           and not exists (select 1 from delivery_default d where d.message_id = m.id)
+         limit 1000
+           for update skip locked
+    )
+    delete from message_default m using bare
+     where m.id = bare.id
+       and not exists (select 1 from delivery_default d where d.message_id = m.id);
+    get diagnostics v_rows = row_count;
+    return v_rows;
 end
 $$;
 
@@ -503,15 +580,7 @@ begin
         v_kept := concat_ws('; ', v_kept, v_result);
     end loop;
 
-    with done as (
-        select m.id from message_default m
-         where m.id < uuid_v7_floor(v_cutoff)
-           and not exists (select 1 from delivery_default d
-                            where d.message_id = m.id and d.state in ('pending', 'in_flight'))
-         limit 1000
-    )
-    delete from message_default m using done where m.id = done.id;
-    get diagnostics v_rows = row_count;
+    v_rows := sweep_history_default(v_cutoff);
     if v_rows > 0 then
         return format('removed %s finished messages past retention from message_default', v_rows);
     end if;

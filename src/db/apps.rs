@@ -46,21 +46,18 @@ pub async fn list(
     .await
 }
 
-pub async fn delete(db: impl PgExecutor<'_>, id: AppId) -> sqlx::Result<()> {
-    // The application's messages and deliveries go with it by foreign key; attempts
-    // reference nothing (migration 0016), so they are deleted here, with their counts.
-    sqlx::query(
-        "with attempts as (
-             delete from attempt
-              where endpoint_id in (select e.id from endpoint e where e.app_id = $1)
-         ), counts as (
-             delete from attempt_minute
-              where endpoint_id in (select e.id from endpoint e where e.app_id = $1)
-         )
-         delete from application where id = $1",
-    )
-    .bind(id)
-    .execute(db)
-    .await?;
-    Ok(())
+pub async fn delete(pool: &sqlx::PgPool, id: AppId) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    let endpoints: Vec<uuid::Uuid> =
+        sqlx::query_scalar("select id from endpoint where app_id = $1")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+    // Messages, deliveries and endpoints go with the application by foreign key.
+    sqlx::query("delete from application where id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    crate::db::endpoints::delete_attempts(&mut tx, &endpoints).await?;
+    tx.commit().await
 }

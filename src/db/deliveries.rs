@@ -140,7 +140,8 @@ pub async fn reclaim_expired(db: impl PgExecutor<'_>) -> sqlx::Result<u64> {
     let done = sqlx::query(
         "update delivery
             set state = 'pending', locked_by = null, lease_expires_at = null, updated_at = now()
-          where state = 'in_flight' and lease_expires_at <= now()",
+          where state = 'in_flight' and lease_expires_at <= now()
+            and id >= (select floor_id from live_floor)",
     )
     .execute(db)
     .await?;

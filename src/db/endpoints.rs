@@ -181,24 +181,36 @@ pub async fn update(
     .await
 }
 
-pub async fn delete(db: impl PgExecutor<'_>, app_id: AppId, id: EndpointId) -> sqlx::Result<bool> {
-    // Its deliveries go with it by foreign key; attempts reference nothing (migration
-    // 0016), so they are deleted here, with their counts.
-    let done = sqlx::query(
-        "with mine as (
-             select e.id from endpoint e where e.id = $2 and e.app_id = $1
-         ), attempts as (
-             delete from attempt a using mine where a.endpoint_id = mine.id
-         ), counts as (
-             delete from attempt_minute r using mine where r.endpoint_id = mine.id
-         )
-         delete from endpoint where app_id = $1 and id = $2",
-    )
-    .bind(app_id)
-    .bind(id)
-    .execute(db)
-    .await?;
+pub async fn delete(pool: &sqlx::PgPool, app_id: AppId, id: EndpointId) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    // Its deliveries go with it by foreign key.
+    let done = sqlx::query("delete from endpoint where app_id = $1 and id = $2")
+        .bind(app_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 1 {
+        delete_attempts(&mut tx, &[id.0]).await?;
+    }
+    tx.commit().await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Attempts reference nothing (migration 0016): the endpoints' go here, with their
+/// per-minute counts. In a statement after the endpoints' deletion, so that it also sees
+/// an attempt whose completion the deletion waited for.
+pub async fn delete_attempts(
+    tx: &mut sqlx::PgConnection,
+    endpoints: &[uuid::Uuid],
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "with counts as (delete from attempt_minute where endpoint_id = any($1))
+         delete from attempt where endpoint_id = any($1)",
+    )
+    .bind(endpoints)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// The secret new signatures are made with.

@@ -60,6 +60,18 @@ pub async fn manage(pool: &PgPool, layout: Layout) -> sqlx::Result<Vec<Step>> {
             "removed {pruned} per-minute counts older than two days"
         )));
     }
+    // Idempotency keys past the retention (the window is at most it).
+    let forgotten: i64 =
+        sqlx::query_scalar("select herald.prune_idempotency_keys(make_interval(secs => $1))")
+            .bind(layout.retention.as_secs_f64())
+            .fetch_one(pool)
+            .await?;
+    if forgotten > 0 {
+        steps.push(Step::Did(format!(
+            "forgot {forgotten} idempotency keys past retention"
+        )));
+    }
+    refresh_live_floor(pool).await?;
     while steps.len() < MAX_STEPS {
         match step(pool, layout).await? {
             None => break,
@@ -71,6 +83,21 @@ pub async fn manage(pool: &PgPool, layout: Layout) -> sqlx::Result<Vec<Step>> {
         }
     }
     Ok(steps)
+}
+
+/// Recomputes where live deliveries start (migration 0018), after a partition's last
+/// live delivery ended or a row was made live without lowering it.
+async fn refresh_live_floor(pool: &PgPool) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "set local lock_timeout = '{LOCK_TIMEOUT}'"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("select herald.refresh_live_floor()")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
 }
 
 async fn step(pool: &PgPool, layout: Layout) -> sqlx::Result<Option<Step>> {

@@ -122,6 +122,12 @@ pub async fn replay_message(
             return Ok(Err(Refused::InFlight));
         }
     }
+    // Its deliveries become live: the claim looks for them from the live floor on
+    // (migration 0018).
+    sqlx::query("select herald.live_from($1)")
+        .bind(message)
+        .execute(&mut *tx)
+        .await?;
     // Existing deliveries go back to pending; an endpoint that joined after the message
     // gets a new one, whose id carries the message's time (it shares its partition).
     let queued: Vec<DeliveryId> = sqlx::query_scalar(
@@ -171,6 +177,7 @@ pub async fn retry_delivery(
     delivery: DeliveryId,
     app: Option<AppId>,
 ) -> sqlx::Result<Replayed> {
+    let mut tx = db.begin().await?;
     let found: Option<(String, bool, bool)> = sqlx::query_as(
         "select d.state::text, e.disabled, m.payload_erased_at is not null
            from delivery d
@@ -180,7 +187,7 @@ pub async fn retry_delivery(
     )
     .bind(delivery)
     .bind(app)
-    .fetch_optional(&mut *db)
+    .fetch_optional(&mut *tx)
     .await?;
     match found {
         None => return Ok(Err(Refused::NotFound("delivery"))),
@@ -189,6 +196,11 @@ pub async fn retry_delivery(
         Some((state, ..)) if state == "in_flight" => return Ok(Err(Refused::InFlight)),
         Some(_) => {}
     }
+    // Live again: see replay_message.
+    sqlx::query("select herald.live_from($1)")
+        .bind(delivery)
+        .execute(&mut *tx)
+        .await?;
     let queued: Vec<DeliveryId> = sqlx::query_scalar(
         "update delivery d
             set state = 'pending', next_attempt_at = now(), trigger = 'replay',
@@ -199,13 +211,14 @@ pub async fn retry_delivery(
          returning d.id",
     )
     .bind(delivery)
-    .fetch_all(&mut *db)
+    .fetch_all(&mut *tx)
     .await?;
     if queued.is_empty() {
         // An attempt was claimed between the check and the update.
         return Ok(Err(Refused::InFlight));
     }
-    notify_workers(db).await?;
+    notify_workers(&mut tx).await?;
+    tx.commit().await?;
     Ok(Ok(queued))
 }
 
@@ -288,6 +301,11 @@ pub async fn recover_batch(
     limit: i64,
 ) -> sqlx::Result<Option<RecoveryProgress>> {
     let mut tx = db.begin().await?;
+    // What the batch queues becomes live: see replay_message. The window's start bounds it.
+    sqlx::query("select herald.live_from(uuid_v7_floor(since)) from recovery where id = $1")
+        .bind(recovery)
+        .execute(&mut *tx)
+        .await?;
     let dead: Option<(i32, i32, bool, i64, Vec<Uuid>)> = sqlx::query_as(
         "with r as (
              select * from recovery

@@ -14,13 +14,30 @@ use crate::helpers::{Receiver, TestApp, all_delivered, database_at, spawn_app_on
 /// earlier: its id (UUIDv7) and its created_at (what the window is measured on). Returns
 /// its new id. Only for a message without deliveries, which would still point at the old id.
 async fn age(pool: &PgPool, msg: &str, ago: &str) -> String {
-    sqlx::query_scalar(
-        "update herald.message
-            set id = herald.uuid_v7_floor(now() - $2::interval),
-                created_at = now() - $2::interval
-          where id = substring($1 from 5)::uuid
-         returning herald.message_ref(id)",
-    )
+    // Its key, if it has one after the upgrade to partitions (migration 0016), with it.
+    let has_keys: bool =
+        sqlx::query_scalar("select to_regclass('herald.idempotency_key') is not null")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let keys = if has_keys {
+        ", keys as (
+             update herald.idempotency_key k set message_id = moved.id,
+                                                 created_at = moved.created_at
+               from moved
+              where k.app_id = moved.app_id and k.key = moved.idempotency_key)"
+    } else {
+        ""
+    };
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "with moved as (
+             update herald.message
+                set id = herald.uuid_v7_floor(now() - $2::interval),
+                    created_at = now() - $2::interval
+              where id = substring($1 from 5)::uuid
+             returning id, created_at, app_id, idempotency_key){keys}
+         select herald.message_ref(id) from moved"
+    )))
     .bind(msg)
     .bind(ago)
     .fetch_one(pool)
@@ -370,49 +387,80 @@ async fn an_interrupted_index_build_is_redone_at_the_next_start() {
     assert!(def.contains("(app_id, event_type, id)"), "{def}");
 }
 
-/// A backend sending at REPEATABLE READ cannot see a send of the same key that another
-/// transaction has under way: it is told to retry (serialization_failure, SQLSTATE 40001)
-/// rather than making a second message; at READ COMMITTED it waits for it instead.
+/// A backend sending at REPEATABLE READ cannot see a send of the same key that committed
+/// after its snapshot, nor one still under way: it is told to retry (serialization_failure,
+/// SQLSTATE 40001) rather than making a second message, as the unique index on keys always
+/// did.
 #[tokio::test]
-async fn a_send_at_repeatable_read_while_the_key_is_being_sent_is_told_to_retry() {
+async fn a_send_at_repeatable_read_that_conflicts_with_an_unseen_send_is_told_to_retry() {
     let app = spawn_app_with(&[]).await;
     let (_, created) = app
         .post("/apps", json!({"name": "Acme", "uid": "acme"}))
         .await;
     assert!(created["id"].is_string(), "{created}");
-    let send = "select herald.message_ref(id)
-                  from herald.send_message('acme', 'invoice.paid', '{}', 'in_9-paid')";
-    let mut first = PgConnection::connect(&app.db_url).await.unwrap();
-    let mut second = PgConnection::connect(&app.db_url).await.unwrap();
-    sqlx::query("begin").execute(&mut first).await.unwrap();
-    let sent: String = sqlx::query_scalar(send)
-        .fetch_one(&mut first)
-        .await
-        .unwrap();
+    let send = |key: &str| {
+        format!(
+            "select herald.message_ref(id)
+               from herald.send_message('acme', 'invoice.paid', '{{}}', '{key}')"
+        )
+    };
+    let is_serialization_failure =
+        |e: &sqlx::Error| e.as_database_error().and_then(|e| e.code()).as_deref() == Some("40001");
 
+    // A send that commits after the REPEATABLE READ transaction took its snapshot.
+    let mut reader = PgConnection::connect(&app.db_url).await.unwrap();
     sqlx::query("begin isolation level repeatable read")
-        .execute(&mut second)
+        .execute(&mut reader)
         .await
         .unwrap();
-    let refused = sqlx::query_scalar::<_, String>(send)
-        .fetch_one(&mut second)
+    sqlx::query("select 1").execute(&mut reader).await.unwrap();
+    let first: String = sqlx::query_scalar(sqlx::AssertSqlSafe(send("in_8-paid")))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let refused = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(send("in_8-paid")))
+        .fetch_one(&mut reader)
         .await
         .unwrap_err();
-    let code = refused.as_database_error().and_then(|e| e.code());
-    assert_eq!(code.as_deref(), Some("40001"), "{refused}");
-    sqlx::query("rollback").execute(&mut second).await.unwrap();
+    assert!(is_serialization_failure(&refused), "{refused}");
+    sqlx::query("rollback").execute(&mut reader).await.unwrap();
+    assert_eq!(messages_with_key(&app.pool, "in_8-paid").await, 1);
 
-    sqlx::query("commit").execute(&mut first).await.unwrap();
-    // Sent again, at REPEATABLE READ, once the first has committed: the first message.
+    // A send still under way: the REPEATABLE READ send waits for it, then is refused.
+    let mut writer = PgConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("begin").execute(&mut writer).await.unwrap();
+    let sent: String = sqlx::query_scalar(sqlx::AssertSqlSafe(send("in_9-paid")))
+        .fetch_one(&mut writer)
+        .await
+        .unwrap();
+    let url = app.db_url.clone();
+    let racing = tokio::spawn(async move {
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        sqlx::query("begin isolation level repeatable read")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(send("in_9-paid")))
+            .fetch_one(&mut conn)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!racing.is_finished(), "it waits for the send under way");
+    sqlx::query("commit").execute(&mut writer).await.unwrap();
+    let refused = racing.await.unwrap().unwrap_err();
+    assert!(is_serialization_failure(&refused), "{refused}");
+
+    // Sent again, once the first has committed: the first message.
     sqlx::query("begin isolation level repeatable read")
-        .execute(&mut second)
+        .execute(&mut reader)
         .await
         .unwrap();
-    let again: String = sqlx::query_scalar(send)
-        .fetch_one(&mut second)
+    let again: String = sqlx::query_scalar(sqlx::AssertSqlSafe(send("in_9-paid")))
+        .fetch_one(&mut reader)
         .await
         .unwrap();
-    sqlx::query("commit").execute(&mut second).await.unwrap();
+    sqlx::query("commit").execute(&mut reader).await.unwrap();
     assert_eq!(again, sent);
+    assert_eq!(first.len(), sent.len());
     assert_eq!(messages_with_key(&app.pool, "in_9-paid").await, 1);
 }

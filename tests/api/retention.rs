@@ -436,3 +436,87 @@ async fn an_upgrade_to_partitions_keeps_every_row_and_delivers_what_was_pending(
     assert_eq!(status, StatusCode::ACCEPTED);
     receiver.wait_for(31, Duration::from_secs(10)).await;
 }
+
+/// A delivery made live again while retention is about to remove its row keeps it: a
+/// partition drop that waited for the replaying transaction counts again and moves it,
+/// and the sweep of the default partition leaves a delivery a replay set pending.
+#[tokio::test]
+async fn a_row_made_live_while_retention_waits_for_it_is_kept() {
+    let app = spawn_app_with(&SHORT).await;
+    let receiver = Receiver::start().await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
+    let msg = app.send(&app_id, "invoice.paid", json!({})).await;
+    app.wait_for_message(&app_id, &msg, Duration::from_secs(10), all_delivered)
+        .await;
+    let suffix: String = sqlx::query_scalar(
+        "select substring(tableoid::regclass::text from 9) from herald.message
+          where id = substring($1 from 5)::uuid",
+    )
+    .bind(&msg)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let live = async |conn: &mut PgConnection| {
+        sqlx::query("begin").execute(&mut *conn).await.unwrap();
+        sqlx::query(
+            "update herald.delivery set state = 'pending', next_attempt_at = now() + interval '1 hour'
+              where message_id = substring($1 from 5)::uuid",
+        )
+        .bind(&msg)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    };
+
+    // The drop counts nothing live, waits for the replaying transaction's locks, and
+    // finds the delivery pending once it has them.
+    let mut replay = PgConnection::connect(&app.db_url).await.unwrap();
+    live(&mut replay).await;
+    let url = app.db_url.clone();
+    let drop = tokio::spawn(async move {
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        sqlx::query_scalar::<_, String>(
+            "select herald.drop_history_partition('message', $1, 10000)",
+        )
+        .bind(suffix)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("commit").execute(&mut replay).await.unwrap();
+    let said = drop.await.unwrap();
+    assert!(
+        said.ends_with("1 messages still being delivered kept"),
+        "{said}"
+    );
+    let (status, kept) = app.get(&format!("/apps/{app_id}/messages/{msg}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(deliveries_in(&kept, "pending"), "{kept:#}");
+
+    // In the default partition now, past retention once it is finished: the sweep waits
+    // for a replaying transaction and leaves what it made pending.
+    sqlx::query("update herald.delivery set state = 'succeeded' where message_id = substring($1 from 5)::uuid")
+        .bind(&msg)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    live(&mut replay).await;
+    let url = app.db_url.clone();
+    let sweep = tokio::spawn(async move {
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        // Everything in the default partition is past this cutoff.
+        sqlx::query_scalar::<_, i64>(
+            "select herald.sweep_history_default(now() + interval '1 hour')",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("commit").execute(&mut replay).await.unwrap();
+    sweep.await.unwrap();
+    let (status, kept) = app.get(&format!("/apps/{app_id}/messages/{msg}")).await;
+    assert_eq!(status, StatusCode::OK, "the sweep removed a live message");
+    assert!(deliveries_in(&kept, "pending"), "{kept:#}");
+}
