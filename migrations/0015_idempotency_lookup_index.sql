@@ -1,10 +1,10 @@
 -- no-transaction
 -- Partitioned history, between steps 2 and 3: the idempotency-key lookup without
 -- uniqueness. A unique index on a partitioned table must contain the partition key, so
--- from 0016 on one key is one message within its window through herald.enqueue's lock, and
--- the index only finds a key's messages; 0016 drops the unique `message_idempotency`,
+-- from 0016 on one key is one message within its window through herald.idempotency_key, and
+-- this index serves the message list's search by key; 0016 drops the unique `message_idempotency`,
 -- which would otherwise refuse a key repeated after its window to any message that lands
--- in the legacy partition (those of the first moments after the upgrade).
+-- in the legacy partition (those of the first hour after the upgrade).
 --
 -- Built concurrently, alone in a `-- no-transaction` file, as 0010 explains.
 create index concurrently if not exists message_idempotency_key

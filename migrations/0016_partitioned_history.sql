@@ -23,11 +23,13 @@
 -- own, identical ones, renamed *_legacy, are attached to them rather than built again).
 -- One is per partition instead, because a unique index on a partitioned table must
 -- contain the partition key: one delivery per (message, endpoint), which within a
--- partition pair is unique everywhere. The idempotency key's is no longer unique (0015;
--- herald.enqueue below keeps one key one message in its window).
+-- partition pair is unique everywhere. The idempotency key's lookup is no longer unique
+-- (0015): herald.idempotency_key below keeps one key one message in its window.
 --
--- The tables are locked for the catalog changes only (milliseconds), each try waiting at
--- most 1.2 s, as 0008 explains.
+-- The tables are locked for the catalog changes (milliseconds) and for filling
+-- herald.idempotency_key from the keyed messages of the idempotency window (a read of
+-- those messages: seconds for millions), each try for the locks waiting at most 1.2 s, as
+-- 0008 explains.
 do $$
 declare
     tries int := 0;
