@@ -105,8 +105,15 @@ impl Metrics {
                 ConstGauge::new(queue.oldest_pending_age_seconds),
             );
             gauges.register_with_unit(
+                "oldest_message_age",
+                "Age of the oldest message kept: alert when it exceeds HERALD_RETENTION by more \
+                 than a few partition intervals (retention is not running)",
+                Unit::Seconds,
+                ConstGauge::new(queue.oldest_message_age_seconds),
+            );
+            gauges.register_with_unit(
                 "queue_gauges_age",
-                "Time since the three queue gauges above were read from the database",
+                "Time since the queue and history gauges above were read from the database",
                 Unit::Seconds,
                 ConstGauge::new(age.as_secs_f64()),
             );
@@ -178,6 +185,7 @@ mod tests {
                     pending: 7,
                     in_flight: 2,
                     oldest_pending_age_seconds: 1.5,
+                    oldest_message_age_seconds: 3600.0,
                 },
                 age: Duration::from_millis(250),
             }),
@@ -197,6 +205,7 @@ mod tests {
         assert!(text.contains("herald_queue_depth 7\n"));
         assert!(text.contains("herald_deliveries_in_flight 2\n"));
         assert!(text.contains("herald_oldest_pending_age_seconds 1.5\n"));
+        assert!(text.contains("herald_oldest_message_age_seconds 3600.0\n"));
         assert!(text.contains("herald_queue_gauges_age_seconds 0.25\n"));
         assert!(text.contains("herald_sse_subscribers 1\n"));
         assert!(text.contains("herald_worker_in_flight 2\n"));

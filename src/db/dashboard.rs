@@ -15,6 +15,10 @@ pub struct QueueStats {
     pub in_flight: i64,
     /// Seconds since the oldest pending delivery was created; 0 with none pending.
     pub oldest_pending_age_seconds: f64,
+    /// Seconds since the oldest message still kept was sent; 0 with none. Retention keeps
+    /// it below `HERALD_RETENTION` plus a partition interval or so (more only while a
+    /// delivery of an older message is still live).
+    pub oldest_message_age_seconds: f64,
 }
 
 pub async fn queue(db: impl PgExecutor<'_>) -> sqlx::Result<QueueStats> {
@@ -30,7 +34,11 @@ pub async fn queue(db: impl PgExecutor<'_>) -> sqlx::Result<QueueStats> {
                                                       where state = 'pending'
                                                         and id >= (select floor_id from live_floor))),
                          0)::float8
-                    as oldest_pending_age_seconds",
+                    as oldest_pending_age_seconds,
+                coalesce(extract(epoch from now() - (select m.created_at from message m
+                                                      order by m.id limit 1)),
+                         0)::float8
+                    as oldest_message_age_seconds",
     )
     .fetch_one(db)
     .await

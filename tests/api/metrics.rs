@@ -67,6 +67,7 @@ async fn counts_attempts_by_outcome_and_shows_the_queue() {
     assert_eq!(value(&before, "herald_attempt_duration_seconds_count"), 0.0);
     assert_eq!(value(&before, "herald_queue_depth"), 0.0);
     assert_eq!(value(&before, "herald_oldest_pending_age_seconds"), 0.0);
+    assert_eq!(value(&before, "herald_oldest_message_age_seconds"), 0.0);
     assert_eq!(value(&before, "herald_sse_subscribers"), 0.0);
 
     let ok = Receiver::start().await;
@@ -108,6 +109,9 @@ async fn counts_attempts_by_outcome_and_shows_the_queue() {
     assert_eq!(value(&after, "herald_queue_depth"), 1.0, "{after}");
     assert_eq!(value(&after, "herald_deliveries_in_flight"), 0.0);
     assert!(value(&after, "herald_oldest_pending_age_seconds") > 0.0);
+    // The oldest message kept is the first one sent here, seconds ago.
+    let history = value(&after, "herald_oldest_message_age_seconds");
+    assert!(history > 0.0 && history < 60.0, "{after}");
     assert_eq!(value(&after, "herald_sse_subscribers"), 1.0);
     assert_eq!(value(&after, "herald_worker_concurrency"), 8.0);
     assert_eq!(value(&after, "herald_worker_in_flight"), 0.0);
