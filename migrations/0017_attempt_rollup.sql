@@ -29,10 +29,10 @@ set search_path = herald, pg_temp
 as $$
 begin
     insert into attempt_minute as r (endpoint_id, minute, app_id, succeeded, total)
-    select n.endpoint_id, date_trunc('minute', n.created_at), min(n.app_id::text)::uuid,
+    select n.endpoint_id, date_trunc('minute', n.created_at), n.app_id,
            count(*) filter (where n.outcome = 'succeeded'), count(*)
       from inserted n
-     group by 1, 2
+     group by 1, 2, 3
      order by 1, 2
     on conflict (endpoint_id, minute) do update
        set succeeded = r.succeeded + excluded.succeeded, total = r.total + excluded.total;

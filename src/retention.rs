@@ -42,7 +42,7 @@ async fn run(pool: &PgPool, layout: Layout) {
             }
         }
         // Its locks were busy (it gives way to sends and claims): the next turn tries again.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+        Err(e) if history::lock_timed_out(&e) => {
             info!("history: the tables were busy; trying again at the next turn")
         }
         Err(e) => warn!(error = %e, "history: could not manage the partitions; trying again later"),

@@ -23,9 +23,11 @@ pub struct QueueStats {
 
 pub async fn queue(db: impl PgExecutor<'_>) -> sqlx::Result<QueueStats> {
     sqlx::query_as(
-        // One state per subquery: each is a scan of that state's partial index, in
-        // the partitions from the live floor on (migration 0018), while `state in (...)` matches neither index and read every
-        // delivery of every partition (0.2 s with 3 million in history).
+        // One state per subquery: each is a scan of that state's partial index, in the
+        // partitions from the live floor on (migration 0016), while `state in (...)`
+        // matched neither index and read every delivery of every partition (0.2 s with 3
+        // million in history). The floor as a subquery, read once: the function
+        // `live_floor()` in a scan's condition would be called for each row.
         "select (select count(*) from delivery
                   where state = 'pending' and id >= (select floor_id from live_floor)) as pending,
                 (select count(*) from delivery

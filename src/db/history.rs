@@ -74,7 +74,7 @@ pub async fn manage(pool: &PgPool, layout: Layout) -> sqlx::Result<Vec<Step>> {
     // A floor left as it was is never too high (only this raises it), so a turn whose
     // refresh found the floor's row busy goes on with its steps.
     match refresh_live_floor(pool).await {
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {}
+        Err(e) if lock_timed_out(&e) => {}
         other => other?,
     }
     while steps.len() < MAX_STEPS {
@@ -90,19 +90,31 @@ pub async fn manage(pool: &PgPool, layout: Layout) -> sqlx::Result<Vec<Step>> {
     Ok(steps)
 }
 
-/// Recomputes where live deliveries start (migration 0018), after a partition's last
+/// Recomputes where live deliveries start (migration 0016), after a partition's last
 /// live delivery ended or a row was made live without lowering it.
 async fn refresh_live_floor(pool: &PgPool) -> sqlx::Result<()> {
+    let mut tx = begin_bounded(pool).await?;
+    sqlx::query("select herald.refresh_live_floor()")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// A transaction whose every lock wait ends after [`LOCK_TIMEOUT`].
+async fn begin_bounded(pool: &PgPool) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
     let mut tx = pool.begin().await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "set local lock_timeout = '{LOCK_TIMEOUT}'"
     )))
     .execute(&mut *tx)
     .await?;
-    sqlx::query("select herald.refresh_live_floor()")
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await
+    Ok(tx)
+}
+
+/// Whether `e` is a lock wait that ran out (lock_not_available): the tables were busy,
+/// and the next turn tries again.
+pub fn lock_timed_out(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(e) if e.code().as_deref() == Some("55P03"))
 }
 
 async fn step(pool: &PgPool, layout: Layout) -> sqlx::Result<Option<Step>> {
@@ -110,9 +122,7 @@ async fn step(pool: &PgPool, layout: Layout) -> sqlx::Result<Option<Step>> {
     loop {
         tries += 1;
         match try_step(pool, layout).await {
-            Err(sqlx::Error::Database(e))
-                if e.code().as_deref() == Some("55P03") && tries < LOCK_TRIES =>
-            {
+            Err(e) if lock_timed_out(&e) && tries < LOCK_TRIES => {
                 let pause = 50 + rand::random_range(0..200);
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
@@ -122,12 +132,7 @@ async fn step(pool: &PgPool, layout: Layout) -> sqlx::Result<Option<Step>> {
 }
 
 async fn try_step(pool: &PgPool, layout: Layout) -> sqlx::Result<Option<Step>> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "set local lock_timeout = '{LOCK_TIMEOUT}'"
-    )))
-    .execute(&mut *tx)
-    .await?;
+    let mut tx = begin_bounded(pool).await?;
     let done: Option<String> = sqlx::query_scalar(
         "select herald.manage_history(make_interval(secs => $1), make_interval(secs => $2),
                                       make_interval(secs => $3), $4)",

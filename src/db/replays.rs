@@ -123,7 +123,7 @@ pub async fn replay_message(
         }
     }
     // Its deliveries become live: the claim looks for them from the live floor on
-    // (migration 0018).
+    // (migration 0016).
     sqlx::query("select herald.live_from($1)")
         .bind(message)
         .execute(&mut *tx)

@@ -145,9 +145,9 @@ pub(super) async fn burst_on_history(
     sql(
         server,
         "insert into herald.attempt_minute (endpoint_id, minute, app_id, succeeded, total)
-         select endpoint_id, date_trunc('minute', created_at), min(app_id::text)::uuid,
+         select endpoint_id, date_trunc('minute', created_at), app_id,
                 count(*) filter (where outcome = 'succeeded'), count(*)
-           from herald.attempt group by 1, 2
+           from herald.attempt group by 1, 2, 3
          on conflict (endpoint_id, minute) do update
             set succeeded = herald.attempt_minute.succeeded + excluded.succeeded,
                 total = herald.attempt_minute.total + excluded.total",
