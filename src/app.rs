@@ -24,6 +24,7 @@ use crate::delivery::{Recoveries, WorkerPool, WorkerSettings, client};
 use crate::feed::{Feed, FeedSettings};
 use crate::http::{self, AppState};
 use crate::probe::Probe;
+use crate::removal::Removals;
 use crate::retention;
 
 /// Connections of the live feed's own pool: its reader keeps one, catch-ups and pruning
@@ -85,6 +86,7 @@ impl App {
             retention: config.retention,
         };
         retention::spawn(pool.clone(), layout, cancel.clone()).await;
+        let removals = Removals::spawn(pool.clone(), cancel.clone());
         // The probes too: however many scrapes come, and however busy the shared pool is,
         // they cost one readiness check a second and one queue count per interval.
         let probe_pool = db::connect(config.database_url.expose(), PROBE_CONNECTIONS)
@@ -102,6 +104,7 @@ impl App {
             workers.direct(),
             feed,
             recoveries.clone(),
+            removals,
             probe,
         ));
         Ok(Self {

@@ -13,6 +13,7 @@ pub mod feed;
 pub mod http;
 pub mod metrics;
 pub mod probe;
+pub mod removal;
 pub mod retention;
 pub mod telemetry;
 

@@ -47,14 +47,41 @@ impl Api {
         Ok(body)
     }
 
+    /// Deletes an application or endpoint and waits until its removal (which runs in the
+    /// background) is done, so that it does not weigh on what is measured next.
     pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
-        self.http
+        let removal: serde_json::Value = self
+            .http
             .delete(format!("{}/api/v1{path}", self.base))
             .bearer_auth(&self.token)
             .send()
             .await?
-            .error_for_status()?;
-        Ok(())
+            .error_for_status()?
+            .json()
+            .await?;
+        let id = removal["id"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("{path}: no removal in {removal}"))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        loop {
+            let now: serde_json::Value = self
+                .http
+                .get(format!("{}/api/v1/removals/{id}", self.base))
+                .bearer_auth(&self.token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            if now["state"] == "done" {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "{path}: removal not done after 10 minutes: {now}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     /// Creates an application with one endpoint per URL; returns (app id, secrets).

@@ -22,14 +22,16 @@ pub async fn create(db: impl PgExecutor<'_>, name: &str, uid: Option<&str>) -> s
         .await
 }
 
-/// `key` is an application's id (`app_…`) or its uid.
+/// `key` is an application's id (`app_…`) or its uid. One queued for removal is not found.
 pub async fn find(db: impl PgExecutor<'_>, key: &str) -> sqlx::Result<Option<App>> {
     let id = key.parse::<AppId>().ok();
-    sqlx::query_as("select * from application where id = $1 or uid = $2 limit 1")
-        .bind(id)
-        .bind(key)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as(
+        "select * from application where (id = $1 or uid = $2) and removed_at is null limit 1",
+    )
+    .bind(id)
+    .bind(key)
+    .fetch_optional(db)
+    .await
 }
 
 pub async fn list(
@@ -38,26 +40,12 @@ pub async fn list(
     limit: i64,
 ) -> sqlx::Result<Vec<App>> {
     sqlx::query_as(
-        "select * from application where $1::uuid is null or id > $1 order by id limit $2",
+        "select * from application
+          where removed_at is null and ($1::uuid is null or id > $1)
+          order by id limit $2",
     )
     .bind(after)
     .bind(limit + 1)
     .fetch_all(db)
     .await
-}
-
-pub async fn delete(pool: &sqlx::PgPool, id: AppId) -> sqlx::Result<()> {
-    let mut tx = pool.begin().await?;
-    let endpoints: Vec<uuid::Uuid> =
-        sqlx::query_scalar("select id from endpoint where app_id = $1")
-            .bind(id)
-            .fetch_all(&mut *tx)
-            .await?;
-    // Messages, deliveries and endpoints go with the application by foreign key.
-    sqlx::query("delete from application where id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    crate::db::endpoints::delete_attempts(&mut tx, &endpoints).await?;
-    tx.commit().await
 }

@@ -125,10 +125,12 @@ pub struct AppSummary {
 pub async fn apps(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<AppSummary>> {
     sqlx::query_as(
         "select a.id, a.uid, a.name, a.created_at,
-                (select count(*) from endpoint e where e.app_id = a.id) as endpoints,
-                (select count(*) from endpoint e where e.app_id = a.id and e.disabled)
+                (select count(*) from endpoint e
+                  where e.app_id = a.id and e.removed_at is null) as endpoints,
+                (select count(*) from endpoint e
+                  where e.app_id = a.id and e.disabled and e.removed_at is null)
                     as disabled_endpoints
-           from application a order by a.id desc limit $1",
+           from application a where a.removed_at is null order by a.id desc limit $1",
     )
     .bind(limit)
     .fetch_all(db)
@@ -173,7 +175,7 @@ pub async fn dead_by_endpoint(
         "select e.id, e.app_id, e.url, d.dead
            from (select endpoint_id, count(*) as dead from delivery
                   where state = 'dead' group by endpoint_id) d
-           join endpoint e on e.id = d.endpoint_id
+           join endpoint e on e.id = d.endpoint_id and e.removed_at is null
           order by d.dead desc, e.id
           limit $1",
     )

@@ -106,7 +106,7 @@ pub async fn find(
     sqlx::query_as(concat!(
         "select ",
         endpoint_columns!(),
-        " from endpoint where app_id = $1 and id = $2"
+        " from endpoint where app_id = $1 and id = $2 and removed_at is null"
     ))
     .bind(app_id)
     .bind(id)
@@ -124,7 +124,7 @@ pub async fn list(
         "select ",
         endpoint_columns!(),
         " from endpoint
-          where app_id = $1 and ($2::uuid is null or id > $2)
+          where app_id = $1 and removed_at is null and ($2::uuid is null or id > $2)
           order by id limit $3"
     ))
     .bind(app_id)
@@ -162,7 +162,7 @@ pub async fn update(
              headers = coalesce($9, headers),
              rate_limit = case when $10 then $11 else rate_limit end,
              updated_at = now()
-          where app_id = $1 and id = $2
+          where app_id = $1 and id = $2 and removed_at is null
           returning ",
         endpoint_columns!()
     ))
@@ -179,38 +179,6 @@ pub async fn update(
     .bind(rate_limit)
     .fetch_optional(db)
     .await
-}
-
-pub async fn delete(pool: &sqlx::PgPool, app_id: AppId, id: EndpointId) -> sqlx::Result<bool> {
-    let mut tx = pool.begin().await?;
-    // Its deliveries go with it by foreign key.
-    let done = sqlx::query("delete from endpoint where app_id = $1 and id = $2")
-        .bind(app_id)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    if done.rows_affected() == 1 {
-        delete_attempts(&mut tx, &[id.0]).await?;
-    }
-    tx.commit().await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Attempts reference nothing (migration 0016): the endpoints' go here, with their
-/// per-minute counts. In a statement after the endpoints' deletion, so that it also sees
-/// an attempt whose completion the deletion waited for.
-pub async fn delete_attempts(
-    tx: &mut sqlx::PgConnection,
-    endpoints: &[uuid::Uuid],
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "with counts as (delete from attempt_minute where endpoint_id = any($1))
-         delete from attempt where endpoint_id = any($1)",
-    )
-    .bind(endpoints)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }
 
 /// The secret new signatures are made with.

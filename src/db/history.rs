@@ -71,6 +71,13 @@ pub async fn manage(pool: &PgPool, layout: Layout) -> sqlx::Result<Vec<Step>> {
             "forgot {forgotten} idempotency keys past retention"
         )));
     }
+    // Finished removals (src/db/removals.rs) are kept as long as the history they removed.
+    let removals = super::removals::prune(pool, layout.retention).await?;
+    if removals > 0 {
+        steps.push(Step::Did(format!(
+            "forgot {removals} finished removals past retention"
+        )));
+    }
     // A floor left as it was is never too high (only this raises it), so a turn whose
     // refresh found the floor's row busy goes on with its steps.
     match refresh_live_floor(pool).await {

@@ -10,6 +10,7 @@ pub mod events;
 pub mod history;
 pub mod listen;
 pub mod messages;
+pub mod removals;
 pub mod replays;
 
 use std::str::FromStr;

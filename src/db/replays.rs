@@ -445,14 +445,16 @@ pub async fn claim_abandoned_recovery(
     .await
 }
 
-/// The application `endpoint` belongs to, if it exists (and is `app`'s, when given).
+/// The application `endpoint` belongs to, if it exists, is not being removed, and is
+/// `app`'s when given.
 pub async fn endpoint_owner(
     db: impl PgExecutor<'_>,
     endpoint: EndpointId,
     app: Option<AppId>,
 ) -> sqlx::Result<Option<AppId>> {
     sqlx::query_scalar(
-        "select app_id from endpoint where id = $1 and ($2::uuid is null or app_id = $2)",
+        "select app_id from endpoint
+          where id = $1 and ($2::uuid is null or app_id = $2) and removed_at is null",
     )
     .bind(endpoint)
     .bind(app)

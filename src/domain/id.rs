@@ -109,6 +109,10 @@ public_id!(
     /// One HTTP try of a delivery.
     AttemptId, "atm_"
 );
+public_id!(
+    /// A queued removal of an application or an endpoint with its history.
+    RemovalId, "rmv_"
+);
 
 #[cfg(test)]
 mod tests {

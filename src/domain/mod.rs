@@ -9,7 +9,7 @@ mod url;
 
 pub use event_type::EventType;
 pub use header::refused_header;
-pub use id::{AppId, AttemptId, DeliveryId, EndpointId, InvalidId, MessageId};
+pub use id::{AppId, AttemptId, DeliveryId, EndpointId, InvalidId, MessageId, RemovalId};
 pub use position::{InvalidPosition, Position};
 pub use secret::SigningSecret;
 pub use url::{EndpointUrl, is_public_ip, redact_userinfo, short_url};

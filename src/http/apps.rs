@@ -6,6 +6,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::openapi::{AppParam, AppsPage, ErrorBody};
+use crate::db::removals::Removal;
 use crate::db::{self, Page, PageParams};
 use crate::domain::AppId;
 use crate::error::{AppError, AppResult, Json, Query};
@@ -107,16 +108,24 @@ async fn show(
     Ok(Json(state.app(&app).await?))
 }
 
-/// Deletes an application with its endpoints, messages and attempts.
+/// Deletes an application with its endpoints, messages and attempts. From the answer on,
+/// the application is not found, nothing more is sent for it, and its uid is free; its
+/// history is deleted in the background, in batches (`GET /removals/{id}` follows it).
 #[utoipa::path(
     delete,
     path = "/apps/{app}",
     tag = "applications",
     params(AppParam),
-    responses((status = 204, description = "Deleted"))
+    responses((status = 202, body = Removal, description = "Queued for removal"))
 )]
-async fn remove(State(state): State<AppState>, Path(app): Path<String>) -> AppResult<StatusCode> {
+async fn remove(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+) -> AppResult<(StatusCode, Json<Removal>)> {
     let app = state.app(&app).await?;
-    db::apps::delete(&state.pool, app.id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let removal = db::removals::queue_app(&state.pool, app.id)
+        .await?
+        .ok_or(AppError::NotFound("application"))?;
+    state.removals.wake();
+    Ok((StatusCode::ACCEPTED, Json(removal)))
 }

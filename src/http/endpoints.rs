@@ -11,6 +11,7 @@ use super::search::AttemptFilters;
 use super::{AppState, optional_body, path_id};
 use crate::db::attempts::{Attempt, Of};
 use crate::db::endpoints::{Endpoint, EndpointFields, REDACTED};
+use crate::db::removals::Removal;
 use crate::db::{self, Page, PageParams};
 use crate::domain::{AttemptId, EndpointId, EndpointUrl, EventType, SigningSecret, refused_header};
 use crate::error::{AppError, AppResult, Json, Query};
@@ -342,21 +343,26 @@ async fn update(
         .ok_or(AppError::NotFound("endpoint"))
 }
 
-/// Deletes an endpoint and its deliveries.
+/// Deletes an endpoint with its deliveries and attempts (its application's messages stay).
+/// From the answer on, the endpoint is not found and nothing more is sent to it; its
+/// history is deleted in the background, in batches (`GET /removals/{id}` follows it).
 #[utoipa::path(
     delete,
     path = "/apps/{app}/endpoints/{ep}",
     tag = "endpoints",
     params(EndpointParams),
-    responses((status = 204, description = "Deleted"))
+    responses((status = 202, body = Removal, description = "Queued for removal"))
 )]
 async fn remove(
     State(state): State<AppState>,
     Path((app, ep)): Path<(String, String)>,
-) -> AppResult<StatusCode> {
+) -> AppResult<(StatusCode, Json<Removal>)> {
     let endpoint = find(&state, &app, &ep).await?;
-    db::endpoints::delete(&state.pool, endpoint.app_id, endpoint.id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let removal = db::removals::queue_endpoint(&state.pool, endpoint.app_id, endpoint.id)
+        .await?
+        .ok_or(AppError::NotFound("endpoint"))?;
+    state.removals.wake();
+    Ok((StatusCode::ACCEPTED, Json(removal)))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -7,6 +7,7 @@ mod health;
 mod messages;
 mod openapi;
 mod pages;
+mod removals;
 mod search;
 mod session;
 mod stats;
@@ -36,6 +37,7 @@ use crate::domain::AppId;
 use crate::error::{AppError, AppResult};
 use crate::feed::Feed;
 use crate::probe::Probe;
+use crate::removal::Removals;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -48,6 +50,8 @@ pub struct Inner {
     pub feed: Feed,
     /// Runs recovers (bulk replays) in the background.
     pub recoveries: Recoveries,
+    /// Deletes removed applications' and endpoints' history in the background.
+    pub removals: Removals,
     /// Failed tokens per client address.
     pub auth_throttle: throttle::AuthThrottle,
     /// Dashboard sessions logged out here or in another process.
@@ -70,6 +74,7 @@ impl AppState {
         direct: Direct,
         feed: Feed,
         recoveries: Recoveries,
+        removals: Removals,
         probe: Probe,
     ) -> Self {
         let auth_throttle =
@@ -88,6 +93,7 @@ impl AppState {
             direct,
             feed,
             recoveries,
+            removals,
             probe,
         }))
     }
@@ -110,6 +116,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(apps::routes())
         .merge(endpoints::routes())
         .merge(messages::routes())
+        .merge(removals::routes())
         .merge(stream::routes())
         .merge(stats::routes())
         .merge(admin_ws::routes())

@@ -17,7 +17,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, RefOr, ResponseBuilder};
 use utoipa::{Modify, ToSchema};
 
-use crate::domain::{EndpointId, MessageId};
+use crate::domain::{EndpointId, MessageId, RemovalId};
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -166,6 +166,15 @@ pub struct EndpointParams {
     app: String,
     /// The endpoint's id.
     ep: EndpointId,
+}
+
+/// `{id}` of a removal.
+#[allow(dead_code)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RemovalParam {
+    /// The removal's id.
+    id: RemovalId,
 }
 
 /// `{app}` and `{msg}`.

@@ -839,7 +839,8 @@ async fn an_erased_message_is_neither_replayed_nor_retried() {
     let delivery = m["deliveries"][0]["id"].as_str().unwrap().to_owned();
     assert_eq!(
         app.delete(&format!("/apps/{app_id}/messages/{msg}/payload"))
-            .await,
+            .await
+            .0,
         200
     );
 

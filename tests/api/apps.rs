@@ -21,7 +21,10 @@ async fn create_get_list_delete_by_id_and_uid() {
     let (_, by_uid) = app.get("/apps/acme").await;
     assert_eq!(by_id, by_uid);
 
-    assert_eq!(app.delete("/apps/acme").await, StatusCode::NO_CONTENT);
+    let (status, removal) = app.delete("/apps/acme").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{removal}");
+    assert_eq!(removal["app_id"], id);
+    assert_eq!(removal["state"], "queued");
     let (status, err) = app.get(&format!("/apps/{id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(err["code"], "not_found");

@@ -67,10 +67,9 @@ async fn endpoint_crud() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
 
-    assert_eq!(
-        app.delete(&format!("{base}/{id}")).await,
-        StatusCode::NO_CONTENT
-    );
+    let (status, removal) = app.delete(&format!("{base}/{id}")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{removal}");
+    assert_eq!(removal["endpoint_id"], id);
     let (status, _) = app.get(&format!("{base}/{id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
@@ -111,7 +110,7 @@ async fn tenants_cannot_reach_each_others_endpoints() {
     let (status, _) = app.get(&format!("/apps/{b}/endpoints/{ep}/secret")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(
-        app.delete(&format!("/apps/{b}/endpoints/{ep}")).await,
+        app.delete(&format!("/apps/{b}/endpoints/{ep}")).await.0,
         StatusCode::NOT_FOUND
     );
     let (status, _) = app.get(&format!("/apps/{a}/endpoints/{ep}")).await;

@@ -120,14 +120,15 @@ impl TestApp {
         .await
     }
 
-    pub async fn delete(&self, path: &str) -> StatusCode {
-        let r = self
-            .http
-            .delete(self.url(path))
-            .bearer_auth(TOKEN)
-            .send()
-            .await;
-        StatusCode::from_u16(r.unwrap().status().as_u16()).unwrap()
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        answer(
+            self.http
+                .delete(self.url(path))
+                .bearer_auth(TOKEN)
+                .send()
+                .await,
+        )
+        .await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {

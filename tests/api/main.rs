@@ -24,6 +24,7 @@ mod messages;
 mod metrics;
 mod openapi;
 mod outbox;
+mod removal;
 mod retention;
 mod retries;
 mod search;

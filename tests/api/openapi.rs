@@ -38,6 +38,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/apps/{app}/messages/{msg}/payload"),
     // Last: it takes the doomed endpoint with it.
     ("delete", "/api/v1/apps/{app}"),
+    // The removal the delete before queued.
+    ("get", "/api/v1/removals/{id}"),
 ];
 
 const METHODS: &[&str] = &["get", "put", "post", "delete", "patch", "head", "options"];
@@ -86,6 +88,7 @@ async fn every_route_is_documented_and_every_documented_operation_is_served() {
         .await;
     let doomed_msg = app.send(&doomed_app, "invoice.paid", json!({"n": 3})).await;
 
+    let mut removal = String::new();
     for (method, template) in ROUTES {
         let (app_key, ep_key, msg_key) = if *method == "delete" {
             (doomed_app.as_str(), doomed_ep.as_str(), doomed_msg.as_str())
@@ -96,7 +99,7 @@ async fn every_route_is_documented_and_every_documented_operation_is_served() {
             &app,
             method,
             template,
-            [app_key, ep_key, msg_key],
+            [app_key, ep_key, msg_key, &removal],
             &receiver,
         )
         .await;
@@ -111,6 +114,10 @@ async fn every_route_is_documented_and_every_documented_operation_is_served() {
             continue;
         }
         let body = response.text().await.unwrap();
+        if *method == "delete" && !template.ends_with("/payload") {
+            let answer: Value = serde_json::from_str(&body).unwrap();
+            removal = answer["id"].as_str().unwrap_or_default().to_owned();
+        }
         assert!(
             !body.contains("route not found") && status != "405",
             "{method} {template} is documented but not served: {status} {body}"
@@ -124,19 +131,20 @@ async fn every_route_is_documented_and_every_documented_operation_is_served() {
     }
 }
 
-/// `method template` with `{app}`, `{ep}` and `{msg}` filled in, as an admin, with a valid
-/// body where the operation takes one.
+/// `method template` with `{app}`, `{ep}`, `{msg}` and `{id}` filled in, as an admin, with a
+/// valid body where the operation takes one.
 async fn call(
     app: &TestApp,
     method: &str,
     template: &str,
-    [app_key, ep, msg]: [&str; 3],
+    [app_key, ep, msg, id]: [&str; 4],
     receiver: &Receiver,
 ) -> reqwest::Response {
     let path = template
         .replace("{app}", app_key)
         .replace("{ep}", ep)
-        .replace("{msg}", msg);
+        .replace("{msg}", msg)
+        .replace("{id}", id);
     let mut request = app
         .http
         .request(
@@ -178,7 +186,7 @@ async fn every_route_refuses_the_ids_of_another_application() {
         if !template.contains("{ep}") && !template.contains("{msg}") {
             continue;
         }
-        let response = call(&app, method, template, [&b, &ep, &msg], &receiver).await;
+        let response = call(&app, method, template, [&b, &ep, &msg, ""], &receiver).await;
         let status = response.status().as_u16();
         let body: Value = response.json().await.unwrap();
         assert_eq!(status, 404, "{method} {template} under another app: {body}");
