@@ -145,6 +145,27 @@ fn history_table(t: &mut String, report: &Report) {
                 d.before.attempt_mb,
                 d.after.attempt_mb
             );
+            if let Some(r) = &h.removal {
+                let _ = writeln!(
+                    t,
+                    "delete the application: answered in {:.1} ms, removed in the background in \
+                     {:.1} s ({} batches: {} messages, {} deliveries, {} attempts), longest Herald \
+                     transaction meanwhile {:.0} ms; another application's sends p50/p99 {:.1}/{:.1} ms \
+                     before, {:.1}/{:.1} ms during ({} sends)",
+                    r.answer_ms,
+                    r.removal_secs,
+                    r.batches,
+                    r.messages,
+                    r.deliveries,
+                    r.attempts,
+                    r.longest_transaction_ms,
+                    r.neighbour_before.p50_ms,
+                    r.neighbour_before.p99_ms,
+                    r.neighbour_during.p50_ms,
+                    r.neighbour_during.p99_ms,
+                    r.neighbour_sends_during
+                );
+            }
         }
         if let Some(k) = &s.soak {
             let env: Vec<String> = k.env.iter().map(|(a, b)| format!("{a}={b}")).collect();

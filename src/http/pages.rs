@@ -1008,7 +1008,8 @@ struct DeadEndpointRow {
     id: String,
     app_id: String,
     url: String,
-    dead: i64,
+    /// "1000+" past what is counted.
+    dead: String,
 }
 
 async fn dead(
@@ -1045,7 +1046,11 @@ async fn dead_page(
                 id: e.id.to_string(),
                 app_id: e.app_id.to_string(),
                 url: short_url(&e.url),
-                dead: e.dead,
+                dead: if e.dead >= dashboard::DEAD_COUNTED {
+                    format!("{}+", e.dead)
+                } else {
+                    e.dead.to_string()
+                },
             })
             .collect(),
         rows: rows.into_iter().map(DeadRow::from).collect(),

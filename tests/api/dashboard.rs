@@ -419,7 +419,7 @@ async fn forms_need_the_csrf_token_and_our_origin() {
 async fn dead_letters_are_listed() {
     let app = spawn_app_with(&[("HERALD_RETRY_SCHEDULE", "none")]).await;
     let receiver = Receiver::with(Arc::new(|_| Reply::status(500))).await;
-    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
+    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
     let msg = app.send(&app_id, "order.failed", json!({})).await;
     app.wait_for_message(&app_id, &msg, WAIT, |m| deliveries_in(m, "dead"))
         .await;
@@ -431,6 +431,25 @@ async fn dead_letters_are_listed() {
         html.contains("500"),
         "the last error says what the receiver answered"
     );
+    assert!(html.contains(r#"<td class="num">1</td>"#), "{html}");
+
+    // By endpoint, counting stops at a thousand: the page costs the same with a million.
+    sqlx::query(
+        "with m as (
+             insert into herald.message (id, app_id, event_type, payload)
+             select herald.uuid_v7(), substring($1 from 5)::uuid, 'order.failed', '{}'
+               from generate_series(1, 1000)
+             returning id)
+         insert into herald.delivery (id, message_id, endpoint_id, state, attempt_count)
+         select herald.uuid_v7_at(m.id), m.id, substring($2 from 4)::uuid, 'dead', 1 from m",
+    )
+    .bind(&app_id)
+    .bind(&ep)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let html = browser.page("/dead").await;
+    assert!(html.contains(r#"<td class="num">1000+</td>"#), "{html}");
     let css = browser.get("/assets/herald.css").await;
     assert!(
         css.headers()["content-type"]

@@ -1,6 +1,7 @@
 //! The `history` scenarios: Herald on two hours of history (3 million messages by
 //! default, loaded through SQL), against which the burst runs again, the operator views
-//! are timed and one partition's worth is dropped (`history burst`); and a soak under
+//! are timed, one partition's worth is dropped and then the whole application is deleted
+//! while a neighbour sends (`history burst`); and a soak under
 //! steady load with a retention of two minutes (`history soak`).
 
 use std::sync::mpsc;
@@ -24,6 +25,9 @@ const EVENT_TYPES: usize = 4;
 pub const BURST_RATIO_TARGET_PCT: f64 = 90.0;
 pub const VIEW_P99_TARGET_MS: f64 = 50.0;
 pub const DROP_TARGET_SECS: f64 = 1.0;
+/// The removal's sampling of open transactions, and the neighbour's sends before it.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+const NEIGHBOUR_SENDS: usize = 300;
 /// The soak's database is flat if its second half's largest sample is within this of
 /// its smallest.
 pub const SOAK_FLAT_PCT: f64 = 15.0;
@@ -54,6 +58,28 @@ pub struct HistoryResult {
     pub burst_ratio_pct: Option<f64>,
     pub views: Vec<ViewTiming>,
     pub drop: DropResult,
+    /// Absent from runs before it was measured.
+    #[serde(default)]
+    pub removal: Option<RemovalResult>,
+}
+
+/// Deleting the history's application at the end: the answer, the background removal,
+/// the longest transaction Herald held meanwhile, and another application's sends before
+/// and during it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemovalResult {
+    pub answer_ms: f64,
+    pub removal_secs: f64,
+    pub batches: u64,
+    pub messages: u64,
+    pub deliveries: u64,
+    pub attempts: u64,
+    /// Herald's longest open transaction, sampled every [`SAMPLE_EVERY`].
+    pub longest_transaction_ms: f64,
+    /// Sequential sends to an application of its own, before and during the removal.
+    pub neighbour_before: Latency,
+    pub neighbour_during: Latency,
+    pub neighbour_sends_during: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -169,6 +195,7 @@ pub(super) async fn burst_on_history(
     let mut result = run.closed(HISTORY_BURST, 10_000, 64, 1).await?;
     let views = run.views(&app, &ep).await?;
     let drop = drop_oldest(server)?;
+    let removal = run.remove(server, &app).await?;
     herald.stop();
     let ratio = baseline
         .filter(|b| *b > 0.0)
@@ -184,6 +211,7 @@ pub(super) async fn burst_on_history(
         burst_ratio_pct: ratio,
         views,
         drop,
+        removal: Some(removal),
     });
     Ok(result)
 }
@@ -548,5 +576,108 @@ impl Run {
             out.push(timing);
         }
         Ok(out)
+    }
+
+    /// Deletes `app` and follows its removal to the end, sending to a neighbouring
+    /// application meanwhile, one message at a time.
+    async fn remove(&self, server: &str, app: &str) -> anyhow::Result<RemovalResult> {
+        let neighbour = self.api.post("/apps", json!({"name": "neighbour"})).await?;
+        let neighbour = neighbour["id"]
+            .as_str()
+            .context("no application id")?
+            .to_owned();
+        let mut before = Vec::with_capacity(NEIGHBOUR_SENDS);
+        for i in 0..NEIGHBOUR_SENDS {
+            before.push(self.timed_send(&neighbour, i).await?);
+        }
+
+        let (stop, stopped) = mpsc::channel::<()>();
+        let at = server.to_owned();
+        let sampler = std::thread::spawn(move || {
+            let mut longest: f64 = 0.0;
+            while stopped.recv_timeout(SAMPLE_EVERY).is_err() {
+                let open = sql(
+                    &at,
+                    "select coalesce(max(extract(epoch from clock_timestamp() - xact_start)), 0)
+                       from pg_stat_activity
+                      where application_name = 'herald' and state <> 'idle'
+                        and xact_start is not null",
+                );
+                if let Some(secs) = open.ok().and_then(|s| s.parse::<f64>().ok()) {
+                    longest = longest.max(secs * 1000.0);
+                }
+            }
+            longest
+        });
+
+        let started = Instant::now();
+        let answer = self
+            .api
+            .http
+            .delete(format!("{}/api/v1/apps/{app}", self.api.base))
+            .bearer_auth(&self.api.token)
+            .send()
+            .await?
+            .error_for_status()?;
+        let answer_ms = round(started.elapsed().as_secs_f64() * 1000.0);
+        let removal: serde_json::Value = answer.json().await?;
+        let id = removal["id"].as_str().context("no removal id")?.to_owned();
+        let mut during = Vec::new();
+        let done = loop {
+            for _ in 0..20 {
+                during.push(self.timed_send(&neighbour, during.len()).await?);
+            }
+            let now: serde_json::Value = self
+                .api
+                .http
+                .get(format!("{}/api/v1/removals/{id}", self.api.base))
+                .bearer_auth(&self.api.token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            if now["state"] == "done" {
+                break now;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(3600),
+                "the removal did not finish within an hour: {now}"
+            );
+        };
+        let removal_secs = round(started.elapsed().as_secs_f64());
+        let _ = stop.send(());
+        let longest_transaction_ms = round(sampler.join().unwrap_or(0.0));
+        let count = |k: &str| done["removed"][k].as_u64().unwrap_or(0);
+        let result = RemovalResult {
+            answer_ms,
+            removal_secs,
+            batches: done["batches"].as_u64().unwrap_or(0),
+            messages: count("messages"),
+            deliveries: count("deliveries"),
+            attempts: count("attempts"),
+            longest_transaction_ms,
+            neighbour_sends_during: during.len(),
+            neighbour_before: Latency::of(&mut before),
+            neighbour_during: Latency::of(&mut during),
+        };
+        eprintln!(
+            "history: removal answered in {answer_ms} ms, done in {removal_secs} s \
+             ({} batches), longest transaction {longest_transaction_ms} ms; neighbour p99 \
+             {:.1} ms before, {:.1} ms during",
+            result.batches, result.neighbour_before.p99_ms, result.neighbour_during.p99_ms
+        );
+        Ok(result)
+    }
+
+    async fn timed_send(&self, app: &str, n: usize) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        self.api
+            .post(
+                &format!("/apps/{app}/messages"),
+                json!({"event_type": "neighbour.ping", "payload": {"n": n}}),
+            )
+            .await?;
+        Ok(started.elapsed())
     }
 }
