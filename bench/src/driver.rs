@@ -50,6 +50,20 @@ impl Api {
     /// Deletes an application or endpoint and waits until its removal (which runs in the
     /// background) is done, so that it does not weigh on what is measured next.
     pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        let removal = self.queue_removal(path).await?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while self.removal_done(&removal).await?.is_none() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{path}: removal {removal} not done after 10 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
+    /// `DELETE path`: the id of the removal it queued.
+    pub async fn queue_removal(&self, path: &str) -> anyhow::Result<String> {
         let removal: serde_json::Value = self
             .http
             .delete(format!("{}/api/v1{path}", self.base))
@@ -59,29 +73,24 @@ impl Api {
             .error_for_status()?
             .json()
             .await?;
-        let id = removal["id"]
+        removal["id"]
             .as_str()
-            .ok_or_else(|| anyhow::anyhow!("{path}: no removal in {removal}"))?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
-        loop {
-            let now: serde_json::Value = self
-                .http
-                .get(format!("{}/api/v1/removals/{id}", self.base))
-                .bearer_auth(&self.token)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            if now["state"] == "done" {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "{path}: removal not done after 10 minutes: {now}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("{path}: no removal in {removal}"))
+    }
+
+    /// The removal once it is done.
+    pub async fn removal_done(&self, id: &str) -> anyhow::Result<Option<serde_json::Value>> {
+        let now: serde_json::Value = self
+            .http
+            .get(format!("{}/api/v1/removals/{id}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok((now["state"] == "done").then_some(now))
     }
 
     /// Creates an application with one endpoint per URL; returns (app id, secrets).

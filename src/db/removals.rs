@@ -304,32 +304,37 @@ pub async fn prune(db: impl PgExecutor<'_>, retention: std::time::Duration) -> s
 // first and last ids bound the delete: PostgreSQL then reads the partitions the batch
 // spans, where a list of ids alone would be looked up in every partition.
 
-const DELIVERIES: &str = "
-    with batch as materialized (
-        select d.id from delivery d
-         where d.endpoint_id = $1
-           and (d.state <> 'in_flight' or d.lease_expires_at < now())
-         order by d.id limit $2)
-    delete from delivery
-     where id >= (select b.id from batch b order by b.id limit 1)
-       and id <= (select b.id from batch b order by b.id desc limit 1)
-       and id in (select b.id from batch b)";
+/// The oldest `$2` rows of `$table` whose `$key` is `$1` (and that meet `$filter`).
+macro_rules! oldest_first {
+    ($table:literal, $key:literal, $filter:literal) => {
+        concat!(
+            "with batch as materialized (
+                 select t.id from ",
+            $table,
+            " t
+                  where t.",
+            $key,
+            " = $1 ",
+            $filter,
+            "
+                  order by t.id limit $2)
+             delete from ",
+            $table,
+            "
+              where id >= (select b.id from batch b order by b.id limit 1)
+                and id <= (select b.id from batch b order by b.id desc limit 1)
+                and id in (select b.id from batch b)"
+        )
+    };
+}
 
-const ATTEMPTS: &str = "
-    with batch as materialized (
-        select a.id from attempt a where a.endpoint_id = $1 order by a.id limit $2)
-    delete from attempt
-     where id >= (select b.id from batch b order by b.id limit 1)
-       and id <= (select b.id from batch b order by b.id desc limit 1)
-       and id in (select b.id from batch b)";
-
-const MESSAGES: &str = "
-    with batch as materialized (
-        select m.id from message m where m.app_id = $1 order by m.id limit $2)
-    delete from message
-     where id >= (select b.id from batch b order by b.id limit 1)
-       and id <= (select b.id from batch b order by b.id desc limit 1)
-       and id in (select b.id from batch b)";
+const DELIVERIES: &str = oldest_first!(
+    "delivery",
+    "endpoint_id",
+    "and (t.state <> 'in_flight' or t.lease_expires_at < now())"
+);
+const ATTEMPTS: &str = oldest_first!("attempt", "endpoint_id", "");
+const MESSAGES: &str = oldest_first!("message", "app_id", "");
 
 const ROLLUPS: &str = "
     delete from attempt_minute

@@ -89,6 +89,21 @@ async fn rows_of(pool: &PgPool, app: &str, endpoints: &[&str]) -> Vec<(&'static 
     found
 }
 
+async fn send_keyed(app: &TestApp, to: &str, key: &str) -> Value {
+    let (status, msg) = crate::helpers::answer(
+        app.http
+            .post(app.url(&format!("/apps/{to}/messages")))
+            .bearer_auth(TOKEN)
+            .header("idempotency-key", key)
+            .json(&json!({"event_type": "order.paid", "payload": {}}))
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{msg}");
+    msg
+}
+
 async fn finished(app: &TestApp, removal: &Value, within: Duration) -> Value {
     let path = format!("/removals/{}", removal["id"].as_str().unwrap());
     let deadline = Instant::now() + within;
@@ -122,17 +137,7 @@ async fn removing_an_application_hides_it_at_once_and_deletes_its_history_in_bat
     let (other, other_ep, _) = one.app_with_endpoint(&receiver).await;
 
     // One message through the API, with a key; 2,500 more of history in SQL.
-    let keyed = one
-        .http
-        .post(one.url("/apps/acme/messages"))
-        .bearer_auth(TOKEN)
-        .header("idempotency-key", "order-1")
-        .json(&json!({"event_type": "order.paid", "payload": {}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(keyed.status().as_u16(), 202);
-    let keyed: Value = keyed.json().await.unwrap();
+    let keyed = send_keyed(&one, "acme", "order-1").await;
     let msg = keyed["id"].as_str().unwrap();
     one.wait_for_message(&app, msg, WAIT, all_delivered).await;
     fill(&one.pool, &app, &ep, 2_500).await;
@@ -213,16 +218,7 @@ async fn removing_an_application_hides_it_at_once_and_deletes_its_history_in_bat
     let (_, dashboard_apps) = two.get("/apps").await;
     assert_eq!(dashboard_apps["data"].as_array().unwrap().len(), 2);
 
-    let resent = one
-        .http
-        .post(one.url("/apps/acme/messages"))
-        .bearer_auth(TOKEN)
-        .header("idempotency-key", "order-1")
-        .json(&json!({"event_type": "order.paid", "payload": {}}))
-        .send()
-        .await
-        .unwrap();
-    let resent: Value = resent.json().await.unwrap();
+    let resent = send_keyed(&one, "acme", "order-1").await;
     assert_ne!(resent["id"], msg, "the new application's key is its own");
     two.stop().await;
     one.stop().await;

@@ -611,38 +611,19 @@ impl Run {
         });
 
         let started = Instant::now();
-        let answer = self
-            .api
-            .http
-            .delete(format!("{}/api/v1/apps/{app}", self.api.base))
-            .bearer_auth(&self.api.token)
-            .send()
-            .await?
-            .error_for_status()?;
+        let id = self.api.queue_removal(&format!("/apps/{app}")).await?;
         let answer_ms = round(started.elapsed().as_secs_f64() * 1000.0);
-        let removal: serde_json::Value = answer.json().await?;
-        let id = removal["id"].as_str().context("no removal id")?.to_owned();
         let mut during = Vec::new();
         let done = loop {
             for _ in 0..20 {
                 during.push(self.timed_send(&neighbour, during.len()).await?);
             }
-            let now: serde_json::Value = self
-                .api
-                .http
-                .get(format!("{}/api/v1/removals/{id}", self.api.base))
-                .bearer_auth(&self.api.token)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            if now["state"] == "done" {
-                break now;
+            if let Some(done) = self.api.removal_done(&id).await? {
+                break done;
             }
             anyhow::ensure!(
                 started.elapsed() < Duration::from_secs(3600),
-                "the removal did not finish within an hour: {now}"
+                "removal {id} did not finish within an hour"
             );
         };
         let removal_secs = round(started.elapsed().as_secs_f64());
