@@ -77,13 +77,14 @@ fn history_table(t: &mut String, report: &Report) {
             let _ = writeln!(
                 t,
                 "\nHistory: {} messages (one delivery, one attempt each) in {} partitions of {}, \
-                 loaded in {:.1} s, vacuum analyze {:.1} s; message {:.0} MB, delivery {:.0} MB, \
-                 attempt {:.0} MB, total {:.0} MB",
+                 loaded in {:.1} s, vacuum analyze {:.1} s, settled {:.1} s; message {:.0} MB, \
+                 delivery {:.0} MB, attempt {:.0} MB, total {:.0} MB",
                 h.messages,
                 h.partitions,
                 h.partition_interval,
                 h.load_secs,
                 h.vacuum_analyze_secs,
+                h.settle_secs,
                 h.sizes.message_mb,
                 h.sizes.delivery_mb,
                 h.sizes.attempt_mb,
