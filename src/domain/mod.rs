@@ -5,6 +5,7 @@ mod header;
 mod id;
 mod position;
 mod secret;
+mod state;
 mod url;
 
 pub use event_type::EventType;
@@ -12,4 +13,5 @@ pub use header::refused_header;
 pub use id::{AppId, AttemptId, DeliveryId, EndpointId, InvalidId, MessageId, RemovalId};
 pub use position::{InvalidPosition, Position};
 pub use secret::SigningSecret;
+pub use state::{AttemptOutcome, AttemptTrigger, DeliveryState, EventKind};
 pub use url::{EndpointUrl, is_public_ip, redact_userinfo, short_url};
