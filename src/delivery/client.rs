@@ -1,5 +1,7 @@
 //! The one outbound HTTP client: pooled keep-alive connections, no redirects, no proxies,
-//! no automatic retries, and (unless the operator allows it) no private targets.
+//! no automatic retries, and (unless the operator allows it) no private targets. The guard
+//! against private targets lives here whole: the resolver for names, and the check the
+//! send makes for IP literals.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +18,18 @@ use crate::domain::is_public_ip;
 #[derive(Debug, thiserror::Error)]
 #[error("{0} resolves only to non-public addresses, which this server does not call")]
 pub struct BlockedTarget(pub String);
+
+/// Whether the resolver refused the target somewhere in this error's chain.
+pub fn is_blocked(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err.is::<BlockedTarget>() {
+            return true;
+        }
+        current = err.source();
+    }
+    false
+}
 
 /// How names become addresses: the system resolver in production, a fixed table in tests.
 type Lookup = Arc<dyn Fn(String) -> BoxFuture<'static, io::Result<Vec<IpAddr>>> + Send + Sync>;
@@ -54,6 +68,25 @@ impl Resolve for PublicOnlyResolver {
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
+    }
+}
+
+/// A URL whose host is an IP literal outside the public internet.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is not a public address")]
+pub struct PrivateLiteral(pub IpAddr);
+
+/// IP literals skip DNS, so the resolver's check never sees them: the send checks them
+/// with this first.
+pub fn refuse_private_literal(url: &reqwest::Url) -> Result<(), PrivateLiteral> {
+    let literal = match url.host() {
+        Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+        _ => None,
+    };
+    match literal.filter(|ip| !is_public_ip(*ip)) {
+        Some(ip) => Err(PrivateLiteral(ip)),
+        None => Ok(()),
     }
 }
 
@@ -121,17 +154,6 @@ mod tests {
         (port, accepted)
     }
 
-    fn blocked(e: &reqwest::Error) -> bool {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        while let Some(err) = source {
-            if err.is::<BlockedTarget>() {
-                return true;
-            }
-            source = err.source();
-        }
-        false
-    }
-
     #[tokio::test]
     async fn names_resolving_to_private_addresses_are_never_called() {
         let (port, accepted) = counting_listener().await;
@@ -166,7 +188,7 @@ mod tests {
                 .send()
                 .await
                 .expect_err(name);
-            assert!(blocked(&err), "{name}: {err:?}");
+            assert!(is_blocked(&err), "{name}: {err:?}");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 0);
     }
@@ -187,7 +209,7 @@ mod tests {
             .send()
             .await
             .expect_err("nothing answers at the public address here");
-        assert!(!blocked(&err), "a public address remained: {err:?}");
+        assert!(!is_blocked(&err), "a public address remained: {err:?}");
         assert_eq!(accepted.load(Ordering::SeqCst), 0);
 
         // The listener does count what reaches it.

@@ -1,0 +1,96 @@
+//! The completer: writes finished attempts back in batches, on a connection of its own,
+//! and wakes the dispatcher when they made room at a full endpoint.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection};
+use tokio::sync::mpsc;
+use tracing::{error, warn};
+
+use super::{MAX_BATCH, Shared};
+use crate::db::deliveries::{self, Completion};
+
+/// Writes completions in batches until the pool has drained.
+pub(super) async fn complete(shared: Arc<Shared>, mut done: mpsc::Receiver<Completion>) {
+    // A connection of its own: under load the pool's connections are queued for by every
+    // API request, and each wait here would delay the record of every attempt in the batch.
+    let mut conn: Option<PgConnection> = None;
+    loop {
+        let first = tokio::select! {
+            c = done.recv() => c,
+            _ = shared.drained.cancelled() => done.try_recv().ok(),
+        };
+        let Some(first) = first else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match done.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        // Unmark the endpoints before the commit, not after: a claim that runs right after
+        // the commit can fill an endpoint again and mark it, and an unmark landing after
+        // that mark would erase it, so that no later completion there would wake anyone
+        // and its queue would wait for the poll. Every claim from the commit on sees the
+        // room made, and marks what it fills; the wake below makes sure one runs.
+        let room_made = shared.capacity.uncap(&batch);
+        write_completions(&shared, &mut conn, &batch).await;
+        if room_made {
+            // Room was made at a full endpoint: rows held back by its cap can go now.
+            shared.wake.notify_one();
+        }
+    }
+}
+
+/// Retries a failed write a few times; if the database stays away, the rows keep their
+/// leases, which expire, and the deliveries are attempted again (at-least-once).
+async fn write_completions(shared: &Shared, conn: &mut Option<PgConnection>, batch: &[Completion]) {
+    let mut wait = Duration::from_millis(100);
+    for _ in 0..8 {
+        let written = async {
+            let c = match conn {
+                Some(c) => c,
+                None => {
+                    conn.insert(PgConnection::connect_with(&shared.pool.connect_options()).await?)
+                }
+            };
+            let mut tx = c.begin().await?;
+            let completed = deliveries::complete(
+                &mut tx,
+                shared.worker_id,
+                batch,
+                shared.settings.disable_after,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(completed)
+        }
+        .await;
+        match written {
+            Ok(completed) => {
+                if completed.len() < batch.len() {
+                    let completed: HashSet<_> = completed.into_iter().collect();
+                    for c in batch.iter().filter(|c| !completed.contains(&c.delivery_id)) {
+                        warn!(delivery_id = %c.delivery_id, attempt = c.attempt_count,
+                            "lease lost before completion: a newer attempt owns this delivery, or it was deleted");
+                    }
+                }
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, count = batch.len(), "recording attempts failed; retrying");
+                *conn = None;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    error!(
+        count = batch.len(),
+        "could not record attempts; they will be retried when their leases expire"
+    );
+}
