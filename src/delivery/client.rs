@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-use crate::domain::is_public_ip;
+use crate::domain::{ip_literal, is_public_ip};
 
 /// The error a refused address surfaces as, found again in the error chain to record the
 /// attempt as `blocked`.
@@ -79,12 +79,7 @@ pub struct PrivateLiteral(pub IpAddr);
 /// IP literals skip DNS, so the resolver's check never sees them: the send checks them
 /// with this first.
 pub fn refuse_private_literal(url: &reqwest::Url) -> Result<(), PrivateLiteral> {
-    let literal = match url.host() {
-        Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-        Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-        _ => None,
-    };
-    match literal.filter(|ip| !is_public_ip(*ip)) {
+    match ip_literal(url).filter(|ip| !is_public_ip(*ip)) {
         Some(ip) => Err(PrivateLiteral(ip)),
         None => Ok(()),
     }

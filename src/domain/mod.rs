@@ -14,4 +14,4 @@ pub use id::{AppId, AttemptId, DeliveryId, EndpointId, InvalidId, MessageId, Rem
 pub use position::{InvalidPosition, Position};
 pub use secret::SigningSecret;
 pub use state::{AttemptOutcome, AttemptTrigger, DeliveryState, EventKind};
-pub use url::{EndpointUrl, is_public_ip, redact_userinfo, short_url};
+pub use url::{EndpointUrl, ip_literal, is_public_ip, redact_userinfo, short_url};

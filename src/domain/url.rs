@@ -19,9 +19,9 @@ impl EndpointUrl {
         if !matches!(url.scheme(), "http" | "https") {
             return Err("url must use http or https".to_owned());
         }
-        let Some(host) = url.host() else {
+        if url.host().is_none() {
             return Err("url must have a host".to_owned());
-        };
+        }
         // Credentials in the URL would be shown wherever the URL is (pages, lists, logs of
         // proxies): they belong in a custom header, which reads never show.
         if !url.username().is_empty() || url.password().is_some() {
@@ -31,19 +31,12 @@ impl EndpointUrl {
                     .to_owned(),
             );
         }
-        if !allow_private {
-            let ip = match host {
-                url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
-                url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
-                // Names are checked when connecting, against the address actually used.
-                url::Host::Domain(_) => None,
-            };
-            if ip.is_some_and(|ip| !is_public_ip(ip)) {
-                return Err(
-                    "url points to a private, loopback or link-local address, which this server does not allow"
-                        .to_owned(),
-                );
-            }
+        // Names are checked when connecting, against the address actually used.
+        if !allow_private && ip_literal(&url).is_some_and(|ip| !is_public_ip(ip)) {
+            return Err(
+                "url points to a private, loopback or link-local address, which this server does not allow"
+                    .to_owned(),
+            );
         }
         Ok(Self(url))
     }
@@ -93,6 +86,16 @@ pub fn short_url(url: &str) -> String {
 /// Whether an address is globally routable: not loopback, private, link-local, CGNAT,
 /// unique-local, multicast, documentation, reserved, or an IPv4-mapped/-compatible/NAT64
 /// IPv6 form (which would smuggle an IPv4 target past the IPv4 rules).
+/// The address a URL names by its literal, if it does (such a URL skips DNS, so the
+/// resolver's check never sees it).
+pub fn ip_literal(url: &url::Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+        url::Host::Domain(_) => None,
+    }
+}
+
 pub fn is_public_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
