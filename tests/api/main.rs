@@ -27,6 +27,7 @@ mod outbox;
 mod removal;
 mod retention;
 mod retries;
+mod schema;
 mod search;
 mod signing;
 mod ssrf;
