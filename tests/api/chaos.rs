@@ -48,7 +48,7 @@ fn tally(accepted: Vec<String>, receiver: &Receiver) -> Tally {
     Tally { accepted, received }
 }
 
-/// DESIGN §4: nothing accepted is lost on kill -9. Herald is killed three times while 3,000
+/// docs/architecture.md §2.1: nothing accepted is lost on kill -9. Herald is killed three times while 3,000
 /// messages are sent and delivered, and restarted each time. Every message answered 202 is
 /// delivered; duplicates are bounded by what was in flight at the kills (the workers).
 #[tokio::test]
@@ -93,7 +93,7 @@ async fn kill_9_three_times_under_load_loses_nothing() {
     );
 }
 
-/// DESIGN §4: nothing accepted is lost on a PostgreSQL restart. The test cluster is stopped
+/// docs/architecture.md §2.1: nothing accepted is lost on a PostgreSQL restart. The test cluster is stopped
 /// with `-m immediate` (a crash) in the middle of a stream of sends and started again 3 s
 /// later. Herald reconnects by itself; `/readyz` says the database is away; sends during
 /// the outage fail cleanly with 503 within seconds; every accepted message is delivered.

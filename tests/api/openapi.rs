@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Receiver, TOKEN, TestApp, spawn_app};
 
-/// DESIGN §3's routes, plus `/stats`, the document itself and the probes.
+/// The routes of docs/architecture.md §4, plus `/stats`, the document itself and the probes.
 const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/readyz"),
