@@ -6,6 +6,7 @@ mod id;
 mod position;
 mod secret;
 mod url;
+mod window;
 
 pub use event_type::EventType;
 pub use header::refused_header;
@@ -13,3 +14,4 @@ pub use id::{AppId, AttemptId, DeliveryId, EndpointId, InvalidId, MessageId, Rem
 pub use position::{InvalidPosition, Position};
 pub use secret::SigningSecret;
 pub use url::{EndpointUrl, is_public_ip, redact_userinfo, short_url};
+pub use window::Window;

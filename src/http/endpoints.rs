@@ -7,13 +7,16 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{AppParam, AttemptsPage, EndpointParams, EndpointsPage, ErrorBody};
+use super::paging::Paging;
 use super::search::AttemptFilters;
-use super::{AppState, optional_body, path_id};
+use super::{AppState, actions, optional_body, path_id};
 use crate::db::attempts::{Attempt, Of};
 use crate::db::endpoints::{Endpoint, EndpointFields, REDACTED};
 use crate::db::removals::Removal;
-use crate::db::{self, Page, PageParams};
-use crate::domain::{AttemptId, EndpointId, EndpointUrl, EventType, SigningSecret, refused_header};
+use crate::db::{self, Page};
+use crate::domain::{
+    AttemptId, EndpointId, EndpointUrl, EventType, SigningSecret, Window, refused_header,
+};
 use crate::error::{AppError, AppResult, Json, Query};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -280,12 +283,10 @@ async fn create(
 async fn list(
     State(state): State<AppState>,
     Path(app): Path<String>,
-    Query(page): Query<PageParams>,
+    Paging { limit, cursor }: Paging<EndpointId>,
 ) -> AppResult<Json<Page<Endpoint>>> {
     let app_id = state.app_id(&app).await?;
-    let limit = page.limit().map_err(AppError::BadRequest)?;
-    let after = page.cursor::<EndpointId>().map_err(AppError::BadRequest)?;
-    let rows = db::endpoints::list(&state.pool, app_id, after, limit).await?;
+    let rows = db::endpoints::list(&state.pool, app_id, cursor, limit).await?;
     Ok(Json(Page::from_rows(rows, limit, |e| e.id.to_string())))
 }
 
@@ -337,10 +338,9 @@ async fn update(
     let fields = body
         .settings
         .into_fields(body.url.as_deref(), state.config.allow_private_targets)?;
-    db::endpoints::update(&state.pool, endpoint.app_id, endpoint.id, fields)
-        .await?
+    actions::update_endpoint(&state, endpoint.app_id, endpoint.id, fields)
+        .await
         .map(Json)
-        .ok_or(AppError::NotFound("endpoint"))
 }
 
 /// Deletes an endpoint with its deliveries and attempts (its application's messages stay).
@@ -446,7 +446,13 @@ async fn rotate(
         Some(s) => SigningSecret::parse(&s).map_err(AppError::Invalid)?,
         None => SigningSecret::generate(),
     };
-    rotate_to(&state, endpoint.id, &secret).await?;
+    db::endpoints::rotate_to(
+        &state.pool,
+        endpoint.id,
+        &secret,
+        state.config.secret_grace_period,
+    )
+    .await?;
     Ok(Json(SecretAnswer {
         secret: secret.expose().to_owned(),
     }))
@@ -470,13 +476,11 @@ async fn rotate(
 async fn attempts(
     State(state): State<AppState>,
     Path((app, ep)): Path<(String, String)>,
-    Query(page): Query<PageParams>,
+    Paging { limit, cursor }: Paging<AttemptId>,
     Query(filters): Query<AttemptFilters>,
 ) -> AppResult<Json<Page<Attempt>>> {
     let endpoint = find(&state, &app, &ep).await?;
-    let limit = page.limit().map_err(AppError::BadRequest)?;
-    let before = page.cursor::<AttemptId>().map_err(AppError::BadRequest)?;
-    let search = filters.search(before)?;
+    let search = filters.search(cursor)?;
     let rows = db::attempts::list(
         &state.pool,
         endpoint.app_id,
@@ -486,20 +490,6 @@ async fn attempts(
     )
     .await?;
     Ok(Json(Page::from_rows(rows, limit, |a| a.id.to_string())))
-}
-
-/// Makes `secret` the endpoint's signing secret; the old one keeps signing for the grace
-/// period. Shared with the dashboard's rotate button.
-pub(super) async fn rotate_to(
-    state: &AppState,
-    endpoint: EndpointId,
-    secret: &SigningSecret,
-) -> AppResult<()> {
-    let mut tx = state.pool.begin().await?;
-    db::endpoints::rotate_secret(&mut tx, endpoint, secret, state.config.secret_grace_period)
-        .await?;
-    tx.commit().await?;
-    Ok(())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -539,8 +529,8 @@ async fn recover(
     Json(body): Json<RecoverBody>,
 ) -> AppResult<(StatusCode, Json<Recovering>)> {
     let endpoint = find(&state, &app, &ep).await?;
-    let (since, until) = super::admin_ws::parse_window(Some(&body.since), body.until.as_deref())
-        .map_err(AppError::Invalid)?;
+    let Window { since, until } =
+        Window::parse(Some(&body.since), body.until.as_deref()).map_err(AppError::Invalid)?;
     let started = state
         .recoveries
         .start(endpoint.app_id, endpoint.id, since, until)
