@@ -49,12 +49,12 @@ struct EndpointPage {
 
 /// Which of an endpoint's attempts its page shows.
 #[derive(Default)]
-pub(super) struct AttemptView {
+struct AttemptView {
     filter: AttemptFilters,
     cursor: Option<AttemptId>,
 }
 
-pub(super) async fn endpoint_page(
+async fn endpoint_page(
     state: &AppState,
     session: &Session,
     app_key: &str,
@@ -116,6 +116,20 @@ pub(super) async fn endpoint_page(
     })
 }
 
+/// The page as a form posted on it answers: the newest attempts, unfiltered, and what the
+/// form did.
+pub(super) async fn form_answer(
+    state: &AppState,
+    session: &Session,
+    app: &str,
+    ep: &str,
+    new_secret: Option<String>,
+    flash: String,
+) -> PageResult {
+    let view = AttemptView::default();
+    endpoint_page(state, session, app, ep, view, new_secret, Some(flash)).await
+}
+
 async fn endpoint(
     State(state): State<AppState>,
     session: Session,
@@ -143,14 +157,13 @@ async fn rotate(
     let secret = SigningSecret::generate();
     db::endpoints::rotate_to(&state.pool, id, &secret, state.config.secret_grace_period).await?;
     let shown = secret.expose().to_owned();
-    endpoint_page(
+    form_answer(
         &state,
         &session,
         &app,
         &ep,
-        AttemptView::default(),
         Some(shown),
-        Some("Secret rotated.".into()),
+        "Secret rotated.".into(),
     )
     .await
 }
@@ -185,14 +198,5 @@ async fn set_state(
     } else {
         "Endpoint enabled: new messages are sent to it again. Messages sent while it was disabled were not queued for it; recover a time window to send them."
     };
-    endpoint_page(
-        &state,
-        &session,
-        &app,
-        &ep,
-        AttemptView::default(),
-        None,
-        Some(flash.into()),
-    )
-    .await
+    form_answer(&state, &session, &app, &ep, None, flash.into()).await
 }

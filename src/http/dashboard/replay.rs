@@ -8,10 +8,9 @@ use axum::routing::post;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::endpoint::{AttemptView, endpoint_page};
 use super::session::{Checked, CsrfForm};
 use super::view::form_time_value;
-use super::{PageError, PageResult, dead, message};
+use super::{PageError, PageResult, dead, endpoint, message};
 use crate::domain::{EndpointId, MessageId};
 use crate::http::{AppState, actions, path_id};
 
@@ -101,15 +100,6 @@ async fn recover(
     if form.back == "dead" {
         dead::dead_page(&state, &session, None, Some(flash)).await
     } else {
-        endpoint_page(
-            &state,
-            &session,
-            &app,
-            &ep,
-            AttemptView::default(),
-            None,
-            Some(flash),
-        )
-        .await
+        endpoint::form_answer(&state, &session, &app, &ep, None, flash).await
     }
 }
