@@ -6,6 +6,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::db::replays::Refused;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{0}")]
@@ -176,6 +178,17 @@ impl From<JsonRejection> for AppError {
                 Self::PayloadTooLarge("request body is too large".into())
             }
             other => Self::BadRequest(other.body_text()),
+        }
+    }
+}
+
+/// A replay or recover the state of things refuses: a 409 with the refusal's own code,
+/// except what is not there, which is a 404 like any other.
+impl From<Refused> for AppError {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::NotFound(what) => Self::NotFound(what),
+            other => Self::Refused(other.code(), other.message()),
         }
     }
 }

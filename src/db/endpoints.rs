@@ -4,7 +4,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Serialize, Serializer};
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use crate::domain::{AppId, EndpointId, SigningSecret, redact_userinfo};
 
@@ -194,13 +194,16 @@ pub async fn current_secret(
     .await
 }
 
-/// Installs `secret` as the current one; the previous one keeps signing for `grace`.
-pub async fn rotate_secret(
-    tx: &mut PgConnection,
+/// Makes `secret` the endpoint's signing secret, in a transaction of its own; the previous
+/// one keeps signing for `grace`. The REST rotation and the dashboard's rotate button both
+/// call this.
+pub async fn rotate_to(
+    pool: &PgPool,
     id: EndpointId,
     secret: &SigningSecret,
     grace: Duration,
 ) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
     // Serialises concurrent rotations of one endpoint.
     sqlx::query("select 1 from endpoint where id = $1 for update")
         .bind(id)
@@ -225,5 +228,5 @@ pub async fn rotate_secret(
         .bind(secret.expose())
         .execute(&mut *tx)
         .await?;
-    Ok(())
+    tx.commit().await
 }

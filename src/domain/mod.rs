@@ -7,6 +7,7 @@ mod position;
 mod secret;
 mod state;
 mod url;
+mod window;
 
 pub use event_type::EventType;
 pub use header::refused_header;
@@ -15,3 +16,4 @@ pub use position::{InvalidPosition, Position};
 pub use secret::SigningSecret;
 pub use state::{AttemptOutcome, AttemptTrigger, DeliveryState, EventKind};
 pub use url::{EndpointUrl, ip_literal, is_public_ip, redact_userinfo, short_url};
+pub use window::Window;

@@ -15,7 +15,6 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::http::header::ORIGIN;
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
@@ -24,10 +23,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::ErrorBody;
-use super::{AppState, AuthBy};
+use super::{AppState, AuthBy, actions};
 use crate::db::events::Filter;
-use crate::db::replays::{self, RecoveryProgress, Refused};
-use crate::domain::{AppId, DeliveryId, EndpointId, MessageId};
+use crate::db::replays::{self, RecoveryProgress};
+use crate::domain::{AppId, DeliveryId, EndpointId, MessageId, Window};
 use crate::error::AppError;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -258,11 +257,8 @@ async fn command(
                 Some(Ok(e)) => Some(e),
                 Some(Err(_)) => return fail("invalid", "endpoint_id is not an endpoint id".into()),
             };
-            let done = async {
-                let mut conn = state.pool.acquire().await?;
-                replays::replay_message(&mut conn, message, app, endpoint).await
-            };
-            replayed(&req, done.await, watched)
+            let done = actions::replay_message(state, message, app, endpoint).await;
+            replayed(&req, done, watched)
         }
         "retry" => {
             let Some(delivery) = field("delivery_id").and_then(|d| d.parse::<DeliveryId>().ok())
@@ -280,8 +276,7 @@ async fn command(
             else {
                 return fail("invalid", "recover needs an endpoint_id (ep_…)".into());
             };
-            let window = parse_window(field("since"), field("until"));
-            let (since, until) = match window {
+            let Window { since, until } = match Window::parse(field("since"), field("until")) {
                 Ok(w) => w,
                 Err(message) => return fail("invalid", message),
             };
@@ -346,34 +341,4 @@ fn replayed(
 fn internal(req: &str, e: sqlx::Error) -> Vec<Value> {
     tracing::error!(error = %e, "admin command failed");
     vec![error(Some(req), "internal", "internal error".into())]
-}
-
-/// `since` is required; `until` defaults to now. Both RFC 3339.
-pub fn parse_window(
-    since: Option<&str>,
-    until: Option<&str>,
-) -> Result<(DateTime<Utc>, DateTime<Utc>), String> {
-    let parse = |name: &str, v: &str| {
-        DateTime::parse_from_rfc3339(v)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| format!("{name} must be an RFC 3339 time, e.g. 2026-11-24T00:00:00Z"))
-    };
-    let since = parse("since", since.ok_or("recover needs since (RFC 3339)")?)?;
-    let until = match until {
-        Some(u) => parse("until", u)?,
-        None => Utc::now(),
-    };
-    if until <= since {
-        return Err("until must be after since".into());
-    }
-    Ok((since, until))
-}
-
-impl From<Refused> for AppError {
-    fn from(r: Refused) -> Self {
-        match r {
-            Refused::NotFound(what) => Self::NotFound(what),
-            other => Self::Refused(other.code(), other.message()),
-        }
-    }
 }

@@ -6,10 +6,11 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::openapi::{AppParam, AppsPage, ErrorBody};
+use super::paging::Paging;
 use crate::db::removals::Removal;
-use crate::db::{self, Page, PageParams};
+use crate::db::{self, Page};
 use crate::domain::AppId;
-use crate::error::{AppError, AppResult, Json, Query};
+use crate::error::{AppError, AppResult, Json};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -85,11 +86,9 @@ fn validate_uid(uid: &str) -> AppResult<()> {
 )]
 async fn list(
     State(state): State<AppState>,
-    Query(page): Query<PageParams>,
+    Paging { limit, cursor }: Paging<AppId>,
 ) -> AppResult<Json<Page<db::apps::App>>> {
-    let limit = page.limit().map_err(AppError::BadRequest)?;
-    let after = page.cursor::<AppId>().map_err(AppError::BadRequest)?;
-    let rows = db::apps::list(&state.pool, after, limit).await?;
+    let rows = db::apps::list(&state.pool, cursor, limit).await?;
     Ok(Json(Page::from_rows(rows, limit, |a| a.id.to_string())))
 }
 

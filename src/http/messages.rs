@@ -6,11 +6,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{AppParam, AttemptsPage, ErrorBody, MessageParams, MessagesPage};
+use super::paging::Paging;
 use super::search::{self, AttemptFilters, MessageFilters};
-use super::{AppState, optional_body, path_id};
+use super::{AppState, actions, optional_body, path_id};
 use crate::db::attempts::{Attempt, Of};
 use crate::db::messages::{DeliveryStatus, Erased, Message};
-use crate::db::{self, Page, PageParams};
+use crate::db::{self, Page};
 use crate::domain::{AttemptId, DeliveryId, EndpointId, EventType, MessageId};
 use crate::error::{AppError, AppResult, Json, Query};
 
@@ -122,13 +123,11 @@ async fn send(
 async fn list(
     State(state): State<AppState>,
     Path(app): Path<String>,
-    Query(page): Query<PageParams>,
+    Paging { limit, cursor }: Paging<MessageId>,
     Query(filters): Query<MessageFilters>,
 ) -> AppResult<Json<Page<Message>>> {
     let app_id = state.app_id(&app).await?;
-    let limit = page.limit().map_err(AppError::BadRequest)?;
-    let before = page.cursor::<MessageId>().map_err(AppError::BadRequest)?;
-    let Some(search) = filters.search(before, search::rfc3339)? else {
+    let Some(search) = filters.search(cursor, search::rfc3339)? else {
         return Ok(Json(Page::from_rows(vec![], limit, |_| String::new())));
     };
     let rows = db::messages::list(&state.pool, app_id, &search, limit).await?;
@@ -186,13 +185,11 @@ async fn show(
 async fn attempts(
     State(state): State<AppState>,
     Path((app, msg)): Path<(String, String)>,
-    Query(page): Query<PageParams>,
+    Paging { limit, cursor }: Paging<AttemptId>,
     Query(filters): Query<AttemptFilters>,
 ) -> AppResult<Json<Page<Attempt>>> {
     let message = find(&state, &app, &msg).await?;
-    let limit = page.limit().map_err(AppError::BadRequest)?;
-    let before = page.cursor::<AttemptId>().map_err(AppError::BadRequest)?;
-    let search = filters.search(before)?;
+    let search = filters.search(cursor)?;
     let rows = db::attempts::list(
         &state.pool,
         message.app_id,
@@ -237,14 +234,9 @@ async fn replay(
     let message = find(&state, &app, &msg).await?;
     // The body is optional: none means "to every endpoint".
     let body: ReplayBody = optional_body(&body)?;
-    let mut conn = state.pool.acquire().await?;
-    let queued = db::replays::replay_message(
-        &mut conn,
-        message.id,
-        Some(message.app_id),
-        body.endpoint_id,
-    )
-    .await??;
+    let queued =
+        actions::replay_message(&state, message.id, Some(message.app_id), body.endpoint_id)
+            .await??;
     Ok((
         StatusCode::ACCEPTED,
         Json(Queued {

@@ -1,15 +1,16 @@
 //! The HTTP surface: REST under `/api/v1` (bearer auth), health probes, and the pages.
 
+mod actions;
 mod admin_ws;
 mod apps;
+mod dashboard;
 mod endpoints;
 mod health;
 mod messages;
 mod openapi;
-mod pages;
+mod paging;
 mod removals;
 mod search;
-mod session;
 mod stats;
 mod stream;
 mod throttle;
@@ -38,6 +39,7 @@ use crate::error::{AppError, AppResult};
 use crate::feed::Feed;
 use crate::probe::Probe;
 use crate::removal::Removals;
+use dashboard::session;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -150,7 +152,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .merge(health::routes())
-        .merge(pages::routes())
+        .merge(dashboard::routes())
         .layer(Extension(Arc::new(openapi())))
         .layer(middleware::from_fn_with_state(
             state.clone(),

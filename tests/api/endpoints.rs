@@ -1,7 +1,9 @@
+use std::time::Duration;
+
 use axum::http::StatusCode;
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{SseClient, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn endpoint_crud() {
@@ -215,4 +217,34 @@ async fn endpoint_urls_with_credentials_are_refused_and_old_ones_shown_without()
     assert_eq!(shown["url"], "https://***@example.com/hook");
     let (_, list) = app.get(&base).await;
     assert_eq!(list["data"][0]["url"], "https://***@example.com/hook");
+}
+
+/// Disabling an endpoint through the REST API is announced on the live feed at once, as
+/// disabling it from the dashboard is: with a poll a minute apart, only the write waking
+/// the feed's reader can show it within seconds.
+#[tokio::test]
+async fn a_rest_patch_that_disables_an_endpoint_is_announced_on_the_feed_promptly() {
+    let app = spawn_app_with(&[("HERALD_POLL_INTERVAL", "60s")]).await;
+    let app_id = app.create_app().await;
+    let (ep, _) = app
+        .create_endpoint(&app_id, json!({"url": "https://example.com/hook"}))
+        .await;
+    let mut stream = SseClient::connect(&app, &format!("endpoint={ep}"), None).await;
+
+    let (status, _) = app
+        .patch(
+            &format!("/apps/{app_id}/endpoints/{ep}"),
+            json!({"disabled": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let event = stream
+        .next(Duration::from_secs(5))
+        .await
+        .expect("the disable is announced within 5 s");
+    assert_eq!(event.event, "endpoint.disabled");
+    let disabled = event.json();
+    assert_eq!(disabled["id"], ep.as_str());
+    assert_eq!(disabled["disabled"], true);
+    assert_eq!(disabled["disabled_reason"], "disabled by an operator");
 }

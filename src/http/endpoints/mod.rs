@@ -1,19 +1,26 @@
+//! `/apps/{app}/endpoints`: an application's endpoints, their signing secrets and custom
+//! headers, their attempts, and the recover of a time window of their dead deliveries.
+
+mod settings;
+
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderName, StatusCode};
-use serde::{Deserialize, Deserializer, Serialize};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use self::settings::{CreateEndpoint, UpdateEndpoint};
 use super::openapi::{AppParam, AttemptsPage, EndpointParams, EndpointsPage, ErrorBody};
+use super::paging::Paging;
 use super::search::AttemptFilters;
-use super::{AppState, optional_body, path_id};
+use super::{AppState, actions, optional_body, path_id};
 use crate::db::attempts::{Attempt, Of};
-use crate::db::endpoints::{Endpoint, EndpointFields, REDACTED};
+use crate::db::endpoints::Endpoint;
 use crate::db::removals::Removal;
-use crate::db::{self, Page, PageParams};
-use crate::domain::{AttemptId, EndpointId, EndpointUrl, EventType, SigningSecret, refused_header};
+use crate::db::{self, Page};
+use crate::domain::{AttemptId, EndpointId, SigningSecret, Window};
 use crate::error::{AppError, AppResult, Json, Query};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -25,206 +32,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(rotate))
         .routes(routes!(attempts))
         .routes(routes!(recover))
-}
-
-/// What create and update share; on update every field is optional.
-#[derive(Deserialize, Default, utoipa::ToSchema)]
-struct EndpointSettings {
-    #[schema(max_length = 1024)]
-    description: Option<String>,
-    /// Event types this endpoint receives; empty or absent: all of them.
-    #[schema(value_type = Option<Vec<EventType>>)]
-    event_types: Option<Vec<String>>,
-    disabled: Option<bool>,
-    /// Requests in flight at once to this endpoint; `null` takes the server default.
-    #[serde(default, deserialize_with = "present_whole")]
-    #[schema(value_type = Option<i32>, minimum = 1, maximum = 1000)]
-    max_in_flight: Option<Option<i32>>,
-    /// Requests per second this endpoint receives at most, across every Herald process,
-    /// retries included; bursts up to one second's worth. `null`: unlimited.
-    #[serde(default, deserialize_with = "present_whole")]
-    #[schema(value_type = Option<i32>, minimum = 1, maximum = 10000)]
-    rate_limit: Option<Option<i32>>,
-    /// Sent with every request; `webhook-*`, `content-type` and the like are Herald's.
-    #[schema(schema_with = headers_schema)]
-    headers: Option<BTreeMap<String, String>>,
-}
-
-/// Up to 20 headers; names are HTTP tokens of at most 256 bytes, values visible ASCII of
-/// at most 4096 bytes, 6144 bytes in all. Hop-by-hop headers and Herald's own are refused.
-/// `null`: unchanged.
-fn headers_schema() -> utoipa::openapi::schema::Object {
-    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
-    let string = |pattern: &str, max: usize| {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .pattern(Some(pattern))
-            .max_length(Some(max))
-    };
-    ObjectBuilder::new()
-        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
-        .max_properties(Some(MAX_HEADERS))
-        .property_names(Some(
-            string("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", MAX_HEADER_NAME).build(),
-        ))
-        .additional_properties(Some(string("^[\\t\\x20-\\x7e]*$", MAX_HEADER_VALUE)))
-        .build()
-}
-
-/// An endpoint to create. The signing secret is generated unless given.
-#[derive(Deserialize, utoipa::ToSchema)]
-struct CreateEndpoint {
-    #[schema(format = Uri, max_length = 2048, examples("https://example.com/webhooks"))]
-    url: String,
-    /// `whsec_` and the standard base64 of 24 to 64 bytes.
-    #[schema(value_type = Option<SigningSecret>)]
-    secret: Option<String>,
-    #[serde(flatten)]
-    settings: EndpointSettings,
-}
-
-/// Changes to an endpoint: fields left out stay as they are.
-#[derive(Deserialize, utoipa::ToSchema)]
-struct UpdateEndpoint {
-    #[schema(format = Uri, max_length = 2048, examples("https://example.com/webhooks"))]
-    url: Option<String>,
-    /// Not patchable; present only to say so (`POST .../secret/rotate` changes it).
-    #[schema(ignore)]
-    secret: Option<serde_json::Value>,
-    #[serde(flatten)]
-    settings: EndpointSettings,
-}
-
-/// Tells "absent" (None) from "null" (Some(None)), for a whole number: as in JSON Schema,
-/// `119.0` is the integer 119.
-fn present_whole<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i32>>, D::Error> {
-    let Some(n) = Option::<f64>::deserialize(d)? else {
-        return Ok(Some(None));
-    };
-    if n.fract() != 0.0 || n < f64::from(i32::MIN) || n > f64::from(i32::MAX) {
-        return Err(serde::de::Error::custom(format!(
-            "expected a whole number, found {n}"
-        )));
-    }
-    // Exact: a whole number within i32's range.
-    Ok(Some(Some(n as i32)))
-}
-
-impl EndpointSettings {
-    fn into_fields(self, url: Option<&str>, allow_private: bool) -> AppResult<EndpointFields> {
-        let url = url
-            .map(|u| EndpointUrl::parse(u, allow_private).map(|u| u.to_string()))
-            .transpose()
-            .map_err(AppError::Invalid)?;
-        let event_types = self
-            .event_types
-            .map(|types| {
-                types
-                    .iter()
-                    .map(|t| EventType::parse(t).map(EventType::into_inner))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()
-            .map_err(AppError::Invalid)?;
-        if let Some(d) = &self.description
-            && d.chars().count() > 1024
-        {
-            return Err(AppError::Invalid(
-                "description must be at most 1024 characters".into(),
-            ));
-        }
-        if let Some(Some(n)) = self.max_in_flight
-            && !(1..=1000).contains(&n)
-        {
-            return Err(AppError::Invalid(
-                "max_in_flight must be between 1 and 1000".into(),
-            ));
-        }
-        if let Some(Some(n)) = self.rate_limit
-            && !(1..=10_000).contains(&n)
-        {
-            return Err(AppError::Invalid(
-                "rate_limit must be between 1 and 10000 requests per second".into(),
-            ));
-        }
-        if let Some(headers) = &self.headers {
-            validate_headers(headers)?;
-        }
-        Ok(EndpointFields {
-            url,
-            description: self.description,
-            event_types,
-            disabled: self.disabled,
-            max_in_flight: self.max_in_flight,
-            rate_limit: self.rate_limit,
-            headers: self.headers,
-        })
-    }
-}
-
-/// Most custom headers an endpoint may have.
-const MAX_HEADERS: usize = 20;
-/// Longest header name, in bytes.
-const MAX_HEADER_NAME: usize = 256;
-/// Longest header value, in bytes: room for any bearer token or JWT, not for a payload.
-const MAX_HEADER_VALUE: usize = 4096;
-/// All names and values together, in bytes: well under what servers accept in a request's
-/// headers (8 KiB and up) once Herald's own are added.
-const MAX_HEADERS_TOTAL: usize = 6144;
-
-fn validate_headers(headers: &BTreeMap<String, String>) -> AppResult<()> {
-    if headers.len() > MAX_HEADERS {
-        return Err(AppError::Invalid(format!(
-            "at most {MAX_HEADERS} custom headers"
-        )));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for (name, value) in headers {
-        if let Some(why) = refused_header(name) {
-            return Err(AppError::Invalid(format!("header {name:?} {why}")));
-        }
-        // Header names are case-insensitive: two spellings of one name would reach the
-        // receiver as one, silently.
-        if !seen.insert(name.to_ascii_lowercase()) {
-            return Err(AppError::Invalid(format!(
-                "header {name:?} is given twice (names are case-insensitive)"
-            )));
-        }
-        if value == REDACTED {
-            return Err(AppError::Invalid(format!(
-                "header {name:?} has the value {REDACTED:?} that reads show in place of every \
-                 value: send the real value (GET .../headers shows them), or leave headers out \
-                 to keep them as they are"
-            )));
-        }
-        if name.len() > MAX_HEADER_NAME {
-            return Err(AppError::Invalid(format!(
-                "header names must be at most {MAX_HEADER_NAME} bytes"
-            )));
-        }
-        if value.len() > MAX_HEADER_VALUE {
-            return Err(AppError::Invalid(format!(
-                "header {name:?} is {} bytes long; a value must be at most {MAX_HEADER_VALUE}",
-                value.len()
-            )));
-        }
-        // HeaderValue takes any byte but controls; receivers handle ASCII only reliably.
-        let ascii = value
-            .bytes()
-            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
-        if HeaderName::from_bytes(name.as_bytes()).is_err() || !ascii {
-            return Err(AppError::Invalid(format!(
-                "header {name:?} is not a valid HTTP header"
-            )));
-        }
-    }
-    let total: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
-    if total > MAX_HEADERS_TOTAL {
-        return Err(AppError::Invalid(format!(
-            "custom headers take {total} bytes (names and values); at most {MAX_HEADERS_TOTAL}"
-        )));
-    }
-    Ok(())
 }
 
 /// An endpoint with its signing secret (create answers this once).
@@ -280,12 +87,10 @@ async fn create(
 async fn list(
     State(state): State<AppState>,
     Path(app): Path<String>,
-    Query(page): Query<PageParams>,
+    Paging { limit, cursor }: Paging<EndpointId>,
 ) -> AppResult<Json<Page<Endpoint>>> {
     let app_id = state.app_id(&app).await?;
-    let limit = page.limit().map_err(AppError::BadRequest)?;
-    let after = page.cursor::<EndpointId>().map_err(AppError::BadRequest)?;
-    let rows = db::endpoints::list(&state.pool, app_id, after, limit).await?;
+    let rows = db::endpoints::list(&state.pool, app_id, cursor, limit).await?;
     Ok(Json(Page::from_rows(rows, limit, |e| e.id.to_string())))
 }
 
@@ -337,10 +142,9 @@ async fn update(
     let fields = body
         .settings
         .into_fields(body.url.as_deref(), state.config.allow_private_targets)?;
-    db::endpoints::update(&state.pool, endpoint.app_id, endpoint.id, fields)
-        .await?
+    actions::update_endpoint(&state, endpoint.app_id, endpoint.id, fields)
+        .await
         .map(Json)
-        .ok_or(AppError::NotFound("endpoint"))
 }
 
 /// Deletes an endpoint with its deliveries and attempts (its application's messages stay).
@@ -446,7 +250,13 @@ async fn rotate(
         Some(s) => SigningSecret::parse(&s).map_err(AppError::Invalid)?,
         None => SigningSecret::generate(),
     };
-    rotate_to(&state, endpoint.id, &secret).await?;
+    db::endpoints::rotate_to(
+        &state.pool,
+        endpoint.id,
+        &secret,
+        state.config.secret_grace_period,
+    )
+    .await?;
     Ok(Json(SecretAnswer {
         secret: secret.expose().to_owned(),
     }))
@@ -470,13 +280,11 @@ async fn rotate(
 async fn attempts(
     State(state): State<AppState>,
     Path((app, ep)): Path<(String, String)>,
-    Query(page): Query<PageParams>,
+    Paging { limit, cursor }: Paging<AttemptId>,
     Query(filters): Query<AttemptFilters>,
 ) -> AppResult<Json<Page<Attempt>>> {
     let endpoint = find(&state, &app, &ep).await?;
-    let limit = page.limit().map_err(AppError::BadRequest)?;
-    let before = page.cursor::<AttemptId>().map_err(AppError::BadRequest)?;
-    let search = filters.search(before)?;
+    let search = filters.search(cursor)?;
     let rows = db::attempts::list(
         &state.pool,
         endpoint.app_id,
@@ -486,20 +294,6 @@ async fn attempts(
     )
     .await?;
     Ok(Json(Page::from_rows(rows, limit, |a| a.id.to_string())))
-}
-
-/// Makes `secret` the endpoint's signing secret; the old one keeps signing for the grace
-/// period. Shared with the dashboard's rotate button.
-pub(super) async fn rotate_to(
-    state: &AppState,
-    endpoint: EndpointId,
-    secret: &SigningSecret,
-) -> AppResult<()> {
-    let mut tx = state.pool.begin().await?;
-    db::endpoints::rotate_secret(&mut tx, endpoint, secret, state.config.secret_grace_period)
-        .await?;
-    tx.commit().await?;
-    Ok(())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -539,8 +333,8 @@ async fn recover(
     Json(body): Json<RecoverBody>,
 ) -> AppResult<(StatusCode, Json<Recovering>)> {
     let endpoint = find(&state, &app, &ep).await?;
-    let (since, until) = super::admin_ws::parse_window(Some(&body.since), body.until.as_deref())
-        .map_err(AppError::Invalid)?;
+    let Window { since, until } =
+        Window::parse(Some(&body.since), body.until.as_deref()).map_err(AppError::Invalid)?;
     let started = state
         .recoveries
         .start(endpoint.app_id, endpoint.id, since, until)

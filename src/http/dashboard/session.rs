@@ -1,6 +1,7 @@
 //! Dashboard sessions: the admin token is exchanged once for a signed, expiring cookie
 //! (HttpOnly, SameSite=Strict), and every form that changes state carries a CSRF token
-//! derived from that cookie.
+//! derived from that cookie. The [`Session`] extractor lets a page in only with one, and
+//! [`Checked`] lets a form action in only with its token.
 //!
 //! Both are HMACs keyed by the admin token, so they need no storage, work on every Herald
 //! process behind a load balancer, and all die when the token is rotated. Each session has a
@@ -13,14 +14,20 @@ use std::convert::Infallible;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use axum::extract::{Form, FromRequest, FromRequestParts, Request};
 use axum::http::header::{COOKIE, ORIGIN};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
 use chrono::Utc;
 use hmac::{Hmac, Mac};
+use serde::de::DeserializeOwned;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use super::PageError;
 use crate::config::Config;
+use crate::http::AppState;
 
 pub const COOKIE_NAME: &str = "herald_session";
 const LIFETIME: Duration = Duration::from_secs(12 * 3600);
@@ -156,6 +163,98 @@ pub fn csrf_ok(config: &Config, headers: &HeaderMap, session: &str, token: &str)
         .and_then(|o| o.to_str().ok())
         .is_none_or(|o| config.origin_allowed(o));
     origin_ok && same(token, &csrf_token(config, session))
+}
+
+pub struct Session {
+    pub(super) csrf: String,
+    pub(super) cookie: String,
+}
+
+impl FromRequestParts<AppState> for Session {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        match session(&state.config, &state.revoked_sessions, &parts.headers) {
+            Some(cookie) => Ok(Self {
+                csrf: csrf_token(&state.config, &cookie),
+                cookie,
+            }),
+            None => {
+                let next = parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned();
+                let next =
+                    url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>();
+                Err(Redirect::to(&format!("/login?next={next}")).into_response())
+            }
+        }
+    }
+}
+
+impl Session {
+    fn check_csrf(
+        &self,
+        state: &AppState,
+        headers: &HeaderMap,
+        token: &str,
+    ) -> Result<(), PageError> {
+        if csrf_ok(&state.config, headers, &self.cookie, token) {
+            Ok(())
+        } else {
+            Err(PageError(
+                StatusCode::FORBIDDEN,
+                "This form is stale or did not come from this dashboard. Go back, reload and try again."
+                    .into(),
+            ))
+        }
+    }
+}
+
+/// A form of a dashboard action: it carries the session's CSRF token in its `csrf` field,
+/// `#[serde(default)]` so that a missing token is simply a wrong one (403), not a
+/// malformed form.
+pub(super) trait CsrfForm: DeserializeOwned {
+    fn csrf(&self) -> &str;
+}
+
+/// A form with nothing but its token.
+#[derive(serde::Deserialize)]
+pub(super) struct TokenOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+impl CsrfForm for TokenOnly {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// A form this session's own dashboard sent: the session, and the form once its token and
+/// origin checked out. In that order: no session goes to the login page, a malformed form
+/// gets axum's answer, a wrong token 403.
+pub(super) struct Checked<F> {
+    pub(super) session: Session,
+    pub(super) form: F,
+}
+
+impl<F: CsrfForm> FromRequest<AppState> for Checked<F> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let session = Session::from_request_parts(&mut parts, state).await?;
+        let headers = parts.headers.clone();
+        let Form(form) = Form::<F>::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        session
+            .check_csrf(state, &headers, form.csrf())
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self { session, form })
+    }
 }
 
 /// Follows other processes' logouts until `pool` (the process's main pool) is closed at

@@ -1,0 +1,113 @@
+//! A message's page: its payload, its deliveries and every attempt, with the replay form
+//! (in `replay.rs`) showing this page again.
+
+use askama::Template;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::get;
+
+use super::session::Session;
+use super::view::{AttemptRow, rows, stamp};
+use super::{Layout, PageResult, render};
+use crate::db::attempts::Of;
+use crate::db::messages::{DeliveryStatus, Message};
+use crate::db::{self, PageParams};
+use crate::error::AppError;
+use crate::http::{AppState, path_id};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new().route("/apps/{app}/messages/{msg}", get(message))
+}
+
+struct DeliveryRow {
+    id: String,
+    endpoint_id: String,
+    state: String,
+    attempt_count: i32,
+    next_attempt: String,
+    last_error: String,
+}
+
+impl From<DeliveryStatus> for DeliveryRow {
+    fn from(d: DeliveryStatus) -> Self {
+        Self {
+            id: d.id.to_string(),
+            endpoint_id: d.endpoint_id.to_string(),
+            state: d.state,
+            attempt_count: d.attempt_count,
+            next_attempt: d.next_attempt_at.map(stamp).unwrap_or_default(),
+            last_error: d.last_error.unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct MessagePage {
+    layout: Layout,
+    app_id: String,
+    app_name: String,
+    id: String,
+    event_type: String,
+    created: String,
+    idempotency_key: String,
+    payload: String,
+    /// When the payload was erased; empty if it was not.
+    payload_erased: String,
+    deliveries: Vec<DeliveryRow>,
+    attempts: Vec<AttemptRow>,
+    flash: Option<String>,
+}
+
+/// The payload indented for reading; the receiver gets the exact bytes stored.
+fn pretty(payload: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(payload)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or_else(|_| payload.to_owned())
+}
+
+async fn message(
+    State(state): State<AppState>,
+    session: Session,
+    Path((app_key, msg)): Path<(String, String)>,
+) -> PageResult {
+    message_page(&state, &session, &app_key, &msg, None).await
+}
+
+pub(super) async fn message_page(
+    state: &AppState,
+    session: &Session,
+    app_key: &str,
+    msg: &str,
+    flash: Option<String>,
+) -> PageResult {
+    let app = state.app(app_key).await?;
+    let id = path_id(msg, "message")?;
+    let message: Message = db::messages::find(&state.pool, app.id, id)
+        .await?
+        .ok_or(AppError::NotFound("message"))?;
+    let deliveries = db::messages::deliveries(&state.pool, message.id).await?;
+    let attempts = db::attempts::list(
+        &state.pool,
+        app.id,
+        Of::Message(message.id),
+        &Default::default(),
+        PageParams::MAX_LIMIT,
+    )
+    .await?;
+    render(MessagePage {
+        layout: Layout::new(state, session, format!("Message {}", message.id), "apps")
+            .live(format!("app={}", app.id)),
+        flash,
+        app_id: app.id.to_string(),
+        app_name: app.name,
+        id: message.id.to_string(),
+        event_type: message.event_type,
+        created: stamp(message.created_at),
+        idempotency_key: message.idempotency_key.unwrap_or_default(),
+        payload: pretty(&message.payload),
+        payload_erased: message.payload_erased_at.map(stamp).unwrap_or_default(),
+        deliveries: deliveries.into_iter().map(DeliveryRow::from).collect(),
+        attempts: rows(attempts),
+    })
+}

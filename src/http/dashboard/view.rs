@@ -1,0 +1,204 @@
+//! View helpers: values formatted once, so templates stay plain. The time and number
+//! formats, the rows several pages share (attempts, endpoints), the throughput chart, and
+//! how the pages' forms show and read times and build their "Older" links.
+
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+
+use super::PageError;
+use crate::db::attempts::Attempt;
+use crate::db::dashboard::Minute;
+use crate::db::endpoints::Endpoint;
+use crate::domain::{redact_userinfo, short_url};
+use crate::http::search;
+
+/// The dashboard's list pages: 50 rows, then an "Older" link.
+pub(super) const PAGE_ROWS: i64 = 50;
+
+pub(super) fn ago(at: DateTime<Utc>) -> String {
+    let secs = (Utc::now() - at).num_seconds().max(0);
+    duration_text(secs as f64) + " ago"
+}
+
+pub(super) fn duration_text(secs: f64) -> String {
+    let s = secs as i64;
+    match s {
+        _ if secs < 1.0 => format!("{:.0} ms", secs * 1000.0),
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+pub(super) fn stamp(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+pub(super) fn percent(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "–".into(), |p| format!("{p:.1}%"))
+}
+
+pub(super) struct AttemptRow {
+    pub(super) id: String,
+    pub(super) at: String,
+    pub(super) outcome: String,
+    pub(super) app_id: String,
+    pub(super) message_id: String,
+    pub(super) endpoint_id: String,
+    pub(super) event_type: String,
+    pub(super) attempt: i32,
+    pub(super) trigger: String,
+    pub(super) status: String,
+    pub(super) latency: String,
+    pub(super) error: String,
+    pub(super) body: String,
+}
+
+impl From<Attempt> for AttemptRow {
+    fn from(a: Attempt) -> Self {
+        Self {
+            id: a.id.to_string(),
+            at: stamp(a.created_at),
+            outcome: a.outcome,
+            app_id: a.app_id.to_string(),
+            message_id: a.message_id.to_string(),
+            endpoint_id: a.endpoint_id.to_string(),
+            event_type: a.event_type,
+            attempt: a.attempt,
+            trigger: a.trigger,
+            status: a
+                .response_status
+                .map_or_else(|| "–".into(), |s| s.to_string()),
+            latency: format!("{} ms", a.duration_ms),
+            error: a.error.unwrap_or_default(),
+            body: a.response_body.unwrap_or_default(),
+        }
+    }
+}
+
+pub(super) fn rows(attempts: Vec<Attempt>) -> Vec<AttemptRow> {
+    attempts.into_iter().map(AttemptRow::from).collect()
+}
+
+/// One bar of the throughput chart, in SVG user units (the chart is 600 x 140).
+pub(super) struct Bar {
+    pub(super) x: i64,
+    pub(super) ok_y: f64,
+    pub(super) ok_h: f64,
+    pub(super) failed_y: f64,
+    pub(super) failed_h: f64,
+    pub(super) title: String,
+}
+
+const CHART_BASE: f64 = 130.0;
+const CHART_HEIGHT: f64 = 120.0;
+
+pub(super) fn chart(minutes: &[Minute]) -> (Vec<Bar>, String) {
+    let max = minutes.iter().map(|m| m.total).max().unwrap_or(0).max(1) as f64;
+    let bars = minutes
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let ok_h = m.succeeded as f64 / max * CHART_HEIGHT;
+            let failed_h = (m.total - m.succeeded) as f64 / max * CHART_HEIGHT;
+            let at = DateTime::from_timestamp(m.minute, 0).unwrap_or_default();
+            Bar {
+                x: i as i64 * 10,
+                ok_y: CHART_BASE - ok_h,
+                ok_h,
+                failed_y: CHART_BASE - ok_h - failed_h,
+                failed_h,
+                title: format!(
+                    "{}: {} attempts, {} failed",
+                    at.format("%H:%M"),
+                    m.total,
+                    m.total - m.succeeded
+                ),
+            }
+        })
+        .collect();
+    // The success rate as a line, over the minutes that had attempts.
+    let line = minutes
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.total > 0)
+        .map(|(i, m)| {
+            let rate = m.succeeded as f64 / m.total as f64;
+            format!("{},{:.1}", i * 10 + 5, CHART_BASE - rate * CHART_HEIGHT)
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    (bars, line)
+}
+
+pub(super) struct EndpointRow {
+    pub(super) id: String,
+    /// Without credentials or query: titles and lists show this.
+    pub(super) url: String,
+    /// Without credentials: the endpoint's own page shows its query too.
+    pub(super) full_url: String,
+    pub(super) description: String,
+    pub(super) event_types: String,
+    pub(super) disabled: bool,
+    pub(super) disabled_reason: String,
+    /// Its cap on requests in flight and its rate limit, in words.
+    pub(super) limits: String,
+}
+
+impl From<Endpoint> for EndpointRow {
+    fn from(e: Endpoint) -> Self {
+        Self {
+            id: e.id.to_string(),
+            url: short_url(&e.url),
+            full_url: redact_userinfo(&e.url),
+            description: e.description,
+            event_types: if e.event_types.is_empty() {
+                "all".into()
+            } else {
+                e.event_types.join(", ")
+            },
+            disabled: e.disabled,
+            disabled_reason: e.disabled_reason.unwrap_or_default(),
+            limits: format!(
+                "{} · {}",
+                e.max_in_flight
+                    .map_or("default cap".into(), |n| format!("at most {n} in flight")),
+                e.rate_limit.map_or("no rate limit".into(), |n| format!(
+                    "at most {n} requests/s"
+                ))
+            ),
+        }
+    }
+}
+
+/// A time from a form: RFC 3339, or a `datetime-local` value read as UTC.
+pub(super) fn form_time_value(value: &str) -> Option<DateTime<Utc>> {
+    let value = value.trim();
+    search::rfc3339(value).or_else(|| {
+        chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M")
+            .or_else(|_| chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S%.f"))
+            .ok()
+            .map(|t| t.and_utc())
+    })
+}
+
+/// How a `datetime-local` input shows a time (UTC).
+pub(super) fn form_time_text(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.3f").to_string()
+}
+
+/// `pairs` without the empty ones, as a query string.
+pub(super) fn query_of<'a>(pairs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in pairs {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            query.append_pair(name, v);
+        }
+    }
+    query.finish()
+}
+
+pub(super) fn bad_filter(e: String) -> PageError {
+    PageError(StatusCode::UNPROCESSABLE_ENTITY, e)
+}
