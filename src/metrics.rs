@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::domain::AttemptOutcome;
 use crate::probe::QueueReading;
 
 /// The media type of what [`Metrics::encode`] writes.
@@ -30,7 +31,6 @@ const DURATION_BUCKETS: [f64; 14] = [
 ];
 
 /// The outcomes an attempt is recorded under (as in `attempt.outcome`).
-const OUTCOMES: [&str; 3] = ["succeeded", "retrying", "dead"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
@@ -56,7 +56,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix(PREFIX);
         let attempts = Family::<OutcomeLabel, Counter>::default();
         // Every outcome is exposed from the start, at 0, so rates work before the first one.
-        for outcome in OUTCOMES {
+        for outcome in AttemptOutcome::ALL {
+            let outcome = outcome.as_str();
             attempts.get_or_create_owned(&OutcomeLabel { outcome });
         }
         registry.register(
@@ -79,7 +80,8 @@ impl Metrics {
     }
 
     /// One attempt made: `outcome` is `succeeded`, `retrying` or `dead`.
-    pub fn record_attempt(&self, outcome: &'static str, took: Duration) {
+    pub fn record_attempt(&self, outcome: AttemptOutcome, took: Duration) {
+        let outcome = outcome.as_str();
         self.attempts.get_or_create(&OutcomeLabel { outcome }).inc();
         self.attempt_duration.observe(took.as_secs_f64());
     }
@@ -176,9 +178,9 @@ mod tests {
     #[test]
     fn encodes_counters_histogram_and_gauges() {
         let metrics = Metrics::new();
-        metrics.record_attempt("succeeded", Duration::from_millis(3));
-        metrics.record_attempt("succeeded", Duration::from_millis(40));
-        metrics.record_attempt("dead", Duration::from_secs(2));
+        metrics.record_attempt(AttemptOutcome::Succeeded, Duration::from_millis(3));
+        metrics.record_attempt(AttemptOutcome::Succeeded, Duration::from_millis(40));
+        metrics.record_attempt(AttemptOutcome::Dead, Duration::from_secs(2));
         let text = metrics.encode(&Scrape {
             queue: Some(QueueReading {
                 stats: QueueStats {

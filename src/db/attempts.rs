@@ -3,7 +3,9 @@ use serde::Serialize;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use crate::domain::{AppId, AttemptId, DeliveryId, EndpointId, MessageId};
+use crate::domain::{
+    AppId, AttemptId, AttemptOutcome, AttemptTrigger, DeliveryId, EndpointId, MessageId,
+};
 
 /// One HTTP try, as REST lists and the live feed show it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -15,10 +17,8 @@ pub struct Attempt {
     pub app_id: AppId,
     pub event_type: String,
     pub attempt: i32,
-    /// `scheduled` or `replay`.
-    pub trigger: String,
-    /// `succeeded`, `retrying` or `dead`.
-    pub outcome: String,
+    pub trigger: AttemptTrigger,
+    pub outcome: AttemptOutcome,
     pub response_status: Option<i32>,
     pub response_body: Option<String>,
     pub error_kind: Option<String>,
@@ -36,7 +36,7 @@ macro_rules! select_attempts {
     ($($where:tt)+) => {
         concat!(
             "select a.id, a.delivery_id, a.message_id, a.endpoint_id, a.app_id, m.event_type,
-                    a.attempt, a.trigger::text as trigger, a.outcome::text as outcome,
+                    a.attempt, a.trigger, a.outcome,
                     a.response_status, a.response_body, a.error_kind, a.error, a.duration_ms,
                     a.created_at, a.next_attempt_at
                from attempt a
@@ -51,52 +51,27 @@ macro_rules! select_attempts {
 /// Which attempts of a message or an endpoint a list shows.
 #[derive(Debug, Clone, Default)]
 pub struct Search {
-    /// `succeeded`, `retrying` or `dead`.
-    pub outcome: Option<Outcome>,
+    pub outcome: Option<AttemptOutcome>,
     /// Response status codes in this range, both ends included (one code: both ends equal).
     pub status: Option<(i32, i32)>,
     /// Attempts before this one (the page's cursor).
     pub before: Option<AttemptId>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Succeeded,
-    Retrying,
-    Dead,
-}
-
-impl Outcome {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "succeeded" => Some(Self::Succeeded),
-            "retrying" => Some(Self::Retrying),
-            "dead" => Some(Self::Dead),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Succeeded => "succeeded",
-            Self::Retrying => "retrying",
-            Self::Dead => "dead",
-        }
-    }
-}
-
 impl Search {
     /// Only 2xx succeeds, so a status outside 200-299 is a failure's.
     fn failures_only(&self) -> bool {
-        matches!(self.outcome, Some(Outcome::Retrying | Outcome::Dead))
-            || self
-                .status
-                .is_some_and(|(low, high)| high < 200 || low > 299)
+        matches!(
+            self.outcome,
+            Some(AttemptOutcome::Retrying | AttemptOutcome::Dead)
+        ) || self
+            .status
+            .is_some_and(|(low, high)| high < 200 || low > 299)
     }
 
     /// Asks for nothing that can exist: a success with a failure's status.
     fn matches_nothing(&self) -> bool {
-        self.outcome == Some(Outcome::Succeeded)
+        self.outcome == Some(AttemptOutcome::Succeeded)
             && self
                 .status
                 .is_some_and(|(low, high)| high < 200 || low > 299)
@@ -112,7 +87,7 @@ macro_rules! list_attempts {
             "(", $key, ", a.id) >= ($1, '00000000-0000-0000-0000-000000000000')
               and (", $key, ", a.id) < ($1, $3) and a.app_id = $2",
             $($and,)?
-            " and ($5::text is null or a.outcome = $5::text::attempt_outcome)
+            " and ($5::attempt_outcome is null or a.outcome = $5)
               and ($6::int is null or a.response_status between $6 and $7)
               order by ", $key, " desc, a.id desc limit $4"
         ))
@@ -164,7 +139,7 @@ pub async fn list(
         .bind(app_id)
         .bind(search.before.map_or(Uuid::max(), |a| a.0))
         .bind(limit + 1)
-        .bind(search.outcome.map(Outcome::as_str))
+        .bind(search.outcome)
         .bind(low)
         .bind(high)
         .fetch_all(db)

@@ -8,7 +8,10 @@ use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgExecutor, PgPool, Row};
 use uuid::Uuid;
 
-use crate::domain::{AppId, AttemptId, DeliveryId, EndpointId, MessageId};
+use crate::domain::{
+    AppId, AttemptId, AttemptOutcome, AttemptTrigger, DeliveryId, DeliveryState, EndpointId,
+    MessageId,
+};
 
 /// A claimed delivery with everything needed to send it, fetched in the claim itself.
 #[derive(Debug, sqlx::FromRow)]
@@ -16,8 +19,9 @@ pub struct Claimed {
     pub id: DeliveryId,
     /// Already incremented: the number of the attempt about to be made. Also the fence.
     pub attempt_count: i32,
-    /// `scheduled`, or `replay` for a delivery sent again on request.
-    pub trigger: String,
+    /// `claim_next` returns it as text (its signature predates the typed columns).
+    #[sqlx(try_from = "String")]
+    pub trigger: AttemptTrigger,
     /// Attempts made before the last replay: the retry schedule counts from here.
     pub retry_base: i32,
     pub message_id: MessageId,
@@ -198,8 +202,8 @@ pub struct Completion {
     pub message_id: MessageId,
     pub endpoint_id: EndpointId,
     pub app_id: AppId,
-    /// `succeeded`, `pending` (retry at `next_attempt_at`) or `dead`.
-    pub state: &'static str,
+    /// `Succeeded`, `Pending` (retry at `next_attempt_at`) or `Dead`.
+    pub state: DeliveryState,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     /// `None` when no request was made (the endpoint was disabled).
@@ -210,8 +214,8 @@ pub struct Completion {
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub id: AttemptId,
-    pub trigger: &'static str,
-    pub outcome: &'static str,
+    pub trigger: AttemptTrigger,
+    pub outcome: AttemptOutcome,
     pub response_status: Option<i32>,
     pub response_body: Option<String>,
     pub error_kind: Option<&'static str>,
@@ -256,13 +260,14 @@ pub async fn complete(
     }
     let completed: Vec<DeliveryId> = sqlx::query_scalar(
         "update delivery d
-            set state = u.state::delivery_state,
+            set state = u.state,
                 next_attempt_at = coalesce(u.next_attempt_at, d.next_attempt_at),
                 locked_by = null,
                 lease_expires_at = null,
                 last_error = u.last_error,
                 updated_at = now()
-           from unnest($2::uuid[], $3::int[], $4::text[], $5::timestamptz[], $6::text[])
+           from unnest($2::uuid[], $3::int[], $4::delivery_state[], $5::timestamptz[],
+                       $6::text[])
                 as u(id, attempt_count, state, next_attempt_at, last_error)
           where d.id = u.id and d.locked_by = $1 and d.attempt_count = u.attempt_count
             and d.state = 'in_flight'
@@ -318,15 +323,15 @@ async fn insert_attempts(tx: &mut PgConnection, fenced: &[&Completion]) -> sqlx:
                               outcome, response_status, response_body, error_kind, error,
                               duration_ms, created_at, next_attempt_at)
          select id, delivery_id, message_id, endpoint_id, app_id, attempt,
-                trigger::attempt_trigger,
-                case when x.erased and outcome = 'retrying' then 'dead'
-                     else outcome end::attempt_outcome,
+                trigger,
+                case when x.erased and outcome = 'retrying' then 'dead' else outcome end,
                 response_status,
                 case when x.erased then null else response_body end,
                 error_kind, error, duration_ms, created_at,
                 case when x.erased then null else next_attempt_at end
            from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::int[],
-                       $7::text[], $8::text[], $9::int[], $10::text[], $11::text[], $12::text[],
+                       $7::attempt_trigger[], $8::attempt_outcome[], $9::int[], $10::text[],
+                       $11::text[], $12::text[],
                        $13::int[], $14::timestamptz[], $15::timestamptz[])
                 as u(id, delivery_id, message_id, endpoint_id, app_id, attempt, trigger, outcome,
                      response_status, response_body, error_kind, error, duration_ms,
@@ -363,8 +368,8 @@ struct AttemptColumns<'a> {
     endpoint_id: Vec<EndpointId>,
     app_id: Vec<AppId>,
     attempt: Vec<i32>,
-    trigger: Vec<&'static str>,
-    outcome: Vec<&'static str>,
+    trigger: Vec<AttemptTrigger>,
+    outcome: Vec<AttemptOutcome>,
     response_status: Vec<Option<i32>>,
     response_body: Vec<Option<&'a str>>,
     error_kind: Vec<Option<&'static str>>,

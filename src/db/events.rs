@@ -10,18 +10,20 @@ use uuid::Uuid;
 
 use crate::db::attempts;
 use crate::db::messages::raw_json;
-use crate::domain::{AppId, AttemptId, DeliveryId, EndpointId, MessageId, Position};
+use crate::domain::{
+    AppId, AttemptId, AttemptOutcome, DeliveryId, EndpointId, EventKind, MessageId, Position,
+};
 
 /// What an event carries besides its rendered data; enough to filter on.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Logged {
     pub xid: i64,
     pub seq: i64,
-    pub kind: String,
+    pub kind: EventKind,
     pub app_id: AppId,
     pub endpoint_id: Option<EndpointId>,
     pub event_type: Option<String>,
-    pub outcome: Option<String>,
+    pub outcome: Option<AttemptOutcome>,
     pub ref_id: Uuid,
     /// Every transaction that could still write before this event has ended.
     pub settled: bool,
@@ -42,7 +44,7 @@ pub struct Filter {
     pub app: Option<AppId>,
     pub endpoint: Option<EndpointId>,
     pub event_type: Option<String>,
-    pub outcome: Option<String>,
+    pub outcome: Option<AttemptOutcome>,
 }
 
 impl Filter {
@@ -52,7 +54,7 @@ impl Filter {
         app: AppId,
         endpoint: Option<EndpointId>,
         event_type: Option<&str>,
-        outcome: Option<&str>,
+        outcome: Option<AttemptOutcome>,
     ) -> bool {
         self.app.is_none_or(|a| a == app)
             && self.endpoint.is_none_or(|e| Some(e) == endpoint)
@@ -60,7 +62,7 @@ impl Filter {
                 .event_type
                 .as_deref()
                 .is_none_or(|t| Some(t) == event_type)
-            && self.outcome.as_deref().is_none_or(|o| Some(o) == outcome)
+            && self.outcome.is_none_or(|o| Some(o) == outcome)
     }
 }
 
@@ -74,15 +76,15 @@ pub async fn after(
     limit: i64,
 ) -> sqlx::Result<Vec<Logged>> {
     sqlx::query_as(
-        "select e.xid::text::bigint as xid, e.seq, e.kind::text as kind, e.app_id,
-                e.endpoint_id, e.event_type, e.outcome::text as outcome, e.ref_id,
+        "select e.xid::text::bigint as xid, e.seq, e.kind, e.app_id,
+                e.endpoint_id, e.event_type, e.outcome, e.ref_id,
                 e.xid < pg_snapshot_xmin(pg_current_snapshot()) as settled
            from event e
           where (e.xid, e.seq) > ($1::text::xid8, $2)
             and ($3::uuid is null or e.app_id = $3)
             and ($4::uuid is null or e.endpoint_id = $4)
             and ($5::text is null or e.event_type = $5)
-            and ($6::text is null or e.outcome::text = $6)
+            and ($6::attempt_outcome is null or e.outcome = $6)
           order by e.xid, e.seq
           limit $7",
     )
@@ -91,7 +93,7 @@ pub async fn after(
     .bind(filter.app)
     .bind(filter.endpoint)
     .bind(filter.event_type.as_deref())
-    .bind(filter.outcome.as_deref())
+    .bind(filter.outcome)
     .bind(limit)
     .fetch_all(db)
     .await
@@ -217,7 +219,7 @@ pub struct DisabledEndpoint {
 /// Renders each event's data as JSON, fetching the rows they are about in one query per
 /// kind. An event whose row is gone (its application was deleted) renders as `None`.
 pub async fn render(db: &mut PgConnection, events: &[Logged]) -> sqlx::Result<Vec<Option<String>>> {
-    let ids_of = |kind: &str| -> Vec<Uuid> {
+    let ids_of = |kind: EventKind| -> Vec<Uuid> {
         events
             .iter()
             .filter(|e| e.kind == kind)
@@ -226,14 +228,14 @@ pub async fn render(db: &mut PgConnection, events: &[Logged]) -> sqlx::Result<Ve
     };
     let mut data: HashMap<Uuid, String> = HashMap::new();
 
-    let ids = ids_of("attempt");
+    let ids = ids_of(EventKind::Attempt);
     if !ids.is_empty() {
         let ids: Vec<AttemptId> = ids.into_iter().map(AttemptId).collect();
         for a in attempts::by_ids(&mut *db, &ids).await? {
             data.insert(a.id.0, json(&a));
         }
     }
-    let ids = ids_of("message.created");
+    let ids = ids_of(EventKind::MessageCreated);
     if !ids.is_empty() {
         let rows: Vec<CreatedMessage> = sqlx::query_as(
             "select id, app_id, event_type, payload::text as payload, created_at,
@@ -247,7 +249,7 @@ pub async fn render(db: &mut PgConnection, events: &[Logged]) -> sqlx::Result<Ve
             data.insert(m.id.0, json(&m));
         }
     }
-    let ids = ids_of("delivery.dead");
+    let ids = ids_of(EventKind::DeliveryDead);
     if !ids.is_empty() {
         let rows: Vec<DeadDelivery> = sqlx::query_as(
             "select d.id, d.message_id, d.endpoint_id, m.app_id, m.event_type, d.attempt_count,
@@ -262,7 +264,7 @@ pub async fn render(db: &mut PgConnection, events: &[Logged]) -> sqlx::Result<Ve
             data.insert(d.id.0, json(&d));
         }
     }
-    let ids = ids_of("endpoint.disabled");
+    let ids = ids_of(EventKind::EndpointDisabled);
     if !ids.is_empty() {
         let rows: Vec<DisabledEndpoint> = sqlx::query_as(
             "select id, app_id, url, disabled, disabled_reason, updated_at

@@ -8,7 +8,7 @@ use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::domain::{AppId, DeliveryId, EndpointId, MessageId};
+use crate::domain::{AppId, DeliveryId, DeliveryState, EndpointId, MessageId};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Message {
@@ -31,8 +31,7 @@ pub struct Message {
 pub struct DeliveryStatus {
     pub id: DeliveryId,
     pub endpoint_id: EndpointId,
-    /// `pending`, `in_flight`, `succeeded` or `dead`.
-    pub state: String,
+    pub state: DeliveryState,
     pub attempt_count: i32,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
@@ -242,7 +241,7 @@ pub async fn deliveries(
     id: MessageId,
 ) -> sqlx::Result<Vec<DeliveryStatus>> {
     sqlx::query_as(
-        "select id, endpoint_id, state::text as state, attempt_count,
+        "select id, endpoint_id, state, attempt_count,
                 case when state = 'pending' then next_attempt_at end as next_attempt_at,
                 last_error
            from delivery where message_id = $1 order by id",

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::domain::{AppId, DeliveryId, EndpointId, MessageId};
+use crate::domain::{AppId, DeliveryId, DeliveryState, EndpointId, MessageId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refused {
@@ -111,14 +111,14 @@ pub async fn replay_message(
         if let Err(refused) = usable_endpoint(&mut tx, app, endpoint).await? {
             return Ok(Err(refused));
         }
-        let state: Option<String> = sqlx::query_scalar(
-            "select state::text from delivery where message_id = $1 and endpoint_id = $2",
+        let state: Option<DeliveryState> = sqlx::query_scalar(
+            "select state from delivery where message_id = $1 and endpoint_id = $2",
         )
         .bind(message)
         .bind(endpoint)
         .fetch_optional(&mut *tx)
         .await?;
-        if state.as_deref() == Some("in_flight") {
+        if state == Some(DeliveryState::InFlight) {
             return Ok(Err(Refused::InFlight));
         }
     }
@@ -178,8 +178,8 @@ pub async fn retry_delivery(
     app: Option<AppId>,
 ) -> sqlx::Result<Replayed> {
     let mut tx = db.begin().await?;
-    let found: Option<(String, bool, bool)> = sqlx::query_as(
-        "select d.state::text, e.disabled, m.payload_erased_at is not null
+    let found: Option<(DeliveryState, bool, bool)> = sqlx::query_as(
+        "select d.state, e.disabled, m.payload_erased_at is not null
            from delivery d
            join message m on m.id = d.message_id
            join endpoint e on e.id = d.endpoint_id
@@ -193,7 +193,7 @@ pub async fn retry_delivery(
         None => return Ok(Err(Refused::NotFound("delivery"))),
         Some((_, _, true)) => return Ok(Err(Refused::PayloadErased)),
         Some((_, true, _)) => return Ok(Err(Refused::EndpointDisabled)),
-        Some((state, ..)) if state == "in_flight" => return Ok(Err(Refused::InFlight)),
+        Some((DeliveryState::InFlight, ..)) => return Ok(Err(Refused::InFlight)),
         Some(_) => {}
     }
     // Live again: see replay_message.

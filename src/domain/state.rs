@@ -1,110 +1,118 @@
 //! The states the schema spells as PostgreSQL enums (migrations 0001 and 0002), as Rust
 //! enums mapped to them: a misspelt state fails to compile instead of failing a query.
-//! Each serialises as the database spells it, which is also how the API and the live feed
-//! show it.
+//! Each is written, in the API and the live feed, as the database spells it.
 
-use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
-/// `herald.delivery_state`: where one outbox row is.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
-)]
-#[sqlx(type_name = "delivery_state", rename_all = "snake_case")]
-#[serde(rename_all = "snake_case")]
-pub enum DeliveryState {
-    /// Waiting for its time (a first send, a retry, a replay).
-    Pending,
-    /// Claimed by a worker, under a lease.
-    InFlight,
-    Succeeded,
-    /// Out of retries, or its endpoint was disabled or its payload erased.
-    Dead,
-}
-
-/// `herald.attempt_outcome`: what one attempt led to.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
-)]
-#[sqlx(type_name = "attempt_outcome", rename_all = "snake_case")]
-#[serde(rename_all = "snake_case")]
-pub enum AttemptOutcome {
-    Succeeded,
-    /// Failed, and another attempt is scheduled.
-    Retrying,
-    /// Failed, and none is.
-    Dead,
-}
-
-/// `herald.attempt_trigger`: why a delivery was (last) sent.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
-)]
-#[sqlx(type_name = "attempt_trigger", rename_all = "snake_case")]
-#[serde(rename_all = "snake_case")]
-pub enum AttemptTrigger {
-    /// The first send or a retry on the schedule.
-    Scheduled,
-    /// An operator asked (a replay, a retry now, a recover).
-    Replay,
-}
-
-/// `herald.event_kind`: what an entry of the live feed's log is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
-#[sqlx(type_name = "event_kind")]
-pub enum EventKind {
-    #[sqlx(rename = "message.created")]
-    #[serde(rename = "message.created")]
-    MessageCreated,
-    #[sqlx(rename = "attempt")]
-    #[serde(rename = "attempt")]
-    Attempt,
-    #[sqlx(rename = "delivery.dead")]
-    #[serde(rename = "delivery.dead")]
-    DeliveryDead,
-    #[sqlx(rename = "endpoint.disabled")]
-    #[serde(rename = "endpoint.disabled")]
-    EndpointDisabled,
-}
-
-impl EventKind {
-    /// As the database and the feed spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::MessageCreated => "message.created",
-            Self::Attempt => "attempt",
-            Self::DeliveryDead => "delivery.dead",
-            Self::EndpointDisabled => "endpoint.disabled",
+/// An enum of the schema: `type_name` is its PostgreSQL name, each variant's text its label.
+macro_rules! schema_enum {
+    (
+        $(#[$doc:meta])* $name:ident = $type_name:literal {
+            $($(#[$vdoc:meta])* $variant:ident = $text:literal,)+
         }
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
+        #[sqlx(type_name = $type_name)]
+        pub enum $name {
+            $($(#[$vdoc])* #[sqlx(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($text => Some(Self::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        /// For a column a SQL function returns as text.
+        impl TryFrom<String> for $name {
+            type Error = String;
+
+            fn try_from(s: String) -> Result<Self, String> {
+                Self::parse(&s).ok_or_else(|| format!("{s:?} is not a {}", $type_name))
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                enum_schema(&[$($text),+])
+            }
+        }
+
+        impl utoipa::ToSchema for $name {
+            fn name() -> Cow<'static, str> {
+                Cow::Borrowed(stringify!($name))
+            }
+        }
+    };
+}
+
+fn enum_schema(labels: &[&str]) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(labels.iter().copied()))
+        .into()
+}
+
+schema_enum! {
+    /// `herald.delivery_state`: where one outbox row is.
+    DeliveryState = "delivery_state" {
+        /// Waiting for its time (a first send, a retry, a replay).
+        Pending = "pending",
+        /// Claimed by a worker, under a lease.
+        InFlight = "in_flight",
+        Succeeded = "succeeded",
+        /// Out of retries, or its endpoint was disabled or its payload erased.
+        Dead = "dead",
     }
 }
 
-impl DeliveryState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::InFlight => "in_flight",
-            Self::Succeeded => "succeeded",
-            Self::Dead => "dead",
-        }
+schema_enum! {
+    /// `herald.attempt_outcome`: what one attempt led to.
+    AttemptOutcome = "attempt_outcome" {
+        Succeeded = "succeeded",
+        /// Failed, and another attempt is scheduled.
+        Retrying = "retrying",
+        /// Failed, and none is.
+        Dead = "dead",
     }
 }
 
-impl AttemptOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Succeeded => "succeeded",
-            Self::Retrying => "retrying",
-            Self::Dead => "dead",
-        }
+schema_enum! {
+    /// `herald.attempt_trigger`: why a delivery was (last) sent.
+    AttemptTrigger = "attempt_trigger" {
+        /// The first send or a retry on the schedule.
+        Scheduled = "scheduled",
+        /// An operator asked (a replay, a retry now, a recover).
+        Replay = "replay",
     }
 }
 
-impl AttemptTrigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Scheduled => "scheduled",
-            Self::Replay => "replay",
-        }
+schema_enum! {
+    /// `herald.event_kind`: what an entry of the live feed's log is about.
+    EventKind = "event_kind" {
+        MessageCreated = "message.created",
+        Attempt = "attempt",
+        DeliveryDead = "delivery.dead",
+        EndpointDisabled = "endpoint.disabled",
     }
 }
 
@@ -112,34 +120,34 @@ impl AttemptTrigger {
 mod tests {
     use super::*;
 
-    /// The Rust names spell what the database and the API spell.
     #[test]
-    fn serialise_as_the_schema_spells_them() {
-        for s in [
-            DeliveryState::Pending,
-            DeliveryState::InFlight,
-            DeliveryState::Succeeded,
-            DeliveryState::Dead,
-        ] {
-            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+    fn each_label_parses_back_and_serialises_as_itself() {
+        fn check<T: Copy + PartialEq + std::fmt::Debug + serde::Serialize>(
+            all: &[T],
+            as_str: fn(T) -> &'static str,
+            parse: fn(&str) -> Option<T>,
+        ) {
+            for &v in all {
+                assert_eq!(parse(as_str(v)), Some(v));
+                assert_eq!(serde_json::to_value(v).unwrap(), as_str(v));
+            }
+            assert_eq!(parse("nonsense"), None);
         }
-        for o in [
-            AttemptOutcome::Succeeded,
-            AttemptOutcome::Retrying,
-            AttemptOutcome::Dead,
-        ] {
-            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
-        }
-        for t in [AttemptTrigger::Scheduled, AttemptTrigger::Replay] {
-            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
-        }
-        for k in [
-            EventKind::MessageCreated,
-            EventKind::Attempt,
-            EventKind::DeliveryDead,
-            EventKind::EndpointDisabled,
-        ] {
-            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
-        }
+        check(
+            DeliveryState::ALL,
+            DeliveryState::as_str,
+            DeliveryState::parse,
+        );
+        check(
+            AttemptOutcome::ALL,
+            AttemptOutcome::as_str,
+            AttemptOutcome::parse,
+        );
+        check(
+            AttemptTrigger::ALL,
+            AttemptTrigger::as_str,
+            AttemptTrigger::parse,
+        );
+        check(EventKind::ALL, EventKind::as_str, EventKind::parse);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::db::events::{Filter, Logged};
-use crate::domain::{AppId, EndpointId, Position};
+use crate::domain::{AppId, AttemptOutcome, EndpointId, EventKind, Position};
 
 /// What an event costs besides its frame (its fields, its `Arc`), and the least any queued
 /// item is charged: a flood of tiny items is bounded too.
@@ -19,12 +19,11 @@ pub struct Event {
     /// The whole SSE frame (`id:`, `event:`, `data:`, blank line).
     pub frame: Bytes,
     pub position: Position,
-    /// `message.created`, `attempt`, `delivery.dead` or `endpoint.disabled`.
-    pub kind: String,
+    pub kind: EventKind,
     pub app_id: AppId,
     pub endpoint_id: Option<EndpointId>,
     pub event_type: Option<String>,
-    pub outcome: Option<String>,
+    pub outcome: Option<AttemptOutcome>,
     /// The event's data as JSON.
     pub data: Text,
 }
@@ -43,7 +42,7 @@ impl std::ops::Deref for Text {
 impl Event {
     /// Renders an event of the log, with its data as JSON, as its SSE frame.
     pub(super) fn framed(row: Logged, position: Position, data: String) -> Self {
-        let head = format!("id: {position}\nevent: {}\ndata: ", row.kind);
+        let head = format!("id: {position}\nevent: {}\ndata: ", row.kind.as_str());
         let start = head.len();
         let frame = Bytes::from(format!("{head}{data}\n\n"));
         Event {
@@ -63,7 +62,7 @@ impl Event {
             self.app_id,
             self.endpoint_id,
             self.event_type.as_deref(),
-            self.outcome.as_deref(),
+            self.outcome,
         )
     }
 }

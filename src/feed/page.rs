@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::event::{EVENT_OVERHEAD, Event};
 use crate::db::events::{self, Filter, Logged};
-use crate::domain::Position;
+use crate::domain::{EventKind, Position};
 
 /// Events the reader fetches per query, and a catching-up subscriber per page.
 const PAGE: i64 = 500;
@@ -66,7 +66,7 @@ impl Page {
             let mut end = fit;
             let mut messages: Vec<Uuid> = Vec::new();
             while end < settled.len() && messages.len() < chunk {
-                if settled[end].kind == "message.created" {
+                if settled[end].kind == EventKind::MessageCreated {
                     messages.push(settled[end].ref_id);
                 }
                 end += 1;
@@ -123,12 +123,12 @@ impl Page {
 /// escaped at worst; the small rest.
 fn estimated_size(row: &Logged, payloads: &HashMap<Uuid, i64>) -> usize {
     EVENT_OVERHEAD
-        + match row.kind.as_str() {
-            "message.created" => {
+        + match row.kind {
+            EventKind::MessageCreated => {
                 let payload = payloads.get(&row.ref_id).copied().unwrap_or(0);
                 usize::try_from(payload).unwrap_or(0) + 1024
             }
-            "attempt" => 32 * 1024,
+            EventKind::Attempt => 32 * 1024,
             _ => 4 * 1024,
         }
 }

@@ -26,7 +26,9 @@ use super::openapi::ErrorBody;
 use super::{AppState, AuthBy, actions};
 use crate::db::events::Filter;
 use crate::db::replays::{self, RecoveryProgress};
-use crate::domain::{AppId, DeliveryId, EndpointId, MessageId, Window};
+use crate::domain::{
+    AppId, AttemptOutcome, AttemptTrigger, DeliveryId, EndpointId, EventKind, MessageId, Window,
+};
 use crate::error::AppError;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -153,7 +155,7 @@ async fn serve(state: AppState, socket: WebSocket) {
             }
             item = feed.recv() => {
                 let Some(item) = item else { break };
-                for e in item.events().iter().filter(|e| e.kind == "attempt") {
+                for e in item.events().iter().filter(|e| e.kind == EventKind::Attempt) {
                     if let Some(frame) = attempt_frame(&e.data, &mut watched)
                         && send(&out, frame).await.is_err()
                     {
@@ -192,12 +194,13 @@ fn attempt_frame(data: &str, watched: &mut HashMap<DeliveryId, String>) -> Optio
     };
     // An earlier, scheduled attempt of the same delivery may still be on its way through
     // the feed: only the replay's own attempts are this command's.
-    if attempt.get("trigger").and_then(Value::as_str) != Some("replay") {
+    let trigger = attempt.get("trigger").and_then(Value::as_str);
+    if trigger.and_then(AttemptTrigger::parse) != Some(AttemptTrigger::Replay) {
         return None;
     }
     let delivery: DeliveryId = attempt.get("delivery_id")?.as_str()?.parse().ok()?;
-    let outcome = attempt.get("outcome").and_then(Value::as_str).unwrap_or("");
-    let req = if outcome == "retrying" {
+    let outcome = attempt.get("outcome").and_then(Value::as_str);
+    let req = if outcome.and_then(AttemptOutcome::parse) == Some(AttemptOutcome::Retrying) {
         watched.get(&delivery)?.clone()
     } else {
         watched.remove(&delivery)?

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::db::{attempts, messages};
-use crate::domain::{AttemptId, EventType, MessageId};
+use crate::domain::{AttemptId, AttemptOutcome, EventType, MessageId};
 use crate::error::AppError;
 
 /// What an attempt's outcome is, in the document.
@@ -139,7 +139,7 @@ impl AttemptFilters {
             .outcome
             .as_deref()
             .map(|o| {
-                attempts::Outcome::parse(o).ok_or_else(|| {
+                AttemptOutcome::parse(o).ok_or_else(|| {
                     AppError::Invalid("outcome must be succeeded, retrying or dead".into())
                 })
             })

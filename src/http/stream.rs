@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::openapi::ErrorBody;
 use crate::db::events::Filter;
-use crate::domain::{EndpointId, EventType, Position};
+use crate::domain::{AttemptOutcome, EndpointId, EventType, Position};
 use crate::error::{AppError, AppResult, Query};
 use crate::feed::{Held, Item, Queued, Subscription};
 
@@ -219,12 +219,11 @@ async fn filter(state: &AppState, params: &StreamParams) -> AppResult<Filter> {
         .map_err(AppError::BadRequest)?;
     let outcome = match params.outcome.as_deref().filter(|o| !o.is_empty()) {
         None => None,
-        Some(o @ ("succeeded" | "retrying" | "dead")) => Some(o.to_owned()),
-        Some(o) => {
-            return Err(AppError::BadRequest(format!(
+        Some(o) => Some(AttemptOutcome::parse(o).ok_or_else(|| {
+            AppError::BadRequest(format!(
                 "outcome {o:?} is not one of succeeded, retrying, dead"
-            )));
-        }
+            ))
+        })?),
     };
     Ok(Filter {
         app,

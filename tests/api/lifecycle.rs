@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use herald::db::deliveries::{self, AttemptRecord, Completion, EndpointEffect};
-use herald::domain::{AttemptId, DeliveryId};
+use herald::domain::{AttemptId, AttemptOutcome, AttemptTrigger, DeliveryId, DeliveryState};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -345,7 +345,7 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_a_newer_attempt() {
     assert_eq!(claimed_b.len(), 1);
     assert_eq!(claimed_b[0].attempt_count, 2);
 
-    let completion = |row: &deliveries::Claimed, state: &'static str| Completion {
+    let completion = |row: &deliveries::Claimed, state: DeliveryState| Completion {
         delivery_id: row.id,
         attempt_count: row.attempt_count,
         message_id: row.message_id,
@@ -356,11 +356,11 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_a_newer_attempt() {
         last_error: None,
         attempt: Some(AttemptRecord {
             id: AttemptId::new(),
-            trigger: "scheduled",
-            outcome: if state == "succeeded" {
-                "succeeded"
+            trigger: AttemptTrigger::Scheduled,
+            outcome: if state == DeliveryState::Succeeded {
+                AttemptOutcome::Succeeded
             } else {
-                "dead"
+                AttemptOutcome::Dead
             },
             response_status: Some(200),
             response_body: None,
@@ -372,12 +372,22 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_a_newer_attempt() {
         endpoint_effect: EndpointEffect::None,
     };
     let mut tx = pool.begin().await.unwrap();
-    let stale = deliveries::complete(&mut tx, a, &[completion(&claimed_a[0], "succeeded")], lease)
-        .await
-        .unwrap();
-    let current = deliveries::complete(&mut tx, b, &[completion(&claimed_b[0], "dead")], lease)
-        .await
-        .unwrap();
+    let stale = deliveries::complete(
+        &mut tx,
+        a,
+        &[completion(&claimed_a[0], DeliveryState::Succeeded)],
+        lease,
+    )
+    .await
+    .unwrap();
+    let current = deliveries::complete(
+        &mut tx,
+        b,
+        &[completion(&claimed_b[0], DeliveryState::Dead)],
+        lease,
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(stale, Vec::<DeliveryId>::new());
     assert_eq!(current, vec![claimed_b[0].id]);

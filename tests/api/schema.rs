@@ -201,3 +201,46 @@ fn header(migrations: &Path, dump: &str) -> String {
     }
     header
 }
+
+/// The Rust enums of `herald::domain` name exactly the labels of the schema's enums, in
+/// their order: a label added to one and not the other fails here, not in a query.
+#[tokio::test]
+async fn the_state_enums_match_the_schema() {
+    use herald::domain::{AttemptOutcome, AttemptTrigger, DeliveryState, EventKind};
+    let url = fresh_database().await;
+    let pool = herald::db::connect(&url, 2).await.unwrap();
+    herald::db::migrate(&pool).await.unwrap();
+    let rust: [(&str, Vec<&str>); 4] = [
+        (
+            "delivery_state",
+            DeliveryState::ALL.iter().map(|s| s.as_str()).collect(),
+        ),
+        (
+            "attempt_outcome",
+            AttemptOutcome::ALL.iter().map(|s| s.as_str()).collect(),
+        ),
+        (
+            "attempt_trigger",
+            AttemptTrigger::ALL.iter().map(|s| s.as_str()).collect(),
+        ),
+        (
+            "event_kind",
+            EventKind::ALL.iter().map(|s| s.as_str()).collect(),
+        ),
+    ];
+    for (name, labels) in rust {
+        let schema: Vec<String> = sqlx::query_scalar(
+            "select e.enumlabel::text from pg_enum e
+               join pg_type t on t.oid = e.enumtypid
+               join pg_namespace n on n.oid = t.typnamespace
+              where n.nspname = 'herald' and t.typname = $1
+              order by e.enumsortorder",
+        )
+        .bind(name)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(schema, labels, "herald.{name}");
+    }
+    pool.close().await;
+}

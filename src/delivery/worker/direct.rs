@@ -10,6 +10,7 @@ use super::Shared;
 use super::capacity::Held;
 use crate::db::deliveries::Claimed;
 use crate::db::messages::{DirectOffer, Sent};
+use crate::domain::AttemptTrigger;
 use crate::domain::{DeliveryId, EndpointId};
 use crate::metrics::Metrics;
 
@@ -68,7 +69,7 @@ impl Direct {
             let row = Claimed {
                 id: DeliveryId(d.id),
                 attempt_count: 1,
-                trigger: "scheduled".into(),
+                trigger: AttemptTrigger::Scheduled,
                 retry_base: 0,
                 message_id: message.id,
                 app_id: message.app_id,

@@ -18,7 +18,7 @@ use crate::delivery::client;
 use crate::delivery::outcome::parse_retry_after;
 use crate::delivery::signature::signature_header;
 use crate::delivery::{Verdict, decide};
-use crate::domain::{AttemptId, SigningSecret, refused_header};
+use crate::domain::{AttemptId, AttemptOutcome, DeliveryState, SigningSecret, refused_header};
 
 /// Bytes of a response body kept on the attempt.
 const RESPONSE_BODY_LIMIT: usize = 4096;
@@ -79,15 +79,30 @@ impl Shared {
             &self.settings.retry_schedule,
         );
         let (state, outcome, next_attempt_at, effect) = match verdict {
-            Verdict::Succeeded => ("succeeded", "succeeded", None, EndpointEffect::Succeeded),
+            Verdict::Succeeded => (
+                DeliveryState::Succeeded,
+                AttemptOutcome::Succeeded,
+                None,
+                EndpointEffect::Succeeded,
+            ),
             Verdict::Retry(delay) => (
-                "pending",
-                "retrying",
+                DeliveryState::Pending,
+                AttemptOutcome::Retrying,
                 Some(Utc::now() + delay),
                 EndpointEffect::Failed,
             ),
-            Verdict::Dead => ("dead", "dead", None, EndpointEffect::Failed),
-            Verdict::Gone => ("dead", "dead", None, EndpointEffect::Gone),
+            Verdict::Dead => (
+                DeliveryState::Dead,
+                AttemptOutcome::Dead,
+                None,
+                EndpointEffect::Failed,
+            ),
+            Verdict::Gone => (
+                DeliveryState::Dead,
+                AttemptOutcome::Dead,
+                None,
+                EndpointEffect::Gone,
+            ),
         };
         let (error_kind, error) = match failure {
             Some((kind, message)) => (Some(kind), Some(message)),
@@ -100,7 +115,7 @@ impl Shared {
                 status,
                 duration_ms,
                 error = error.as_deref(),
-                outcome,
+                outcome = outcome.as_str(),
                 "attempt failed"
             ),
         }
@@ -110,11 +125,7 @@ impl Shared {
             last_error: error.clone(),
             attempt: Some(AttemptRecord {
                 id: AttemptId::new(),
-                trigger: if row.trigger == "replay" {
-                    "replay"
-                } else {
-                    "scheduled"
-                },
+                trigger: row.trigger,
                 outcome,
                 response_status: status.map(i32::from),
                 response_body: body,
@@ -277,7 +288,7 @@ fn envelope(row: &Claimed) -> String {
 /// A delivery that ends without an attempt, dead, with why.
 fn unsent(row: &Claimed, why: String) -> Completion {
     Completion {
-        state: "dead",
+        state: DeliveryState::Dead,
         last_error: Some(why),
         ..completion_base(row)
     }
@@ -290,7 +301,7 @@ fn completion_base(row: &Claimed) -> Completion {
         message_id: row.message_id,
         endpoint_id: row.endpoint_id,
         app_id: row.app_id,
-        state: "pending",
+        state: DeliveryState::Pending,
         next_attempt_at: None,
         last_error: None,
         attempt: None,

@@ -33,7 +33,7 @@ impl From<DeliveryStatus> for DeliveryRow {
         Self {
             id: d.id.to_string(),
             endpoint_id: d.endpoint_id.to_string(),
-            state: d.state,
+            state: d.state.as_str().into(),
             attempt_count: d.attempt_count,
             next_attempt: d.next_attempt_at.map(stamp).unwrap_or_default(),
             last_error: d.last_error.unwrap_or_default(),

@@ -60,13 +60,13 @@ impl From<Attempt> for AttemptRow {
         Self {
             id: a.id.to_string(),
             at: stamp(a.created_at),
-            outcome: a.outcome,
+            outcome: a.outcome.as_str().into(),
             app_id: a.app_id.to_string(),
             message_id: a.message_id.to_string(),
             endpoint_id: a.endpoint_id.to_string(),
             event_type: a.event_type,
             attempt: a.attempt,
-            trigger: a.trigger,
+            trigger: a.trigger.as_str().into(),
             status: a
                 .response_status
                 .map_or_else(|| "–".into(), |s| s.to_string()),
