@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::db::replays::Refused;
 
 #[derive(Debug, thiserror::Error)]
-pub enum AppError {
+pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -49,9 +49,9 @@ pub enum AppError {
     Internal(#[from] anyhow::Error),
 }
 
-pub type AppResult<T> = Result<T, AppError>;
+pub type ApiResult<T> = Result<T, ApiError>;
 
-impl AppError {
+impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status_and_code().0
     }
@@ -126,7 +126,7 @@ fn database_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
-impl IntoResponse for AppError {
+impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let message = match &self {
@@ -166,7 +166,7 @@ impl IntoResponse for AppError {
     }
 }
 
-impl From<JsonRejection> for AppError {
+impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
             JsonRejection::JsonDataError(e) => Self::Invalid(e.body_text()),
@@ -184,7 +184,7 @@ impl From<JsonRejection> for AppError {
 
 /// A replay or recover the state of things refuses: a 409 with the refusal's own code,
 /// except what is not there, which is a 404 like any other.
-impl From<Refused> for AppError {
+impl From<Refused> for ApiError {
     fn from(r: Refused) -> Self {
         match r {
             Refused::NotFound(what) => Self::NotFound(what),
@@ -193,7 +193,7 @@ impl From<Refused> for AppError {
     }
 }
 
-impl From<QueryRejection> for AppError {
+impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         Self::BadRequest(rejection.body_text())
     }
@@ -201,7 +201,7 @@ impl From<QueryRejection> for AppError {
 
 /// `axum::Json`, but a rejected body answers in our error format.
 #[derive(axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(AppError))]
+#[from_request(via(axum::Json), rejection(ApiError))]
 pub struct Json<T>(pub T);
 
 impl<T: serde::Serialize> IntoResponse for Json<T> {
@@ -212,5 +212,5 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
 
 /// `axum::extract::Query`, answering in our error format.
 #[derive(axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(AppError))]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);

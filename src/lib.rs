@@ -3,7 +3,6 @@
 //! Request in ([`http`]) → values parsed once ([`domain`]) → the outbox ([`db`]) →
 //! the worker pool ([`delivery`]) → signed POSTs out.
 
-pub mod app;
 pub mod config;
 pub mod db;
 pub mod delivery;
@@ -15,6 +14,7 @@ pub mod metrics;
 pub mod probe;
 pub mod removal;
 pub mod retention;
+pub mod server;
 pub mod telemetry;
 
 pub use delivery::signature::{VerifyError, verify};

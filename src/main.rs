@@ -4,10 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use herald::app::{App, shutdown_signal};
 use herald::config::Config;
 use herald::delivery::signature::{DEFAULT_TOLERANCE_SECS, verify};
 use herald::domain::SigningSecret;
+use herald::server::{Server, shutdown_signal};
 use herald::{db, telemetry};
 
 /// Herald: reliable, signed webhook delivery on PostgreSQL.
@@ -95,14 +95,14 @@ async fn main() -> ExitCode {
 async fn serve() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     telemetry::init(config.log_format);
-    let app = App::build(config).await?;
-    let cancel = app.cancel_token();
+    let server = Server::build(config).await?;
+    let cancel = server.cancel_token();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutdown requested");
         cancel.cancel();
     });
-    app.run().await
+    server.run().await
 }
 
 async fn migrate() -> anyhow::Result<()> {

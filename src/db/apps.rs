@@ -5,7 +5,7 @@ use sqlx::PgExecutor;
 use crate::domain::AppId;
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct App {
+pub struct Application {
     pub id: AppId,
     pub uid: Option<String>,
     pub name: String,
@@ -13,7 +13,11 @@ pub struct App {
     pub updated_at: DateTime<Utc>,
 }
 
-pub async fn create(db: impl PgExecutor<'_>, name: &str, uid: Option<&str>) -> sqlx::Result<App> {
+pub async fn create(
+    db: impl PgExecutor<'_>,
+    name: &str,
+    uid: Option<&str>,
+) -> sqlx::Result<Application> {
     sqlx::query_as("insert into application (id, name, uid) values ($1, $2, $3) returning *")
         .bind(AppId::new())
         .bind(name)
@@ -23,7 +27,7 @@ pub async fn create(db: impl PgExecutor<'_>, name: &str, uid: Option<&str>) -> s
 }
 
 /// `key` is an application's id (`app_…`) or its uid. One queued for removal is not found.
-pub async fn find(db: impl PgExecutor<'_>, key: &str) -> sqlx::Result<Option<App>> {
+pub async fn find(db: impl PgExecutor<'_>, key: &str) -> sqlx::Result<Option<Application>> {
     let id = key.parse::<AppId>().ok();
     sqlx::query_as(
         "select * from application where (id = $1 or uid = $2) and removed_at is null limit 1",
@@ -38,7 +42,7 @@ pub async fn list(
     db: impl PgExecutor<'_>,
     after: Option<AppId>,
     limit: i64,
-) -> sqlx::Result<Vec<App>> {
+) -> sqlx::Result<Vec<Application>> {
     sqlx::query_as(
         "select * from application
           where removed_at is null and ($1::uuid is null or id > $1)

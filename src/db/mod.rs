@@ -155,12 +155,12 @@ async fn drop_interrupted_index_builds(conn: &mut PgConnection) -> anyhow::Resul
 
 /// `limit` and `cursor` of every list call.
 #[derive(Debug, serde::Deserialize)]
-pub struct PageParams {
+pub struct ListParams {
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }
 
-impl PageParams {
+impl ListParams {
     pub const DEFAULT_LIMIT: i64 = 50;
     pub const MAX_LIMIT: i64 = 250;
 
@@ -184,12 +184,12 @@ impl PageParams {
 /// `{"data": [...], "next_cursor": ...}`. Queries fetch `limit + 1` rows; the extra one
 /// only tells whether another page exists.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct Page<T> {
+pub struct Listing<T> {
     pub data: Vec<T>,
     pub next_cursor: Option<String>,
 }
 
-impl<T> Page<T> {
+impl<T> Listing<T> {
     pub fn from_rows(mut rows: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> Self {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let next_cursor = if rows.len() > limit {

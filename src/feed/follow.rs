@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 use super::Shared;
 use super::budget::{Gone, Out};
 use super::event::{Batch, Event, Item};
-use super::page::Page;
+use super::slice::Slice;
 use crate::db::events::Filter;
 use crate::domain::Position;
 
@@ -101,7 +101,7 @@ async fn catch_up(
         let page = loop {
             let page = async {
                 let mut conn = shared.pool.acquire().await?;
-                Page::fitting(&mut conn, *last, filter, room).await
+                Slice::fitting(&mut conn, *last, filter, room).await
             };
             match page.await {
                 Ok(page) => break page,

@@ -20,8 +20,8 @@
 mod budget;
 mod event;
 mod follow;
-mod page;
 mod reader;
+mod slice;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

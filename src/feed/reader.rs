@@ -11,7 +11,7 @@ use tracing::warn;
 
 use super::Shared;
 use super::event::{Batch, Event};
-use super::page::Page;
+use super::slice::Slice;
 use crate::db::events::{self, Filter};
 use crate::domain::Position;
 
@@ -35,7 +35,7 @@ pub(super) async fn read(shared: Arc<Shared>, start: Position) {
             // the read, so a subscriber that arrived during it gets this page; one that
             // arrives later caught up from the log past these events anyway.
             let watched = || shared.live.receiver_count() > 0;
-            Page::after(c, cursor, &Filter::default(), watched).await
+            Slice::after(c, cursor, &Filter::default(), watched).await
         };
         let page = match page.await {
             Ok(page) => page,

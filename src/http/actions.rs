@@ -3,27 +3,27 @@
 //! write cannot differ by where it was asked for (the dashboard's disable once woke the
 //! feed and the REST PATCH did not). Reading the request and shaping the answer stay with
 //! each surface. Rotating a secret is `db::endpoints::rotate_to`, and a recover
-//! `Recoveries::start`: both already one call.
+//! `BulkReplays::start`: both already one call.
 
-use super::AppState;
+use super::ServerState;
 use crate::db;
 use crate::db::endpoints::{Endpoint, EndpointFields};
 use crate::db::replays::Replayed;
 use crate::domain::{AppId, EndpointId, MessageId};
-use crate::error::{AppError, AppResult};
+use crate::error::{ApiError, ApiResult};
 
 /// Changes an endpoint of `app`. A change that disables it is announced on the feed (the
 /// `feed_endpoint_disabled` trigger writes the event): waking this process's feed reader
 /// shows it to this process's subscribers at once, not at the next NOTIFY or poll.
 pub async fn update_endpoint(
-    state: &AppState,
+    state: &ServerState,
     app: AppId,
     id: EndpointId,
     fields: EndpointFields,
-) -> AppResult<Endpoint> {
+) -> ApiResult<Endpoint> {
     let endpoint = db::endpoints::update(&state.pool, app, id, fields)
         .await?
-        .ok_or(AppError::NotFound("endpoint"))?;
+        .ok_or(ApiError::NotFound("endpoint"))?;
     state.feed.poke();
     Ok(endpoint)
 }
@@ -31,7 +31,7 @@ pub async fn update_endpoint(
 /// Sends a message again, to one endpoint or to every one subscribed to it; `app`, when
 /// known, must own the message.
 pub async fn replay_message(
-    state: &AppState,
+    state: &ServerState,
     message: MessageId,
     app: Option<AppId>,
     endpoint: Option<EndpointId>,

@@ -1,4 +1,4 @@
-//! `GET /api/v1/admin/ws`: the admin channel (DESIGN §3 "WebSocket frames"). Commands
+//! `GET /api/v1/admin/ws`: the admin channel (docs/architecture.md §4, "The admin WebSocket"). Commands
 //! `replay`, `retry` and `recover`, each answered with `ack`, `progress` (recover), `done`
 //! or `error`, then the `attempt` frames its work causes, tagged with its `req`.
 //!
@@ -23,15 +23,15 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::ErrorBody;
-use super::{AppState, AuthBy, actions};
+use super::{AuthBy, ServerState, actions};
 use crate::db::events::Filter;
 use crate::db::replays::{self, RecoveryProgress};
 use crate::domain::{
     AppId, AttemptOutcome, AttemptTrigger, DeliveryId, EndpointId, EventKind, MessageId, Window,
 };
-use crate::error::AppError;
+use crate::error::ApiError;
 
-pub fn routes() -> OpenApiRouter<AppState> {
+pub fn routes() -> OpenApiRouter<ServerState> {
     OpenApiRouter::new().routes(routes!(upgrade))
 }
 
@@ -57,14 +57,14 @@ const OUTBOX: usize = 256;
     )
 )]
 async fn upgrade(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     headers: HeaderMap,
     by: Option<Extension<AuthBy>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let ws = match ws {
         Ok(ws) => ws,
-        Err(rejection) => return AppError::BadRequest(rejection.body_text()).into_response(),
+        Err(rejection) => return ApiError::BadRequest(rejection.body_text()).into_response(),
     };
     // Only a token that authenticated may go without an Origin: an `Authorization` header
     // of any other kind next to a cookie is still a cookie login.
@@ -75,7 +75,7 @@ async fn upgrade(
         None => by_bearer,
     };
     if !allowed {
-        return AppError::Forbidden(format!(
+        return ApiError::Forbidden(format!(
             "the admin channel accepts connections from {} only",
             state.config.public_url
         ))
@@ -90,7 +90,7 @@ enum Report {
     Progress(String, RecoveryProgress),
 }
 
-async fn serve(state: AppState, socket: WebSocket) {
+async fn serve(state: ServerState, socket: WebSocket) {
     let (mut sink, mut incoming) = socket.split();
     let (out, mut outbox) = mpsc::channel::<Message>(OUTBOX);
     let writer = tokio::spawn(async move {
@@ -214,7 +214,7 @@ fn attempt_frame(data: &str, watched: &mut HashMap<DeliveryId, String>) -> Optio
 
 /// Runs one command frame; returns the frames to answer with.
 async fn command(
-    state: &AppState,
+    state: &ServerState,
     text: &str,
     report: &mpsc::UnboundedSender<Report>,
     watched: &mut HashMap<DeliveryId, String>,
@@ -288,7 +288,11 @@ async fn command(
                 Ok(None) => return fail("not_found", "endpoint not found".into()),
                 Err(e) => return internal(&req, e),
             };
-            match state.recoveries.start(owner, endpoint, since, until).await {
+            match state
+                .bulk_replays
+                .start(owner, endpoint, since, until)
+                .await
+            {
                 Ok(Ok(started)) => {
                     let total = started.recovery.total;
                     let mut progress = started.progress;

@@ -4,15 +4,15 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::AppState;
-use super::openapi::{AppParam, AppsPage, ErrorBody};
-use super::paging::Paging;
+use super::ServerState;
+use super::openapi::{AppParam, AppsList, ErrorBody};
+use super::paging::ListQuery;
 use crate::db::removals::Removal;
-use crate::db::{self, Page};
+use crate::db::{self, Listing};
 use crate::domain::AppId;
-use crate::error::{AppError, AppResult, Json};
+use crate::error::{ApiError, ApiResult, Json};
 
-pub fn routes() -> OpenApiRouter<AppState> {
+pub fn routes() -> OpenApiRouter<ServerState> {
     OpenApiRouter::new()
         .routes(routes!(create, list))
         .routes(routes!(show, remove))
@@ -35,17 +35,17 @@ struct CreateApp {
     tag = "applications",
     request_body = CreateApp,
     responses(
-        (status = 201, body = db::apps::App),
+        (status = 201, body = db::apps::Application),
         (status = 409, body = ErrorBody, description = "An application with this uid exists."),
     )
 )]
 async fn create(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Json(body): Json<CreateApp>,
-) -> AppResult<(StatusCode, Json<db::apps::App>)> {
+) -> ApiResult<(StatusCode, Json<db::apps::Application>)> {
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > 256 {
-        return Err(AppError::Invalid("name must be 1 to 256 characters".into()));
+        return Err(ApiError::Invalid("name must be 1 to 256 characters".into()));
     }
     if let Some(uid) = &body.uid {
         validate_uid(uid)?;
@@ -53,22 +53,22 @@ async fn create(
     let app = db::apps::create(&state.pool, name, body.uid.as_deref())
         .await
         .map_err(|e| {
-            AppError::from_db(e, |_| "an application with this uid already exists".into())
+            ApiError::from_db(e, |_| "an application with this uid already exists".into())
         })?;
     Ok((StatusCode::CREATED, Json(app)))
 }
 
-fn validate_uid(uid: &str) -> AppResult<()> {
+fn validate_uid(uid: &str) -> ApiResult<()> {
     let ok_chars = uid
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'));
     if uid.is_empty() || uid.len() > 256 || !ok_chars {
-        return Err(AppError::Invalid(
+        return Err(ApiError::Invalid(
             "uid must be 1 to 256 characters of A-Z, a-z, 0-9, '_', '.', ':' and '-'".into(),
         ));
     }
     if uid.starts_with(AppId::PREFIX) {
-        return Err(AppError::Invalid(format!(
+        return Err(ApiError::Invalid(format!(
             "uid must not start with {:?}, which marks application ids",
             AppId::PREFIX
         )));
@@ -81,15 +81,15 @@ fn validate_uid(uid: &str) -> AppResult<()> {
     get,
     path = "/apps",
     tag = "applications",
-    params(AppsPage),
-    responses((status = 200, body = Page<db::apps::App>))
+    params(AppsList),
+    responses((status = 200, body = Listing<db::apps::Application>))
 )]
 async fn list(
-    State(state): State<AppState>,
-    Paging { limit, cursor }: Paging<AppId>,
-) -> AppResult<Json<Page<db::apps::App>>> {
+    State(state): State<ServerState>,
+    ListQuery { limit, cursor }: ListQuery<AppId>,
+) -> ApiResult<Json<Listing<db::apps::Application>>> {
     let rows = db::apps::list(&state.pool, cursor, limit).await?;
-    Ok(Json(Page::from_rows(rows, limit, |a| a.id.to_string())))
+    Ok(Json(Listing::from_rows(rows, limit, |a| a.id.to_string())))
 }
 
 /// One application.
@@ -98,12 +98,12 @@ async fn list(
     path = "/apps/{app}",
     tag = "applications",
     params(AppParam),
-    responses((status = 200, body = db::apps::App))
+    responses((status = 200, body = db::apps::Application))
 )]
 async fn show(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path(app): Path<String>,
-) -> AppResult<Json<db::apps::App>> {
+) -> ApiResult<Json<db::apps::Application>> {
     Ok(Json(state.app(&app).await?))
 }
 
@@ -118,13 +118,13 @@ async fn show(
     responses((status = 202, body = Removal, description = "Queued for removal"))
 )]
 async fn remove(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path(app): Path<String>,
-) -> AppResult<(StatusCode, Json<Removal>)> {
+) -> ApiResult<(StatusCode, Json<Removal>)> {
     let app = state.app(&app).await?;
     let removal = db::removals::queue_app(&state.pool, app.id)
         .await?
-        .ok_or(AppError::NotFound("application"))?;
+        .ok_or(ApiError::NotFound("application"))?;
     state.removals.wake();
     Ok((StatusCode::ACCEPTED, Json(removal)))
 }

@@ -5,10 +5,10 @@ use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::AppState;
+use super::ServerState;
 use crate::metrics::{self, Scrape};
 
-pub fn routes() -> OpenApiRouter<AppState> {
+pub fn routes() -> OpenApiRouter<ServerState> {
     OpenApiRouter::new()
         .routes(routes!(alive))
         .routes(routes!(ready))
@@ -39,7 +39,7 @@ async fn alive() -> &'static str {
         (status = 503, description = "The database does not answer", body = String, content_type = "text/plain"),
     )
 )]
-async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
+async fn ready(State(state): State<ServerState>) -> (StatusCode, &'static str) {
     if state.probe.ready() {
         (StatusCode::OK, "ready")
     } else {
@@ -63,7 +63,7 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
         content_type = "application/openmetrics-text"
     ))
 )]
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
     let direct = &state.direct;
     let body = direct.metrics().encode(&Scrape {
         queue: state.probe.queue(),

@@ -5,17 +5,17 @@ use serde_json::value::RawValue;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{AppParam, AttemptsPage, ErrorBody, MessageParams, MessagesPage};
-use super::paging::Paging;
+use super::openapi::{AppParam, AttemptsList, ErrorBody, MessageParams, MessagesList};
+use super::paging::ListQuery;
 use super::search::{self, AttemptFilters, MessageFilters};
-use super::{AppState, actions, optional_body, path_id};
+use super::{ServerState, actions, optional_body, path_id};
 use crate::db::attempts::{Attempt, Of};
 use crate::db::messages::{DeliveryStatus, Erased, Message};
-use crate::db::{self, Page};
+use crate::db::{self, Listing};
 use crate::domain::{AttemptId, DeliveryId, EndpointId, EventType, MessageId};
-use crate::error::{AppError, AppResult, Json, Query};
+use crate::error::{ApiError, ApiResult, Json, Query};
 
-pub fn routes() -> OpenApiRouter<AppState> {
+pub fn routes() -> OpenApiRouter<ServerState> {
     OpenApiRouter::new()
         .routes(routes!(send, list))
         .routes(routes!(show))
@@ -52,15 +52,15 @@ struct SendMessage {
     responses((status = 202, body = Message))
 )]
 async fn send(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path(app): Path<String>,
     headers: HeaderMap,
     Json(body): Json<SendMessage>,
-) -> AppResult<(StatusCode, Json<Message>)> {
-    let event_type = EventType::parse(&body.event_type).map_err(AppError::Invalid)?;
+) -> ApiResult<(StatusCode, Json<Message>)> {
+    let event_type = EventType::parse(&body.event_type).map_err(ApiError::Invalid)?;
     let payload = body.payload.get();
     if payload.len() > state.config.max_payload_bytes {
-        return Err(AppError::PayloadTooLarge(format!(
+        return Err(ApiError::PayloadTooLarge(format!(
             "payload is {} bytes; the limit is {}",
             payload.len(),
             state.config.max_payload_bytes
@@ -71,12 +71,12 @@ async fn send(
         .map(|v| {
             v.to_str()
                 .map(str::to_owned)
-                .map_err(|_| AppError::Invalid("Idempotency-Key must be visible ASCII".into()))
+                .map_err(|_| ApiError::Invalid("Idempotency-Key must be visible ASCII".into()))
         })
         .transpose()?;
     let key = match (body.idempotency_key, header_key) {
         (Some(b), Some(h)) if b != h => {
-            return Err(AppError::Invalid(
+            return Err(ApiError::Invalid(
                 "idempotency_key and the Idempotency-Key header differ".into(),
             ));
         }
@@ -85,7 +85,7 @@ async fn send(
     if let Some(k) = &key
         && (k.is_empty() || k.len() > 256)
     {
-        return Err(AppError::Invalid(
+        return Err(ApiError::Invalid(
             "idempotency key must be 1 to 256 characters".into(),
         ));
     }
@@ -100,7 +100,7 @@ async fn send(
         state.direct.offer(),
     )
     .await?
-    .ok_or(AppError::NotFound("application"))?;
+    .ok_or(ApiError::NotFound("application"))?;
     // Committed: from here on nothing is lost, even if this process dies.
     state.direct.dispatch(&sent);
     state.feed.poke();
@@ -114,24 +114,24 @@ async fn send(
     get,
     path = "/apps/{app}/messages",
     tag = "messages",
-    params(AppParam, MessagesPage, MessageFilters),
+    params(AppParam, MessagesList, MessageFilters),
     responses(
-        (status = 200, body = Page<Message>),
+        (status = 200, body = Listing<Message>),
         (status = 422, body = ErrorBody, description = "A filter's value is invalid."),
     )
 )]
 async fn list(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path(app): Path<String>,
-    Paging { limit, cursor }: Paging<MessageId>,
+    ListQuery { limit, cursor }: ListQuery<MessageId>,
     Query(filters): Query<MessageFilters>,
-) -> AppResult<Json<Page<Message>>> {
+) -> ApiResult<Json<Listing<Message>>> {
     let app_id = state.app_id(&app).await?;
     let Some(search) = filters.search(cursor, search::rfc3339)? else {
-        return Ok(Json(Page::from_rows(vec![], limit, |_| String::new())));
+        return Ok(Json(Listing::from_rows(vec![], limit, |_| String::new())));
     };
     let rows = db::messages::list(&state.pool, app_id, &search, limit).await?;
-    Ok(Json(Page::from_rows(rows, limit, |m| m.id.to_string())))
+    Ok(Json(Listing::from_rows(rows, limit, |m| m.id.to_string())))
 }
 
 /// A message with one delivery per endpoint it was bound for.
@@ -142,12 +142,12 @@ struct MessageWithDeliveries {
     deliveries: Vec<DeliveryStatus>,
 }
 
-async fn find(state: &AppState, app: &str, msg: &str) -> AppResult<Message> {
+async fn find(state: &ServerState, app: &str, msg: &str) -> ApiResult<Message> {
     let app_id = state.app_id(app).await?;
     let id = path_id(msg, "message")?;
     db::messages::find(&state.pool, app_id, id)
         .await?
-        .ok_or(AppError::NotFound("message"))
+        .ok_or(ApiError::NotFound("message"))
 }
 
 /// One message with its deliveries.
@@ -159,9 +159,9 @@ async fn find(state: &AppState, app: &str, msg: &str) -> AppResult<Message> {
     responses((status = 200, body = MessageWithDeliveries))
 )]
 async fn show(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path((app, msg)): Path<(String, String)>,
-) -> AppResult<Json<MessageWithDeliveries>> {
+) -> ApiResult<Json<MessageWithDeliveries>> {
     let message = find(&state, &app, &msg).await?;
     let deliveries = db::messages::deliveries(&state.pool, message.id).await?;
     Ok(Json(MessageWithDeliveries {
@@ -176,18 +176,18 @@ async fn show(
     get,
     path = "/apps/{app}/messages/{msg}/attempts",
     tag = "messages",
-    params(MessageParams, AttemptsPage, AttemptFilters),
+    params(MessageParams, AttemptsList, AttemptFilters),
     responses(
-        (status = 200, body = Page<Attempt>),
+        (status = 200, body = Listing<Attempt>),
         (status = 422, body = ErrorBody, description = "A filter's value is invalid."),
     )
 )]
 async fn attempts(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path((app, msg)): Path<(String, String)>,
-    Paging { limit, cursor }: Paging<AttemptId>,
+    ListQuery { limit, cursor }: ListQuery<AttemptId>,
     Query(filters): Query<AttemptFilters>,
-) -> AppResult<Json<Page<Attempt>>> {
+) -> ApiResult<Json<Listing<Attempt>>> {
     let message = find(&state, &app, &msg).await?;
     let search = filters.search(cursor)?;
     let rows = db::attempts::list(
@@ -198,7 +198,7 @@ async fn attempts(
         limit,
     )
     .await?;
-    Ok(Json(Page::from_rows(rows, limit, |a| a.id.to_string())))
+    Ok(Json(Listing::from_rows(rows, limit, |a| a.id.to_string())))
 }
 
 /// Optional: an empty body replays to every endpoint.
@@ -227,10 +227,10 @@ struct Queued {
     )
 )]
 async fn replay(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path((app, msg)): Path<(String, String)>,
     body: axum::body::Bytes,
-) -> AppResult<(StatusCode, Json<Queued>)> {
+) -> ApiResult<(StatusCode, Json<Queued>)> {
     let message = find(&state, &app, &msg).await?;
     // The body is optional: none means "to every endpoint".
     let body: ReplayBody = optional_body(&body)?;
@@ -264,14 +264,14 @@ async fn replay(
     responses((status = 200, body = Erased, description = "What was removed"))
 )]
 async fn erase_payload(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path((app, msg)): Path<(String, String)>,
-) -> AppResult<Json<Erased>> {
+) -> ApiResult<Json<Erased>> {
     let app_id = state.app_id(&app).await?;
     let id = path_id(&msg, "message")?;
     let mut conn = state.pool.acquire().await?;
     let erased = db::messages::erase_payload(&mut conn, app_id, id)
         .await?
-        .ok_or(AppError::NotFound("message"))?;
+        .ok_or(ApiError::NotFound("message"))?;
     Ok(Json(erased))
 }

@@ -33,16 +33,16 @@ use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::db;
-use crate::delivery::{Direct, Recoveries};
+use crate::delivery::{BulkReplays, Direct};
 use crate::domain::AppId;
-use crate::error::{AppError, AppResult};
+use crate::error::{ApiError, ApiResult};
 use crate::feed::Feed;
 use crate::probe::Probe;
 use crate::removal::Removals;
 use dashboard::session;
 
 #[derive(Clone)]
-pub struct AppState(Arc<Inner>);
+pub struct ServerState(Arc<Inner>);
 
 pub struct Inner {
     pub pool: PgPool,
@@ -51,7 +51,7 @@ pub struct Inner {
     pub direct: Direct,
     pub feed: Feed,
     /// Runs recovers (bulk replays) in the background.
-    pub recoveries: Recoveries,
+    pub bulk_replays: BulkReplays,
     /// Deletes removed applications' and endpoints' history in the background.
     pub removals: Removals,
     /// Failed tokens per client address.
@@ -62,20 +62,20 @@ pub struct Inner {
     pub probe: Probe,
 }
 
-impl std::ops::Deref for AppState {
+impl std::ops::Deref for ServerState {
     type Target = Inner;
     fn deref(&self) -> &Inner {
         &self.0
     }
 }
 
-impl AppState {
+impl ServerState {
     pub fn new(
         pool: PgPool,
         config: Config,
         direct: Direct,
         feed: Feed,
-        recoveries: Recoveries,
+        bulk_replays: BulkReplays,
         removals: Removals,
         probe: Probe,
     ) -> Self {
@@ -94,26 +94,26 @@ impl AppState {
             revoked_sessions,
             direct,
             feed,
-            recoveries,
+            bulk_replays,
             removals,
             probe,
         }))
     }
 
     /// The application named by a `{app}` path segment: its id or its uid.
-    async fn app(&self, key: &str) -> AppResult<db::apps::App> {
+    async fn app(&self, key: &str) -> ApiResult<db::apps::Application> {
         db::apps::find(&self.pool, &app_key(key)?)
             .await?
-            .ok_or(AppError::NotFound("application"))
+            .ok_or(ApiError::NotFound("application"))
     }
 
-    async fn app_id(&self, key: &str) -> AppResult<AppId> {
+    async fn app_id(&self, key: &str) -> ApiResult<AppId> {
         Ok(self.app(key).await?.id)
     }
 }
 
 /// Everything under `/api/v1` that needs the admin token.
-fn api_routes() -> OpenApiRouter<AppState> {
+fn api_routes() -> OpenApiRouter<ServerState> {
     OpenApiRouter::new()
         .merge(apps::routes())
         .merge(endpoints::routes())
@@ -125,7 +125,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
 }
 
 /// What under `/api/v1` needs no token: the document itself.
-fn public_api_routes() -> OpenApiRouter<AppState> {
+fn public_api_routes() -> OpenApiRouter<ServerState> {
     OpenApiRouter::new().routes(routes!(openapi::document))
 }
 
@@ -139,13 +139,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     openapi::finish(api)
 }
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: ServerState) -> Router {
     // Room for the envelope around a payload of the largest allowed size; the payload
     // itself is measured separately so its limit is exact.
     let body_limit = state.config.max_payload_bytes + 64 * 1024;
     let api = Router::from(api_routes())
-        .fallback(|| async { AppError::NotFound("route") })
-        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .layer(DefaultBodyLimit::max(body_limit))
         .merge(public_api_routes());
@@ -177,7 +177,7 @@ pub enum AuthBy {
 /// the dashboard go through its own CSRF-checked forms instead. A bearer token is checked
 /// only while its address has failed fewer than `HERALD_AUTH_FAILURE_LIMIT` times.
 async fn require_admin(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -192,7 +192,7 @@ async fn require_admin(
             let client = throttle::ClientAddr::of(request.extensions());
             if let Err(blocked) = state.auth_throttle.check(client) {
                 tracing::debug!(%client, "bearer token refused unchecked: too many failures");
-                return AppError::TooManyRequests(blocked.retry_after_secs()).into_response();
+                return ApiError::TooManyRequests(blocked.retry_after_secs()).into_response();
             }
             if session::is_admin_token(&state.config, token) {
                 Some(AuthBy::Bearer)
@@ -210,12 +210,12 @@ async fn require_admin(
         request.extensions_mut().insert(by);
         next.run(request).await
     } else {
-        AppError::Unauthorized.into_response()
+        ApiError::Unauthorized.into_response()
     }
 }
 
 /// Counts and logs a token that did not match; never logs the token itself.
-fn auth_failed(state: &AppState, client: throttle::ClientAddr, what: &'static str) {
+fn auth_failed(state: &ServerState, client: throttle::ClientAddr, what: &'static str) {
     match state.auth_throttle.failed(client) {
         Ok(()) => tracing::warn!(%client, "authentication failed: wrong {what}"),
         Err(blocked) => tracing::warn!(
@@ -227,14 +227,14 @@ fn auth_failed(state: &AppState, client: throttle::ClientAddr, what: &'static st
 }
 
 /// A JSON body the caller may leave out: empty, or `null`, means the defaults.
-fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> AppResult<T> {
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> ApiResult<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
     match serde_json::from_slice::<Option<T>>(body) {
         Ok(value) => Ok(value.unwrap_or_default()),
-        Err(e) if e.is_data() => Err(AppError::Invalid(e.to_string())),
-        Err(e) => Err(AppError::BadRequest(e.to_string())),
+        Err(e) if e.is_data() => Err(ApiError::Invalid(e.to_string())),
+        Err(e) => Err(ApiError::BadRequest(e.to_string())),
     }
 }
 
@@ -242,9 +242,9 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> AppRe
 /// NUL, and a key with one names nothing. An id is spelt the one way `herald.enqueue`
 /// matches it (lower-case hex), so every call finds the application a `GET` finds; uids
 /// cannot start with `app_`, so nothing else is rewritten.
-fn app_key(key: &str) -> AppResult<Cow<'_, str>> {
+fn app_key(key: &str) -> ApiResult<Cow<'_, str>> {
     if key.contains('\0') {
-        return Err(AppError::NotFound("application"));
+        return Err(ApiError::NotFound("application"));
     }
     Ok(match key.parse::<AppId>() {
         Ok(id) => Cow::Owned(id.to_string()),
@@ -253,6 +253,6 @@ fn app_key(key: &str) -> AppResult<Cow<'_, str>> {
 }
 
 /// Parses an id from a path segment; one that cannot be an id names nothing that exists.
-fn path_id<T: std::str::FromStr>(raw: &str, what: &'static str) -> AppResult<T> {
-    raw.parse().map_err(|_| AppError::NotFound(what))
+fn path_id<T: std::str::FromStr>(raw: &str, what: &'static str) -> ApiResult<T> {
+    raw.parse().map_err(|_| ApiError::NotFound(what))
 }

@@ -189,7 +189,7 @@ pub struct MessageParams {
 }
 
 /// `limit` and `cursor` of a list, with the pattern of its cursor.
-macro_rules! page_params {
+macro_rules! list_params {
     ($name:ident, $pattern:literal) => {
         #[allow(dead_code)]
         #[derive(utoipa::IntoParams)]
@@ -205,7 +205,7 @@ macro_rules! page_params {
     };
 }
 
-page_params!(AppsPage, "^(app_[0-9a-fA-F]{32})?$");
-page_params!(EndpointsPage, "^(ep_[0-9a-fA-F]{32})?$");
-page_params!(MessagesPage, "^(msg_[0-9a-fA-F]{32})?$");
-page_params!(AttemptsPage, "^(atm_[0-9a-fA-F]{32})?$");
+list_params!(AppsList, "^(app_[0-9a-fA-F]{32})?$");
+list_params!(EndpointsList, "^(ep_[0-9a-fA-F]{32})?$");
+list_params!(MessagesList, "^(msg_[0-9a-fA-F]{32})?$");
+list_params!(AttemptsList, "^(atm_[0-9a-fA-F]{32})?$");

@@ -5,11 +5,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::RemovalParam;
-use super::{AppState, path_id};
+use super::{ServerState, path_id};
 use crate::db::{self, removals::Removal};
-use crate::error::{AppError, AppResult, Json};
+use crate::error::{ApiError, ApiResult, Json};
 
-pub fn routes() -> OpenApiRouter<AppState> {
+pub fn routes() -> OpenApiRouter<ServerState> {
     OpenApiRouter::new().routes(routes!(show))
 }
 
@@ -23,10 +23,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
     params(RemovalParam),
     responses((status = 200, body = Removal))
 )]
-async fn show(State(state): State<AppState>, Path(id): Path<String>) -> AppResult<Json<Removal>> {
+async fn show(
+    State(state): State<ServerState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Removal>> {
     let id = path_id(&id, "removal")?;
     db::removals::find(&state.pool, id)
         .await?
         .map(Json)
-        .ok_or(AppError::NotFound("removal"))
+        .ok_or(ApiError::NotFound("removal"))
 }

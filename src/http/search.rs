@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::db::{attempts, messages};
 use crate::domain::{AttemptId, AttemptOutcome, EventType, MessageId};
-use crate::error::AppError;
+use crate::error::ApiError;
 
 /// What an attempt's outcome is, in the document.
 #[allow(dead_code)]
@@ -58,13 +58,13 @@ impl MessageFilters {
         &self,
         cursor: Option<MessageId>,
         time: impl Fn(&str) -> Option<DateTime<Utc>>,
-    ) -> Result<Option<messages::Search>, AppError> {
+    ) -> Result<Option<messages::Search>, ApiError> {
         let event_type = self
             .event_type
             .as_deref()
             .map(|e| {
                 EventType::parse(e).map_err(|why| {
-                    AppError::Invalid(if e.contains('*') {
+                    ApiError::Invalid(if e.contains('*') {
                         "event_type is matched exactly; wildcards such as invoice.* are not \
                          supported"
                             .into()
@@ -79,7 +79,7 @@ impl MessageFilters {
                 .as_deref()
                 .map(|v| {
                     time(v).map(id_floor).ok_or_else(|| {
-                        AppError::Invalid(format!(
+                        ApiError::Invalid(format!(
                             "{name} must be an RFC 3339 time such as 2026-11-24T08:00:00Z"
                         ))
                     })
@@ -93,7 +93,7 @@ impl MessageFilters {
         if let Some(k) = key
             && (k.is_empty() || k.chars().count() > 256)
         {
-            return Err(AppError::Invalid(
+            return Err(ApiError::Invalid(
                 "idempotency_key must be 1 to 256 characters".into(),
             ));
         }
@@ -134,13 +134,13 @@ impl AttemptFilters {
         }
     }
 
-    pub fn search(&self, cursor: Option<AttemptId>) -> Result<attempts::Search, AppError> {
+    pub fn search(&self, cursor: Option<AttemptId>) -> Result<attempts::Search, ApiError> {
         let outcome = self
             .outcome
             .as_deref()
             .map(|o| {
                 AttemptOutcome::parse(o).ok_or_else(|| {
-                    AppError::Invalid("outcome must be succeeded, retrying or dead".into())
+                    ApiError::Invalid("outcome must be succeeded, retrying or dead".into())
                 })
             })
             .transpose()?;
@@ -149,7 +149,7 @@ impl AttemptFilters {
             .as_deref()
             .map(|s| {
                 status_range(s).ok_or_else(|| {
-                    AppError::Invalid(
+                    ApiError::Invalid(
                         "status must be an HTTP status code (100 to 599) or a class such as 5xx"
                             .into(),
                     )

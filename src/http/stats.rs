@@ -5,11 +5,11 @@ use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::AppState;
+use super::ServerState;
 use crate::db::dashboard::{self, QueueStats};
-use crate::error::{AppResult, Json};
+use crate::error::{ApiResult, Json};
 
-pub fn routes() -> OpenApiRouter<AppState> {
+pub fn routes() -> OpenApiRouter<ServerState> {
     OpenApiRouter::new().routes(routes!(stats))
 }
 
@@ -26,7 +26,7 @@ struct Stats {
 
 /// Queue depth and the age of the oldest pending delivery.
 #[utoipa::path(get, path = "/stats", tag = "feed", responses((status = 200, body = Stats)))]
-async fn stats(State(state): State<AppState>) -> AppResult<Json<Stats>> {
+async fn stats(State(state): State<ServerState>) -> ApiResult<Json<Stats>> {
     Ok(Json(Stats {
         queue: dashboard::queue(&state.pool).await?,
         feed_subscribers: state.feed.subscribers(),

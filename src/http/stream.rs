@@ -16,14 +16,14 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::AppState;
+use super::ServerState;
 use super::openapi::ErrorBody;
 use crate::db::events::Filter;
 use crate::domain::{AttemptOutcome, EndpointId, EventType, Position};
-use crate::error::{AppError, AppResult, Query};
+use crate::error::{ApiError, ApiResult, Query};
 use crate::feed::{Held, Item, Queued, Subscription};
 
-pub fn routes() -> OpenApiRouter<AppState> {
+pub fn routes() -> OpenApiRouter<ServerState> {
     OpenApiRouter::new().routes(routes!(stream))
 }
 
@@ -67,10 +67,10 @@ pub struct StreamParams {
     )
 )]
 async fn stream(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     headers: HeaderMap,
     Query(params): Query<StreamParams>,
-) -> AppResult<Response> {
+) -> ApiResult<Response> {
     let filter = filter(&state, &params).await?;
     let from = headers
         .get("last-event-id")
@@ -80,7 +80,7 @@ async fn stream(
         .filter(|id| !id.is_empty())
         .map(|id| {
             id.parse::<Position>().map_err(|_| {
-                AppError::BadRequest(format!(
+                ApiError::BadRequest(format!(
                     "Last-Event-ID {id:?} is not an event id from this stream"
                 ))
             })
@@ -89,7 +89,7 @@ async fn stream(
     if let Some(from) = from
         && !state.feed.can_resume_from(from).await?
     {
-        return Err(AppError::UnknownEventId(format!(
+        return Err(ApiError::UnknownEventId(format!(
             "events after {from} are no longer kept (the feed keeps {}); \
              reconnect without Last-Event-ID and read past state through the REST API",
             humantime(state.config.feed_retention)
@@ -196,7 +196,7 @@ fn append(chunk: &mut Vec<u8>, item: Item) {
     }
 }
 
-async fn filter(state: &AppState, params: &StreamParams) -> AppResult<Filter> {
+async fn filter(state: &ServerState, params: &StreamParams) -> ApiResult<Filter> {
     let app = match params.app.as_deref().filter(|a| !a.is_empty()) {
         Some(key) => Some(state.app_id(key).await?),
         None => None,
@@ -207,7 +207,7 @@ async fn filter(state: &AppState, params: &StreamParams) -> AppResult<Filter> {
         .filter(|e| !e.is_empty())
         .map(|e| {
             e.parse::<EndpointId>()
-                .map_err(|_| AppError::BadRequest(format!("endpoint {e:?} is not an endpoint id")))
+                .map_err(|_| ApiError::BadRequest(format!("endpoint {e:?} is not an endpoint id")))
         })
         .transpose()?;
     let event_type = params
@@ -216,11 +216,11 @@ async fn filter(state: &AppState, params: &StreamParams) -> AppResult<Filter> {
         .filter(|t| !t.is_empty())
         .map(|t| EventType::parse(t).map(|t| t.as_str().to_owned()))
         .transpose()
-        .map_err(AppError::BadRequest)?;
+        .map_err(ApiError::BadRequest)?;
     let outcome = match params.outcome.as_deref().filter(|o| !o.is_empty()) {
         None => None,
         Some(o) => Some(AttemptOutcome::parse(o).ok_or_else(|| {
-            AppError::BadRequest(format!(
+            ApiError::BadRequest(format!(
                 "outcome {o:?} is not one of succeeded, retrying, dead"
             ))
         })?),

@@ -19,10 +19,10 @@ use axum::response::{IntoResponse, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use super::AppState;
-use crate::error::AppError;
+use super::ServerState;
+use crate::error::ApiError;
 
-pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn limit(State(state): State<ServerState>, request: Request, next: Next) -> Response {
     let config = &state.config;
     let started = Instant::now();
     let body_timed_out = Arc::new(AtomicBool::new(false));
@@ -33,7 +33,7 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
         match tokio::time::timeout_at(deadline, next.run(Request::from_parts(parts, body))).await {
             Ok(response) => response,
             Err(_) => {
-                return close(AppError::Timeout(format!(
+                return close(ApiError::Timeout(format!(
                     "the request took longer than {} (HERALD_HTTP_TIMEOUT); a write may still \
                  have been stored: retry a send with the same Idempotency-Key",
                     secs(config.http_timeout)
@@ -42,7 +42,7 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
         };
     // Whatever the handler made of a body cut short, the caller is told why.
     if body_timed_out.load(Ordering::Relaxed) {
-        return close(AppError::RequestTimeout(format!(
+        return close(ApiError::RequestTimeout(format!(
             "the request body did not arrive within {} (HERALD_BODY_TIMEOUT)",
             secs(config.body_timeout)
         )));
@@ -69,7 +69,7 @@ fn long_lived(response: &Response) -> bool {
 
 /// The error answer, and the connection closed after it: what is left of a request body on
 /// it could not be told from the next request.
-fn close(error: AppError) -> Response {
+fn close(error: ApiError) -> Response {
     let mut response = error.into_response();
     response
         .headers_mut()

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 use crate::helpers::{
-    Receiver, Reply, TOKEN, TestApp, all_delivered, deliveries_in, spawn_app, spawn_app_with,
+    Receiver, Reply, TOKEN, TestServer, all_delivered, deliveries_in, spawn_app, spawn_app_with,
 };
 use crate::process::Process;
 
@@ -24,7 +24,7 @@ struct Admin {
 }
 
 /// Opens the channel with the given headers; returns the HTTP status when refused.
-async fn open(app: &TestApp, headers: &[(&str, &str)]) -> Result<Admin, u16> {
+async fn open(app: &TestServer, headers: &[(&str, &str)]) -> Result<Admin, u16> {
     let mut request = format!("ws://{}/api/v1/admin/ws", app.addr)
         .into_client_request()
         .unwrap();
@@ -39,7 +39,7 @@ async fn open(app: &TestApp, headers: &[(&str, &str)]) -> Result<Admin, u16> {
     }
 }
 
-async fn admin(app: &TestApp) -> Admin {
+async fn admin(app: &TestServer) -> Admin {
     let bearer = format!("Bearer {TOKEN}");
     open(app, &[("authorization", &bearer)]).await.unwrap()
 }
@@ -411,7 +411,7 @@ async fn recovering_one_window_twice_at_once_does_not_double_the_sends() {
     assert_eq!(receiver.count(), 2 * N, "a delivery was sent twice");
 }
 
-async fn wait_dead(app: &TestApp, n: usize) {
+async fn wait_dead(app: &TestServer, n: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let dead: i64 =
@@ -573,7 +573,7 @@ struct Dead {
     since: String,
 }
 
-async fn dead_deliveries(app: &TestApp, n: usize) -> Dead {
+async fn dead_deliveries(app: &TestServer, n: usize) -> Dead {
     let (receiver, failing) = switchable_receiver().await;
     let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
     let since = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
@@ -717,7 +717,7 @@ async fn a_client_that_never_reads_does_not_hold_up_the_work() {
 
 /// `n` dead deliveries for the endpoint, written directly: sending them through the API and
 /// letting them fail would take far longer than the recovers that use them.
-async fn insert_dead(app: &TestApp, app_id: &str, ep: &str, n: i64) {
+async fn insert_dead(app: &TestServer, app_id: &str, ep: &str, n: i64) {
     let app_uuid = app_id.trim_start_matches("app_");
     let ep_uuid = ep.trim_start_matches("ep_");
     sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TOKEN, TestApp, answer, spawn_app};
+use crate::helpers::{TOKEN, TestServer, answer, spawn_app};
 
 fn assert_error(status: StatusCode, body: &Value, expected: StatusCode) {
     assert_eq!(status, expected, "{body}");
@@ -14,7 +14,7 @@ fn assert_error(status: StatusCode, body: &Value, expected: StatusCode) {
     );
 }
 
-async fn post_raw(app: &TestApp, path: &str, body: &'static str) -> (StatusCode, Value) {
+async fn post_raw(app: &TestServer, path: &str, body: &'static str) -> (StatusCode, Value) {
     answer(
         app.http
             .post(app.url(path))

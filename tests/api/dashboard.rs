@@ -8,7 +8,7 @@ use reqwest::redirect::Policy;
 use serde_json::json;
 
 use crate::helpers::{
-    Receiver, Reply, SseClient, TOKEN, TestApp, all_delivered, deliveries_in, spawn_app,
+    Receiver, Reply, SseClient, TOKEN, TestServer, all_delivered, deliveries_in, spawn_app,
     spawn_app_on, spawn_app_with,
 };
 
@@ -16,13 +16,13 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// A browser session: keeps the cookie, never follows redirects (tests look at them).
 pub struct Browser<'a> {
-    app: &'a TestApp,
+    app: &'a TestServer,
     http: reqwest::Client,
     cookie: Option<String>,
 }
 
 impl<'a> Browser<'a> {
-    pub fn new(app: &'a TestApp) -> Self {
+    pub fn new(app: &'a TestServer) -> Self {
         Self {
             app,
             http: reqwest::Client::builder()

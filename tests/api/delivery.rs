@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Receiver, TestApp, all_delivered, spawn_app, spawn_app_with};
+use crate::helpers::{Receiver, TestServer, all_delivered, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn delivers_a_signed_standard_webhook() {
@@ -144,7 +144,7 @@ async fn the_poll_finds_deliveries_no_one_announced() {
 
 /// An application whose one endpoint takes one request at a time, with a poll of 60 s:
 /// nothing but a completion can wake the workers for what waits behind the cap.
-async fn one_request_at_a_time() -> (TestApp, Receiver, String) {
+async fn one_request_at_a_time() -> (TestServer, Receiver, String) {
     let app = spawn_app_with(&[("HERALD_POLL_INTERVAL", "60s")]).await;
     let receiver = Receiver::start().await;
     let app_id = app.create_app().await;

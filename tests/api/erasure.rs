@@ -9,14 +9,14 @@ use serde_json::{Value, json};
 
 use crate::dashboard::Browser;
 use crate::helpers::{
-    Receiver, Reply, SseClient, TOKEN, TestApp, all_delivered, deliveries_in, spawn_app,
+    Receiver, Reply, SseClient, TOKEN, TestServer, all_delivered, deliveries_in, spawn_app,
     spawn_app_with,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
 const SECRET: &str = "4242-4242-4242-4242";
 
-async fn erase(app: &TestApp, app_id: &str, msg: &str) -> (StatusCode, Value) {
+async fn erase(app: &TestServer, app_id: &str, msg: &str) -> (StatusCode, Value) {
     crate::helpers::answer(
         app.http
             .delete(app.url(&format!("/apps/{app_id}/messages/{msg}/payload")))
@@ -28,7 +28,7 @@ async fn erase(app: &TestApp, app_id: &str, msg: &str) -> (StatusCode, Value) {
 }
 
 /// Rows anywhere in the database that still hold the secret, table by table.
-async fn secret_rows(app: &TestApp) -> Vec<(String, i64)> {
+async fn secret_rows(app: &TestServer) -> Vec<(String, i64)> {
     let mut found = vec![];
     for table in ["message", "delivery", "attempt", "event"] {
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use herald::app::App;
 use herald::config::Config;
+use herald::server::Server;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -64,7 +64,7 @@ pub async fn database_at(version: i64) -> (String, PgPool) {
     (url, pool)
 }
 
-pub struct TestApp {
+pub struct TestServer {
     pub addr: SocketAddr,
     pub db_url: String,
     pub pool: PgPool,
@@ -73,28 +73,28 @@ pub struct TestApp {
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-pub async fn spawn_app() -> TestApp {
+pub async fn spawn_app() -> TestServer {
     spawn_app_with(&[]).await
 }
 
-pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestServer {
     spawn_app_on(fresh_database().await, overrides).await
 }
 
 /// Starts Herald in-process on an existing database.
-pub async fn spawn_app_on(db_url: String, overrides: &[(&str, &str)]) -> TestApp {
+pub async fn spawn_app_on(db_url: String, overrides: &[(&str, &str)]) -> TestServer {
     let mut env = base_env();
     env.insert("DATABASE_URL".into(), db_url.clone());
     for (k, v) in overrides {
         env.insert(k.to_string(), v.to_string());
     }
     let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
-    let app = App::build(config).await.expect("app starts");
+    let app = Server::build(config).await.expect("the server starts");
     let addr = app.local_addr();
     let pool = app.pool().clone();
     let cancel = app.cancel_token();
     let task = tokio::spawn(app.run());
-    TestApp {
+    TestServer {
         addr,
         db_url,
         pool,
@@ -104,7 +104,7 @@ pub async fn spawn_app_on(db_url: String, overrides: &[(&str, &str)]) -> TestApp
     }
 }
 
-impl TestApp {
+impl TestServer {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}/api/v1{path}", self.addr)
     }
@@ -228,7 +228,7 @@ impl TestApp {
     }
 }
 
-impl Drop for TestApp {
+impl Drop for TestServer {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
@@ -409,7 +409,7 @@ pub struct SseClient {
 
 impl SseClient {
     /// Connects to `/api/v1/stream?{query}`, resuming after `last_id` if given.
-    pub async fn connect(app: &TestApp, query: &str, last_id: Option<&str>) -> Self {
+    pub async fn connect(app: &TestServer, query: &str, last_id: Option<&str>) -> Self {
         Self::connect_to(app.addr, query, last_id).await
     }
 

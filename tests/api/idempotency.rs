@@ -8,7 +8,9 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 
-use crate::helpers::{Receiver, TestApp, all_delivered, database_at, spawn_app_on, spawn_app_with};
+use crate::helpers::{
+    Receiver, TestServer, all_delivered, database_at, spawn_app_on, spawn_app_with,
+};
 
 /// Moves a message back in time, as if it had been sent `ago` (a PostgreSQL interval)
 /// earlier: its id (UUIDv7) and its created_at (what the window is measured on). Returns
@@ -45,7 +47,7 @@ async fn age(pool: &PgPool, msg: &str, ago: &str) -> String {
     .unwrap()
 }
 
-async fn send_with_key(app: &TestApp, app_id: &str, key: &str, n: u64) -> Value {
+async fn send_with_key(app: &TestServer, app_id: &str, key: &str, n: u64) -> Value {
     let (status, msg) = app
         .post(
             &format!("/apps/{app_id}/messages"),
@@ -117,7 +119,7 @@ async fn a_key_repeated_after_the_window_sends_a_new_message() {
 
 fn send_in_background(
     sends: &mut tokio::task::JoinSet<(StatusCode, Value)>,
-    app: &TestApp,
+    app: &TestServer,
     app_id: &str,
     key: &str,
     n: u64,

@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{Receiver, SseClient, TOKEN, TestApp, exhaust, spawn_app_with};
+use crate::helpers::{Receiver, SseClient, TOKEN, TestServer, exhaust, spawn_app_with};
 
 /// Reads until the server closes the connection (or resets it), giving up after `within`;
 /// returns what it said and how long it took, or `None` if it kept the connection open.
@@ -33,7 +33,7 @@ async fn until_closed(tcp: &mut TcpStream, within: Duration) -> Option<(String, 
 
 /// A connection that has sent the head of a `POST /api/v1/apps` announcing a 100-byte body
 /// and then `sent` of it.
-async fn slow_post(app: &TestApp, sent: &[u8]) -> TcpStream {
+async fn slow_post(app: &TestServer, sent: &[u8]) -> TcpStream {
     let mut tcp = TcpStream::connect(app.addr).await.unwrap();
     let head = format!(
         "POST /api/v1/apps HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {TOKEN}\r\n\

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Receiver, Reply, SseClient, TestApp, all_delivered, deliveries_in, spawn_app_with,
+    Receiver, Reply, SseClient, TestServer, all_delivered, deliveries_in, spawn_app_with,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -17,7 +17,7 @@ const FRESH_GAUGES: (&str, &str) = ("HERALD_METRICS_INTERVAL", "100ms");
 const GAUGES_CAUGHT_UP: Duration = Duration::from_millis(300);
 
 /// One scrape, without credentials, as Prometheus makes it.
-async fn scrape(app: &TestApp) -> String {
+async fn scrape(app: &TestServer) -> String {
     let response = reqwest::Client::new()
         .get(format!("http://{}/metrics", app.addr))
         .send()
@@ -51,7 +51,7 @@ fn attempts(text: &str, outcome: &str) -> f64 {
 }
 
 /// An app with one endpoint at `receiver`.
-async fn app_sending_to(app: &TestApp, receiver: &Receiver) -> String {
+async fn app_sending_to(app: &TestServer, receiver: &Receiver) -> String {
     app.app_with_endpoint(receiver).await.0
 }
 
@@ -166,7 +166,7 @@ async fn shows_requests_in_flight_and_how_long_they_took() {
 
 /// Calls of the queue-gauge statement (`count(*)` over the queue) in one database, as
 /// `pg_stat_statements` (loaded by scripts/pg.sh) counts them.
-async fn queue_reads(app: &TestApp) -> i64 {
+async fn queue_reads(app: &TestServer) -> i64 {
     sqlx::query_scalar(
         "select coalesce(sum(calls), 0)::int8 from public.pg_stat_statements s
            join pg_database d on d.oid = s.dbid

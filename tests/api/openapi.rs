@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Receiver, TOKEN, TestApp, spawn_app};
+use crate::helpers::{Receiver, TOKEN, TestServer, spawn_app};
 
 /// The routes of docs/architecture.md §4, plus `/stats`, the document itself and the probes.
 const ROUTES: &[(&str, &str)] = &[
@@ -134,7 +134,7 @@ async fn every_route_is_documented_and_every_documented_operation_is_served() {
 /// `method template` with `{app}`, `{ep}`, `{msg}` and `{id}` filled in, as an admin, with a
 /// valid body where the operation takes one.
 async fn call(
-    app: &TestApp,
+    app: &TestServer,
     method: &str,
     template: &str,
     [app_key, ep, msg, id]: [&str; 4],

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{Receiver, TOKEN, TestApp, all_delivered, spawn_app, spawn_app_on};
+use crate::helpers::{Receiver, TOKEN, TestServer, all_delivered, spawn_app, spawn_app_on};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -89,7 +89,7 @@ async fn rows_of(pool: &PgPool, app: &str, endpoints: &[&str]) -> Vec<(&'static 
     found
 }
 
-async fn send_keyed(app: &TestApp, to: &str, key: &str) -> Value {
+async fn send_keyed(app: &TestServer, to: &str, key: &str) -> Value {
     let (status, msg) = crate::helpers::answer(
         app.http
             .post(app.url(&format!("/apps/{to}/messages")))
@@ -104,7 +104,7 @@ async fn send_keyed(app: &TestApp, to: &str, key: &str) -> Value {
     msg
 }
 
-async fn finished(app: &TestApp, removal: &Value, within: Duration) -> Value {
+async fn finished(app: &TestServer, removal: &Value, within: Duration) -> Value {
     let path = format!("/removals/{}", removal["id"].as_str().unwrap());
     let deadline = Instant::now() + within;
     loop {

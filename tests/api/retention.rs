@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::helpers::{
-    Receiver, Reply, TestApp, all_delivered, database_at, deliveries_in, fresh_database,
+    Receiver, Reply, TestServer, all_delivered, database_at, deliveries_in, fresh_database,
     spawn_app_on, spawn_app_with,
 };
 
@@ -76,7 +76,7 @@ async fn assert_consistent(pool: &PgPool) {
     }
 }
 
-async fn message_status(app: &TestApp, app_id: &str, msg: &str) -> StatusCode {
+async fn message_status(app: &TestServer, app_id: &str, msg: &str) -> StatusCode {
     app.get(&format!("/apps/{app_id}/messages/{msg}")).await.0
 }
 

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::dashboard::Browser;
-use crate::helpers::{Receiver, Reply, TestApp, spawn_app};
+use crate::helpers::{Receiver, Reply, TestServer, spawn_app};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -28,7 +28,7 @@ fn query(pairs: &[(&str, &str)]) -> String {
 /// Every page of `path?filters`, `limit` at a time, newest first; asserts each page but
 /// the last is full.
 async fn all_pages(
-    app: &TestApp,
+    app: &TestServer,
     path: &str,
     filters: &[(&str, &str)],
     limit: usize,
@@ -64,7 +64,7 @@ fn ids(items: &[Value]) -> Vec<String> {
         .collect()
 }
 
-async fn send_keyed(app: &TestApp, app_id: &str, event_type: &str, key: Option<&str>) -> Value {
+async fn send_keyed(app: &TestServer, app_id: &str, event_type: &str, key: Option<&str>) -> Value {
     let mut body = json!({"event_type": event_type, "payload": {}});
     if let Some(k) = key {
         body["idempotency_key"] = json!(k);
@@ -288,7 +288,7 @@ async fn bad_filter_values_are_refused_with_422() {
 
 /// An application whose endpoint answers what `status` says at the time: every message is
 /// sent after the previous one has finished, so its attempts get that status.
-async fn endpoint_with_history(app: &TestApp) -> (String, String, Vec<String>) {
+async fn endpoint_with_history(app: &TestServer) -> (String, String, Vec<String>) {
     let status = Arc::new(AtomicU16::new(200));
     let answer = status.clone();
     let receiver = Receiver::with(Arc::new(move |_| {

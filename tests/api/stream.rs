@@ -12,7 +12,7 @@ use sqlx::{Connection, PgConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{
-    Receiver, SseClient, SseEvent, TOKEN, TestApp, all_delivered, spawn_app, spawn_app_with,
+    Receiver, SseClient, SseEvent, TOKEN, TestServer, all_delivered, spawn_app, spawn_app_with,
 };
 use crate::process::Process;
 
@@ -49,7 +49,7 @@ async fn send_sql(conn: &mut PgConnection, app: &str, payload: Value) -> String 
     .unwrap()
 }
 
-async fn app_with_uid(app: &TestApp, uid: &str) -> String {
+async fn app_with_uid(app: &TestServer, uid: &str) -> String {
     let (status, body) = app.post("/apps", json!({"name": uid, "uid": uid})).await;
     assert_eq!(status, 201, "{body}");
     body["id"].as_str().unwrap().to_owned()

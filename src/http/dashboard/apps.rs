@@ -11,12 +11,12 @@ use super::view::{
 };
 use super::{Layout, PageResult, render};
 use crate::db::dashboard;
-use crate::db::{self, PageParams};
+use crate::db::{self, ListParams};
 use crate::domain::MessageId;
-use crate::http::AppState;
+use crate::http::ServerState;
 use crate::http::search::MessageFilters;
 
-pub(super) fn routes() -> Router<AppState> {
+pub(super) fn routes() -> Router<ServerState> {
     Router::new()
         .route("/apps", get(apps))
         .route("/apps/{app}", get(app))
@@ -38,7 +38,7 @@ struct AppsPage {
     apps: Vec<AppRow>,
 }
 
-async fn apps(State(state): State<AppState>, session: Session) -> PageResult {
+async fn apps(State(state): State<ServerState>, session: Session) -> PageResult {
     let apps = dashboard::apps(&state.pool, 500).await?;
     render(AppsPage {
         layout: Layout::new(&state, &session, "Applications", "apps"),
@@ -79,10 +79,10 @@ struct AppPage {
 }
 
 async fn app(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     session: Session,
     Path(key): Path<String>,
-    Query(page): Query<PageParams>,
+    Query(page): Query<ListParams>,
     Query(filter): Query<MessageFilters>,
 ) -> PageResult {
     let app = state.app(&key).await?;
@@ -95,7 +95,7 @@ async fn app(
             *value = Some(form_time_text(at));
         }
     }
-    let endpoints = db::endpoints::list(&state.pool, app.id, None, PageParams::MAX_LIMIT).await?;
+    let endpoints = db::endpoints::list(&state.pool, app.id, None, ListParams::MAX_LIMIT).await?;
     let mut messages = match &search {
         Some(search) => db::messages::list(&state.pool, app.id, search, PAGE_ROWS).await?,
         None => vec![],

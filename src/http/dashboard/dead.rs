@@ -9,13 +9,13 @@ use axum::routing::get;
 use super::session::Session;
 use super::view::ago;
 use super::{Layout, PageError, PageResult, render};
-use crate::db::PageParams;
+use crate::db::ListParams;
 use crate::db::dashboard;
 use crate::db::events::DeadDelivery;
 use crate::domain::{DeliveryId, short_url};
-use crate::http::AppState;
+use crate::http::ServerState;
 
-pub(super) fn routes() -> Router<AppState> {
+pub(super) fn routes() -> Router<ServerState> {
     Router::new().route("/dead", get(dead))
 }
 
@@ -64,9 +64,9 @@ struct DeadEndpointRow {
 }
 
 async fn dead(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     session: Session,
-    Query(page): Query<PageParams>,
+    Query(page): Query<ListParams>,
 ) -> PageResult {
     let before = page
         .cursor::<DeliveryId>()
@@ -75,7 +75,7 @@ async fn dead(
 }
 
 pub(super) async fn dead_page(
-    state: &AppState,
+    state: &ServerState,
     session: &Session,
     before: Option<DeliveryId>,
     flash: Option<String>,

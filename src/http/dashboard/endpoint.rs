@@ -13,13 +13,13 @@ use super::{Layout, PageResult, render};
 use crate::db::attempts::Of;
 use crate::db::dashboard::{self, Rate};
 use crate::db::endpoints::EndpointFields;
-use crate::db::{self, PageParams};
+use crate::db::{self, ListParams};
 use crate::domain::{AttemptId, SigningSecret, short_url};
-use crate::error::AppError;
+use crate::error::ApiError;
 use crate::http::search::AttemptFilters;
-use crate::http::{AppState, actions, path_id};
+use crate::http::{ServerState, actions, path_id};
 
-pub(super) fn routes() -> Router<AppState> {
+pub(super) fn routes() -> Router<ServerState> {
     Router::new()
         .route("/apps/{app}/endpoints/{ep}", get(endpoint))
         .route("/apps/{app}/endpoints/{ep}/rotate", post(rotate))
@@ -55,7 +55,7 @@ struct AttemptView {
 }
 
 async fn endpoint_page(
-    state: &AppState,
+    state: &ServerState,
     session: &Session,
     app_key: &str,
     ep: &str,
@@ -68,7 +68,7 @@ async fn endpoint_page(
     let search = view.filter.search(view.cursor)?;
     let endpoint = db::endpoints::find(&state.pool, app.id, id)
         .await?
-        .ok_or(AppError::NotFound("endpoint"))?;
+        .ok_or(ApiError::NotFound("endpoint"))?;
     let rate = dashboard::endpoint_rate(&state.pool, endpoint.id).await?;
     let mut attempts = db::attempts::list(
         &state.pool,
@@ -119,7 +119,7 @@ async fn endpoint_page(
 /// The page as a form posted on it answers: the newest attempts, unfiltered, and what the
 /// form did.
 pub(super) async fn form_answer(
-    state: &AppState,
+    state: &ServerState,
     session: &Session,
     app: &str,
     ep: &str,
@@ -131,10 +131,10 @@ pub(super) async fn form_answer(
 }
 
 async fn endpoint(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     session: Session,
     Path((app, ep)): Path<(String, String)>,
-    Query(page): Query<PageParams>,
+    Query(page): Query<ListParams>,
     Query(filter): Query<AttemptFilters>,
 ) -> PageResult {
     let view = AttemptView {
@@ -145,7 +145,7 @@ async fn endpoint(
 }
 
 async fn rotate(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path((app, ep)): Path<(String, String)>,
     Checked { session, .. }: Checked<TokenOnly>,
 ) -> PageResult {
@@ -153,7 +153,7 @@ async fn rotate(
     let id = path_id(&ep, "endpoint")?;
     db::endpoints::find(&state.pool, app_id, id)
         .await?
-        .ok_or(AppError::NotFound("endpoint"))?;
+        .ok_or(ApiError::NotFound("endpoint"))?;
     let secret = SigningSecret::generate();
     db::endpoints::rotate_to(&state.pool, id, &secret, state.config.secret_grace_period).await?;
     let shown = secret.expose().to_owned();
@@ -182,7 +182,7 @@ impl CsrfForm for StateForm {
 }
 
 async fn set_state(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path((app, ep)): Path<(String, String)>,
     Checked { session, form }: Checked<StateForm>,
 ) -> PageResult {

@@ -12,10 +12,10 @@ use serde::Deserialize;
 
 use super::session::{self, Checked, TokenOnly};
 use super::{PageResult, render};
-use crate::http::AppState;
+use crate::http::ServerState;
 use crate::http::throttle::ClientAddr;
 
-pub(super) fn routes() -> Router<AppState> {
+pub(super) fn routes() -> Router<ServerState> {
     Router::new()
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
@@ -47,7 +47,7 @@ fn safe_next(next: Option<String>) -> String {
 }
 
 async fn login_form(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     headers: HeaderMap,
     Query(q): Query<NextParam>,
 ) -> PageResult {
@@ -65,7 +65,7 @@ struct LoginForm {
 }
 
 async fn login(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     client: ClientAddr,
     Form(form): Form<LoginForm>,
 ) -> PageResult {
@@ -105,7 +105,7 @@ async fn login(
 }
 
 async fn logout(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Checked { session, .. }: Checked<TokenOnly>,
 ) -> PageResult {
     // The cookie a browser drops could have been copied: it must stop working here and on

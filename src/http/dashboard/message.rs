@@ -11,11 +11,11 @@ use super::view::{AttemptRow, rows, stamp};
 use super::{Layout, PageResult, render};
 use crate::db::attempts::Of;
 use crate::db::messages::{DeliveryStatus, Message};
-use crate::db::{self, PageParams};
-use crate::error::AppError;
-use crate::http::{AppState, path_id};
+use crate::db::{self, ListParams};
+use crate::error::ApiError;
+use crate::http::{ServerState, path_id};
 
-pub(super) fn routes() -> Router<AppState> {
+pub(super) fn routes() -> Router<ServerState> {
     Router::new().route("/apps/{app}/messages/{msg}", get(message))
 }
 
@@ -67,7 +67,7 @@ fn pretty(payload: &str) -> String {
 }
 
 async fn message(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     session: Session,
     Path((app_key, msg)): Path<(String, String)>,
 ) -> PageResult {
@@ -75,7 +75,7 @@ async fn message(
 }
 
 pub(super) async fn message_page(
-    state: &AppState,
+    state: &ServerState,
     session: &Session,
     app_key: &str,
     msg: &str,
@@ -85,14 +85,14 @@ pub(super) async fn message_page(
     let id = path_id(msg, "message")?;
     let message: Message = db::messages::find(&state.pool, app.id, id)
         .await?
-        .ok_or(AppError::NotFound("message"))?;
+        .ok_or(ApiError::NotFound("message"))?;
     let deliveries = db::messages::deliveries(&state.pool, message.id).await?;
     let attempts = db::attempts::list(
         &state.pool,
         app.id,
         Of::Message(message.id),
         &Default::default(),
-        PageParams::MAX_LIMIT,
+        ListParams::MAX_LIMIT,
     )
     .await?;
     render(MessagePage {

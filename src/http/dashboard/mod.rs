@@ -26,12 +26,12 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Router, middleware};
 
-use super::AppState;
+use super::ServerState;
 use crate::db::replays::Refused;
-use crate::error::AppError;
+use crate::error::ApiError;
 use session::Session;
 
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<ServerState> {
     Router::new()
         .merge(overview::routes())
         .merge(login::routes())
@@ -100,7 +100,7 @@ struct Layout {
 
 impl Layout {
     fn new(
-        state: &AppState,
+        state: &ServerState,
         session: &Session,
         title: impl Into<String>,
         nav: &'static str,
@@ -123,11 +123,11 @@ impl Layout {
 /// An error shown as a page rather than JSON.
 pub struct PageError(StatusCode, String);
 
-impl From<AppError> for PageError {
-    fn from(e: AppError) -> Self {
+impl From<ApiError> for PageError {
+    fn from(e: ApiError) -> Self {
         let status = e.status();
         let message = match &e {
-            AppError::Database(_) | AppError::Internal(_) => {
+            ApiError::Database(_) | ApiError::Internal(_) => {
                 tracing::error!(error = format!("{e:#}"), "dashboard page failed");
                 "Something went wrong on our side; it has been logged.".to_owned()
             }
@@ -139,7 +139,7 @@ impl From<AppError> for PageError {
 
 impl From<sqlx::Error> for PageError {
     fn from(e: sqlx::Error) -> Self {
-        AppError::Database(e).into()
+        ApiError::Database(e).into()
     }
 }
 
@@ -167,13 +167,13 @@ type PageResult = Result<Response, PageError>;
 fn render(page: impl Template) -> PageResult {
     let html = page
         .render()
-        .map_err(|e| PageError::from(AppError::Internal(e.into())))?;
+        .map_err(|e| PageError::from(ApiError::Internal(e.into())))?;
     Ok(Html(html).into_response())
 }
 
 /// A replay or recover the state of things refuses, shown as a page.
 impl From<Refused> for PageError {
     fn from(r: Refused) -> Self {
-        AppError::from(r).into()
+        ApiError::from(r).into()
     }
 }

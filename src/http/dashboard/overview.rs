@@ -10,9 +10,9 @@ use super::view::{AttemptRow, Bar, chart, duration_text, percent, rows};
 use super::{Layout, PageResult, render};
 use crate::db;
 use crate::db::dashboard::{self, QueueStats, Rate};
-use crate::http::AppState;
+use crate::http::ServerState;
 
-pub(super) fn routes() -> Router<AppState> {
+pub(super) fn routes() -> Router<ServerState> {
     Router::new().route("/", get(overview))
 }
 
@@ -30,7 +30,7 @@ struct Overview {
     attempts: Vec<AttemptRow>,
 }
 
-async fn overview(State(state): State<AppState>, session: Session) -> PageResult {
+async fn overview(State(state): State<ServerState>, session: Session) -> PageResult {
     let queue = dashboard::queue(&state.pool).await?;
     let minutes = dashboard::throughput(&state.pool, 60).await?;
     let hour = minutes.iter().fold(Rate::default(), |r, m| Rate {

@@ -12,9 +12,9 @@ use super::session::{Checked, CsrfForm};
 use super::view::form_time_value;
 use super::{PageError, PageResult, dead, endpoint, message};
 use crate::domain::{EndpointId, MessageId};
-use crate::http::{AppState, actions, path_id};
+use crate::http::{ServerState, actions, path_id};
 
-pub(super) fn routes() -> Router<AppState> {
+pub(super) fn routes() -> Router<ServerState> {
     Router::new()
         .route("/apps/{app}/messages/{msg}/replay", post(replay))
         .route("/apps/{app}/endpoints/{ep}/recover", post(recover))
@@ -36,7 +36,7 @@ impl CsrfForm for ReplayForm {
 }
 
 async fn replay(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path((app, msg)): Path<(String, String)>,
     Checked { session, form }: Checked<ReplayForm>,
 ) -> PageResult {
@@ -82,7 +82,7 @@ fn form_time(value: &str) -> Result<DateTime<Utc>, PageError> {
 }
 
 async fn recover(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path((app, ep)): Path<(String, String)>,
     Checked { session, form }: Checked<RecoverForm>,
 ) -> PageResult {
@@ -90,7 +90,7 @@ async fn recover(
     let endpoint: EndpointId = path_id(&ep, "endpoint")?;
     let since = form_time(&form.since)?;
     let started = state
-        .recoveries
+        .bulk_replays
         .start(app_id, endpoint, since, Utc::now())
         .await??;
     let flash = format!(

@@ -27,7 +27,7 @@ use subtle::ConstantTimeEq;
 
 use super::PageError;
 use crate::config::Config;
-use crate::http::AppState;
+use crate::http::ServerState;
 
 pub const COOKIE_NAME: &str = "herald_session";
 const LIFETIME: Duration = Duration::from_secs(12 * 3600);
@@ -170,10 +170,10 @@ pub struct Session {
     pub(super) cookie: String,
 }
 
-impl FromRequestParts<AppState> for Session {
+impl FromRequestParts<ServerState> for Session {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, state: &ServerState) -> Result<Self, Response> {
         match session(&state.config, &state.revoked_sessions, &parts.headers) {
             Some(cookie) => Ok(Self {
                 csrf: csrf_token(&state.config, &cookie),
@@ -196,7 +196,7 @@ impl FromRequestParts<AppState> for Session {
 impl Session {
     fn check_csrf(
         &self,
-        state: &AppState,
+        state: &ServerState,
         headers: &HeaderMap,
         token: &str,
     ) -> Result<(), PageError> {
@@ -240,10 +240,10 @@ pub(super) struct Checked<F> {
     pub(super) form: F,
 }
 
-impl<F: CsrfForm> FromRequest<AppState> for Checked<F> {
+impl<F: CsrfForm> FromRequest<ServerState> for Checked<F> {
     type Rejection = Response;
 
-    async fn from_request(request: Request, state: &AppState) -> Result<Self, Response> {
+    async fn from_request(request: Request, state: &ServerState) -> Result<Self, Response> {
         let (mut parts, body) = request.into_parts();
         let session = Session::from_request_parts(&mut parts, state).await?;
         let headers = parts.headers.clone();

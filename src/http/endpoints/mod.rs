@@ -12,18 +12,18 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use self::settings::{CreateEndpoint, UpdateEndpoint};
-use super::openapi::{AppParam, AttemptsPage, EndpointParams, EndpointsPage, ErrorBody};
-use super::paging::Paging;
+use super::openapi::{AppParam, AttemptsList, EndpointParams, EndpointsList, ErrorBody};
+use super::paging::ListQuery;
 use super::search::AttemptFilters;
-use super::{AppState, actions, optional_body, path_id};
+use super::{ServerState, actions, optional_body, path_id};
 use crate::db::attempts::{Attempt, Of};
 use crate::db::endpoints::Endpoint;
 use crate::db::removals::Removal;
-use crate::db::{self, Page};
+use crate::db::{self, Listing};
 use crate::domain::{AttemptId, EndpointId, SigningSecret, Window};
-use crate::error::{AppError, AppResult, Json, Query};
+use crate::error::{ApiError, ApiResult, Json, Query};
 
-pub fn routes() -> OpenApiRouter<AppState> {
+pub fn routes() -> OpenApiRouter<ServerState> {
     OpenApiRouter::new()
         .routes(routes!(create, list))
         .routes(routes!(show, update, remove))
@@ -52,13 +52,13 @@ struct WithSecret {
     responses((status = 201, body = WithSecret))
 )]
 async fn create(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path(app): Path<String>,
     Json(body): Json<CreateEndpoint>,
-) -> AppResult<(StatusCode, Json<WithSecret>)> {
+) -> ApiResult<(StatusCode, Json<WithSecret>)> {
     let app_id = state.app_id(&app).await?;
     let secret = match body.secret {
-        Some(s) => SigningSecret::parse(&s).map_err(AppError::Invalid)?,
+        Some(s) => SigningSecret::parse(&s).map_err(ApiError::Invalid)?,
         None => SigningSecret::generate(),
     };
     let fields = body
@@ -81,25 +81,25 @@ async fn create(
     get,
     path = "/apps/{app}/endpoints",
     tag = "endpoints",
-    params(AppParam, EndpointsPage),
-    responses((status = 200, body = Page<Endpoint>))
+    params(AppParam, EndpointsList),
+    responses((status = 200, body = Listing<Endpoint>))
 )]
 async fn list(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path(app): Path<String>,
-    Paging { limit, cursor }: Paging<EndpointId>,
-) -> AppResult<Json<Page<Endpoint>>> {
+    ListQuery { limit, cursor }: ListQuery<EndpointId>,
+) -> ApiResult<Json<Listing<Endpoint>>> {
     let app_id = state.app_id(&app).await?;
     let rows = db::endpoints::list(&state.pool, app_id, cursor, limit).await?;
-    Ok(Json(Page::from_rows(rows, limit, |e| e.id.to_string())))
+    Ok(Json(Listing::from_rows(rows, limit, |e| e.id.to_string())))
 }
 
-async fn find(state: &AppState, app: &str, ep: &str) -> AppResult<Endpoint> {
+async fn find(state: &ServerState, app: &str, ep: &str) -> ApiResult<Endpoint> {
     let app_id = state.app_id(app).await?;
     let id = path_id(ep, "endpoint")?;
     db::endpoints::find(&state.pool, app_id, id)
         .await?
-        .ok_or(AppError::NotFound("endpoint"))
+        .ok_or(ApiError::NotFound("endpoint"))
 }
 
 /// One endpoint.
@@ -111,9 +111,9 @@ async fn find(state: &AppState, app: &str, ep: &str) -> AppResult<Endpoint> {
     responses((status = 200, body = Endpoint))
 )]
 async fn show(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path((app, ep)): Path<(String, String)>,
-) -> AppResult<Json<Endpoint>> {
+) -> ApiResult<Json<Endpoint>> {
     Ok(Json(find(&state, &app, &ep).await?))
 }
 
@@ -129,13 +129,13 @@ async fn show(
     responses((status = 200, body = Endpoint))
 )]
 async fn update(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path((app, ep)): Path<(String, String)>,
     Json(body): Json<UpdateEndpoint>,
-) -> AppResult<Json<Endpoint>> {
+) -> ApiResult<Json<Endpoint>> {
     let endpoint = find(&state, &app, &ep).await?;
     if body.secret.is_some() {
-        return Err(AppError::Invalid(
+        return Err(ApiError::Invalid(
             "secret cannot be patched; use POST .../secret/rotate".into(),
         ));
     }
@@ -158,13 +158,13 @@ async fn update(
     responses((status = 202, body = Removal, description = "Queued for removal"))
 )]
 async fn remove(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path((app, ep)): Path<(String, String)>,
-) -> AppResult<(StatusCode, Json<Removal>)> {
+) -> ApiResult<(StatusCode, Json<Removal>)> {
     let endpoint = find(&state, &app, &ep).await?;
     let removal = db::removals::queue_endpoint(&state.pool, endpoint.app_id, endpoint.id)
         .await?
-        .ok_or(AppError::NotFound("endpoint"))?;
+        .ok_or(ApiError::NotFound("endpoint"))?;
     state.removals.wake();
     Ok((StatusCode::ACCEPTED, Json(removal)))
 }
@@ -184,13 +184,13 @@ struct SecretAnswer {
     responses((status = 200, body = SecretAnswer))
 )]
 async fn secret(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path((app, ep)): Path<(String, String)>,
-) -> AppResult<Json<SecretAnswer>> {
+) -> ApiResult<Json<SecretAnswer>> {
     let endpoint = find(&state, &app, &ep).await?;
     let secret = db::endpoints::current_secret(&state.pool, endpoint.id)
         .await?
-        .ok_or(AppError::NotFound("secret"))?;
+        .ok_or(ApiError::NotFound("secret"))?;
     Ok(Json(SecretAnswer { secret }))
 }
 
@@ -210,9 +210,9 @@ struct HeadersAnswer {
     responses((status = 200, body = HeadersAnswer))
 )]
 async fn headers(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path((app, ep)): Path<(String, String)>,
-) -> AppResult<Json<HeadersAnswer>> {
+) -> ApiResult<Json<HeadersAnswer>> {
     // The endpoint as read holds them; only its JSON form hides the values.
     let endpoint = find(&state, &app, &ep).await?;
     Ok(Json(HeadersAnswer {
@@ -239,15 +239,15 @@ struct RotateBody {
     responses((status = 200, body = SecretAnswer))
 )]
 async fn rotate(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path((app, ep)): Path<(String, String)>,
     body: axum::body::Bytes,
-) -> AppResult<Json<SecretAnswer>> {
+) -> ApiResult<Json<SecretAnswer>> {
     let endpoint = find(&state, &app, &ep).await?;
     // The body is optional: none means "generate one for me".
     let body: RotateBody = optional_body(&body)?;
     let secret = match body.secret {
-        Some(s) => SigningSecret::parse(&s).map_err(AppError::Invalid)?,
+        Some(s) => SigningSecret::parse(&s).map_err(ApiError::Invalid)?,
         None => SigningSecret::generate(),
     };
     db::endpoints::rotate_to(
@@ -271,18 +271,18 @@ async fn rotate(
     get,
     path = "/apps/{app}/endpoints/{ep}/attempts",
     tag = "endpoints",
-    params(EndpointParams, AttemptsPage, AttemptFilters),
+    params(EndpointParams, AttemptsList, AttemptFilters),
     responses(
-        (status = 200, body = Page<Attempt>),
+        (status = 200, body = Listing<Attempt>),
         (status = 422, body = ErrorBody, description = "A filter's value is invalid."),
     )
 )]
 async fn attempts(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path((app, ep)): Path<(String, String)>,
-    Paging { limit, cursor }: Paging<AttemptId>,
+    ListQuery { limit, cursor }: ListQuery<AttemptId>,
     Query(filters): Query<AttemptFilters>,
-) -> AppResult<Json<Page<Attempt>>> {
+) -> ApiResult<Json<Listing<Attempt>>> {
     let endpoint = find(&state, &app, &ep).await?;
     let search = filters.search(cursor)?;
     let rows = db::attempts::list(
@@ -293,7 +293,7 @@ async fn attempts(
         limit,
     )
     .await?;
-    Ok(Json(Page::from_rows(rows, limit, |a| a.id.to_string())))
+    Ok(Json(Listing::from_rows(rows, limit, |a| a.id.to_string())))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -328,15 +328,15 @@ struct Recovering {
     )
 )]
 async fn recover(
-    State(state): State<AppState>,
+    State(state): State<ServerState>,
     Path((app, ep)): Path<(String, String)>,
     Json(body): Json<RecoverBody>,
-) -> AppResult<(StatusCode, Json<Recovering>)> {
+) -> ApiResult<(StatusCode, Json<Recovering>)> {
     let endpoint = find(&state, &app, &ep).await?;
     let Window { since, until } =
-        Window::parse(Some(&body.since), body.until.as_deref()).map_err(AppError::Invalid)?;
+        Window::parse(Some(&body.since), body.until.as_deref()).map_err(ApiError::Invalid)?;
     let started = state
-        .recoveries
+        .bulk_replays
         .start(endpoint.app_id, endpoint.id, since, until)
         .await??;
     Ok((

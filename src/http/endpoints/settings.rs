@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::db::endpoints::{EndpointFields, REDACTED};
 use crate::domain::{EndpointUrl, EventType, SigningSecret, refused_header};
-use crate::error::{AppError, AppResult};
+use crate::error::{ApiError, ApiResult};
 
 /// What create and update share; on update every field is optional.
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -98,11 +98,11 @@ impl EndpointSettings {
         self,
         url: Option<&str>,
         allow_private: bool,
-    ) -> AppResult<EndpointFields> {
+    ) -> ApiResult<EndpointFields> {
         let url = url
             .map(|u| EndpointUrl::parse(u, allow_private).map(|u| u.to_string()))
             .transpose()
-            .map_err(AppError::Invalid)?;
+            .map_err(ApiError::Invalid)?;
         let event_types = self
             .event_types
             .map(|types| {
@@ -112,25 +112,25 @@ impl EndpointSettings {
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()
-            .map_err(AppError::Invalid)?;
+            .map_err(ApiError::Invalid)?;
         if let Some(d) = &self.description
             && d.chars().count() > 1024
         {
-            return Err(AppError::Invalid(
+            return Err(ApiError::Invalid(
                 "description must be at most 1024 characters".into(),
             ));
         }
         if let Some(Some(n)) = self.max_in_flight
             && !(1..=1000).contains(&n)
         {
-            return Err(AppError::Invalid(
+            return Err(ApiError::Invalid(
                 "max_in_flight must be between 1 and 1000".into(),
             ));
         }
         if let Some(Some(n)) = self.rate_limit
             && !(1..=10_000).contains(&n)
         {
-            return Err(AppError::Invalid(
+            return Err(ApiError::Invalid(
                 "rate_limit must be between 1 and 10000 requests per second".into(),
             ));
         }
@@ -159,38 +159,38 @@ const MAX_HEADER_VALUE: usize = 4096;
 /// headers (8 KiB and up) once Herald's own are added.
 const MAX_HEADERS_TOTAL: usize = 6144;
 
-fn validate_headers(headers: &BTreeMap<String, String>) -> AppResult<()> {
+fn validate_headers(headers: &BTreeMap<String, String>) -> ApiResult<()> {
     if headers.len() > MAX_HEADERS {
-        return Err(AppError::Invalid(format!(
+        return Err(ApiError::Invalid(format!(
             "at most {MAX_HEADERS} custom headers"
         )));
     }
     let mut seen = std::collections::HashSet::new();
     for (name, value) in headers {
         if let Some(why) = refused_header(name) {
-            return Err(AppError::Invalid(format!("header {name:?} {why}")));
+            return Err(ApiError::Invalid(format!("header {name:?} {why}")));
         }
         // Header names are case-insensitive: two spellings of one name would reach the
         // receiver as one, silently.
         if !seen.insert(name.to_ascii_lowercase()) {
-            return Err(AppError::Invalid(format!(
+            return Err(ApiError::Invalid(format!(
                 "header {name:?} is given twice (names are case-insensitive)"
             )));
         }
         if value == REDACTED {
-            return Err(AppError::Invalid(format!(
+            return Err(ApiError::Invalid(format!(
                 "header {name:?} has the value {REDACTED:?} that reads show in place of every \
                  value: send the real value (GET .../headers shows them), or leave headers out \
                  to keep them as they are"
             )));
         }
         if name.len() > MAX_HEADER_NAME {
-            return Err(AppError::Invalid(format!(
+            return Err(ApiError::Invalid(format!(
                 "header names must be at most {MAX_HEADER_NAME} bytes"
             )));
         }
         if value.len() > MAX_HEADER_VALUE {
-            return Err(AppError::Invalid(format!(
+            return Err(ApiError::Invalid(format!(
                 "header {name:?} is {} bytes long; a value must be at most {MAX_HEADER_VALUE}",
                 value.len()
             )));
@@ -200,14 +200,14 @@ fn validate_headers(headers: &BTreeMap<String, String>) -> AppResult<()> {
             .bytes()
             .all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
         if HeaderName::from_bytes(name.as_bytes()).is_err() || !ascii {
-            return Err(AppError::Invalid(format!(
+            return Err(ApiError::Invalid(format!(
                 "header {name:?} is not a valid HTTP header"
             )));
         }
     }
     let total: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
     if total > MAX_HEADERS_TOTAL {
-        return Err(AppError::Invalid(format!(
+        return Err(ApiError::Invalid(format!(
             "custom headers take {total} bytes (names and values); at most {MAX_HEADERS_TOTAL}"
         )));
     }

@@ -1,4 +1,4 @@
-//! One read of the event log: the settled events after a position, rendered as frames, and
+//! A slice of the event log, as one read takes it: the settled events after a position, rendered as frames, and
 //! for a client catching up, only as many as its budget has room for.
 
 use std::collections::HashMap;
@@ -11,18 +11,18 @@ use crate::db::events::{self, Filter, Logged};
 use crate::domain::{EventKind, Position};
 
 /// Events the reader fetches per query, and a catching-up subscriber per page.
-const PAGE: i64 = 500;
+const SLICE: i64 = 500;
 
 /// One read of the log: the settled events after a position, rendered (`None` where the
 /// event's subject was deleted since), and whether unsettled ones came after them.
-pub(super) struct Page {
+pub(super) struct Slice {
     pub(super) events: Vec<(Position, Option<Event>)>,
     fetched: usize,
     /// Settled events were left out to keep the page within a size.
     pub(super) cut: bool,
 }
 
-impl Page {
+impl Slice {
     /// `wanted` says, once the events are read, whether to render them at all: unrendered
     /// events keep their positions but carry no event.
     pub(super) async fn after(
@@ -31,7 +31,7 @@ impl Page {
         filter: &Filter,
         wanted: impl FnOnce() -> bool,
     ) -> sqlx::Result<Self> {
-        let rows = events::after(&mut *conn, from, filter, PAGE).await?;
+        let rows = events::after(&mut *conn, from, filter, SLICE).await?;
         let fetched = rows.len();
         let settled: Vec<Logged> = rows.into_iter().take_while(|r| r.settled).collect();
         let data = if wanted() {
@@ -42,7 +42,7 @@ impl Page {
         Ok(Self::of(settled, data, fetched, false))
     }
 
-    /// Like [`Page::after`], but only the first events whose rendering is estimated to fit
+    /// Like [`Slice::after`], but only the first events whose rendering is estimated to fit
     /// in `room` bytes (at least one): a client catching up never has a whole page of
     /// megabyte messages read for it at once. Payload sizes are asked of the database
     /// first, which reads them without sending them.
@@ -52,7 +52,7 @@ impl Page {
         filter: &Filter,
         room: usize,
     ) -> sqlx::Result<Self> {
-        let rows = events::after(&mut *conn, from, filter, PAGE).await?;
+        let rows = events::after(&mut *conn, from, filter, SLICE).await?;
         let fetched = rows.len();
         let mut settled: Vec<Logged> = rows.into_iter().take_while(|r| r.settled).collect();
         // Payloads are measured in growing chunks, not all at once: where only a few big
@@ -114,7 +114,7 @@ impl Page {
 
     /// The page was full of settled events: read on at once.
     pub(super) fn more(&self) -> bool {
-        self.fetched as i64 == PAGE && !self.waiting()
+        self.fetched as i64 == SLICE && !self.waiting()
     }
 }
 

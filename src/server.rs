@@ -1,4 +1,4 @@
-//! Start-up: connect, migrate, bind, and run the API and the worker pool together until
+//! The server (one `herald serve` process). Start-up: connect, migrate, bind, and run the API and the worker pool together until
 //! the cancellation token fires.
 
 use std::net::SocketAddr;
@@ -20,9 +20,9 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::db;
-use crate::delivery::{Recoveries, WorkerPool, WorkerSettings, client};
+use crate::delivery::{BulkReplays, WorkerPool, WorkerSettings, client};
 use crate::feed::{Feed, FeedSettings};
-use crate::http::{self, AppState};
+use crate::http::{self, ServerState};
 use crate::probe::Probe;
 use crate::removal::Removals;
 use crate::retention;
@@ -33,17 +33,17 @@ const FEED_CONNECTIONS: u32 = 4;
 /// Connections of the probes (`/readyz`, the queue gauges of `/metrics`): one each.
 const PROBE_CONNECTIONS: u32 = 2;
 
-pub struct App {
+pub struct Server {
     listener: TcpListener,
     router: axum::Router,
     pool: PgPool,
     workers: WorkerPool,
-    recoveries: Recoveries,
+    bulk_replays: BulkReplays,
     cancel: CancellationToken,
     limits: ServerLimits,
 }
 
-impl App {
+impl Server {
     /// Binds `config.listen` (port 0 picks a free port) and starts the workers.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let pool = db::connect_with_window(
@@ -80,7 +80,7 @@ impl App {
         let feed = Feed::spawn(feed_pool, FeedSettings::from(&config), cancel.clone())
             .await
             .context("cannot start the live feed")?;
-        let recoveries = Recoveries::spawn(pool.clone(), config.recover_batch, cancel.clone());
+        let bulk_replays = BulkReplays::spawn(pool.clone(), config.recover_batch, cancel.clone());
         let layout = db::history::Layout {
             interval: config.partition_interval,
             retention: config.retention,
@@ -98,12 +98,12 @@ impl App {
             max_connections: config.max_connections,
             grace: config.shutdown_grace,
         };
-        let router = http::router(AppState::new(
+        let router = http::router(ServerState::new(
             pool.clone(),
             config,
             workers.direct(),
             feed,
-            recoveries.clone(),
+            bulk_replays.clone(),
             removals,
             probe,
         ));
@@ -112,7 +112,7 @@ impl App {
             router,
             pool,
             workers,
-            recoveries,
+            bulk_replays,
             cancel,
             limits,
         })
@@ -139,7 +139,7 @@ impl App {
         // The server and the workers wind down side by side, each within the grace period.
         let workers = async {
             self.workers.join().await;
-            self.recoveries.join().await;
+            self.bulk_replays.join().await;
         };
         tokio::join!(
             serve(self.listener, self.router, self.limits, self.cancel.clone()),

@@ -1,4 +1,5 @@
-//! Runs recovers: an endpoint's dead deliveries in a window go back to pending in batches,
+//! Bulk replay (`POST .../recover`, the API's "recover"; not crash recovery, which is the
+//! lease sweep's): an endpoint's dead deliveries in a window go back to pending in batches,
 //! with progress for whoever asked. A recover is stored with a cursor and a lease, so when
 //! its process stops part-way any process takes it over and carries on after the last batch
 //! that committed.
@@ -23,7 +24,7 @@ const PAUSE: Duration = Duration::from_millis(20);
 const TAKEOVER_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
-pub struct Recoveries(Arc<Inner>);
+pub struct BulkReplays(Arc<Inner>);
 
 struct Inner {
     pool: PgPool,
@@ -41,7 +42,7 @@ pub struct Started {
     pub progress: mpsc::UnboundedReceiver<RecoveryProgress>,
 }
 
-impl Recoveries {
+impl BulkReplays {
     pub fn spawn(pool: PgPool, batch: usize, cancel: CancellationToken) -> Self {
         let inner = Arc::new(Inner {
             pool,
