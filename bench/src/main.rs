@@ -49,8 +49,8 @@ enum Cmd {
         /// Extra environment for `herald serve`, as KEY=VALUE (repeatable).
         #[arg(long = "herald-env", value_parser = parse_kv)]
         herald_env: Vec<(String, String)>,
-        /// Run only scenarios whose names contain this (repeatable). `burst sse` also
-        /// runs `burst`, its baseline.
+        /// Run only scenarios whose names contain this, or with `=name` only that one
+        /// (repeatable). `burst sse` and `history burst` also run `burst`, their baseline.
         #[arg(long)]
         only: Vec<String>,
         /// Live-feed (SSE) subscribers during `burst sse`; 0 skips that scenario.

@@ -214,8 +214,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     let receiver = Receiver::start("127.0.0.1:0".parse()?).await?;
     let mut run = Run::on(&settings, &herald, receiver);
 
+    // `=name` selects that scenario alone; anything else, every name containing it.
     let wanted = |name: &str| {
-        settings.only.is_empty() || settings.only.iter().any(|o| name.contains(o.as_str()))
+        settings.only.is_empty()
+            || settings.only.iter().any(|o| match o.strip_prefix('=') {
+                Some(exact) => name == exact,
+                None => name.contains(o.as_str()),
+            })
     };
     let mut scenarios = Vec::new();
     let sse = settings.sse_subscribers > 0 && wanted(BURST_SSE);
