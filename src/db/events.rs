@@ -219,68 +219,90 @@ pub struct DisabledEndpoint {
 /// Renders each event's data as JSON, fetching the rows they are about in one query per
 /// kind. An event whose row is gone (its application was deleted) renders as `None`.
 pub async fn render(db: &mut PgConnection, events: &[Logged]) -> sqlx::Result<Vec<Option<String>>> {
-    let ids_of = |kind: EventKind| -> Vec<Uuid> {
-        events
-            .iter()
-            .filter(|e| e.kind == kind)
-            .map(|e| e.ref_id)
-            .collect()
-    };
     let mut data: HashMap<Uuid, String> = HashMap::new();
-
-    let ids = ids_of(EventKind::Attempt);
+    let ids = ids_of(events, EventKind::Attempt);
     if !ids.is_empty() {
         let ids: Vec<AttemptId> = ids.into_iter().map(AttemptId).collect();
         for a in attempts::by_ids(&mut *db, &ids).await? {
             data.insert(a.id.0, json(&a));
         }
     }
-    let ids = ids_of(EventKind::MessageCreated);
-    if !ids.is_empty() {
-        let rows: Vec<CreatedMessage> = sqlx::query_as(
-            "select id, app_id, event_type, payload::text as payload, created_at,
-                    payload_erased_at
-               from message where id = any($1)",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *db)
-        .await?;
-        for m in rows {
-            data.insert(m.id.0, json(&m));
-        }
-    }
-    let ids = ids_of(EventKind::DeliveryDead);
-    if !ids.is_empty() {
-        let rows: Vec<DeadDelivery> = sqlx::query_as(
-            "select d.id, d.message_id, d.endpoint_id, m.app_id, m.event_type, d.attempt_count,
-                    d.last_error, d.updated_at
-               from delivery d join message m on m.id = d.message_id
-              where d.id = any($1)",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *db)
-        .await?;
-        for d in rows {
-            data.insert(d.id.0, json(&d));
-        }
-    }
-    let ids = ids_of(EventKind::EndpointDisabled);
-    if !ids.is_empty() {
-        let rows: Vec<DisabledEndpoint> = sqlx::query_as(
-            "select id, app_id, url, disabled, disabled_reason, updated_at
-               from endpoint where id = any($1)",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *db)
-        .await?;
-        for e in rows {
-            data.insert(e.id.0, json(&e));
-        }
-    }
+    render_kind::<CreatedMessage>(db, events, &mut data).await?;
+    render_kind::<DeadDelivery>(db, events, &mut data).await?;
+    render_kind::<DisabledEndpoint>(db, events, &mut data).await?;
     Ok(events
         .iter()
         .map(|e| data.get(&e.ref_id).cloned())
         .collect())
+}
+
+/// The data of one kind of event: the row it is about, read by its id.
+trait Rendered: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Serialize + Send + Unpin {
+    const KIND: EventKind;
+    /// Reads the rows whose ids are `$1`.
+    const SQL: &'static str;
+    fn id(&self) -> Uuid;
+}
+
+impl Rendered for CreatedMessage {
+    const KIND: EventKind = EventKind::MessageCreated;
+    const SQL: &'static str = "select id, app_id, event_type, payload::text as payload, created_at,
+                payload_erased_at
+           from message where id = any($1)";
+    fn id(&self) -> Uuid {
+        self.id.0
+    }
+}
+
+impl Rendered for DeadDelivery {
+    const KIND: EventKind = EventKind::DeliveryDead;
+    const SQL: &'static str =
+        "select d.id, d.message_id, d.endpoint_id, m.app_id, m.event_type, d.attempt_count,
+                d.last_error, d.updated_at
+           from delivery d join message m on m.id = d.message_id
+          where d.id = any($1)";
+    fn id(&self) -> Uuid {
+        self.id.0
+    }
+}
+
+impl Rendered for DisabledEndpoint {
+    const KIND: EventKind = EventKind::EndpointDisabled;
+    const SQL: &'static str = "select id, app_id, url, disabled, disabled_reason, updated_at
+           from endpoint where id = any($1)";
+    fn id(&self) -> Uuid {
+        self.id.0
+    }
+}
+
+/// Renders into `data`, under its id, the row each of `events` of `T`'s kind is about;
+/// reads nothing when there are none.
+async fn render_kind<T: Rendered>(
+    db: &mut PgConnection,
+    events: &[Logged],
+    data: &mut HashMap<Uuid, String>,
+) -> sqlx::Result<()> {
+    let ids = ids_of(events, T::KIND);
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<T> = sqlx::query_as(T::SQL)
+        .bind(&ids)
+        .fetch_all(&mut *db)
+        .await?;
+    for row in rows {
+        data.insert(row.id(), json(&row));
+    }
+    Ok(())
+}
+
+/// The ids of the rows `events` of `kind` are about.
+fn ids_of(events: &[Logged], kind: EventKind) -> Vec<Uuid> {
+    events
+        .iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| e.ref_id)
+        .collect()
 }
 
 fn json<T: Serialize>(value: &T) -> String {

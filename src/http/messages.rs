@@ -185,20 +185,12 @@ async fn show(
 async fn attempts(
     State(state): State<ServerState>,
     Path((app, msg)): Path<(String, String)>,
-    ListQuery { limit, cursor }: ListQuery<AttemptId>,
+    list: ListQuery<AttemptId>,
     Query(filters): Query<AttemptFilters>,
 ) -> ApiResult<Json<Listing<Attempt>>> {
     let message = find(&state, &app, &msg).await?;
-    let search = filters.search(cursor)?;
-    let rows = db::attempts::list(
-        &state.pool,
-        message.app_id,
-        Of::Message(message.id),
-        &search,
-        limit,
-    )
-    .await?;
-    Ok(Json(Listing::from_rows(rows, limit, |a| a.id.to_string())))
+    let of = Of::Message(message.id);
+    search::list_attempts(&state, message.app_id, of, list, &filters).await
 }
 
 /// Optional: an empty body replays to every endpoint.

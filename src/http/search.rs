@@ -6,9 +6,12 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::db::{attempts, messages};
-use crate::domain::{AttemptId, AttemptOutcome, EventType, MessageId};
-use crate::error::ApiError;
+use super::ServerState;
+use super::paging::ListQuery;
+use crate::db::attempts::{self, Attempt, Of};
+use crate::db::{Listing, messages};
+use crate::domain::{AppId, AttemptId, AttemptOutcome, EventType, MessageId};
+use crate::error::{ApiError, ApiResult, Json};
 
 /// What an attempt's outcome is, in the document.
 #[allow(dead_code)]
@@ -43,12 +46,11 @@ pub struct MessageFilters {
 impl MessageFilters {
     /// The dashboard's form sends every field, empty when unused.
     pub fn without_empty(self) -> Self {
-        let keep = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
         Self {
-            event_type: keep(self.event_type),
-            since: keep(self.since),
-            until: keep(self.until),
-            idempotency_key: keep(self.idempotency_key),
+            event_type: non_blank(self.event_type),
+            since: non_blank(self.since),
+            until: non_blank(self.until),
+            idempotency_key: non_blank(self.idempotency_key),
         }
     }
 
@@ -127,10 +129,9 @@ pub struct AttemptFilters {
 
 impl AttemptFilters {
     pub fn without_empty(self) -> Self {
-        let keep = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
         Self {
-            outcome: keep(self.outcome),
-            status: keep(self.status),
+            outcome: non_blank(self.outcome),
+            status: non_blank(self.status),
         }
     }
 
@@ -162,6 +163,26 @@ impl AttemptFilters {
             before: cursor,
         })
     }
+}
+
+/// A form field left empty (or blank) is a filter not given.
+fn non_blank(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.trim().is_empty())
+}
+
+/// An attempt list as the REST API answers it (`GET .../endpoints/{ep}/attempts` and
+/// `GET .../messages/{msg}/attempts`): the attempts of `of`, an application's endpoint or
+/// message, that `filters` match, one page of them.
+pub async fn list_attempts(
+    state: &ServerState,
+    app: AppId,
+    of: Of,
+    ListQuery { limit, cursor }: ListQuery<AttemptId>,
+    filters: &AttemptFilters,
+) -> ApiResult<Json<Listing<Attempt>>> {
+    let search = filters.search(cursor)?;
+    let rows = attempts::list(&state.pool, app, of, &search, limit).await?;
+    Ok(Json(Listing::from_rows(rows, limit, |a| a.id.to_string())))
 }
 
 /// `503` → 503..=503, `5xx` → 500..=599.

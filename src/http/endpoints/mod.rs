@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 use self::settings::{CreateEndpoint, UpdateEndpoint};
 use super::openapi::{AppParam, AttemptsList, EndpointParams, EndpointsList, ErrorBody};
 use super::paging::ListQuery;
-use super::search::AttemptFilters;
+use super::search::{self, AttemptFilters};
 use super::{ServerState, actions, optional_body, path_id};
 use crate::db::attempts::{Attempt, Of};
 use crate::db::endpoints::Endpoint;
@@ -280,20 +280,12 @@ async fn rotate(
 async fn attempts(
     State(state): State<ServerState>,
     Path((app, ep)): Path<(String, String)>,
-    ListQuery { limit, cursor }: ListQuery<AttemptId>,
+    list: ListQuery<AttemptId>,
     Query(filters): Query<AttemptFilters>,
 ) -> ApiResult<Json<Listing<Attempt>>> {
     let endpoint = find(&state, &app, &ep).await?;
-    let search = filters.search(cursor)?;
-    let rows = db::attempts::list(
-        &state.pool,
-        endpoint.app_id,
-        Of::Endpoint(endpoint.id),
-        &search,
-        limit,
-    )
-    .await?;
-    Ok(Json(Listing::from_rows(rows, limit, |a| a.id.to_string())))
+    let of = Of::Endpoint(endpoint.id);
+    search::list_attempts(&state, endpoint.app_id, of, list, &filters).await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
