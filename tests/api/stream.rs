@@ -50,6 +50,13 @@ async fn send_sql(conn: &mut PgConnection, app: &str, payload: Value) -> String 
     .unwrap()
 }
 
+/// Prunes the feed's log with a retention of one day; returns how many events went.
+async fn prune_past_a_day(app: &TestServer) -> u64 {
+    herald::db::events::prune(&app.pool, Duration::from_secs(86400), 1000)
+        .await
+        .unwrap()
+}
+
 /// A new application with uid `uid`, and a stream of its events only.
 async fn watched_app(app: &TestServer, uid: &str) -> SseClient {
     app_with_uid(app, uid).await;
@@ -505,9 +512,7 @@ async fn events_older_than_the_retention_are_pruned_and_cannot_be_resumed_from()
     .execute(&mut conn)
     .await
     .unwrap();
-    let pruned = herald::db::events::prune(&app.pool, Duration::from_secs(86400), 1000)
-        .await
-        .unwrap();
+    let pruned = prune_past_a_day(&app).await;
     assert_eq!(pruned, 1);
 
     // Resuming from before the oldest kept event could skip what was pruned: refused,
@@ -691,9 +696,7 @@ async fn a_resume_past_which_everything_was_pruned_is_refused() {
         .execute(&mut conn)
         .await
         .unwrap();
-    let pruned = herald::db::events::prune(&app.pool, Duration::from_secs(86400), 1000)
-        .await
-        .unwrap();
+    let pruned = prune_past_a_day(&app).await;
     assert_eq!(pruned, 2, "the log is empty now");
 
     let resume = |last: String| {
