@@ -62,17 +62,22 @@ impl Api {
         Ok(())
     }
 
-    /// `DELETE path`: the id of the removal it queued.
-    pub async fn queue_removal(&self, path: &str) -> anyhow::Result<String> {
-        let removal: serde_json::Value = self
+    /// `method path` without a body; its JSON answer, an error unless it succeeded.
+    async fn call(&self, method: reqwest::Method, path: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(self
             .http
-            .delete(format!("{}/api/v1{path}", self.base))
+            .request(method, format!("{}/api/v1{path}", self.base))
             .bearer_auth(&self.token)
             .send()
             .await?
             .error_for_status()?
             .json()
-            .await?;
+            .await?)
+    }
+
+    /// `DELETE path`: the id of the removal it queued.
+    pub async fn queue_removal(&self, path: &str) -> anyhow::Result<String> {
+        let removal = self.call(reqwest::Method::DELETE, path).await?;
         removal["id"]
             .as_str()
             .map(str::to_owned)
@@ -81,14 +86,8 @@ impl Api {
 
     /// The removal once it is done.
     pub async fn removal_done(&self, id: &str) -> anyhow::Result<Option<serde_json::Value>> {
-        let now: serde_json::Value = self
-            .http
-            .get(format!("{}/api/v1/removals/{id}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
+        let now = self
+            .call(reqwest::Method::GET, &format!("/removals/{id}"))
             .await?;
         Ok((now["state"] == "done").then_some(now))
     }

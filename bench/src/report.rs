@@ -7,6 +7,12 @@ use crate::suite::{
     SSE_LAG_P99_TARGET_MS, VIEW_P99_TARGET_MS,
 };
 
+/// A Markdown table's first two lines: its column names and their alignment.
+fn heading(t: &mut String, names: &str, alignment: &str) {
+    let _ = writeln!(t, "{names}");
+    let _ = writeln!(t, "{alignment}");
+}
+
 pub fn table(report: &Report) -> String {
     let mut t = String::new();
     let ceiling = report.ceiling_tps;
@@ -21,13 +27,10 @@ pub fn table(report: &Report) -> String {
         report.when,
         ceiling.map_or("not measured".into(), |c| format!("{c:.0} tps"))
     );
-    let _ = writeln!(
-        t,
-        "| scenario | msgs | fan-out | accepted/s | % ceil | delivered/s | % ceil | p50 ms | p90 ms | p99 ms | max ms | dup | lost | RSS MB | CPU s herald/pg/bench |"
-    );
-    let _ = writeln!(
-        t,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    heading(
+        &mut t,
+        "| scenario | msgs | fan-out | accepted/s | % ceil | delivered/s | % ceil | p50 ms | p90 ms | p99 ms | max ms | dup | lost | RSS MB | CPU s herald/pg/bench |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     );
     for s in &report.scenarios {
         let _ = writeln!(
@@ -101,11 +104,13 @@ fn history_table(t: &mut String, report: &Report) {
                 h.burst_ratio_pct
                     .map_or("unknown", |r| verdict(r >= BURST_RATIO_TARGET_PCT))
             );
-            let _ = writeln!(
+            heading(
                 t,
-                "| view | path | first ms | p50 ms | p99 ms | max ms | failures | p99 <= {VIEW_P99_TARGET_MS} ms |"
+                &format!(
+                    "| view | path | first ms | p50 ms | p99 ms | max ms | failures | p99 <= {VIEW_P99_TARGET_MS} ms |"
+                ),
+                "|---|---|---:|---:|---:|---:|---:|---|",
             );
-            let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---|");
             for v in &h.views {
                 let _ = writeln!(
                     t,
@@ -208,12 +213,12 @@ fn sse_table(t: &mut String, report: &Report) {
         "\nLive feed: lag = arrival at a subscriber - PostgreSQL's commit timestamp of the attempt's transaction \
          (commit -> arrival; the target); request end -> arrival = arrival - (created_at + duration_ms), an upper bound"
     );
-    let _ = writeln!(
+    heading(
         t,
         "| scenario | subscribers | attempt events each | received min-max | missing | lagged frames | \
-         commit->arrival p50/p99/max ms | request end->arrival p50/p99/max ms (upper bound) | delivered/s | vs burst | subscribers' CPU s |"
+         commit->arrival p50/p99/max ms | request end->arrival p50/p99/max ms (upper bound) | delivered/s | vs burst | subscribers' CPU s |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     );
-    let _ = writeln!(t, "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     let three =
         |l: &crate::stats::Latency| format!("{:.1}/{:.1}/{:.1}", l.p50_ms, l.p99_ms, l.max_ms);
     for (s, f) in &with_sse {

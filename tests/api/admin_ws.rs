@@ -13,7 +13,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 use crate::helpers::{
-    Receiver, Reply, TOKEN, TestServer, all_delivered, deliveries_in, spawn_app, spawn_app_with,
+    Receiver, Reply, TOKEN, TestServer, all_delivered, count, deliveries_in, poll_until, spawn_app,
+    spawn_app_with,
 };
 use crate::process::Process;
 
@@ -81,6 +82,12 @@ impl Admin {
                 return got;
             }
         }
+    }
+
+    /// Asks for a recover of `ep`'s dead deliveries since `since`, tagged `req`.
+    async fn recover(&mut self, req: &str, ep: &str, since: &str) {
+        self.send(json!({"req": req, "op": "recover", "endpoint_id": ep, "since": since}))
+            .await;
     }
 
     async fn error_for(&mut self, frame: Value) -> Value {
@@ -360,15 +367,7 @@ async fn a_recover_of_a_thousand_dead_deliveries_reports_progress_and_sends_them
         ("HERALD_WORKER_CONCURRENCY", "32"),
     ])
     .await;
-    let Dead {
-        receiver,
-        ep,
-        since,
-        ..
-    } = dead_deliveries(&app, N).await;
-    let mut ws = admin(&app).await;
-    ws.send(json!({"req": "rec", "op": "recover", "endpoint_id": ep, "since": since}))
-        .await;
+    let (receiver, mut ws) = recover_dead(&app, N, "rec").await;
     let frames = ws.until(is("done")).await;
     assert_eq!(frames[0]["type"], "ack");
     let progress: Vec<&Value> = frames.iter().filter(|f| f["type"] == "progress").collect();
@@ -414,11 +413,11 @@ async fn recovering_one_window_twice_at_once_does_not_double_the_sends() {
 async fn wait_dead(app: &TestServer, n: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let dead: i64 =
-            sqlx::query_scalar("select count(*) from herald.delivery where state = 'dead'")
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
+        let dead = count(
+            &app.pool,
+            "select count(*) from herald.delivery where state = 'dead'",
+        )
+        .await;
         if dead as usize == n {
             return;
         }
@@ -450,16 +449,7 @@ async fn a_client_that_goes_away_does_not_cancel_acknowledged_work() {
         ("HERALD_RECOVER_BATCH", "10"),
     ])
     .await;
-    let Dead {
-        receiver,
-        ep,
-        since,
-        ..
-    } = dead_deliveries(&app, N).await;
-
-    let mut ws = admin(&app).await;
-    ws.send(json!({"req": "bye", "op": "recover", "endpoint_id": ep, "since": since}))
-        .await;
+    let (receiver, mut ws) = recover_dead(&app, N, "bye").await;
     assert_eq!(ws.next().await["type"], "ack");
     drop(ws);
     receiver.wait_for(2 * N, Duration::from_secs(30)).await;
@@ -493,14 +483,13 @@ async fn a_recover_survives_a_restart_part_way() {
                 .unwrap()
         }
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while count("select count(*) from delivery where state = 'dead'").await < N as i64 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "deliveries did not die"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        "deliveries did not die",
+        async || count("select count(*) from delivery where state = 'dead'").await >= N as i64,
+    )
+    .await;
     failing.store(0, Ordering::SeqCst);
 
     let started = first
@@ -523,14 +512,13 @@ async fn a_recover_survives_a_restart_part_way() {
 
     let _second = Process::start(&db_url, &env).await;
     let got = receiver.wait_for(2 * N, Duration::from_secs(60)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while count("select count(*) from recovery where finished_at is null").await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the recover never finished"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        "the recover never finished",
+        async || count("select count(*) from recovery where finished_at is null").await == 0,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         receiver.count(),
@@ -590,6 +578,20 @@ async fn dead_deliveries(app: &TestServer, n: usize) -> Dead {
     }
 }
 
+/// `n` dead deliveries (as [`dead_deliveries`]) and a channel that has asked to recover them,
+/// tagged `req`.
+async fn recover_dead(app: &TestServer, n: usize, req: &str) -> (Receiver, Admin) {
+    let Dead {
+        receiver,
+        ep,
+        since,
+        ..
+    } = dead_deliveries(app, n).await;
+    let mut ws = admin(app).await;
+    ws.recover(req, &ep, &since).await;
+    (receiver, ws)
+}
+
 /// A recover of 100,000 dead deliveries streams its progress to the end while normal
 /// traffic to another application keeps flowing. (The recovered deliveries are then sent
 /// at the endpoint's pace; this test stops once they are all queued.)
@@ -606,8 +608,7 @@ async fn a_recover_of_100k_streams_progress_and_leaves_room_for_normal_traffic()
 
     let mut ws = admin(&app).await;
     let since = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
-    ws.send(json!({"req": "big", "op": "recover", "endpoint_id": ep, "since": since}))
-        .await;
+    ws.recover("big", &ep, &since).await;
     let started = std::time::Instant::now();
     // Normal traffic meanwhile: one message every 20 ms, its delivery time measured.
     let sender = {
@@ -693,18 +694,12 @@ async fn a_client_that_never_reads_does_not_hold_up_the_work() {
     // frames of about 4.7 KB are 14 MB, several times what the kernel buffers between the
     // two sockets (at most 4 MB sent and unread here), so the connection's writer must block.
     let body = "x".repeat(8192);
-    let receiver = Receiver::with(Arc::new(move |_| Reply {
-        status: 200,
-        body: body.clone(),
-        ..Default::default()
-    }))
-    .await;
+    let receiver = Receiver::answering(Reply::status(200).with_body(body)).await;
     let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
     insert_dead(&app, &app_id, &ep, DEAD).await;
     let mut ws = admin(&app).await;
     let since = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
-    ws.send(json!({"req": "r", "op": "recover", "endpoint_id": ep, "since": since}))
-        .await;
+    ws.recover("r", &ep, &since).await;
     // ...and never reads again, while its attempt frames are produced.
     receiver
         .wait_for(DEAD as usize, Duration::from_secs(60))

@@ -19,6 +19,21 @@ fn client_from(ip: &str) -> reqwest::Client {
         .unwrap()
 }
 
+/// `GET url` with `token` as bearer.
+async fn get_with(client: &reqwest::Client, url: &str, token: &str) -> reqwest::Response {
+    client.get(url).bearer_auth(token).send().await.unwrap()
+}
+
+/// The login form posted with `token`.
+async fn log_in(client: &reqwest::Client, login: &str, token: &str) -> reqwest::Response {
+    client
+        .post(login)
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn failed_tokens_are_throttled_per_address_and_logged_without_the_token() {
     let db_url = fresh_database().await;
@@ -41,15 +56,15 @@ async fn failed_tokens_are_throttled_per_address_and_logged_without_the_token() 
 
     let attacker = client_from("127.0.0.1");
     // Before the limit, the right token from the same address works as always.
-    let r = attacker.get(&apps).bearer_auth(TOKEN).send().await.unwrap();
+    let r = get_with(&attacker, &apps, TOKEN).await;
     assert_eq!(r.status(), StatusCode::OK);
     for guess in guesses {
-        let r = attacker.get(&apps).bearer_auth(guess).send().await.unwrap();
+        let r = get_with(&attacker, &apps, guess).await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{guess}");
     }
     // Past it, nothing from that address is checked: a wrong token, the right one, a login.
     for token in ["guess-four-0123456789abcdef", TOKEN] {
-        let r = attacker.get(&apps).bearer_auth(token).send().await.unwrap();
+        let r = get_with(&attacker, &apps, token).await;
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         let retry_after: u64 = r.headers()["retry-after"]
             .to_str()
@@ -60,12 +75,7 @@ async fn failed_tokens_are_throttled_per_address_and_logged_without_the_token() 
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["code"], "too_many_requests", "{body}");
     }
-    let r = attacker
-        .post(&login)
-        .form(&[("token", TOKEN)])
-        .send()
-        .await
-        .unwrap();
+    let r = log_in(&attacker, &login, TOKEN).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(r.headers().contains_key("retry-after"));
     assert!(r.headers().get("set-cookie").is_none());
@@ -73,35 +83,20 @@ async fn failed_tokens_are_throttled_per_address_and_logged_without_the_token() 
 
     // Another address is not affected: its right token works.
     let sender = client_from("127.0.0.2");
-    let r = sender.get(&apps).bearer_auth(TOKEN).send().await.unwrap();
+    let r = get_with(&sender, &apps, TOKEN).await;
     assert_eq!(r.status(), StatusCode::OK);
 
     // Wrong logins count the same way, per address.
     let guesser = client_from("127.0.0.3");
     for guess in guesses {
-        let r = guesser
-            .post(&login)
-            .form(&[("token", guess)])
-            .send()
-            .await
-            .unwrap();
+        let r = log_in(&guesser, &login, guess).await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
-    let r = guesser
-        .post(&login)
-        .form(&[("token", TOKEN)])
-        .send()
-        .await
-        .unwrap();
+    let r = log_in(&guesser, &login, TOKEN).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    let r = guesser.get(&apps).bearer_auth(TOKEN).send().await.unwrap();
+    let r = get_with(&guesser, &apps, TOKEN).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    let r = sender
-        .post(&login)
-        .form(&[("token", TOKEN)])
-        .send()
-        .await
-        .unwrap();
+    let r = log_in(&sender, &login, TOKEN).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
 
     p.signal("-TERM");

@@ -5,13 +5,30 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TOKEN, TestServer, answer, spawn_app};
 
-fn assert_error(status: StatusCode, body: &Value, expected: StatusCode) {
+fn assert_error((status, body): (StatusCode, Value), expected: StatusCode) {
     assert_eq!(status, expected, "{body}");
     assert!(body["code"].is_string(), "no code in {body}");
     assert!(
         !body["message"].as_str().unwrap_or_default().is_empty(),
         "no message in {body}"
     );
+}
+
+/// Refused as unprocessable, in the error shape.
+fn assert_422(answer: (StatusCode, Value)) {
+    assert_error(answer, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+/// Refused as not found, in the error shape.
+fn assert_404(answer: (StatusCode, Value)) {
+    assert_error(answer, StatusCode::NOT_FOUND);
+}
+
+/// Posts each (path, body); every one is refused with `expected`, in the error shape.
+async fn posts_refused(app: &TestServer, expected: StatusCode, cases: &[(&str, Value)]) {
+    for (path, body) in cases {
+        assert_error(app.post(path, body.clone()).await, expected);
+    }
 }
 
 async fn post_raw(app: &TestServer, path: &str, body: &'static str) -> (StatusCode, Value) {
@@ -33,31 +50,28 @@ async fn malformed_missing_and_mistyped_bodies() {
     let app_id = app.create_app().await;
     let messages = format!("/apps/{app_id}/messages");
 
-    let (s, b) = post_raw(&app, "/apps", "{\"name\": ").await;
-    assert_error(s, &b, StatusCode::BAD_REQUEST);
-    let (s, b) = post_raw(&app, &messages, "not json").await;
-    assert_error(s, &b, StatusCode::BAD_REQUEST);
-    let (s, b) = app.post("/apps", json!({})).await;
-    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
-    let (s, b) = app.post("/apps", json!({"name": 42})).await;
-    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
-    let (s, b) = app.post(&messages, json!({"event_type": "a.b"})).await;
-    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
-    let (s, b) = app
-        .post(&messages, json!({"event_type": ["a"], "payload": {}}))
-        .await;
-    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
-    let (s, b) = app
-        .post(&format!("/apps/{app_id}/endpoints"), json!({"url": 7}))
-        .await;
-    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
-    let (s, b) = app
-        .post(
-            &format!("/apps/{app_id}/endpoints"),
-            json!({"description": "no url"}),
-        )
-        .await;
-    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_error(
+        post_raw(&app, "/apps", "{\"name\": ").await,
+        StatusCode::BAD_REQUEST,
+    );
+    assert_error(
+        post_raw(&app, &messages, "not json").await,
+        StatusCode::BAD_REQUEST,
+    );
+    let endpoints = format!("/apps/{app_id}/endpoints");
+    posts_refused(
+        &app,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &[
+            ("/apps", json!({})),
+            ("/apps", json!({"name": 42})),
+            (&messages, json!({"event_type": "a.b"})),
+            (&messages, json!({"event_type": ["a"], "payload": {}})),
+            (&endpoints, json!({"url": 7})),
+            (&endpoints, json!({"description": "no url"})),
+        ],
+    )
+    .await;
     let no_type = answer(
         app.http
             .post(app.url("/apps"))
@@ -67,11 +81,9 @@ async fn malformed_missing_and_mistyped_bodies() {
             .await,
     )
     .await;
-    assert_error(no_type.0, &no_type.1, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let (s, b) = app
-        .post("/apps", json!({"name": "x", "uid": "has space"}))
-        .await;
-    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_error(no_type, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let bad_uid = json!({"name": "x", "uid": "has space"});
+    assert_422(app.post("/apps", bad_uid).await);
 }
 
 #[tokio::test]
@@ -86,17 +98,17 @@ async fn event_types_outside_the_alphabet_or_too_long() {
         "ünïcode",
         &"a".repeat(257),
     ] {
-        let (s, b) = app
-            .post(&messages, json!({"event_type": bad, "payload": {}}))
-            .await;
-        assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
-        let (s, b) = app
-            .post(
+        assert_422(
+            app.post(&messages, json!({"event_type": bad, "payload": {}}))
+                .await,
+        );
+        assert_422(
+            app.post(
                 &format!("/apps/{app_id}/endpoints"),
                 json!({"url": "https://example.com", "event_types": [bad]}),
             )
-            .await;
-        assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+            .await,
+        );
     }
     let (s, _) = app
         .post(
@@ -119,16 +131,15 @@ async fn urls_that_are_not_http_or_do_not_parse() {
         "javascript:alert(1)",
         "::",
     ] {
-        let (s, b) = app.post(&path, json!({"url": bad})).await;
-        assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_422(app.post(&path, json!({"url": bad})).await);
     }
     let (ep, _) = app
         .create_endpoint(&app_id, json!({"url": "https://example.com"}))
         .await;
-    let (s, b) = app
-        .patch(&format!("{path}/{ep}"), json!({"url": "gopher://x"}))
-        .await;
-    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_422(
+        app.patch(&format!("{path}/{ep}"), json!({"url": "gopher://x"}))
+            .await,
+    );
 }
 
 #[tokio::test]
@@ -142,21 +153,21 @@ async fn secrets_that_are_not_base64_or_the_wrong_size() {
         "C2FVsBQIhrscChlQIMV+b5sSYspob7oD",      // no prefix
         &format!("whsec_{}", "QUFB".repeat(22)), // 66 bytes
     ] {
-        let (s, b) = app
-            .post(&path, json!({"url": "https://example.com", "secret": bad}))
-            .await;
-        assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_422(
+            app.post(&path, json!({"url": "https://example.com", "secret": bad}))
+                .await,
+        );
     }
     let (ep, _) = app
         .create_endpoint(&app_id, json!({"url": "https://example.com"}))
         .await;
-    let (s, b) = app
-        .post(
+    assert_422(
+        app.post(
             &format!("{path}/{ep}/secret/rotate"),
             json!({"secret": "whsec_short"}),
         )
-        .await;
-    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+        .await,
+    );
 }
 
 #[tokio::test]
@@ -166,22 +177,24 @@ async fn payloads_over_the_limit_get_413() {
     let messages = format!("/apps/{app_id}/messages");
     // Just over 1 MiB of payload: within the body allowance, over the payload limit.
     let big = "x".repeat(1024 * 1024);
-    let (s, b) = app
-        .post(
+    assert_error(
+        app.post(
             &messages,
             json!({"event_type": "big", "payload": {"blob": big}}),
         )
-        .await;
-    assert_error(s, &b, StatusCode::PAYLOAD_TOO_LARGE);
+        .await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    );
     // Far over: refused while reading the body.
     let huge = "x".repeat(3 * 1024 * 1024);
-    let (s, b) = app
-        .post(
+    assert_error(
+        app.post(
             &messages,
             json!({"event_type": "big", "payload": {"blob": huge}}),
         )
-        .await;
-    assert_error(s, &b, StatusCode::PAYLOAD_TOO_LARGE);
+        .await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    );
     let (_, list) = app.get(&messages).await;
     assert_eq!(list["data"], json!([]));
 }
@@ -200,16 +213,10 @@ async fn unknown_apps_endpoints_and_messages_get_404() {
         "/apps/nope/messages".to_owned(),
         "/no/such/route".to_owned(),
     ] {
-        let (s, b) = app.get(&path).await;
-        assert_error(s, &b, StatusCode::NOT_FOUND);
+        assert_404(app.get(&path).await);
     }
-    let (s, b) = app
-        .post(
-            "/apps/nope/messages",
-            json!({"event_type": "a", "payload": {}}),
-        )
-        .await;
-    assert_error(s, &b, StatusCode::NOT_FOUND);
+    let message = json!({"event_type": "a", "payload": {}});
+    assert_404(app.post("/apps/nope/messages", message).await);
 }
 
 #[tokio::test]
@@ -222,8 +229,7 @@ async fn a_missing_or_wrong_token_gets_401() {
         app.http.get(&url).header("authorization", TOKEN),
         app.http.post(&url).json(&json!({"name": "x"})),
     ] {
-        let (s, b) = answer(request.send().await).await;
-        assert_error(s, &b, StatusCode::UNAUTHORIZED);
+        assert_error(answer(request.send().await).await, StatusCode::UNAUTHORIZED);
     }
     let (_, list) = app.get("/apps").await;
     assert_eq!(
@@ -238,8 +244,10 @@ async fn a_duplicate_uid_gets_409() {
     let app = spawn_app().await;
     let (s, _) = app.post("/apps", json!({"name": "a", "uid": "same"})).await;
     assert_eq!(s, StatusCode::CREATED);
-    let (s, b) = app.post("/apps", json!({"name": "b", "uid": "same"})).await;
-    assert_error(s, &b, StatusCode::CONFLICT);
+    assert_error(
+        app.post("/apps", json!({"name": "b", "uid": "same"})).await,
+        StatusCode::CONFLICT,
+    );
 }
 
 /// Found by the fuzzer (`make chaos`): PostgreSQL text cannot hold U+0000, and a name with
@@ -247,32 +255,22 @@ async fn a_duplicate_uid_gets_409() {
 #[tokio::test]
 async fn text_with_a_nul_character_is_refused_not_a_500() {
     let app = spawn_app().await;
-    let (s, b) = app.post("/apps", json!({"name": "a\u{0}b"})).await;
-    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_422(app.post("/apps", json!({"name": "a\u{0}b"})).await);
     let app_id = app.create_app().await;
-    let (s, b) = app
-        .post(
-            &format!("/apps/{app_id}/endpoints"),
-            json!({"url": "https://example.com/", "description": "x\u{0}"}),
-        )
-        .await;
-    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
-    let (s, b) = app
-        .post(
-            &format!("/apps/{app_id}/messages"),
-            json!({"event_type": "a.b", "payload": {}, "idempotency_key": "k\u{0}"}),
-        )
-        .await;
-    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
-    let (s, b) = app.get("/apps/x%00y").await;
-    assert_error(s, &b, StatusCode::NOT_FOUND);
-    let (s, b) = app
-        .post(
-            "/apps/x%00y/messages",
-            json!({"event_type": "a.b", "payload": {}}),
-        )
-        .await;
-    assert_error(s, &b, StatusCode::NOT_FOUND);
+    let endpoint = json!({"url": "https://example.com/", "description": "x\u{0}"});
+    let message = json!({"event_type": "a.b", "payload": {}, "idempotency_key": "k\u{0}"});
+    posts_refused(
+        &app,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &[
+            (&format!("/apps/{app_id}/endpoints"), endpoint),
+            (&format!("/apps/{app_id}/messages"), message),
+        ],
+    )
+    .await;
+    assert_404(app.get("/apps/x%00y").await);
+    let message = json!({"event_type": "a.b", "payload": {}});
+    assert_404(app.post("/apps/x%00y/messages", message).await);
 }
 
 /// Also from the fuzzer: what the API document calls valid is accepted. `1.0` is the
@@ -290,17 +288,15 @@ async fn what_the_document_calls_valid_is_accepted() {
     let path = format!("/apps/{app_id}/endpoints/{ep}");
     let (s, b) = app.get(&path).await;
     assert_eq!((s, &b["max_in_flight"]), (StatusCode::OK, &json!(3)));
-    let (s, b) = app.patch(&path, json!({"max_in_flight": 2.5})).await;
-    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
-    let (s, b) = app
-        .patch(&path, json!({"headers": {"x-note": "caf\u{e9}"}}))
-        .await;
-    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_422(app.patch(&path, json!({"max_in_flight": 2.5})).await);
+    assert_422(
+        app.patch(&path, json!({"headers": {"x-note": "caf\u{e9}"}}))
+            .await,
+    );
     let (s, b) = post_raw(&app, &format!("{path}/secret/rotate"), "null").await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert!(b["secret"].as_str().unwrap().starts_with("whsec_"));
-    let (s, b) = post_raw(&app, &format!("{path}/secret/rotate"), "{\"secret\": 5}").await;
-    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_422(post_raw(&app, &format!("{path}/secret/rotate"), "{\"secret\": 5}").await);
     let (s, b) = app.get("/apps?cursor=").await;
     assert_eq!(s, StatusCode::OK, "an empty cursor is the first page: {b}");
 

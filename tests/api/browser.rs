@@ -13,6 +13,24 @@ use serde_json::json;
 
 use crate::helpers::{Receiver, TOKEN, spawn_app};
 
+/// How long the page may take to show what a step waits for.
+const UI: Duration = Duration::from_secs(10);
+
+/// The element `locator` finds once it appears, waiting `within` at most; fails with `what`.
+async fn shows(
+    client: &Client,
+    within: Duration,
+    locator: Locator<'_>,
+    what: &str,
+) -> fantoccini::elements::Element {
+    client
+        .wait()
+        .at_most(within)
+        .for_element(locator)
+        .await
+        .expect(what)
+}
+
 struct Driver(Child);
 
 impl Drop for Driver {
@@ -103,19 +121,21 @@ async fn an_attempt_appears_on_the_overview_without_a_reload() {
         .click()
         .await
         .unwrap();
-    client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("chart"))
-        .await
-        .expect("the overview after logging in");
+    shows(
+        &client,
+        UI,
+        Locator::Id("chart"),
+        "the overview after logging in",
+    )
+    .await;
     // Wait until the page follows the feed, then mark the page: a reload would lose this.
-    client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("#live:not([hidden])"))
-        .await
-        .expect("the live indicator turns on");
+    shows(
+        &client,
+        UI,
+        Locator::Css("#live:not([hidden])"),
+        "the live indicator turns on",
+    )
+    .await;
     client
         .execute("window.heraldMarker = 'same page'; return true;", vec![])
         .await
@@ -124,14 +144,14 @@ async fn an_attempt_appears_on_the_overview_without_a_reload() {
     let msg = app
         .send(&app_id, "invoice.paid", json!({"amount": 42}))
         .await;
-    let row = client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::XPath(&format!(
-            "//table[@id='attempts']//tr[.//code[text()='{msg}']]"
-        )))
-        .await
-        .expect("the attempt shows up live");
+    let row = format!("//table[@id='attempts']//tr[.//code[text()='{msg}']]");
+    let row = shows(
+        &client,
+        UI,
+        Locator::XPath(&row),
+        "the attempt shows up live",
+    )
+    .await;
     let text = row.text().await.unwrap();
     assert!(
         text.contains("succeeded") && text.contains("invoice.paid"),
@@ -143,12 +163,13 @@ async fn an_attempt_appears_on_the_overview_without_a_reload() {
         .unwrap();
     assert_eq!(marker, json!("same page"), "the page was reloaded");
     // The chart and the hour's count took it in too (they redraw every 250 ms at most).
-    client
-        .wait()
-        .at_most(Duration::from_secs(5))
-        .for_element(Locator::XPath("//*[@id='stat-hour-total'][text()='1']"))
-        .await
-        .expect("the hour's attempt count shows 1");
+    shows(
+        &client,
+        Duration::from_secs(5),
+        Locator::XPath("//*[@id='stat-hour-total'][text()='1']"),
+        "the hour's attempt count shows 1",
+    )
+    .await;
 
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
     std::fs::create_dir_all(&shots).unwrap();
@@ -163,12 +184,13 @@ async fn an_attempt_appears_on_the_overview_without_a_reload() {
     let source = client.source().await.unwrap();
     assert!(source.contains("succeeded") && source.contains("amount"));
     // Replay it from the page (over the admin WebSocket): the new attempt shows up live.
-    client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("#live:not([hidden])"))
-        .await
-        .expect("the message page follows the feed");
+    shows(
+        &client,
+        UI,
+        Locator::Css("#live:not([hidden])"),
+        "the message page follows the feed",
+    )
+    .await;
     client
         .find(Locator::Id("replay"))
         .await
@@ -176,23 +198,21 @@ async fn an_attempt_appears_on_the_overview_without_a_reload() {
         .click()
         .await
         .unwrap();
-    let replayed = client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::XPath(
-            "//table[@id='attempts']//tr[contains(., 'replay')]",
-        ))
-        .await
-        .expect("the replay's attempt appears without a reload");
+    let replayed = shows(
+        &client,
+        UI,
+        Locator::XPath("//table[@id='attempts']//tr[contains(., 'replay')]"),
+        "the replay's attempt appears without a reload",
+    )
+    .await;
     assert!(replayed.text().await.unwrap().contains("succeeded"));
-    client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::XPath(
-            "//span[contains(@class,'ws-status')][contains(., 'sent, last succeeded')]",
-        ))
-        .await
-        .expect("the form reports the outcome");
+    shows(
+        &client,
+        UI,
+        Locator::XPath("//span[contains(@class,'ws-status')][contains(., 'sent, last succeeded')]"),
+        "the form reports the outcome",
+    )
+    .await;
     assert_eq!(receiver.count(), 2, "the receiver got it twice");
     std::fs::write(
         shots.join("message.png"),

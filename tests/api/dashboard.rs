@@ -8,7 +8,7 @@ use reqwest::redirect::Policy;
 use serde_json::json;
 
 use crate::helpers::{
-    Receiver, Reply, SseClient, TOKEN, TestServer, all_delivered, deliveries_in, spawn_app,
+    Receiver, Reply, SseClient, TOKEN, TestServer, all_dead, all_delivered, poll_until, spawn_app,
     spawn_app_on, spawn_app_with,
 };
 
@@ -99,6 +99,12 @@ impl<'a> Browser<'a> {
             + 19;
         html[at..at + 64].to_owned()
     }
+}
+
+/// Asserts a 200 answer whose page says `text`.
+async fn assert_page_says(response: reqwest::Response, text: &str) {
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains(text));
 }
 
 #[tokio::test]
@@ -227,14 +233,13 @@ async fn a_cookie_copied_before_logout_is_refused_after_it_on_every_process() {
     assert_eq!(browser.get("/").await.status(), 303);
     assert_eq!(browser.get("/api/v1/stats").await.status(), 401);
     // Elsewhere, as soon as the notice arrives.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while copy.get("/").await.status() != 303 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the other process still accepts the cookie"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        "the other process still accepts the cookie",
+        async || copy.get("/").await.status() == 303,
+    )
+    .await;
     assert_eq!(copy.get("/api/v1/stats").await.status(), 401);
     // A new login still works.
     browser.login().await;
@@ -288,12 +293,7 @@ async fn login_redirects_only_to_a_path_on_this_site() {
 async fn every_value_is_escaped() {
     let app = spawn_app().await;
     let evil = "<script>alert('x')</script>";
-    let receiver = Receiver::with(Arc::new(move |_| Reply {
-        status: 200,
-        body: evil.to_owned(),
-        ..Default::default()
-    }))
-    .await;
+    let receiver = Receiver::answering(Reply::status(200).with_body(evil)).await;
     let (_, created) = app.post("/apps", json!({"name": evil})).await;
     let app_id = created["id"].as_str().unwrap().to_owned();
     let (ep, _) = app
@@ -371,8 +371,7 @@ async fn forms_need_the_csrf_token_and_our_origin() {
             Some(&origin),
         )
         .await;
-    assert_eq!(ok.status(), 200);
-    assert!(ok.text().await.unwrap().contains("Endpoint disabled."));
+    assert_page_says(ok, "Endpoint disabled.").await;
     let (_, endpoint) = app.get(&format!("/apps/{app_id}/endpoints/{ep}")).await;
     assert_eq!(endpoint["disabled"], true);
     assert_eq!(endpoint["disabled_reason"], "disabled by an operator");
@@ -385,14 +384,11 @@ async fn forms_need_the_csrf_token_and_our_origin() {
     let enable = browser
         .post_form(&toggle, &[("disabled", "false"), ("csrf", &csrf)])
         .await;
-    assert_eq!(enable.status(), 200);
-    assert!(
-        enable
-            .text()
-            .await
-            .unwrap()
-            .contains("were not queued for it; recover a time window to send them")
-    );
+    assert_page_says(
+        enable,
+        "were not queued for it; recover a time window to send them",
+    )
+    .await;
     let later = app.send(&app_id, "a.b", json!({})).await;
     app.wait_for_message(&app_id, &later, WAIT, all_delivered)
         .await;
@@ -418,11 +414,10 @@ async fn forms_need_the_csrf_token_and_our_origin() {
 #[tokio::test]
 async fn dead_letters_are_listed() {
     let app = spawn_app_with(&[("HERALD_RETRY_SCHEDULE", "none")]).await;
-    let receiver = Receiver::with(Arc::new(|_| Reply::status(500))).await;
+    let receiver = Receiver::answering(Reply::status(500)).await;
     let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
     let msg = app.send(&app_id, "order.failed", json!({})).await;
-    app.wait_for_message(&app_id, &msg, WAIT, |m| deliveries_in(m, "dead"))
-        .await;
+    app.wait_for_message(&app_id, &msg, WAIT, all_dead).await;
     let mut browser = Browser::new(&app);
     browser.login().await;
     let html = browser.page("/dead").await;
@@ -476,8 +471,7 @@ async fn replay_and_recover_work_as_plain_forms() {
     .await;
     let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
     let first = app.send(&app_id, "order.paid", json!({})).await;
-    app.wait_for_message(&app_id, &first, WAIT, |m| deliveries_in(m, "dead"))
-        .await;
+    app.wait_for_message(&app_id, &first, WAIT, all_dead).await;
     failing.store(false, Ordering::SeqCst);
 
     let mut browser = Browser::new(&app);
@@ -490,22 +484,14 @@ async fn replay_and_recover_work_as_plain_forms() {
             &[("csrf", &csrf), ("endpoint_id", "")],
         )
         .await;
-    assert_eq!(replayed.status(), 200);
-    assert!(
-        replayed
-            .text()
-            .await
-            .unwrap()
-            .contains("Replay queued to 1 endpoint")
-    );
+    assert_page_says(replayed, "Replay queued to 1 endpoint").await;
     app.wait_for_message(&app_id, &first, WAIT, all_delivered)
         .await;
 
     // A second one dies; the dead-letter page's bulk replay brings it back.
     failing.store(true, Ordering::SeqCst);
     let second = app.send(&app_id, "order.paid", json!({})).await;
-    app.wait_for_message(&app_id, &second, WAIT, |m| deliveries_in(m, "dead"))
-        .await;
+    app.wait_for_message(&app_id, &second, WAIT, all_dead).await;
     failing.store(false, Ordering::SeqCst);
     assert!(browser.page("/dead").await.contains("Replay all"));
     let recover = format!("/apps/{app_id}/endpoints/{ep}/recover");
@@ -523,14 +509,11 @@ async fn replay_and_recover_work_as_plain_forms() {
             ],
         )
         .await;
-    assert_eq!(recovered.status(), 200);
-    assert!(
-        recovered
-            .text()
-            .await
-            .unwrap()
-            .contains("Recover started: 1 to send (dead, or never queued)")
-    );
+    assert_page_says(
+        recovered,
+        "Recover started: 1 to send (dead, or never queued)",
+    )
+    .await;
     app.wait_for_message(&app_id, &second, WAIT, all_delivered)
         .await;
     let without_token = browser
@@ -570,7 +553,7 @@ async fn an_endpoint_failing_too_long_is_disabled_with_its_reason_everywhere_the
     let mut stream = SseClient::connect(&app, &format!("endpoint={ep}"), None).await;
 
     let failing = app.send(&app_id, "a.b", json!({})).await;
-    app.wait_for_message(&app_id, &failing, WAIT, |m| deliveries_in(m, "dead"))
+    app.wait_for_message(&app_id, &failing, WAIT, all_dead)
         .await;
     let (_, endpoint) = app.get(&format!("/apps/{app_id}/endpoints/{ep}")).await;
     assert_eq!(endpoint["disabled"], true, "{endpoint}");

@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Receiver, TestServer, all_delivered, spawn_app, spawn_app_with};
+use crate::helpers::{Receiver, TestServer, all_delivered, count, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn delivers_a_signed_standard_webhook() {
@@ -49,9 +49,7 @@ async fn fans_out_by_event_type_and_skips_disabled_endpoints() {
     let all = Receiver::start().await;
     let invoices = Receiver::start().await;
     let disabled = Receiver::start().await;
-    let app_id = app.create_app().await;
-    app.create_endpoint(&app_id, json!({"url": all.url()}))
-        .await;
+    let (app_id, _, _) = app.app_with_endpoint(&all).await;
     app.create_endpoint(
         &app_id,
         json!({"url": invoices.url(), "event_types": ["invoice.paid", "invoice.voided"]}),
@@ -113,9 +111,7 @@ async fn a_hanging_endpoint_does_not_hold_up_the_others() {
 async fn notify_wakes_the_workers_without_waiting_for_the_poll() {
     let app = spawn_app_with(&[("HERALD_POLL_INTERVAL", "60s")]).await;
     let receiver = Receiver::start().await;
-    let app_id = app.create_app().await;
-    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
     // Let the listener settle, then send: only NOTIFY can deliver within the window.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..3 {
@@ -128,9 +124,7 @@ async fn notify_wakes_the_workers_without_waiting_for_the_poll() {
 async fn the_poll_finds_deliveries_no_one_announced() {
     let app = spawn_app_with(&[("HERALD_POLL_INTERVAL", "200ms")]).await;
     let receiver = Receiver::start().await;
-    let app_id = app.create_app().await;
-    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
     let msg = app.send(&app_id, "ping", json!({})).await;
     receiver.wait_for(1, Duration::from_secs(5)).await;
     // Queue the delivery again behind the API's back, without NOTIFY.
@@ -213,10 +207,7 @@ async fn direct_sends_that_wait_for_a_worker_never_outlive_their_lease() {
     // Whatever was in flight has timed out and been recorded by now.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let got = receiver.received().len().max(got.len());
-    let recorded: i64 = sqlx::query_scalar("select count(*) from attempt")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let recorded = count(&app.pool, "select count(*) from attempt").await;
     let ids: Vec<String> = receiver
         .received()
         .iter()

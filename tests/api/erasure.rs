@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::dashboard::Browser;
 use crate::helpers::{
-    Receiver, Reply, SseClient, TOKEN, TestServer, all_delivered, deliveries_in, spawn_app,
+    Receiver, Reply, SseClient, TOKEN, TestServer, all_dead, all_delivered, spawn_app,
     spawn_app_with,
 };
 
@@ -49,13 +49,11 @@ async fn secret_rows(app: &TestServer) -> Vec<(String, i64)> {
 async fn an_erased_message_keeps_its_history_and_shows_its_payload_nowhere() {
     let app = spawn_app().await;
     // The first message is not erased, and its receipt holds nothing secret.
-    let receiver = Receiver::with(Arc::new(|n| Reply {
-        status: 200,
-        body: match n {
+    let receiver = Receiver::with(Arc::new(|n| {
+        Reply::status(200).with_body(match n {
             0 => "receipt".to_owned(),
             _ => format!("receipt for card {SECRET}"),
-        },
-        ..Default::default()
+        })
     }))
     .await;
     let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
@@ -166,12 +164,8 @@ async fn an_erased_message_keeps_its_history_and_shows_its_payload_nowhere() {
 #[tokio::test]
 async fn erasing_stops_a_pending_retry_and_refuses_replays() {
     let app = spawn_app_with(&[("HERALD_RETRY_SCHEDULE", "1500ms,1500ms")]).await;
-    let receiver = Receiver::with(Arc::new(|_| Reply {
-        status: 500,
-        body: format!("no card {SECRET} today"),
-        ..Default::default()
-    }))
-    .await;
+    let receiver =
+        Receiver::answering(Reply::status(500).with_body(format!("no card {SECRET} today"))).await;
     let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
     let msg = app
         .send(&app_id, "card.saved", json!({"card": SECRET}))
@@ -228,12 +222,11 @@ async fn erasing_stops_a_pending_retry_and_refuses_replays() {
 #[tokio::test]
 async fn an_attempt_in_flight_during_the_erasure_ends_it_without_its_body() {
     let app = spawn_app_with(&[("HERALD_RETRY_SCHEDULE", "100ms,100ms")]).await;
-    let receiver = Receiver::with(Arc::new(|_| Reply {
-        status: 500,
-        body: format!("no card {SECRET} today"),
-        delay: Duration::from_millis(800),
-        ..Default::default()
-    }))
+    let receiver = Receiver::answering(
+        Reply::status(500)
+            .with_body(format!("no card {SECRET} today"))
+            .after(Duration::from_millis(800)),
+    )
     .await;
     let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
     let msg = app
@@ -245,9 +238,7 @@ async fn an_attempt_in_flight_during_the_erasure_ends_it_without_its_body() {
     assert_eq!(status, StatusCode::OK, "{erased}");
     assert_eq!(erased["deliveries_stopped"], 0, "it was in flight");
 
-    let m = app
-        .wait_for_message(&app_id, &msg, WAIT, |m| deliveries_in(m, "dead"))
-        .await;
+    let m = app.wait_for_message(&app_id, &msg, WAIT, all_dead).await;
     assert_eq!(m["deliveries"][0]["last_error"], "payload erased");
     let attempts = app.attempts(&app_id, &msg).await;
     assert_eq!(attempts.len(), 1);
@@ -289,9 +280,7 @@ async fn a_delivery_of_an_erased_message_that_comes_back_is_not_sent() {
     .await
     .unwrap();
 
-    let m = app
-        .wait_for_message(&app_id, &msg, WAIT, |m| deliveries_in(m, "dead"))
-        .await;
+    let m = app.wait_for_message(&app_id, &msg, WAIT, all_dead).await;
     assert_eq!(m["deliveries"][0]["last_error"], "payload erased");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.count(), 1, "sent once, before the erasure");

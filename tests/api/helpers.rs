@@ -109,50 +109,34 @@ impl TestServer {
         format!("http://{}/api/v1{path}", self.addr)
     }
 
+    /// A request with the admin token, and a JSON body if given; returns status and body.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, self.url(path)).bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        answer(request.send().await).await
+    }
+
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        answer(
-            self.http
-                .get(self.url(path))
-                .bearer_auth(TOKEN)
-                .send()
-                .await,
-        )
-        .await
+        self.request(reqwest::Method::GET, path, None).await
     }
 
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        answer(
-            self.http
-                .delete(self.url(path))
-                .bearer_auth(TOKEN)
-                .send()
-                .await,
-        )
-        .await
+        self.request(reqwest::Method::DELETE, path, None).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        answer(
-            self.http
-                .post(self.url(path))
-                .bearer_auth(TOKEN)
-                .json(&body)
-                .send()
-                .await,
-        )
-        .await
+        self.request(reqwest::Method::POST, path, Some(body)).await
     }
 
     pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        answer(
-            self.http
-                .patch(self.url(path))
-                .bearer_auth(TOKEN)
-                .json(&body)
-                .send()
-                .await,
-        )
-        .await
+        self.request(reqwest::Method::PATCH, path, Some(body)).await
     }
 
     pub async fn create_app(&self) -> String {
@@ -181,6 +165,18 @@ impl TestServer {
         (app, ep, secret)
     }
 
+    /// The application "Acme" with uid `acme` (for sends by uid) and one endpoint that
+    /// delivers to `receiver`; returns the application's id.
+    pub async fn acme_with_endpoint(&self, receiver: &Receiver) -> String {
+        let (_, created) = self
+            .post("/apps", json!({"name": "Acme", "uid": "acme"}))
+            .await;
+        let app_id = created["id"].as_str().unwrap().to_owned();
+        self.create_endpoint(&app_id, json!({"url": receiver.url()}))
+            .await;
+        app_id
+    }
+
     pub async fn send(&self, app: &str, event_type: &str, payload: Value) -> String {
         let (status, msg) = self
             .post(
@@ -190,6 +186,15 @@ impl TestServer {
             .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{msg}");
         msg["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Sends `event_type` with an empty payload and waits (10 s at most) until its every
+    /// delivery is dead; returns the message's id.
+    pub async fn send_until_dead(&self, app: &str, event_type: &str) -> String {
+        let msg = self.send(app, event_type, json!({})).await;
+        self.wait_for_message(app, &msg, Duration::from_secs(10), all_dead)
+            .await;
+        msg
     }
 
     /// Polls a message until `done` holds for it, or fails after `within`.
@@ -236,6 +241,10 @@ impl Drop for TestServer {
 
 pub fn all_delivered(m: &Value) -> bool {
     deliveries_in(m, "succeeded")
+}
+
+pub fn all_dead(m: &Value) -> bool {
+    deliveries_in(m, "dead")
 }
 
 pub fn deliveries_in(m: &Value, state: &str) -> bool {
@@ -296,6 +305,23 @@ impl Reply {
             ..Default::default()
         }
     }
+
+    pub fn with_body(self, body: impl Into<String>) -> Self {
+        Self {
+            body: body.into(),
+            ..self
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Waits `delay` before answering.
+    pub fn after(self, delay: Duration) -> Self {
+        Self { delay, ..self }
+    }
 }
 
 /// A real HTTP server on port 0 that records every request.
@@ -311,12 +337,12 @@ impl Receiver {
 
     /// Answers 200 to everything, after `delay`.
     pub async fn slow(delay: Duration) -> Self {
-        Self::with(Arc::new(move |_| Reply {
-            status: 200,
-            delay,
-            ..Default::default()
-        }))
-        .await
+        Self::answering(Reply::status(200).after(delay)).await
+    }
+
+    /// Gives every request the same `reply`.
+    pub async fn answering(reply: Reply) -> Self {
+        Self::with(Arc::new(move |_| reply.clone())).await
     }
 
     pub async fn with(responder: Responder) -> Self {
@@ -508,6 +534,25 @@ impl SseClient {
             }
         }
         got
+    }
+}
+
+/// The one number a query such as `select count(*) ...` answers.
+pub async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// Checks `holds` every `every` until it does; fails with `failure` once `within` has passed.
+pub async fn poll_until<F: Future<Output = bool>>(
+    within: Duration,
+    every: Duration,
+    failure: &str,
+    holds: impl Fn() -> F,
+) {
+    let deadline = Instant::now() + within;
+    while !holds().await {
+        assert!(Instant::now() < deadline, "{failure}");
+        tokio::time::sleep(every).await;
     }
 }
 

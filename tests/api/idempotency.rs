@@ -157,12 +157,7 @@ fn all_the_same(answers: &[(StatusCode, Value)]) -> &Value {
 async fn concurrent_sends_of_one_new_key_make_one_message() {
     let app = spawn_app_with(&[("HERALD_DB_POOL_SIZE", "24")]).await;
     let receiver = Receiver::start().await;
-    let (_, created) = app
-        .post("/apps", json!({"name": "Acme", "uid": "acme"}))
-        .await;
-    let app_id = created["id"].as_str().unwrap().to_owned();
-    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let app_id = app.acme_with_endpoint(&receiver).await;
 
     // 20 at once through the API.
     let mut sends = tokio::task::JoinSet::new();

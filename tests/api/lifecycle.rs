@@ -115,14 +115,12 @@ async fn sigterm_lets_in_flight_sends_finish_and_records_them() {
 async fn kill_9_mid_send_loses_nothing() {
     let db_url = fresh_database().await;
     // The first request never gets an answer in time; later ones succeed at once.
-    let receiver = Receiver::with(Arc::new(|n| Reply {
-        status: 204,
-        delay: if n == 0 {
+    let receiver = Receiver::with(Arc::new(|n| {
+        Reply::status(204).after(if n == 0 {
             Duration::from_secs(60)
         } else {
             Duration::ZERO
-        },
-        ..Default::default()
+        })
     }))
     .await;
     // Request timeout 1s: a lease of 2 x 1s + 5s.

@@ -140,9 +140,7 @@ async fn endpoints_without_room_do_not_starve_the_endpoints_walked_after_them() 
         app.send(&crowded, "busy", json!({"i": i})).await;
     }
     let free = Receiver::start().await;
-    let other = app.create_app().await;
-    app.create_endpoint(&other, json!({"url": free.url()}))
-        .await;
+    let (other, _, _) = app.app_with_endpoint(&free).await;
     // Every busy endpoint has spent its bucket's first token: from now on each has a token
     // a second and 39 rows waiting.
     busy.wait_for(BUSY, Duration::from_secs(10)).await;

@@ -9,10 +9,7 @@ use crate::helpers::{Receiver, all_delivered, spawn_app};
 async fn send_answers_202_and_the_message_shows_its_deliveries_and_attempts() {
     let app = spawn_app().await;
     let receiver = Receiver::start().await;
-    let app_id = app.create_app().await;
-    let (ep, _) = app
-        .create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
 
     let payload = json!({"invoice": "in_1", "amount": 4200, "nested": {"z": 1, "a": [1, 2]}});
     let (status, msg) = app

@@ -1,13 +1,13 @@
 //! `GET /metrics` as Prometheus scrapes it: unauthenticated, OpenMetrics text, counting
 //! what the workers did and showing the queue, the feed and the workers as they are.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Receiver, Reply, SseClient, TestServer, all_delivered, deliveries_in, spawn_app_with,
+    Receiver, Reply, SseClient, TestServer, all_delivered, deliveries_in, poll_until,
+    spawn_app_with,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -71,8 +71,8 @@ async fn counts_attempts_by_outcome_and_shows_the_queue() {
     assert_eq!(value(&before, "herald_sse_subscribers"), 0.0);
 
     let ok = Receiver::start().await;
-    let failing = Receiver::with(Arc::new(|_| Reply::status(500))).await;
-    let gone = Receiver::with(Arc::new(|_| Reply::status(410))).await;
+    let failing = Receiver::answering(Reply::status(500)).await;
+    let gone = Receiver::answering(Reply::status(410)).await;
     let ok_app = app_sending_to(&app, &ok).await;
     let failing_app = app_sending_to(&app, &failing).await;
     let gone_app = app_sending_to(&app, &gone).await;
@@ -275,14 +275,14 @@ async fn readyz_follows_the_database() {
     ))
     .await;
     let wait_for = |status: u16| async move {
-        let deadline = std::time::Instant::now() + Duration::from_secs(8);
-        while ready().await != status {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "/readyz never answered {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let failure = format!("/readyz never answered {status}");
+        poll_until(
+            Duration::from_secs(8),
+            Duration::from_millis(100),
+            &failure,
+            async || ready().await == status,
+        )
+        .await;
     };
     wait_for(503).await;
     admin(format!("alter database {name} allow_connections true")).await;

@@ -82,10 +82,7 @@ async fn every_route_is_documented_and_every_documented_operation_is_served() {
     let receiver = Receiver::start().await;
     let (app_id, ep, _secret) = app.app_with_endpoint(&receiver).await;
     let msg = app.send(&app_id, "invoice.paid", json!({"n": 1})).await;
-    let doomed_app = app.create_app().await;
-    let (doomed_ep, _) = app
-        .create_endpoint(&doomed_app, json!({"url": receiver.url()}))
-        .await;
+    let (doomed_app, doomed_ep, _) = app.app_with_endpoint(&receiver).await;
     let doomed_msg = app.send(&doomed_app, "invoice.paid", json!({"n": 3})).await;
 
     let mut removal = String::new();

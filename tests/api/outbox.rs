@@ -10,9 +10,7 @@ use crate::helpers::{Receiver, TOKEN, all_delivered, answer, spawn_app};
 async fn a_repeated_idempotency_key_returns_the_same_message_and_queues_nothing() {
     let app = spawn_app().await;
     let receiver = Receiver::start().await;
-    let app_id = app.create_app().await;
-    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
     let path = format!("/apps/{app_id}/messages");
 
     let body = json!({"event_type": "invoice.paid", "payload": {"n": 1}, "idempotency_key": "k1"});
@@ -49,18 +47,22 @@ async fn a_repeated_idempotency_key_returns_the_same_message_and_queues_nothing(
     assert_eq!(list["data"].as_array().unwrap().len(), 2);
 }
 
+/// The caller's own write, in its transaction.
+async fn insert_invoice(tx: &mut sqlx::PgTransaction<'_>, id: &str) {
+    sqlx::query("insert into invoices values ($1)")
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .unwrap();
+}
+
 /// A backend sharing the database enqueues inside its own transaction: the webhook goes
 /// out if and only if that transaction commits.
 #[tokio::test]
 async fn the_sql_function_enqueues_atomically_with_the_callers_transaction() {
     let app = spawn_app().await;
     let receiver = Receiver::start().await;
-    let (_, created) = app
-        .post("/apps", json!({"name": "Acme", "uid": "acme"}))
-        .await;
-    let app_id = created["id"].as_str().unwrap().to_owned();
-    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let app_id = app.acme_with_endpoint(&receiver).await;
 
     // A plain connection, as the SaaS's own code would have: no search_path tricks.
     let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
@@ -70,10 +72,7 @@ async fn the_sql_function_enqueues_atomically_with_the_callers_transaction() {
         .unwrap();
 
     let mut tx = conn.begin().await.unwrap();
-    sqlx::query("insert into invoices values ('in_rolled_back')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    insert_invoice(&mut tx, "in_rolled_back").await;
     let rolled_back: String = sqlx::query_scalar(
         "select herald.message_ref(id) from herald.send_message('acme', 'invoice.paid', '{\"invoice\": \"in_rolled_back\"}')",
     )
@@ -83,10 +82,7 @@ async fn the_sql_function_enqueues_atomically_with_the_callers_transaction() {
     tx.rollback().await.unwrap();
 
     let mut tx = conn.begin().await.unwrap();
-    sqlx::query("insert into invoices values ('in_committed')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    insert_invoice(&mut tx, "in_committed").await;
     let committed: String = sqlx::query_scalar(
         "select herald.message_ref(id) from herald.send_message($1, 'invoice.paid', '{\"invoice\": \"in_committed\"}', 'in_committed')",
     )

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::helpers::{
-    Receiver, Reply, TestServer, all_delivered, database_at, deliveries_in, fresh_database,
-    spawn_app_on, spawn_app_with,
+    Receiver, Reply, TestServer, all_delivered, count, database_at, deliveries_in, fresh_database,
+    poll_until, spawn_app_on, spawn_app_with,
 };
 
 /// Minute-sized history: 2 s partitions kept for a minute (the shortest idempotency window,
@@ -81,11 +81,8 @@ async fn message_status(app: &TestServer, app_id: &str, msg: &str) -> StatusCode
 }
 
 async fn wait_until<F: Future<Output = bool>>(within: Duration, what: &str, f: impl Fn() -> F) {
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let failure = format!("timed out waiting until {what}");
+    poll_until(within, Duration::from_millis(200), &failure, f).await;
 }
 
 /// On a running process: partitions are made ahead of time, history past retention is
@@ -95,14 +92,12 @@ async fn wait_until<F: Future<Output = bool>>(within: Duration, what: &str, f: i
 async fn history_past_retention_is_dropped_but_a_delivery_still_in_flight_keeps_its_message() {
     let app = spawn_app_with(&SHORT).await;
     // The replay (the receiver's third request) takes 20 s to answer.
-    let receiver = Receiver::with(Arc::new(|n| Reply {
-        status: 200,
-        delay: if n == 2 {
+    let receiver = Receiver::with(Arc::new(|n| {
+        Reply::status(200).after(if n == 2 {
             Duration::from_secs(20)
         } else {
             Duration::ZERO
-        },
-        ..Default::default()
+        })
     }))
     .await;
     let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
@@ -299,10 +294,7 @@ async fn processes_take_turns_and_a_step_that_fails_half_way_leaves_nothing() {
     }
     assert_eq!(receiver.count(), 40);
     assert_consistent(&one.pool).await;
-    let in_default: i64 = sqlx::query_scalar("select count(*) from herald.message_default")
-        .fetch_one(&one.pool)
-        .await
-        .unwrap();
+    let in_default = count(&one.pool, "select count(*) from herald.message_default").await;
     assert_eq!(in_default, 0, "every message had its partition ready");
 }
 
@@ -380,22 +372,20 @@ async fn an_upgrade_to_partitions_keeps_every_row_and_delivers_what_was_pending(
             .await
             .unwrap();
     assert_eq!(kept, ids, "every delivery, with its id");
-    let pending: i64 = sqlx::query_scalar(
+    let pending = count(
+        &app.pool,
         "select count(*) from herald.delivery where state <> 'succeeded' and state <> 'dead'",
     )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(pending, 0);
 
     // The old rows are the legacy partitions, their indexes the old ones (none was
     // built on them: every index of theirs has its old name).
-    let in_legacy: i64 = sqlx::query_scalar(
+    let in_legacy = count(
+        &app.pool,
         "select count(*) from herald.message where tableoid = 'herald.message_legacy'::regclass",
     )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(in_legacy, 3050);
     for table in ["message_legacy", "delivery_legacy", "attempt_legacy"] {
         let indexes: Vec<String> = sqlx::query_scalar(

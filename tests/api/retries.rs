@@ -3,24 +3,18 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{Receiver, Reply, all_delivered, deliveries_in, spawn_app, spawn_app_with};
+use crate::helpers::{Receiver, Reply, all_dead, all_delivered, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn failures_are_retried_until_a_2xx() {
     let app = spawn_app().await;
     let receiver = Receiver::with(Arc::new(|n| match n {
         0 => Reply::status(500),
-        1 => Reply {
-            status: 400,
-            body: "bad".into(),
-            ..Default::default()
-        },
+        1 => Reply::status(400).with_body("bad"),
         _ => Reply::status(200),
     }))
     .await;
-    let app_id = app.create_app().await;
-    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
     let msg = app.send(&app_id, "retry.me", json!({})).await;
     let m = app
         .wait_for_message(&app_id, &msg, Duration::from_secs(10), all_delivered)
@@ -57,15 +51,11 @@ async fn failures_are_retried_until_a_2xx() {
 #[tokio::test]
 async fn the_delivery_is_dead_when_the_schedule_runs_out() {
     let app = spawn_app().await;
-    let receiver = Receiver::with(Arc::new(|_| Reply::status(503))).await;
-    let app_id = app.create_app().await;
-    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let receiver = Receiver::answering(Reply::status(503)).await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
     let msg = app.send(&app_id, "always.fails", json!({})).await;
     let m = app
-        .wait_for_message(&app_id, &msg, Duration::from_secs(10), |m| {
-            deliveries_in(m, "dead")
-        })
+        .wait_for_message(&app_id, &msg, Duration::from_secs(10), all_dead)
         .await;
     // 50ms,100ms,150ms: three retries after the first try.
     assert_eq!(m["deliveries"][0]["attempt_count"], 4);
@@ -80,20 +70,10 @@ async fn the_delivery_is_dead_when_the_schedule_runs_out() {
 #[tokio::test]
 async fn a_redirect_is_a_failure_and_is_not_followed() {
     let app = spawn_app_with(&[("HERALD_RETRY_SCHEDULE", "none")]).await;
-    let receiver = Receiver::with(Arc::new(|_| Reply {
-        status: 302,
-        headers: vec![("location", "/elsewhere".into())],
-        ..Default::default()
-    }))
-    .await;
-    let app_id = app.create_app().await;
-    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
-    let msg = app.send(&app_id, "moved", json!({})).await;
-    app.wait_for_message(&app_id, &msg, Duration::from_secs(10), |m| {
-        deliveries_in(m, "dead")
-    })
-    .await;
+    let receiver =
+        Receiver::answering(Reply::status(302).with_header("location", "/elsewhere")).await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
+    let msg = app.send_until_dead(&app_id, "moved").await;
     let attempts = app.attempts(&app_id, &msg).await;
     assert_eq!(attempts[0]["response_status"], 302);
     assert_eq!(attempts[0]["error_kind"], "redirect");
@@ -104,16 +84,9 @@ async fn a_redirect_is_a_failure_and_is_not_followed() {
 #[tokio::test]
 async fn gone_disables_the_endpoint_and_says_why() {
     let app = spawn_app().await;
-    let receiver = Receiver::with(Arc::new(|_| Reply::status(410))).await;
-    let app_id = app.create_app().await;
-    let (ep, _) = app
-        .create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
-    let msg = app.send(&app_id, "bye", json!({})).await;
-    app.wait_for_message(&app_id, &msg, Duration::from_secs(10), |m| {
-        deliveries_in(m, "dead")
-    })
-    .await;
+    let receiver = Receiver::answering(Reply::status(410)).await;
+    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
+    app.send_until_dead(&app_id, "bye").await;
     let (_, endpoint) = app.get(&format!("/apps/{app_id}/endpoints/{ep}")).await;
     assert_eq!(endpoint["disabled"], true);
     assert!(
@@ -134,17 +107,11 @@ async fn gone_disables_the_endpoint_and_says_why() {
 async fn retry_after_is_honoured_on_429_and_503() {
     let app = spawn_app().await;
     let receiver = Receiver::with(Arc::new(|n| match n {
-        0 => Reply {
-            status: 429,
-            headers: vec![("retry-after", "1".into())],
-            ..Default::default()
-        },
+        0 => Reply::status(429).with_header("retry-after", "1"),
         _ => Reply::status(204),
     }))
     .await;
-    let app_id = app.create_app().await;
-    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
     app.send(&app_id, "slow.down", json!({})).await;
     let got = receiver.wait_for(2, Duration::from_secs(10)).await;
     let gap = got[1].at - got[0].at;
@@ -155,20 +122,9 @@ async fn retry_after_is_honoured_on_429_and_503() {
 #[tokio::test]
 async fn keeps_only_the_first_4_kib_of_a_response_body() {
     let app = spawn_app_with(&[("HERALD_RETRY_SCHEDULE", "none")]).await;
-    let receiver = Receiver::with(Arc::new(|_| Reply {
-        status: 500,
-        body: "x".repeat(10_000),
-        ..Default::default()
-    }))
-    .await;
-    let app_id = app.create_app().await;
-    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
-    let msg = app.send(&app_id, "big.answer", json!({})).await;
-    app.wait_for_message(&app_id, &msg, Duration::from_secs(10), |m| {
-        deliveries_in(m, "dead")
-    })
-    .await;
+    let receiver = Receiver::answering(Reply::status(500).with_body("x".repeat(10_000))).await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
+    let msg = app.send_until_dead(&app_id, "big.answer").await;
     let attempts = app.attempts(&app_id, &msg).await;
     assert_eq!(attempts[0]["response_body"].as_str().unwrap().len(), 4096);
 }
@@ -181,14 +137,8 @@ async fn a_receiver_that_hangs_times_out() {
     ])
     .await;
     let receiver = Receiver::slow(Duration::from_secs(5)).await;
-    let app_id = app.create_app().await;
-    app.create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
-    let msg = app.send(&app_id, "hang", json!({})).await;
-    app.wait_for_message(&app_id, &msg, Duration::from_secs(10), |m| {
-        deliveries_in(m, "dead")
-    })
-    .await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
+    let msg = app.send_until_dead(&app_id, "hang").await;
     let attempts = app.attempts(&app_id, &msg).await;
     assert_eq!(attempts[0]["error_kind"], "timeout");
     assert_eq!(attempts[0]["response_status"], json!(null));
@@ -207,11 +157,7 @@ async fn a_refused_connection_is_recorded_as_connect() {
     let app_id = app.create_app().await;
     app.create_endpoint(&app_id, json!({"url": format!("http://127.0.0.1:{port}/")}))
         .await;
-    let msg = app.send(&app_id, "nobody.home", json!({})).await;
-    app.wait_for_message(&app_id, &msg, Duration::from_secs(10), |m| {
-        deliveries_in(m, "dead")
-    })
-    .await;
+    let msg = app.send_until_dead(&app_id, "nobody.home").await;
     assert_eq!(
         app.attempts(&app_id, &msg).await[0]["error_kind"],
         "connect"
@@ -225,16 +171,9 @@ async fn an_endpoint_failing_for_too_long_is_disabled() {
         ("HERALD_RETRY_SCHEDULE", "300ms,300ms"),
     ])
     .await;
-    let receiver = Receiver::with(Arc::new(|_| Reply::status(500))).await;
-    let app_id = app.create_app().await;
-    let (ep, _) = app
-        .create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
-    let msg = app.send(&app_id, "fail", json!({})).await;
-    app.wait_for_message(&app_id, &msg, Duration::from_secs(10), |m| {
-        deliveries_in(m, "dead")
-    })
-    .await;
+    let receiver = Receiver::answering(Reply::status(500)).await;
+    let (app_id, ep, _) = app.app_with_endpoint(&receiver).await;
+    app.send_until_dead(&app_id, "fail").await;
     let (_, endpoint) = app.get(&format!("/apps/{app_id}/endpoints/{ep}")).await;
     assert_eq!(endpoint["disabled"], true, "{endpoint}");
     assert!(

@@ -9,10 +9,7 @@ use crate::helpers::{Receiver, spawn_app};
 async fn after_a_rotation_both_secrets_sign_during_the_grace_period() {
     let app = spawn_app().await;
     let receiver = Receiver::start().await;
-    let app_id = app.create_app().await;
-    let (ep, old) = app
-        .create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let (app_id, ep, old) = app.app_with_endpoint(&receiver).await;
 
     app.send(&app_id, "before.rotation", json!({})).await;
     let got = receiver.wait_for(1, Duration::from_secs(10)).await;
@@ -42,10 +39,7 @@ async fn after_a_rotation_both_secrets_sign_during_the_grace_period() {
 async fn a_rotated_out_secret_stops_signing_after_its_grace_period() {
     let app = crate::helpers::spawn_app_with(&[("HERALD_SECRET_GRACE_PERIOD", "0s")]).await;
     let receiver = Receiver::start().await;
-    let app_id = app.create_app().await;
-    let (ep, old) = app
-        .create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let (app_id, ep, old) = app.app_with_endpoint(&receiver).await;
     let (_, rotated) = app
         .post(
             &format!("/apps/{app_id}/endpoints/{ep}/secret/rotate"),
@@ -62,10 +56,7 @@ async fn a_rotated_out_secret_stops_signing_after_its_grace_period() {
 async fn herald_verify_checks_a_captured_request() {
     let app = spawn_app().await;
     let receiver = Receiver::start().await;
-    let app_id = app.create_app().await;
-    let (_, secret) = app
-        .create_endpoint(&app_id, json!({"url": receiver.url()}))
-        .await;
+    let (app_id, _, secret) = app.app_with_endpoint(&receiver).await;
     app.send(&app_id, "captured", json!({"a": 1})).await;
     let r = receiver
         .wait_for(1, Duration::from_secs(10))

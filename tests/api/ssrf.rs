@@ -1,10 +1,7 @@
-use std::sync::Arc;
-use std::time::Duration;
-
 use axum::http::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{Receiver, Reply, deliveries_in, spawn_app_with};
+use crate::helpers::{Receiver, Reply, spawn_app_with};
 
 const STRICT: [(&str, &str); 2] = [
     ("HERALD_ALLOW_PRIVATE_TARGETS", "false"),
@@ -47,11 +44,7 @@ async fn a_name_resolving_to_loopback_is_blocked_at_connect_time() {
     let app_id = app.create_app().await;
     let url = format!("http://localhost:{}/hook", receiver.addr.port());
     app.create_endpoint(&app_id, json!({"url": url})).await;
-    let msg = app.send(&app_id, "probe", json!({})).await;
-    app.wait_for_message(&app_id, &msg, Duration::from_secs(10), |m| {
-        deliveries_in(m, "dead")
-    })
-    .await;
+    let msg = app.send_until_dead(&app_id, "probe").await;
     let attempts = app.attempts(&app_id, &msg).await;
     assert_eq!(attempts[0]["error_kind"], "blocked", "{:#}", attempts[0]);
     assert_eq!(receiver.count(), 0);
@@ -73,11 +66,7 @@ async fn a_stored_private_literal_is_blocked_at_send_time() {
         .execute(&app.pool)
         .await
         .unwrap();
-    let msg = app.send(&app_id, "probe", json!({})).await;
-    app.wait_for_message(&app_id, &msg, Duration::from_secs(10), |m| {
-        deliveries_in(m, "dead")
-    })
-    .await;
+    let msg = app.send_until_dead(&app_id, "probe").await;
     assert_eq!(
         app.attempts(&app_id, &msg).await[0]["error_kind"],
         "blocked"
@@ -94,18 +83,9 @@ async fn a_redirect_to_a_private_address_is_not_followed() {
     let app = spawn_app_with(&[("HERALD_RETRY_SCHEDULE", "none")]).await;
     let inside = Receiver::start().await;
     let location = format!("{}/latest/meta-data", inside.url());
-    let receiver = Receiver::with(Arc::new(move |_| Reply {
-        status: 302,
-        headers: vec![("location", location.clone())],
-        ..Default::default()
-    }))
-    .await;
+    let receiver = Receiver::answering(Reply::status(302).with_header("location", location)).await;
     let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
-    let msg = app.send(&app_id, "probe", json!({})).await;
-    app.wait_for_message(&app_id, &msg, Duration::from_secs(10), |m| {
-        deliveries_in(m, "dead")
-    })
-    .await;
+    let msg = app.send_until_dead(&app_id, "probe").await;
     let attempts = app.attempts(&app_id, &msg).await;
     assert_eq!(attempts[0]["error_kind"], "redirect", "{:#}", attempts[0]);
     assert_eq!(receiver.count(), 1);

@@ -12,7 +12,8 @@ use sqlx::{Connection, PgConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{
-    Receiver, SseClient, SseEvent, TOKEN, TestServer, all_delivered, spawn_app, spawn_app_with,
+    Receiver, SseClient, SseEvent, TOKEN, TestServer, all_delivered, poll_until, spawn_app,
+    spawn_app_with,
 };
 use crate::process::Process;
 
@@ -47,6 +48,19 @@ async fn send_sql(conn: &mut PgConnection, app: &str, payload: Value) -> String 
     .fetch_one(conn)
     .await
     .unwrap()
+}
+
+/// Prunes the feed's log with a retention of one day; returns how many events went.
+async fn prune_past_a_day(app: &TestServer) -> u64 {
+    herald::db::events::prune(&app.pool, Duration::from_secs(86400), 1000)
+        .await
+        .unwrap()
+}
+
+/// A new application with uid `uid`, and a stream of its events only.
+async fn watched_app(app: &TestServer, uid: &str) -> SseClient {
+    app_with_uid(app, uid).await;
+    SseClient::connect(app, &format!("app={uid}"), None).await
 }
 
 async fn app_with_uid(app: &TestServer, uid: &str) -> String {
@@ -128,8 +142,7 @@ async fn a_delivery_shows_up_live_as_message_created_then_attempt() {
 #[tokio::test]
 async fn an_event_that_commits_late_is_neither_skipped_nor_reordered() {
     let app = spawn_app().await;
-    app_with_uid(&app, "late").await;
-    let mut stream = SseClient::connect(&app, "app=late", None).await;
+    let mut stream = watched_app(&app, "late").await;
 
     let mut a = PgConnection::connect(&app.db_url).await.unwrap();
     let mut b = PgConnection::connect(&app.db_url).await.unwrap();
@@ -163,8 +176,7 @@ async fn a_client_resuming_amid_concurrent_writers_misses_nothing_and_sees_nothi
     const WRITERS: usize = 8;
     const PER_WRITER: usize = 40;
     let app = spawn_app().await;
-    app_with_uid(&app, "race").await;
-    let mut steady = SseClient::connect(&app, "app=race", None).await;
+    let mut steady = watched_app(&app, "race").await;
     // Where the feed is now: the resuming client starts there, so that even a reconnect
     // before its first event resumes rather than starting over.
     let start: String =
@@ -291,26 +303,28 @@ async fn filters_narrow_the_stream() {
         got.sort();
         got
     }
-    let pair = |kind: &str, m: &str| (kind.to_owned(), m.to_owned());
-    let mut expected = vec![
-        pair("attempt", &a_created),
-        pair("attempt", &a_deleted),
-        pair("message.created", &a_created),
-        pair("message.created", &a_deleted),
-    ];
-    expected.sort();
-    assert_eq!(drain(&mut by_app).await, expected);
-    let mut expected = vec![pair("attempt", &a_created), pair("attempt", &a_deleted)];
-    expected.sort();
-    assert_eq!(drain(&mut by_endpoint).await, expected);
-    let mut expected = vec![
-        pair("attempt", &a_deleted),
-        pair("attempt", &b_deleted),
-        pair("message.created", &a_deleted),
-        pair("message.created", &b_deleted),
-    ];
-    expected.sort();
-    assert_eq!(drain(&mut by_type).await, expected);
+    // Every event of `kinds` for each of `messages`, in `drain`'s order.
+    let each = |kinds: &[&str], messages: &[&String]| {
+        let mut expected: Vec<(String, String)> = kinds
+            .iter()
+            .flat_map(|k| messages.iter().map(|m| (k.to_string(), m.to_string())))
+            .collect();
+        expected.sort();
+        expected
+    };
+    let both = ["attempt", "message.created"];
+    assert_eq!(
+        drain(&mut by_app).await,
+        each(&both, &[&a_created, &a_deleted])
+    );
+    assert_eq!(
+        drain(&mut by_endpoint).await,
+        each(&["attempt"], &[&a_created, &a_deleted])
+    );
+    assert_eq!(
+        drain(&mut by_type).await,
+        each(&both, &[&a_deleted, &b_deleted])
+    );
     let outcomes = drain(&mut by_outcome).await;
     assert_eq!(outcomes.len(), 3);
     assert!(outcomes.iter().all(|(kind, _)| kind == "attempt"));
@@ -483,8 +497,7 @@ async fn resume_refuses_ids_it_cannot_honour_and_streams_need_the_token() {
 #[tokio::test]
 async fn events_older_than_the_retention_are_pruned_and_cannot_be_resumed_from() {
     let app = spawn_app().await;
-    app_with_uid(&app, "old").await;
-    let mut stream = SseClient::connect(&app, "app=old", None).await;
+    let mut stream = watched_app(&app, "old").await;
     let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
     let first = send_sql(&mut conn, "old", json!({"n": 1})).await;
     send_sql(&mut conn, "old", json!({"n": 2})).await;
@@ -499,9 +512,7 @@ async fn events_older_than_the_retention_are_pruned_and_cannot_be_resumed_from()
     .execute(&mut conn)
     .await
     .unwrap();
-    let pruned = herald::db::events::prune(&app.pool, Duration::from_secs(86400), 1000)
-        .await
-        .unwrap();
+    let pruned = prune_past_a_day(&app).await;
     assert_eq!(pruned, 1);
 
     // Resuming from before the oldest kept event could skip what was pruned: refused,
@@ -532,21 +543,35 @@ async fn events_older_than_the_retention_are_pruned_and_cannot_be_resumed_from()
 #[tokio::test]
 async fn a_client_that_leaves_while_all_is_quiet_is_let_go() {
     let app = spawn_app_with(&[("HERALD_SSE_KEEP_ALIVE", "200ms")]).await;
-    let subscribers = || async {
-        let (_, stats) = app.get("/stats").await;
-        stats["feed_subscribers"].as_u64().unwrap()
-    };
     let stream = SseClient::connect(&app, "", None).await;
-    assert_eq!(subscribers().await, 1);
+    assert_eq!(gauge(&app, "feed_subscribers").await, 1);
     drop(stream);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while subscribers().await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the subscriber is still counted 5 s after it left"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gauge_back_to_zero(
+        &app,
+        "feed_subscribers",
+        "the subscriber is still counted 5 s after it left",
+    )
+    .await;
+}
+
+/// A gauge of `/stats`.
+async fn gauge(app: &TestServer, name: &str) -> u64 {
+    let (_, stats) = app.get("/stats").await;
+    stats[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("/stats reports {name}"))
+}
+
+/// Waits up to 5 s for the `/stats` gauge `name` to come back to 0; fails with `failure`.
+async fn gauge_back_to_zero(app: &TestServer, name: &str, failure: &str) {
+    let zero = async || gauge(app, name).await == 0;
+    poll_until(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        failure,
+        zero,
+    )
+    .await;
 }
 
 /// `HERALD_FEED_INTERVAL` spaces the reader's reads of the log, so that what commits in
@@ -556,8 +581,7 @@ async fn a_client_that_leaves_while_all_is_quiet_is_let_go() {
 #[tokio::test]
 async fn with_a_feed_interval_events_that_commit_close_together_come_in_one_write() {
     let app = spawn_app_with(&[("HERALD_FEED_INTERVAL", "300ms")]).await;
-    app_with_uid(&app, "spaced").await;
-    let mut stream = SseClient::connect(&app, "app=spaced", None).await;
+    let mut stream = watched_app(&app, "spaced").await;
     let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
     let mut sent = Vec::new();
     for i in 0..8 {
@@ -585,12 +609,7 @@ async fn a_client_that_stops_reading_is_held_to_its_byte_budget() {
     const BUDGET: u64 = 1 << 20;
     let app = spawn_app_with(&[("HERALD_FEED_CLIENT_BUFFER_BYTES", &BUDGET.to_string())]).await;
     app_with_uid(&app, "big").await;
-    let buffered = || async {
-        let (_, stats) = app.get("/stats").await;
-        stats["feed_buffered_bytes"]
-            .as_u64()
-            .expect("/stats reports feed_buffered_bytes")
-    };
+    let buffered = || gauge(&app, "feed_buffered_bytes");
 
     let mut stalled = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     stalled
@@ -653,14 +672,12 @@ async fn a_client_that_stops_reading_is_held_to_its_byte_budget() {
     );
     assert_eq!(created_ids(&text), sent, "every message, once, in order");
     drop(stalled);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while buffered().await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "bytes still held for clients gone"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gauge_back_to_zero(
+        &app,
+        "feed_buffered_bytes",
+        "bytes still held for clients gone",
+    )
+    .await;
 }
 
 /// Pruning can leave nothing in the log after a client's position: the events it missed
@@ -668,8 +685,7 @@ async fn a_client_that_stops_reading_is_held_to_its_byte_budget() {
 #[tokio::test]
 async fn a_resume_past_which_everything_was_pruned_is_refused() {
     let app = spawn_app().await;
-    app_with_uid(&app, "gone").await;
-    let mut stream = SseClient::connect(&app, "app=gone", None).await;
+    let mut stream = watched_app(&app, "gone").await;
     let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
     send_sql(&mut conn, "gone", json!({"n": 1})).await;
     send_sql(&mut conn, "gone", json!({"n": 2})).await;
@@ -680,9 +696,7 @@ async fn a_resume_past_which_everything_was_pruned_is_refused() {
         .execute(&mut conn)
         .await
         .unwrap();
-    let pruned = herald::db::events::prune(&app.pool, Duration::from_secs(86400), 1000)
-        .await
-        .unwrap();
+    let pruned = prune_past_a_day(&app).await;
     assert_eq!(pruned, 2, "the log is empty now");
 
     let resume = |last: String| {

@@ -442,17 +442,27 @@ fn table_sizes(server: &str) -> anyhow::Result<TableSizes> {
             size("attempt")
         ),
     )?;
-    let mb: Vec<f64> = out
-        .split('|')
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("table sizes {out:?}"))?;
-    anyhow::ensure!(mb.len() == 3, "table sizes {out:?}");
+    let mb: Vec<f64> = three_numbers(&out, "table sizes")?;
     Ok(TableSizes {
         message_mb: mb[0],
         delivery_mb: mb[1],
         attempt_mb: mb[2],
     })
+}
+
+/// The three `|`-separated numbers of a query's answer `out`; the error names `what`.
+fn three_numbers<T>(out: &str, what: &str) -> anyhow::Result<Vec<T>>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let numbers: Vec<T> = out
+        .split('|')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{what} {out:?}"))?;
+    anyhow::ensure!(numbers.len() == 3, "{what} {out:?}");
+    Ok(numbers)
 }
 
 /// Drops the oldest message/delivery pair and the oldest attempt partition, each in its
@@ -476,12 +486,7 @@ fn drop_oldest(server: &str) -> anyhow::Result<DropResult> {
                     (select count(*) from herald.attempt_{attempt_suffix})"
         ),
     )?;
-    let rows: Vec<u64> = rows
-        .split('|')
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("row counts {rows:?}"))?;
-    anyhow::ensure!(rows.len() == 3, "row counts {rows:?}");
+    let rows: Vec<u64> = three_numbers(&rows, "row counts")?;
     let before = table_sizes(server)?;
     let timed_drop = |kind: &str, suffix: &str| -> anyhow::Result<(f64, String)> {
         // Three statements, each its own transaction: the drop's commit is inside.
