@@ -56,7 +56,7 @@ impl Blaster {
         let thread = std::thread::Builder::new()
             .name("sse-control".into())
             .spawn(move || {
-                t.store(crate::sse::thread_id(), Ordering::Relaxed);
+                t.store(crate::process::thread_id(), Ordering::Relaxed);
                 runtime.block_on(async move {
                     let listener = TcpListener::from_std(std_listener).expect("listener");
                     let (chunks, _) = broadcast::channel::<Bytes>(BUFFER);
@@ -97,7 +97,7 @@ impl Blaster {
     pub fn cpu_seconds(&self) -> f64 {
         match self.tid.load(Ordering::Relaxed) {
             0 => 0.0,
-            tid => crate::suite::cpu_of(&format!("self/task/{tid}")),
+            tid => crate::process::cpu_of(&format!("self/task/{tid}")),
         }
     }
 

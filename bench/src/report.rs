@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::suite::{
+use crate::results::{
     BURST_RATIO_TARGET_PCT, DROP_TARGET_SECS, Report, SOAK_FLAT_PCT, SSE_DROP_TARGET_PCT,
     SSE_LAG_P99_TARGET_MS, VIEW_P99_TARGET_MS,
 };
@@ -463,8 +463,8 @@ mod tests {
 #[cfg(test)]
 mod history_tests {
     use super::*;
+    use crate::results::{HistoryResult, ScenarioResult, SoakResult};
     use crate::stats::Latency;
-    use crate::suite::{HistoryResult, ScenarioResult, SoakResult};
 
     fn scenario(name: &str) -> ScenarioResult {
         ScenarioResult {
