@@ -95,10 +95,7 @@ impl Blaster {
 
     /// CPU seconds the server's thread has used so far.
     pub fn cpu_seconds(&self) -> f64 {
-        match self.tid.load(Ordering::Relaxed) {
-            0 => 0.0,
-            tid => crate::process::cpu_of(&format!("self/task/{tid}")),
-        }
+        crate::process::thread_cpu(self.tid.load(Ordering::Relaxed))
     }
 
     /// Chunks connections skipped because they fell behind (0 if the client kept up).

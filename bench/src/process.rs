@@ -52,6 +52,15 @@ pub fn cpu_of(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU seconds of this process's thread `tid` so far (0 while the thread has not said
+/// its id: see [`thread_id`]).
+pub fn thread_cpu(tid: u64) -> f64 {
+    match tid {
+        0 => 0.0,
+        tid => cpu_of(&format!("self/task/{tid}")),
+    }
+}
+
 /// The calling thread's id, from /proc (0 when unknown).
 pub fn thread_id() -> u64 {
     std::fs::read_to_string("/proc/thread-self/stat")

@@ -190,10 +190,7 @@ impl Subscribers {
 
     /// CPU seconds the subscribers' thread has used so far.
     pub fn cpu_seconds(&self) -> f64 {
-        match self.shared.tid.load(Ordering::Relaxed) {
-            0 => 0.0,
-            tid => crate::process::cpu_of(&format!("self/task/{tid}")),
-        }
+        crate::process::thread_cpu(self.shared.tid.load(Ordering::Relaxed))
     }
 
     /// Closes every connection and returns what each subscriber saw.
