@@ -191,7 +191,8 @@ pub struct RemovalResult {
     pub messages: u64,
     pub deliveries: u64,
     pub attempts: u64,
-    /// Herald's longest open transaction, sampled every [`SAMPLE_EVERY`].
+    /// Herald's longest open transaction, sampled every `SAMPLE_EVERY` (in
+    /// `suite::history::removal`).
     pub longest_transaction_ms: f64,
     /// Sequential sends to an application of its own, before and during the removal.
     pub neighbour_before: Latency,
