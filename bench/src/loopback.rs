@@ -56,7 +56,7 @@ impl Blaster {
         let thread = std::thread::Builder::new()
             .name("sse-control".into())
             .spawn(move || {
-                t.store(crate::sse::thread_id(), Ordering::Relaxed);
+                t.store(crate::process::thread_id(), Ordering::Relaxed);
                 runtime.block_on(async move {
                     let listener = TcpListener::from_std(std_listener).expect("listener");
                     let (chunks, _) = broadcast::channel::<Bytes>(BUFFER);
@@ -95,10 +95,7 @@ impl Blaster {
 
     /// CPU seconds the server's thread has used so far.
     pub fn cpu_seconds(&self) -> f64 {
-        match self.tid.load(Ordering::Relaxed) {
-            0 => 0.0,
-            tid => crate::suite::cpu_of(&format!("self/task/{tid}")),
-        }
+        crate::process::thread_cpu(self.tid.load(Ordering::Relaxed))
     }
 
     /// Chunks connections skipped because they fell behind (0 if the client kept up).

@@ -7,8 +7,11 @@
 
 mod driver;
 mod loopback;
+mod pg;
+mod process;
 mod receiver;
 mod report;
+mod results;
 mod sse;
 mod stats;
 mod suite;
@@ -120,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // A thousand SSE subscribers need a socket each here and in `herald serve`, which
     // inherits this limit.
-    if let Err(e) = sse::raise_open_files_limit() {
+    if let Err(e) = process::raise_open_files_limit() {
         eprintln!("could not raise the open-file limit: {e}");
     }
     match cli.command {
@@ -169,7 +172,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Cmd::Report { json } => {
-            let report: suite::Report = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+            let report: results::Report = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
             println!("{}", report::table(&report));
             let svg = json.with_file_name("latency.svg");
             std::fs::write(&svg, report::svg(&report))?;

@@ -70,6 +70,11 @@ impl Latency {
     }
 }
 
+/// `x` to one decimal, as the results keep their numbers.
+pub fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
 }
