@@ -1,5 +1,5 @@
-//! A time window `[since, until)`, as a recover takes it from the REST API and the admin
-//! channel. (The dashboard's recover form reads its own `datetime-local` value.)
+//! A time window `[since, until)`, as a recover takes it from the REST API, the admin
+//! channel and the dashboard's form (which reads its own `datetime-local` value, until now).
 
 use chrono::{DateTime, Utc};
 
@@ -22,9 +22,11 @@ impl Window {
             Some(u) => parse("until", u)?,
             None => Utc::now(),
         };
-        if until <= since {
-            return Err("until must be after since".into());
-        }
-        Ok(Self { since, until })
+        Self::new(since, until).ok_or_else(|| "until must be after since".into())
+    }
+
+    /// `None` unless `since` comes before `until`.
+    pub fn new(since: DateTime<Utc>, until: DateTime<Utc>) -> Option<Self> {
+        (since < until).then_some(Self { since, until })
     }
 }

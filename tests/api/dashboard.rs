@@ -499,6 +499,12 @@ async fn replay_and_recover_work_as_plain_forms() {
         .post_form(&recover, &[("csrf", &csrf), ("since", "last tuesday")])
         .await;
     assert_eq!(bad.status(), 400);
+    // A window that would end before it starts is refused, as by the API (422).
+    let future = browser
+        .post_form(&recover, &[("csrf", &csrf), ("since", "2999-01-01T00:00")])
+        .await;
+    assert_eq!(future.status(), 422);
+    assert!(future.text().await.unwrap().contains("must be in the past"));
     let recovered = browser
         .post_form(
             &recover,

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::session::{Checked, CsrfForm};
 use super::view::form_time_value;
 use super::{PageError, PageResult, dead, endpoint, message};
-use crate::domain::{EndpointId, MessageId};
+use crate::domain::{EndpointId, MessageId, Window};
 use crate::http::{ServerState, actions, path_id};
 
 pub(super) fn routes() -> Router<ServerState> {
@@ -88,10 +88,15 @@ async fn recover(
 ) -> PageResult {
     let app_id = state.app_id(&app).await?;
     let endpoint: EndpointId = path_id(&ep, "endpoint")?;
-    let since = form_time(&form.since)?;
+    let window = Window::new(form_time(&form.since)?, Utc::now()).ok_or_else(|| {
+        PageError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the time to recover from must be in the past".to_owned(),
+        )
+    })?;
     let started = state
         .bulk_replays
-        .start(app_id, endpoint, since, Utc::now())
+        .start(app_id, endpoint, window.since, window.until)
         .await??;
     let flash = format!(
         "Recover started: {} to send (dead, or never queued), in the background.",
