@@ -1020,6 +1020,24 @@ $$;
 
 
 --
+-- Name: api_token; Type: TABLE; Schema: herald; Owner: -
+--
+
+CREATE TABLE herald.api_token (
+    id uuid NOT NULL,
+    name text NOT NULL,
+    app_id uuid,
+    scopes text[] NOT NULL,
+    secret_hash bytea NOT NULL,
+    expires_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_used_at timestamp with time zone,
+    CONSTRAINT api_token_name_check CHECK (((length(name) >= 1) AND (length(name) <= 256))),
+    CONSTRAINT api_token_scopes_check CHECK ((cardinality(scopes) > 0))
+);
+
+
+--
 -- Name: application; Type: TABLE; Schema: herald; Owner: -
 --
 
@@ -1334,6 +1352,22 @@ ALTER TABLE ONLY herald.delivery ATTACH PARTITION herald.delivery_default DEFAUL
 --
 
 ALTER TABLE ONLY herald.message ATTACH PARTITION herald.message_default DEFAULT;
+
+
+--
+-- Name: api_token api_token_pkey; Type: CONSTRAINT; Schema: herald; Owner: -
+--
+
+ALTER TABLE ONLY herald.api_token
+    ADD CONSTRAINT api_token_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: api_token api_token_secret_hash_key; Type: CONSTRAINT; Schema: herald; Owner: -
+--
+
+ALTER TABLE ONLY herald.api_token
+    ADD CONSTRAINT api_token_secret_hash_key UNIQUE (secret_hash);
 
 
 --
@@ -1885,6 +1919,14 @@ CREATE TRIGGER feed_message_created AFTER INSERT ON herald.message REFERENCING N
 --
 
 CREATE TRIGGER rollup_attempt AFTER INSERT ON herald.attempt REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION herald.rollup_attempt();
+
+
+--
+-- Name: api_token api_token_app_id_fkey; Type: FK CONSTRAINT; Schema: herald; Owner: -
+--
+
+ALTER TABLE ONLY herald.api_token
+    ADD CONSTRAINT api_token_app_id_fkey FOREIGN KEY (app_id) REFERENCES herald.application(id) ON DELETE CASCADE;
 
 
 --

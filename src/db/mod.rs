@@ -12,6 +12,7 @@ pub mod listen;
 pub mod messages;
 pub mod removals;
 pub mod replays;
+pub mod tokens;
 
 use std::str::FromStr;
 use std::time::Duration;

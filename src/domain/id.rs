@@ -113,6 +113,10 @@ public_id!(
     /// A queued removal of an application or an endpoint with its history.
     RemovalId, "rmv_"
 );
+public_id!(
+    /// An API token (its id; the secret itself starts `hrld_`).
+    TokenId, "tok_"
+);
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@ mod window;
 
 pub use event_type::EventType;
 pub use header::refused_header;
-pub use id::{AppId, AttemptId, DeliveryId, EndpointId, InvalidId, MessageId, RemovalId};
+pub use id::{AppId, AttemptId, DeliveryId, EndpointId, InvalidId, MessageId, RemovalId, TokenId};
 pub use position::{InvalidPosition, Position};
 pub use secret::SigningSecret;
 pub use state::{AttemptOutcome, AttemptTrigger, DeliveryState, EventKind};

@@ -15,6 +15,7 @@ mod stats;
 mod stream;
 mod throttle;
 mod timeouts;
+mod tokens;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -119,6 +120,7 @@ fn api_routes() -> OpenApiRouter<ServerState> {
         .merge(endpoints::routes())
         .merge(messages::routes())
         .merge(removals::routes())
+        .merge(tokens::routes())
         .merge(stream::routes())
         .merge(stats::routes())
         .merge(admin_ws::routes())
@@ -196,6 +198,28 @@ async fn require_admin(
             }
             if session::is_admin_token(&state.config, token) {
                 Some(AuthBy::Bearer)
+            } else if token.starts_with(db::tokens::PREFIX) {
+                match db::tokens::authenticate(&state.pool, token).await {
+                    // Until each route checks its scope (issue 16), only a token that may do
+                    // everything the admin token does is let in.
+                    Ok(Some(t)) if t.app_id.is_none() && t.scopes.iter().any(|s| s == "admin") => {
+                        Some(AuthBy::Bearer)
+                    }
+                    Ok(Some(t)) => {
+                        tracing::info!(token = %t.id, "API token refused: its scopes do not reach this route");
+                        return ApiError::Forbidden(
+                            "this token's scopes do not reach this route (for now only tokens with \
+                             the admin scope and no application are let in)"
+                                .into(),
+                        )
+                        .into_response();
+                    }
+                    Ok(None) => {
+                        auth_failed(&state, client, "API token (unknown, revoked or expired)");
+                        None
+                    }
+                    Err(e) => return ApiError::from(e).into_response(),
+                }
             } else {
                 auth_failed(&state, client, "bearer token");
                 None

@@ -17,7 +17,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, RefOr, ResponseBuilder};
 use utoipa::{Modify, ToSchema};
 
-use crate::domain::{EndpointId, MessageId, RemovalId};
+use crate::domain::{EndpointId, MessageId, RemovalId, TokenId};
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -166,6 +166,15 @@ pub struct EndpointParams {
     app: String,
     /// The endpoint's id.
     ep: EndpointId,
+}
+
+/// `{id}` of a token.
+#[allow(dead_code)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TokenParam {
+    /// The token's id (not its secret).
+    id: TokenId,
 }
 
 /// `{id}` of a removal.

@@ -32,3 +32,4 @@ mod search;
 mod signing;
 mod ssrf;
 mod stream;
+mod tokens;

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use herald::domain::{RemovalId, TokenId};
 use serde_json::{Value, json};
 
 use crate::helpers::{Receiver, TOKEN, TestServer, spawn_app};
@@ -40,6 +41,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/apps/{app}"),
     // The removal the delete before queued.
     ("get", "/api/v1/removals/{id}"),
+    ("post", "/api/v1/tokens"),
+    ("get", "/api/v1/tokens"),
+    // The token the post before created.
+    ("delete", "/api/v1/tokens/{id}"),
 ];
 
 const METHODS: &[&str] = &["get", "put", "post", "delete", "patch", "head", "options"];
@@ -85,7 +90,8 @@ async fn every_route_is_documented_and_every_documented_operation_is_served() {
     let (doomed_app, doomed_ep, _) = app.app_with_endpoint(&receiver).await;
     let doomed_msg = app.send(&doomed_app, "invoice.paid", json!({"n": 3})).await;
 
-    let mut removal = String::new();
+    // The `{id}` of a route: what the call before it made (a removal, a token).
+    let mut made = String::new();
     for (method, template) in ROUTES {
         let (app_key, ep_key, msg_key) = if *method == "delete" {
             (doomed_app.as_str(), doomed_ep.as_str(), doomed_msg.as_str())
@@ -96,7 +102,7 @@ async fn every_route_is_documented_and_every_documented_operation_is_served() {
             &app,
             method,
             template,
-            [app_key, ep_key, msg_key, &removal],
+            [app_key, ep_key, msg_key, &made],
             &receiver,
         )
         .await;
@@ -111,9 +117,12 @@ async fn every_route_is_documented_and_every_documented_operation_is_served() {
             continue;
         }
         let body = response.text().await.unwrap();
-        if *method == "delete" && !template.ends_with("/payload") {
-            let answer: Value = serde_json::from_str(&body).unwrap();
-            removal = answer["id"].as_str().unwrap_or_default().to_owned();
+        let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if let Some(id) = answer["id"]
+            .as_str()
+            .filter(|id| id.starts_with(RemovalId::PREFIX) || id.starts_with(TokenId::PREFIX))
+        {
+            made = id.to_owned();
         }
         assert!(
             !body.contains("route not found") && status != "405",
@@ -163,6 +172,7 @@ fn example_body(method: &str, path: &str, receiver: &Receiver) -> Option<Value> 
         ("patch", _) => json!({"description": "patched"}),
         ("post", "messages") => json!({"event_type": "invoice.paid", "payload": {"n": 2}}),
         ("post", "recover") => json!({"since": "2020-01-01T00:00:00Z"}),
+        ("post", "tokens") => json!({"name": "documented", "scopes": ["admin"]}),
         _ => return None,
     })
 }

@@ -1,0 +1,134 @@
+//! `POST/GET /tokens`, `DELETE /tokens/{id}`: API tokens besides the admin token.
+//!
+//! This first slice of issue 16 stores scopes and an optional application, but only a
+//! token with the `admin` scope and no application is let in (anywhere the admin token is);
+//! any other is refused with 403 until each route checks its scope.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::TokenParam;
+use super::{ServerState, path_id};
+use crate::db::{self, tokens::Token};
+use crate::domain::TokenId;
+use crate::error::{ApiError, ApiResult, Json};
+
+pub fn routes() -> OpenApiRouter<ServerState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(revoke))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    /// Shown in lists: what the token is for.
+    #[schema(min_length = 1, max_length = 256)]
+    name: String,
+    /// An application's id or uid: the token reaches that application only.
+    app: Option<String>,
+    /// Of `messages:send`, `messages:read`, `endpoints:manage`, `replay`, `admin`.
+    #[schema(min_items = 1)]
+    scopes: Vec<String>,
+    /// RFC 3339; after it the token is refused. `null`: it does not expire.
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// A new token, with its secret: shown this once, stored only as a hash.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Created {
+    #[serde(flatten)]
+    meta: Token,
+    /// `hrld_` and 64 hex digits; send it as `Authorization: Bearer …`.
+    token: String,
+}
+
+/// Creates a token. Its secret is in this answer only.
+#[utoipa::path(
+    post,
+    path = "/tokens",
+    tag = "tokens",
+    request_body = CreateToken,
+    responses((status = 201, body = Created))
+)]
+async fn create(
+    State(state): State<ServerState>,
+    Json(body): Json<CreateToken>,
+) -> ApiResult<(StatusCode, Json<Created>)> {
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 256 {
+        return Err(ApiError::Invalid("name must be 1 to 256 characters".into()));
+    }
+    if body.scopes.is_empty() {
+        return Err(ApiError::Invalid(
+            "scopes must name at least one scope".into(),
+        ));
+    }
+    if let Some(bad) = body
+        .scopes
+        .iter()
+        .find(|s| !db::tokens::SCOPES.contains(&s.as_str()))
+    {
+        return Err(ApiError::Invalid(format!(
+            "scope {bad:?} is not one of {}",
+            db::tokens::SCOPES.join(", ")
+        )));
+    }
+    let mut scopes = body.scopes.clone();
+    scopes.sort();
+    scopes.dedup();
+    if body.expires_at.is_some_and(|at| at <= Utc::now()) {
+        return Err(ApiError::Invalid("expires_at must be in the future".into()));
+    }
+    let app =
+        match &body.app {
+            Some(key) => Some(state.app_id(key).await.map_err(|_| {
+                ApiError::Invalid(format!("app {key:?} is not an application here"))
+            })?),
+            None => None,
+        };
+    let secret = db::tokens::new_secret();
+    let meta =
+        db::tokens::create(&state.pool, name, app, &scopes, body.expires_at, &secret).await?;
+    tracing::info!(token = %meta.id, scopes = ?meta.scopes, "API token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(Created {
+            meta,
+            token: secret,
+        }),
+    ))
+}
+
+/// Lists the tokens, oldest first, without their secrets.
+#[utoipa::path(
+    get,
+    path = "/tokens",
+    tag = "tokens",
+    responses((status = 200, body = Vec<Token>))
+)]
+async fn list(State(state): State<ServerState>) -> ApiResult<Json<Vec<Token>>> {
+    Ok(Json(db::tokens::list(&state.pool).await?))
+}
+
+/// Revokes a token: every process refuses it from its next request on.
+#[utoipa::path(
+    delete,
+    path = "/tokens/{id}",
+    tag = "tokens",
+    params(TokenParam),
+    responses((status = 204, description = "Revoked"))
+)]
+async fn revoke(State(state): State<ServerState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let id: TokenId = path_id(&id, "token")?;
+    if db::tokens::delete(&state.pool, id).await? {
+        tracing::info!(token = %id, "API token revoked");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("token"))
+    }
+}
