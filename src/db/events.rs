@@ -109,16 +109,6 @@ pub async fn head(db: impl PgExecutor<'_>) -> sqlx::Result<Position> {
     Ok(Position { xid, seq: 0 })
 }
 
-/// The oldest event still kept, if any; a resume from before it may have missed pruned
-/// events.
-pub async fn oldest(db: impl PgExecutor<'_>) -> sqlx::Result<Option<Position>> {
-    let row: Option<(i64, i64)> =
-        sqlx::query_as("select xid::text::bigint, seq from event order by xid, seq limit 1")
-            .fetch_optional(db)
-            .await?;
-    Ok(row.map(|(xid, seq)| Position { xid, seq }))
-}
-
 /// Deletes up to `batch` events older than `keep`, and moves the pruned-up-to mark past
 /// the newest of them in the same statement; returns how many went.
 pub async fn prune(

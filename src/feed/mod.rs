@@ -149,15 +149,14 @@ impl Feed {
     }
 
     /// Whether a client that has seen everything up to `from` can be given all that
-    /// followed: not if it is older than the oldest event kept (what lay between may have
-    /// been pruned), nor older than the newest event pruned (which it missed, even when the
-    /// log after it is empty now).
+    /// followed: not if it is older than the newest event pruned (which it missed, even
+    /// when the log after it is empty now). Pruning is the only delete and moves that mark
+    /// in the same statement, so nothing after a position at or past it is gone. The
+    /// oldest event kept says nothing more, and would refuse positions this server hands
+    /// out itself: a head (a page's `data-from`, `seq` 0) that no kept event precedes, in a
+    /// new log or one pruned empty, as soon as an event commits after it.
     pub async fn can_resume_from(&self, from: Position) -> sqlx::Result<bool> {
-        let pool = &self.0.pool;
-        let before_oldest = events::oldest(pool)
-            .await?
-            .is_some_and(|oldest| from < oldest);
-        Ok(!before_oldest && from >= events::pruned_up_to(pool).await?)
+        Ok(from >= events::pruned_up_to(&self.0.pool).await?)
     }
 
     /// Events matching `filter`: those after `from` (taken from the log), then live ones,

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::dashboard::Browser;
 use crate::helpers::{
     Receiver, SseClient, SseEvent, TOKEN, TestServer, all_delivered, poll_until, spawn_app,
     spawn_app_with,
@@ -475,7 +476,12 @@ async fn resume_refuses_ids_it_cannot_honour_and_streams_need_the_token() {
     let status = |r: reqwest::Result<reqwest::Response>| r.unwrap().status().as_u16();
     assert_eq!(status(get("", None, false).await), 401);
     assert_eq!(status(get("", Some("yesterday"), true).await), 400);
-    // Before the oldest event kept: the events in between may have been pruned.
+    // Before the newest event pruned: that one, at least, is gone.
+    sqlx::query("update herald.event set created_at = now() - interval '2 days'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(prune_past_a_day(&app).await, 1);
     let r = get("", Some("1-1"), true).await.unwrap();
     assert_eq!(r.status().as_u16(), 410);
     let body: Value = r.json().await.unwrap();
@@ -515,22 +521,22 @@ async fn events_older_than_the_retention_are_pruned_and_cannot_be_resumed_from()
     let pruned = prune_past_a_day(&app).await;
     assert_eq!(pruned, 1);
 
-    // Resuming from before the oldest kept event could skip what was pruned: refused,
-    // even from the pruned event itself (Herald cannot tell whether others went with it).
-    for last in [
-        format!("{}-0", position(&events[0]).xid),
-        events[0].id.clone().unwrap(),
-    ] {
-        let r = app
-            .http
-            .get(app.url("/stream?app=old"))
-            .bearer_auth(TOKEN)
-            .header("last-event-id", last)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 410);
-    }
+    // Resuming from before the pruned event would skip it: refused.
+    let r = app
+        .http
+        .get(app.url("/stream?app=old"))
+        .bearer_auth(TOKEN)
+        .header("last-event-id", format!("{}-0", position(&events[0]).xid))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 410);
+    // From the pruned event itself nothing was missed: pruning marks the newest event it
+    // deleted, and nothing after it went.
+    let mut resumed = SseClient::connect(&app, "app=old", events[0].id.as_deref()).await;
+    let next = resumed.next(WAIT).await.unwrap();
+    assert_eq!(next.id, events[1].id);
+    assert!(resumed.next(Duration::from_millis(300)).await.is_none());
     // From the oldest kept event on, resuming works.
     let mut resumed = SseClient::connect(&app, "app=old", events[1].id.as_deref()).await;
     let third = send_sql(&mut conn, "old", json!({"n": 3})).await;
@@ -714,4 +720,48 @@ async fn a_resume_past_which_everything_was_pruned_is_refused() {
     // A client that saw both missed nothing.
     let r = resume(events[1].id.clone().unwrap()).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
+}
+
+/// A page's live script resumes from the feed's head as it was when the page was rendered
+/// (`data-from`), and what commits before the script connects must still come. The log may
+/// hold nothing before that head: a new installation, or one quiet for longer than the
+/// retention, whose every event was pruned. Only an event pruned after the head would be
+/// missed, and none was.
+#[tokio::test]
+async fn a_page_resumes_from_its_rendered_head_when_nothing_is_kept_before_it() {
+    let app = spawn_app().await;
+    let mut stream = watched_app(&app, "page").await;
+    let mut browser = Browser::new(&app);
+    browser.login().await;
+    let rendered_from = |html: String| {
+        html.split("data-from=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a live page says where its script resumes from")
+            .to_owned()
+    };
+    let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+
+    // A new installation: no event yet when the page is rendered, one before it connects.
+    let from = rendered_from(browser.page("/").await);
+    let first = send_sql(&mut conn, "page", json!({"n": 1})).await;
+    let mut resumed = SseClient::connect(&app, "app=page", Some(&from)).await;
+    assert_eq!(
+        resumed.next(WAIT).await.unwrap().json()["id"],
+        first.as_str()
+    );
+    stream.collect_until(WAIT, |g| g.len() == 1).await;
+
+    // Quiet for longer than the retention: everything the page's head covers is pruned.
+    sqlx::query("update herald.event set created_at = now() - interval '2 days'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(prune_past_a_day(&app).await, 1, "the log is empty now");
+    let from = rendered_from(browser.page("/").await);
+    let second = send_sql(&mut conn, "page", json!({"n": 2})).await;
+    let mut resumed = SseClient::connect(&app, "app=page", Some(&from)).await;
+    let next = resumed.next(WAIT).await.unwrap();
+    assert_eq!(next.json()["id"], second.as_str());
+    assert!(resumed.next(Duration::from_millis(300)).await.is_none());
 }
