@@ -105,15 +105,7 @@ pub async fn queue_app(pool: &PgPool, app: AppId) -> sqlx::Result<Option<Removal
     if marked.rows_affected() == 0 {
         return Ok(None);
     }
-    sqlx::query(
-        "update endpoint set removed_at = now(), disabled = true, disabled_reason = $2,
-                updated_at = now()
-          where app_id = $1 and removed_at is null",
-    )
-    .bind(app)
-    .bind(REASON)
-    .execute(&mut *tx)
-    .await?;
+    mark_endpoints(&mut tx, app, None).await?;
     let removal = insert(&mut tx, app, None).await?;
     tx.commit().await?;
     Ok(Some(removal))
@@ -128,22 +120,31 @@ pub async fn queue_endpoint(
     endpoint: EndpointId,
 ) -> sqlx::Result<Option<Removal>> {
     let mut tx = pool.begin().await?;
+    if mark_endpoints(&mut tx, app, Some(endpoint)).await? == 0 {
+        return Ok(None);
+    }
+    let removal = insert(&mut tx, app, Some(endpoint)).await?;
+    tx.commit().await?;
+    Ok(Some(removal))
+}
+
+/// Marks `app`'s endpoints (or only `endpoint`) removed and disables them; says how many.
+async fn mark_endpoints(
+    tx: &mut PgConnection,
+    app: AppId,
+    endpoint: Option<EndpointId>,
+) -> sqlx::Result<u64> {
     let marked = sqlx::query(
         "update endpoint set removed_at = now(), disabled = true, disabled_reason = $3,
                 updated_at = now()
-          where app_id = $1 and id = $2 and removed_at is null",
+          where app_id = $1 and ($2::uuid is null or id = $2) and removed_at is null",
     )
     .bind(app)
     .bind(endpoint)
     .bind(REASON)
     .execute(&mut *tx)
     .await?;
-    if marked.rows_affected() == 0 {
-        return Ok(None);
-    }
-    let removal = insert(&mut tx, app, Some(endpoint)).await?;
-    tx.commit().await?;
-    Ok(Some(removal))
+    Ok(marked.rows_affected())
 }
 
 async fn insert(

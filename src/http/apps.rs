@@ -122,9 +122,6 @@ async fn remove(
     Path(app): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Removal>)> {
     let app = state.app(&app).await?;
-    let removal = db::removals::queue_app(&state.pool, app.id)
-        .await?
-        .ok_or(ApiError::NotFound("application"))?;
-    state.removals.wake();
-    Ok((StatusCode::ACCEPTED, Json(removal)))
+    let removal = db::removals::queue_app(&state.pool, app.id).await?;
+    super::removals::queued(&state, removal, "application")
 }

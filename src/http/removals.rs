@@ -1,6 +1,7 @@
 //! `GET /removals/{id}`: how far the removal of an application or endpoint has got.
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -8,6 +9,18 @@ use super::openapi::RemovalParam;
 use super::{ServerState, path_id};
 use crate::db::{self, removals::Removal};
 use crate::error::{ApiError, ApiResult, Json};
+
+/// The answer to `DELETE` of an application or endpoint: the removal it queued (202), after
+/// waking this process's remover; `what` was not found (or already removed) when `None`.
+pub(super) fn queued(
+    state: &ServerState,
+    removal: Option<Removal>,
+    what: &'static str,
+) -> ApiResult<(StatusCode, Json<Removal>)> {
+    let removal = removal.ok_or(ApiError::NotFound(what))?;
+    state.removals.wake();
+    Ok((StatusCode::ACCEPTED, Json(removal)))
+}
 
 pub fn routes() -> OpenApiRouter<ServerState> {
     OpenApiRouter::new().routes(routes!(show))

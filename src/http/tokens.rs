@@ -84,13 +84,17 @@ async fn create(
     if body.expires_at.is_some_and(|at| at <= Utc::now()) {
         return Err(ApiError::Invalid("expires_at must be in the future".into()));
     }
-    let app =
-        match &body.app {
-            Some(key) => Some(state.app_id(key).await.map_err(|_| {
+    let app = match &body.app {
+        // Only "no such application" is the caller's mistake; a database that is away
+        // stays a 503.
+        Some(key) => Some(state.app_id(key).await.map_err(|e| match e {
+            ApiError::NotFound(_) => {
                 ApiError::Invalid(format!("app {key:?} is not an application here"))
-            })?),
-            None => None,
-        };
+            }
+            other => other,
+        })?),
+        None => None,
+    };
     let secret = db::tokens::new_secret();
     let meta =
         db::tokens::create(&state.pool, name, app, &scopes, body.expires_at, &secret).await?;

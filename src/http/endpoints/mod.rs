@@ -162,11 +162,8 @@ async fn remove(
     Path((app, ep)): Path<(String, String)>,
 ) -> ApiResult<(StatusCode, Json<Removal>)> {
     let endpoint = find(&state, &app, &ep).await?;
-    let removal = db::removals::queue_endpoint(&state.pool, endpoint.app_id, endpoint.id)
-        .await?
-        .ok_or(ApiError::NotFound("endpoint"))?;
-    state.removals.wake();
-    Ok((StatusCode::ACCEPTED, Json(removal)))
+    let removal = db::removals::queue_endpoint(&state.pool, endpoint.app_id, endpoint.id).await?;
+    super::removals::queued(&state, removal, "endpoint")
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
