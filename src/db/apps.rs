@@ -38,17 +38,21 @@ pub async fn find(db: impl PgExecutor<'_>, key: &str) -> sqlx::Result<Option<App
     .await
 }
 
+/// Applications after `after`, oldest first; with `only`, that one at most.
 pub async fn list(
     db: impl PgExecutor<'_>,
     after: Option<AppId>,
+    only: Option<AppId>,
     limit: i64,
 ) -> sqlx::Result<Vec<Application>> {
     sqlx::query_as(
         "select * from application
           where removed_at is null and ($1::uuid is null or id > $1)
-          order by id limit $2",
+            and ($2::uuid is null or id = $2)
+          order by id limit $3",
     )
     .bind(after)
+    .bind(only)
     .bind(limit + 1)
     .fetch_all(db)
     .await

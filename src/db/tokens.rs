@@ -12,15 +12,6 @@ use crate::domain::{AppId, TokenId};
 /// What every token's secret starts with, so that secret scanners can match it.
 pub const PREFIX: &str = "hrld_";
 
-/// The scopes a token may carry.
-pub const SCOPES: &[&str] = &[
-    "messages:send",
-    "messages:read",
-    "endpoints:manage",
-    "replay",
-    "admin",
-];
-
 /// A token as lists show it: everything but its secret.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Token {
@@ -87,20 +78,33 @@ pub async fn delete(db: impl PgExecutor<'_>, id: TokenId) -> sqlx::Result<bool> 
     Ok(done.rows_affected() == 1)
 }
 
-/// The token whose secret this is, if it exists and has not expired; notes its use (at
-/// most once a minute, so that a busy token does not write a row per request).
-pub async fn authenticate(db: &sqlx::PgPool, secret: &str) -> sqlx::Result<Option<Token>> {
+/// What a request's token may reach: found by [`authenticate`].
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Credential {
+    pub id: TokenId,
+    pub scopes: Vec<String>,
+    pub app_id: Option<AppId>,
+    pub app_uid: Option<String>,
+}
+
+/// The token whose secret this is, if it exists, has not expired, and its application (if
+/// it has one) has not been removed; notes its use (at most once a minute, so that a busy
+/// token does not write a row per request).
+pub async fn authenticate(db: &sqlx::PgPool, secret: &str) -> sqlx::Result<Option<Credential>> {
     sqlx::query_as(
         "with found as (
-             select * from api_token
-              where secret_hash = $1 and (expires_at is null or expires_at > now())
+             select t.id, t.scopes, t.app_id, a.uid as app_uid, t.last_used_at
+               from api_token t
+               left join application a on a.id = t.app_id
+              where t.secret_hash = $1 and (t.expires_at is null or t.expires_at > now())
+                and (t.app_id is null or (a.id is not null and a.removed_at is null))
          ), used as (
              update api_token t set last_used_at = now()
                from found f
               where t.id = f.id
                 and (f.last_used_at is null or f.last_used_at < now() - interval '1 minute')
          )
-         select id, name, app_id, scopes, expires_at, created_at, last_used_at from found",
+         select id, scopes, app_id, app_uid from found",
     )
     .bind(hash(secret))
     .fetch_optional(db)

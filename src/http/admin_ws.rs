@@ -22,6 +22,7 @@ use tracing::debug;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::access::Access;
 use super::openapi::ErrorBody;
 use super::{AuthBy, ServerState, actions};
 use crate::db::events::Filter;
@@ -40,7 +41,7 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 /// Frames waiting to be written to one client.
 const OUTBOX: usize = 256;
 
-/// Admins only (the `require_admin` layer checked the token or session), and only from the
+/// The `replay` scope (`access::authorize` checked the credential), and only from the
 /// dashboard's own origin: a page elsewhere cannot drive this channel with an admin's
 /// cookie. A browser always sends `Origin` here; a cookie without one is refused too.
 #[utoipa::path(
@@ -59,7 +60,7 @@ const OUTBOX: usize = 256;
 async fn upgrade(
     State(state): State<ServerState>,
     headers: HeaderMap,
-    by: Option<Extension<AuthBy>>,
+    Extension(access): Extension<Access>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let ws = match ws {
@@ -68,7 +69,7 @@ async fn upgrade(
     };
     // Only a token that authenticated may go without an Origin: an `Authorization` header
     // of any other kind next to a cookie is still a cookie login.
-    let by_bearer = matches!(by, Some(Extension(AuthBy::Bearer)));
+    let by_bearer = access.by == AuthBy::Bearer;
     let origin = headers.get(ORIGIN).and_then(|o| o.to_str().ok());
     let allowed = match origin {
         Some(o) => state.config.origin_allowed(o),
@@ -82,7 +83,7 @@ async fn upgrade(
         .into_response();
     }
     ws.max_message_size(64 * 1024)
-        .on_upgrade(move |socket| serve(state, socket))
+        .on_upgrade(move |socket| serve(state, access, socket))
 }
 
 /// What a command's background work reports to the connection.
@@ -90,7 +91,7 @@ enum Report {
     Progress(String, RecoveryProgress),
 }
 
-async fn serve(state: ServerState, socket: WebSocket) {
+async fn serve(state: ServerState, access: Access, socket: WebSocket) {
     let (mut sink, mut incoming) = socket.split();
     let (out, mut outbox) = mpsc::channel::<Message>(OUTBOX);
     let writer = tokio::spawn(async move {
@@ -101,7 +102,11 @@ async fn serve(state: ServerState, socket: WebSocket) {
         }
         let _ = sink.close().await;
     });
-    let mut feed = state.feed.subscribe(Filter::default(), None);
+    let filter = Filter {
+        app: access.app(),
+        ..Filter::default()
+    };
+    let mut feed = state.feed.subscribe(filter, None);
     let (report, mut reports) = mpsc::unbounded_channel::<Report>();
     // Deliveries this connection's commands queued, with the command's `req`: their
     // attempts are sent here as they happen.
@@ -141,7 +146,7 @@ async fn serve(state: ServerState, socket: WebSocket) {
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 };
                 silent_pings = 0;
-                let answers = command(&state, text.as_str(), &report, &mut watched).await;
+                let answers = command(&state, &access, text.as_str(), &report, &mut watched).await;
                 let mut gone = false;
                 for a in answers {
                     if send(&out, a).await.is_err() {
@@ -215,6 +220,7 @@ fn attempt_frame(data: &str, watched: &mut HashMap<DeliveryId, String>) -> Optio
 /// Runs one command frame; returns the frames to answer with.
 async fn command(
     state: &ServerState,
+    access: &Access,
     text: &str,
     report: &mpsc::UnboundedSender<Report>,
     watched: &mut HashMap<DeliveryId, String>,
@@ -247,6 +253,15 @@ async fn command(
         None => None,
         Some(Ok(app)) => Some(app),
         Some(Err(_)) => return fail("invalid", "app is not an application id".into()),
+    };
+    // An application-bound credential's commands reach its application only: what belongs
+    // to another is not found, as over REST.
+    let app = match (access.app(), app) {
+        (Some(bound), Some(asked)) if bound != asked => {
+            return fail("not_found", "application not found".into());
+        }
+        (Some(bound), _) => Some(bound),
+        (None, asked) => asked,
     };
 
     match op {

@@ -1,3 +1,4 @@
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
@@ -5,6 +6,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::ServerState;
+use super::access::Access;
 use super::openapi::{AppParam, AppsList, ErrorBody};
 use super::paging::ListQuery;
 use crate::db::removals::Removal;
@@ -76,7 +78,7 @@ fn validate_uid(uid: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Lists applications, oldest first.
+/// Lists applications, oldest first: for a token bound to one application, that one.
 #[utoipa::path(
     get,
     path = "/apps",
@@ -86,9 +88,10 @@ fn validate_uid(uid: &str) -> ApiResult<()> {
 )]
 async fn list(
     State(state): State<ServerState>,
+    Extension(access): Extension<Access>,
     ListQuery { limit, cursor }: ListQuery<AppId>,
 ) -> ApiResult<Json<Listing<db::apps::Application>>> {
-    let rows = db::apps::list(&state.pool, cursor, limit).await?;
+    let rows = db::apps::list(&state.pool, cursor, access.app(), limit).await?;
     Ok(Json(Listing::from_rows(rows, limit, |a| a.id.to_string())))
 }
 

@@ -1,5 +1,6 @@
 //! The HTTP surface: REST under `/api/v1` (bearer auth), health probes, and the pages.
 
+pub mod access;
 mod actions;
 mod admin_ws;
 mod apps;
@@ -40,6 +41,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::feed::Feed;
 use crate::probe::Probe;
 use crate::removal::Removals;
+use access::Access;
 use dashboard::session;
 
 #[derive(Clone)]
@@ -113,7 +115,7 @@ impl ServerState {
     }
 }
 
-/// Everything under `/api/v1` that needs the admin token.
+/// Everything under `/api/v1` that needs a credential (`access::ROUTES` says which).
 fn api_routes() -> OpenApiRouter<ServerState> {
     OpenApiRouter::new()
         .merge(apps::routes())
@@ -146,9 +148,10 @@ pub fn router(state: ServerState) -> Router {
     // itself is measured separately so its limit is exact.
     let body_limit = state.config.max_payload_bytes + 64 * 1024;
     let api = Router::from(api_routes())
+        .route_layer(middleware::from_fn(access::authorize))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn_with_state(state.clone(), require_admin))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(body_limit))
         .merge(public_api_routes());
     Router::new()
@@ -164,21 +167,22 @@ pub fn router(state: ServerState) -> Router {
         .with_state(state)
 }
 
-/// How `require_admin` let a request in: handlers that treat the two differently (the
-/// admin channel's Origin check) read it from the request's extensions.
+/// How `authenticate` let a request in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthBy {
-    /// A bearer token that authenticated.
+    /// A bearer token that authenticated: the admin token or an API token.
     Bearer,
     /// The dashboard's session cookie.
     Session,
 }
 
-/// The admin token as a bearer token, or, for reads only, the dashboard's session cookie
-/// (its pages follow the feed with `EventSource`, which cannot set headers). Writes through
-/// the dashboard go through its own CSRF-checked forms instead. A bearer token is checked
-/// only while its address has failed fewer than `HERALD_AUTH_FAILURE_LIMIT` times.
-async fn require_admin(
+/// Says who is asking, as an [`access::Access`] in the request's extensions, for
+/// `access::authorize` to hold to what the route needs: the admin token or an API token as
+/// a bearer token, or, for reads only, the dashboard's session cookie (its pages follow the
+/// feed with `EventSource`, which cannot set headers). Writes through the dashboard go
+/// through its own CSRF-checked forms instead. A bearer token is checked only while its
+/// address has failed fewer than `HERALD_AUTH_FAILURE_LIMIT` times.
+async fn authenticate(
     State(state): State<ServerState>,
     mut request: Request,
     next: Next,
@@ -189,7 +193,7 @@ async fn require_admin(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let by = match bearer {
+    let access = match bearer {
         Some(token) => {
             let client = throttle::ClientAddr::of(request.extensions());
             if let Err(blocked) = state.auth_throttle.check(client) {
@@ -197,23 +201,10 @@ async fn require_admin(
                 return ApiError::TooManyRequests(blocked.retry_after_secs()).into_response();
             }
             if session::is_admin_token(&state.config, token) {
-                Some(AuthBy::Bearer)
+                Some(Access::operator(AuthBy::Bearer))
             } else if token.starts_with(db::tokens::PREFIX) {
                 match db::tokens::authenticate(&state.pool, token).await {
-                    // Until each route checks its scope (issue 16), only a token that may do
-                    // everything the admin token does is let in.
-                    Ok(Some(t)) if t.app_id.is_none() && t.scopes.iter().any(|s| s == "admin") => {
-                        Some(AuthBy::Bearer)
-                    }
-                    Ok(Some(t)) => {
-                        tracing::info!(token = %t.id, "API token refused: its scopes do not reach this route");
-                        return ApiError::Forbidden(
-                            "this token's scopes do not reach this route (for now only tokens with \
-                             the admin scope and no application are let in)"
-                                .into(),
-                        )
-                        .into_response();
-                    }
+                    Ok(Some(t)) => Some(token_access(t)),
                     Ok(None) => {
                         auth_failed(&state, client, "API token (unknown, revoked or expired)");
                         None
@@ -228,14 +219,29 @@ async fn require_admin(
         None => ((request.method() == Method::GET || request.method() == Method::HEAD)
             && session::session(&state.config, &state.revoked_sessions, request.headers())
                 .is_some())
-        .then_some(AuthBy::Session),
+        .then(|| Access::operator(AuthBy::Session)),
     };
-    if let Some(by) = by {
-        request.extensions_mut().insert(by);
+    if let Some(access) = access {
+        request.extensions_mut().insert(access);
         next.run(request).await
     } else {
         ApiError::Unauthorized.into_response()
     }
+}
+
+/// What an API token reaches. A scope this build does not know (stored by a newer one)
+/// grants nothing.
+fn token_access(token: db::tokens::Credential) -> Access {
+    let scopes = token
+        .scopes
+        .iter()
+        .filter_map(|s| access::Scope::parse(s))
+        .collect();
+    let app = token.app_id.map(|id| access::BoundApp {
+        id,
+        uid: token.app_uid,
+    });
+    Access::limited(AuthBy::Bearer, scopes, app)
 }
 
 /// Counts and logs a token that did not match; never logs the token itself.

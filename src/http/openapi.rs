@@ -10,13 +10,16 @@
 
 use std::sync::Arc;
 
+use axum::http::Method;
 use axum::{Extension, Json};
 use serde::Serialize;
+use utoipa::openapi::extensions::ExtensionsBuilder;
 use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, RefOr, ResponseBuilder};
 use utoipa::{Modify, ToSchema};
 
+use super::access::{self, Reach, Scope};
 use crate::domain::{EndpointId, MessageId, RemovalId, TokenId};
 
 #[derive(utoipa::OpenApi)]
@@ -28,8 +31,8 @@ use crate::domain::{EndpointId, MessageId, RemovalId, TokenId};
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     components(schemas(ErrorBody)),
-    modifiers(&AdminToken),
-    security(("admin_token" = [])),
+    modifiers(&BearerToken),
+    security(("bearer" = [])),
 )]
 pub struct ApiDoc;
 
@@ -54,27 +57,59 @@ pub async fn document(Extension(api): Extension<Arc<OpenApi>>) -> Json<Arc<OpenA
     Json(api)
 }
 
-struct AdminToken;
+struct BearerToken;
 
-impl Modify for AdminToken {
+impl Modify for BearerToken {
     fn modify(&self, api: &mut OpenApi) {
         let components = api.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "admin_token",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.description = Some(
+            "`HERALD_ADMIN_TOKEN`, which may do everything, or an API token (`hrld_…`, from \
+             `POST /tokens`) with scopes and perhaps one application. Each operation lists \
+             the scope it needs (OpenAPI 3.1 role names; `admin` implies every scope), and \
+             says in `x-herald-reach` how an application-bound token is held to its \
+             application: `path` (another application's ids answer 404), `narrowed` (the \
+             answer holds only its application's) or `operator` (the admin token, or a token \
+             with the admin scope and no application, only)."
+                .into(),
         );
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
     }
 }
 
-/// Adds to every operation the errors its inputs can cause, unless it says otherwise.
+/// States what each operation needs (from `access::ROUTES`), and adds to every operation
+/// the errors its inputs can cause, unless it says otherwise.
 pub fn finish(mut api: OpenApi) -> OpenApi {
-    for item in api.paths.paths.values_mut() {
-        for operation in operations(item) {
-            // Operations that say nothing about security need the admin token.
+    for (path, item) in api.paths.paths.iter_mut() {
+        for (method, operation) in operations(item) {
+            // Operations that say nothing about security need a token.
             let authenticated = operation.security.is_none();
             let mut errors = vec![];
             if authenticated {
-                errors.push((401, "The admin token is missing or wrong."));
+                let need = access::need(&method, path.strip_prefix("/api/v1").unwrap_or(path));
+                operation.security = Some(vec![SecurityRequirement::new(
+                    "bearer",
+                    need.scope.map(Scope::as_str),
+                )]);
+                let reach = match need.reach {
+                    Reach::Path => "path",
+                    Reach::Narrowed => "narrowed",
+                    Reach::Operator => "operator",
+                };
+                let extensions = ExtensionsBuilder::new()
+                    .add("x-herald-scope", need.scope.map_or("any", Scope::as_str))
+                    .add("x-herald-reach", reach)
+                    .build();
+                operation
+                    .extensions
+                    .get_or_insert_with(Default::default)
+                    .merge(extensions);
+                errors.push((401, "The token is missing, wrong, revoked or expired."));
+                errors.push((
+                    403,
+                    "The token lacks the scope this operation needs, or it is bound to an \
+                     application and this operation is the operator's.",
+                ));
                 errors.push((
                     429,
                     "Too many wrong tokens from this address: nothing is checked from it \
@@ -116,19 +151,19 @@ pub fn finish(mut api: OpenApi) -> OpenApi {
     api
 }
 
-fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+fn operations(item: &mut PathItem) -> impl Iterator<Item = (Method, &mut Operation)> {
     [
-        &mut item.get,
-        &mut item.put,
-        &mut item.post,
-        &mut item.delete,
-        &mut item.patch,
-        &mut item.head,
-        &mut item.options,
-        &mut item.trace,
+        (Method::GET, &mut item.get),
+        (Method::PUT, &mut item.put),
+        (Method::POST, &mut item.post),
+        (Method::DELETE, &mut item.delete),
+        (Method::PATCH, &mut item.patch),
+        (Method::HEAD, &mut item.head),
+        (Method::OPTIONS, &mut item.options),
+        (Method::TRACE, &mut item.trace),
     ]
     .into_iter()
-    .flatten()
+    .filter_map(|(method, operation)| Some((method, operation.as_mut()?)))
 }
 
 fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {

@@ -1,10 +1,12 @@
 //! `GET /removals/{id}`: how far the removal of an application or endpoint has got.
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::access::Access;
 use super::openapi::RemovalParam;
 use super::{ServerState, path_id};
 use crate::db::{self, removals::Removal};
@@ -28,7 +30,7 @@ pub fn routes() -> OpenApiRouter<ServerState> {
 
 /// A removal queued by `DELETE /apps/{app}` or `DELETE /apps/{app}/endpoints/{ep}`: what it
 /// has deleted so far, and whether it is done. Finished removals are kept as long as the
-/// history (`HERALD_RETENTION`).
+/// history (`HERALD_RETENTION`). A token bound to one application finds only its own.
 #[utoipa::path(
     get,
     path = "/removals/{id}",
@@ -38,11 +40,13 @@ pub fn routes() -> OpenApiRouter<ServerState> {
 )]
 async fn show(
     State(state): State<ServerState>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Removal>> {
     let id = path_id(&id, "removal")?;
     db::removals::find(&state.pool, id)
         .await?
+        .filter(|r| access.check_app(r.app_id).is_ok())
         .map(Json)
         .ok_or(ApiError::NotFound("removal"))
 }

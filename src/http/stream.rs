@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -17,6 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::ServerState;
+use super::access::Access;
 use super::openapi::ErrorBody;
 use crate::db::events::Filter;
 use crate::domain::{AttemptOutcome, EndpointId, EventType, Position};
@@ -62,16 +64,24 @@ pub struct StreamParams {
         (status = 200, description = "An endless `text/event-stream`. Each event's `data` is \
             JSON: an attempt as the REST API shows it for `attempt`, and for the others the ids \
             of what they concern.", body = serde_json::Value, content_type = "text/event-stream"),
-        (status = 404, body = ErrorBody, description = "The `app` filter names no application."),
+        (status = 404, body = ErrorBody, description = "The `app` filter names no application \
+            (or, for a token bound to one application, another one: its stream is always its \
+            application's)."),
         (status = 410, body = ErrorBody, description = "`unknown_last_event_id`: events after it are no longer kept."),
     )
 )]
-async fn stream(
+pub(super) async fn stream(
     State(state): State<ServerState>,
+    Extension(access): Extension<Access>,
     headers: HeaderMap,
     Query(params): Query<StreamParams>,
 ) -> ApiResult<Response> {
-    let filter = filter(&state, &params).await?;
+    let mut filter = filter(&state, &params).await?;
+    // An application-bound credential's stream is its application's, whatever was asked.
+    if let Some(bound) = access.app() {
+        access.check_app(filter.app.unwrap_or(bound))?;
+        filter.app = Some(bound);
+    }
     let from = headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("?").to_owned())

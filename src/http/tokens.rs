@@ -1,8 +1,7 @@
 //! `POST/GET /tokens`, `DELETE /tokens/{id}`: API tokens besides the admin token.
 //!
-//! This first slice of issue 16 stores scopes and an optional application, but only a
-//! token with the `admin` scope and no application is let in (anywhere the admin token is);
-//! any other is refused with 403 until each route checks its scope.
+//! A token carries scopes and, perhaps, the one application it reaches; `access` holds
+//! every request to them.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -11,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::access::Scope;
 use super::openapi::TokenParam;
 use super::{ServerState, path_id};
 use crate::db::{self, tokens::Token};
@@ -68,14 +68,11 @@ async fn create(
             "scopes must name at least one scope".into(),
         ));
     }
-    if let Some(bad) = body
-        .scopes
-        .iter()
-        .find(|s| !db::tokens::SCOPES.contains(&s.as_str()))
-    {
+    if let Some(bad) = body.scopes.iter().find(|s| Scope::parse(s).is_none()) {
+        let known: Vec<_> = Scope::ALL.iter().map(|s| s.as_str()).collect();
         return Err(ApiError::Invalid(format!(
             "scope {bad:?} is not one of {}",
-            db::tokens::SCOPES.join(", ")
+            known.join(", ")
         )));
     }
     let mut scopes = body.scopes.clone();

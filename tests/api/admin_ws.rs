@@ -851,3 +851,68 @@ async fn an_erased_message_is_neither_replayed_nor_retried() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.count(), 1);
 }
+
+#[tokio::test]
+async fn an_application_tokens_commands_reach_its_application_only() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let (a, a_ep, _) = app.app_with_endpoint(&receiver).await;
+    let (b, b_ep, _) = app.app_with_endpoint(&receiver).await;
+    let a_msg = app.send(&a, "invoice.paid", json!({})).await;
+    let b_msg = app.send(&b, "invoice.paid", json!({})).await;
+    let a_done = app.wait_for_message(&a, &a_msg, WAIT, all_delivered).await;
+    let b_done = app.wait_for_message(&b, &b_msg, WAIT, all_delivered).await;
+    let delivery = |m: &Value| m["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    let (a_dlv, b_dlv) = (delivery(&a_done), delivery(&b_done));
+    let (status, created) = app
+        .post(
+            "/tokens",
+            json!({"name": "replayer", "app": a, "scopes": ["replay"]}),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 201, "{created}");
+    let bearer = format!("Bearer {}", created["token"].as_str().unwrap());
+    let mut ws = open(&app, &[("authorization", &bearer)]).await.unwrap();
+
+    let since = "2020-01-01T00:00:00Z";
+    for (n, command) in [
+        json!({"op": "replay", "message_id": b_msg}),
+        json!({"op": "replay", "message_id": b_msg, "app": b}),
+        json!({"op": "replay", "message_id": a_msg, "app": b}),
+        json!({"op": "retry", "delivery_id": b_dlv}),
+        json!({"op": "recover", "endpoint_id": b_ep, "since": since}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut command = command;
+        command["req"] = json!(format!("x{n}"));
+        ws.send(command.clone()).await;
+        let answer = ws.next().await;
+        assert_eq!(answer["type"], "error", "{command}: {answer}");
+        assert_eq!(answer["code"], "not_found", "{command}: {answer}");
+    }
+    // Nothing was sent to B's endpoint again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.attempts(&b, &b_msg).await.len(), 1);
+
+    // Its own application's work goes through.
+    for command in [
+        json!({"req": "own1", "op": "replay", "message_id": a_msg}),
+        json!({"req": "own2", "op": "retry", "delivery_id": a_dlv}),
+        json!({"req": "own3", "op": "recover", "endpoint_id": a_ep, "since": since}),
+    ] {
+        ws.send(command.clone()).await;
+        let answer = loop {
+            let frame = ws.next().await;
+            if frame["req"] == command["req"] {
+                break frame;
+            }
+        };
+        assert!(
+            answer["type"] == "ack" || answer["code"] == "in_flight",
+            "{command}: {answer}"
+        );
+    }
+    app.stop().await;
+}

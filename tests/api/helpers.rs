@@ -440,9 +440,19 @@ impl SseClient {
     }
 
     pub async fn connect_to(addr: SocketAddr, query: &str, last_id: Option<&str>) -> Self {
+        Self::connect_as(addr, TOKEN, query, last_id).await
+    }
+
+    /// Connects with `token` as the bearer instead of the admin token.
+    pub async fn connect_as(
+        addr: SocketAddr,
+        token: &str,
+        query: &str,
+        last_id: Option<&str>,
+    ) -> Self {
         let mut request = reqwest::Client::new()
             .get(format!("http://{addr}/api/v1/stream?{query}"))
-            .bearer_auth(TOKEN);
+            .bearer_auth(token);
         if let Some(id) = last_id {
             request = request.header("last-event-id", id);
         }

@@ -4,6 +4,7 @@
 mod helpers;
 mod process;
 
+mod access;
 mod admin_ws;
 mod apps;
 mod auth;

@@ -1,6 +1,5 @@
-//! API tokens (issue 16, first slice): created by the admin, shown once, stored as a hash,
-//! listed without their secret, revoked at once in every process. For now only a token with
-//! the `admin` scope and no application is let in; any other is refused with 403.
+//! API tokens: created by the admin, shown once, stored as a hash,
+//! listed without their secret, revoked at once in every process.
 
 use std::time::Duration;
 
@@ -86,7 +85,8 @@ async fn narrower_expired_unknown_and_malformed_tokens_are_refused() {
     let app = spawn_app().await;
     let tenant = app.create_app().await;
 
-    // Scopes below admin, or an application, are not let in yet: 403, not 401.
+    // Scopes below admin, or an application, do not reach the operator's routes: 403, not
+    // 401 (tests/api/access.rs goes over every route).
     for body in [
         json!({"name": "sender", "scopes": ["messages:send"]}),
         json!({"name": "tenant admin", "scopes": ["admin"], "app": tenant}),
@@ -95,7 +95,7 @@ async fn narrower_expired_unknown_and_malformed_tokens_are_refused() {
             .as_str()
             .unwrap()
             .to_owned();
-        let (status, err) = get_as(&app, &secret, "/apps").await;
+        let (status, err) = get_as(&app, &secret, "/tokens").await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}: {err}");
         assert_eq!(err["code"], "forbidden");
     }
