@@ -25,6 +25,11 @@ pub struct Config {
     /// Whether `public_url` was configured, rather than derived from `listen`.
     pub public_url_configured: bool,
     pub allow_private_targets: bool,
+    /// The origins that may frame the customer portal, as a `frame-ancestors` source list
+    /// (`'none'` when `HERALD_PORTAL_FRAME_ANCESTORS` is not set).
+    pub portal_frame_ancestors: String,
+    /// The portal's brand for applications that set none of their own.
+    pub portal_brand: crate::domain::Brand,
     /// Requests in flight at once in this process.
     pub worker_concurrency: usize,
     /// Default cap on concurrent requests to one endpoint (an endpoint may set its own).
@@ -156,6 +161,14 @@ impl Config {
             "false" | "0" | "no" => false,
             other => bail!("HERALD_ALLOW_PRIVATE_TARGETS must be true or false, not {other:?}"),
         };
+        let portal_frame_ancestors = frame_ancestors(var("HERALD_PORTAL_FRAME_ANCESTORS"))?;
+        let portal_brand = crate::domain::Brand {
+            product_name: var("HERALD_PORTAL_NAME"),
+            accent_color: var("HERALD_PORTAL_ACCENT"),
+            logo_url: var("HERALD_PORTAL_LOGO_URL"),
+        }
+        .checked()
+        .map_err(|e| anyhow::anyhow!("{}", e.replace("portal_brand.", "HERALD_PORTAL_ ")))?;
         let retry_schedule =
             RetrySchedule::parse(&parsed("HERALD_RETRY_SCHEDULE", RetrySchedule::DEFAULT))
                 .map_err(anyhow::Error::msg)
@@ -249,6 +262,8 @@ impl Config {
             public_url,
             public_url_configured,
             allow_private_targets,
+            portal_frame_ancestors,
+            portal_brand,
             worker_concurrency,
             endpoint_concurrency: endpoint_concurrency as i32,
             request_timeout,
@@ -326,3 +341,35 @@ const IDEMPOTENCY_WINDOW_MAX: Duration = Duration::from_secs(30 * 86400);
 
 #[cfg(test)]
 mod tests;
+
+/// `HERALD_PORTAL_FRAME_ANCESTORS`: origins separated by spaces or commas (`https://app.example.com`,
+/// `https://*.example.com`, `http://localhost:3000`), or `'self'`; nothing else reaches the
+/// header, so no value can add a directive of its own.
+fn frame_ancestors(value: Option<String>) -> anyhow::Result<String> {
+    let Some(value) = value else {
+        return Ok("'none'".into());
+    };
+    let mut sources = vec![];
+    for source in value.split([' ', ',']).filter(|s| !s.is_empty()) {
+        let ok = source == "'self'"
+            || source.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https")
+                    && !rest.is_empty()
+                    && rest
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-.:*[]".contains(c))
+            });
+        if !ok {
+            bail!(
+                "HERALD_PORTAL_FRAME_ANCESTORS: {source:?} is not an origin such as \
+                 https://app.example.com (or 'self')"
+            );
+        }
+        sources.push(source.trim_end_matches('/'));
+    }
+    Ok(if sources.is_empty() {
+        "'none'".into()
+    } else {
+        sources.join(" ")
+    })
+}

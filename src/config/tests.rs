@@ -172,3 +172,32 @@ fn retention_outlasts_the_retry_schedule_and_the_idempotency_window() {
         );
     }
 }
+
+#[test]
+fn the_portal_may_be_framed_only_by_the_origins_listed() {
+    let with = |v| {
+        let mut vars = BASE.to_vec();
+        vars.push(("HERALD_PORTAL_FRAME_ANCESTORS", v));
+        config(&vars)
+    };
+    assert_eq!(config(&BASE).unwrap().portal_frame_ancestors, "'none'");
+    assert_eq!(
+        with("https://app.example.com, https://*.example.org http://localhost:3000")
+            .unwrap()
+            .portal_frame_ancestors,
+        "https://app.example.com https://*.example.org http://localhost:3000"
+    );
+    // Nothing that could end the directive or add a source of another kind gets through.
+    for bad in [
+        "https://a.example.com; script-src *",
+        "*",
+        "data:",
+        "javascript://x",
+        "'unsafe-inline'",
+    ] {
+        assert!(with(bad).is_err(), "{bad}");
+    }
+    let mut vars = BASE.to_vec();
+    vars.push(("HERALD_PORTAL_ACCENT", "red"));
+    assert!(config(&vars).is_err());
+}

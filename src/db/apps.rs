@@ -2,13 +2,18 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgExecutor;
 
-use crate::domain::AppId;
+use sqlx::types::Json;
+
+use crate::domain::{AppId, Brand};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Application {
     pub id: AppId,
     pub uid: Option<String>,
     pub name: String,
+    /// How its customer portal presents itself; `null`: as `HERALD_PORTAL_*` say.
+    #[schema(value_type = Option<Brand>)]
+    pub portal_brand: Option<Json<Brand>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -17,13 +22,41 @@ pub async fn create(
     db: impl PgExecutor<'_>,
     name: &str,
     uid: Option<&str>,
+    brand: Option<&Brand>,
 ) -> sqlx::Result<Application> {
-    sqlx::query_as("insert into application (id, name, uid) values ($1, $2, $3) returning *")
-        .bind(AppId::new())
-        .bind(name)
-        .bind(uid)
-        .fetch_one(db)
-        .await
+    sqlx::query_as(
+        "insert into application (id, name, uid, portal_brand) values ($1, $2, $3, $4)
+         returning *",
+    )
+    .bind(AppId::new())
+    .bind(name)
+    .bind(uid)
+    .bind(brand.map(Json))
+    .fetch_one(db)
+    .await
+}
+
+/// Changes an application's name and/or portal brand (`Some(None)` clears the brand).
+pub async fn update(
+    db: impl PgExecutor<'_>,
+    id: AppId,
+    name: Option<&str>,
+    brand: Option<Option<&Brand>>,
+) -> sqlx::Result<Option<Application>> {
+    sqlx::query_as(
+        "update application
+            set name = coalesce($2, name),
+                portal_brand = case when $3 then $4 else portal_brand end,
+                updated_at = now()
+          where id = $1 and removed_at is null
+         returning *",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(brand.is_some())
+    .bind(brand.flatten().map(Json))
+    .fetch_optional(db)
+    .await
 }
 
 /// `key` is an application's id (`app_…`) or its uid. One queued for removal is not found.

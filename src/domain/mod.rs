@@ -1,5 +1,6 @@
 //! Values parsed once at the edge; past this point they are known to be valid.
 
+mod brand;
 mod event_type;
 mod header;
 mod id;
@@ -9,6 +10,7 @@ mod state;
 mod url;
 mod window;
 
+pub use brand::Brand;
 pub use event_type::EventType;
 pub use header::refused_header;
 pub use id::{AppId, AttemptId, DeliveryId, EndpointId, InvalidId, MessageId, RemovalId, TokenId};

@@ -183,6 +183,7 @@ pub const ROUTES: &[(Method, &str, Need)] = &[
             reach: Reach::Path,
         },
     ),
+    (Method::PATCH, "/apps/{app}", in_app(Scope::Admin)),
     (Method::DELETE, "/apps/{app}", in_app(Scope::Admin)),
     (
         Method::POST,

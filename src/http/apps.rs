@@ -11,13 +11,13 @@ use super::openapi::{AppParam, AppsList, ErrorBody};
 use super::paging::ListQuery;
 use crate::db::removals::Removal;
 use crate::db::{self, Listing};
-use crate::domain::AppId;
+use crate::domain::{AppId, Brand};
 use crate::error::{ApiError, ApiResult, Json};
 
 pub fn routes() -> OpenApiRouter<ServerState> {
     OpenApiRouter::new()
         .routes(routes!(create, list))
-        .routes(routes!(show, remove))
+        .routes(routes!(show, update, remove))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -28,6 +28,34 @@ struct CreateApp {
     /// Your own key for this customer; `{app}` in paths takes it as well as the id.
     #[schema(min_length = 1, max_length = 256, pattern = "^[A-Za-z0-9_.:-]+$")]
     uid: Option<String>,
+    /// How its customer portal presents itself; leave out to use `HERALD_PORTAL_*`.
+    portal_brand: Option<Brand>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UpdateApp {
+    #[schema(min_length = 1, max_length = 256)]
+    name: Option<String>,
+    /// `null` goes back to `HERALD_PORTAL_*`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Brand>)]
+    portal_brand: Option<Option<Brand>>,
+}
+
+fn checked_name(name: &str) -> ApiResult<&str> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 256 {
+        return Err(ApiError::Invalid("name must be 1 to 256 characters".into()));
+    }
+    Ok(name)
+}
+
+fn checked_brand(brand: Option<Brand>) -> ApiResult<Option<Brand>> {
+    brand
+        .map(Brand::checked)
+        .transpose()
+        .map_err(ApiError::Invalid)
 }
 
 /// Creates an application: one tenant, one customer of yours.
@@ -45,14 +73,12 @@ async fn create(
     State(state): State<ServerState>,
     Json(body): Json<CreateApp>,
 ) -> ApiResult<(StatusCode, Json<db::apps::Application>)> {
-    let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > 256 {
-        return Err(ApiError::Invalid("name must be 1 to 256 characters".into()));
-    }
+    let name = checked_name(&body.name)?;
     if let Some(uid) = &body.uid {
         validate_uid(uid)?;
     }
-    let app = db::apps::create(&state.pool, name, body.uid.as_deref())
+    let brand = checked_brand(body.portal_brand)?;
+    let app = db::apps::create(&state.pool, name, body.uid.as_deref(), brand.as_ref())
         .await
         .map_err(|e| {
             ApiError::from_db(e, |_| "an application with this uid already exists".into())
@@ -110,6 +136,33 @@ async fn show(
     Ok(Json(state.app(&app).await?))
 }
 
+/// Renames an application or sets its portal brand.
+#[utoipa::path(
+    patch,
+    path = "/apps/{app}",
+    tag = "applications",
+    params(AppParam),
+    request_body = UpdateApp,
+    responses((status = 200, body = db::apps::Application))
+)]
+async fn update(
+    State(state): State<ServerState>,
+    Path(app): Path<String>,
+    Json(body): Json<UpdateApp>,
+) -> ApiResult<Json<db::apps::Application>> {
+    let id = state.app_id(&app).await?;
+    let name = body.name.as_deref().map(checked_name).transpose()?;
+    let brand = match body.portal_brand {
+        None => None,
+        Some(brand) => Some(checked_brand(brand)?),
+    };
+    let brand_ref = brand.as_ref().map(Option::as_ref);
+    db::apps::update(&state.pool, id, name, brand_ref)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("application"))
+}
+
 /// Deletes an application with its endpoints, messages and attempts. From the answer on,
 /// the application is not found, nothing more is sent for it, and its uid is free; its
 /// history is deleted in the background, in batches (`GET /removals/{id}` follows it).
@@ -127,4 +180,9 @@ async fn remove(
     let app = state.app(&app).await?;
     let removal = db::removals::queue_app(&state.pool, app.id).await?;
     super::removals::queued(&state, removal, "application")
+}
+
+/// Tells "absent" (None) from "null" (Some(None)).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Brand>>, D::Error> {
+    Option::<Brand>::deserialize(d).map(Some)
 }

@@ -41,6 +41,7 @@ impl Op {
             "/apps/{app}/messages" => json!({"event_type": "invoice.paid", "payload": {}}),
             "/apps/{app}/endpoints" => json!({"url": "https://example.com/hook"}),
             "/apps/{app}/endpoints/{ep}" => json!({"description": "changed"}),
+            "/apps/{app}" => json!({"name": "Renamed"}),
             p if p.ends_with("/recover") => json!({"since": "2020-01-01T00:00:00Z"}),
             _ => json!({}),
         })
@@ -60,6 +61,7 @@ const EXPECTED: &[(&str, &str, &str, &str)] = &[
     ("POST", "/apps", "admin", "operator"),
     ("GET", "/apps", "any", "narrowed"),
     ("GET", "/apps/{app}", "any", "path"),
+    ("PATCH", "/apps/{app}", "admin", "path"),
     ("DELETE", "/apps/{app}", "admin", "path"),
     ("POST", "/apps/{app}/portal", "endpoints:manage", "path"),
     ("POST", "/apps/{app}/messages", "messages:send", "path"),

@@ -1,5 +1,5 @@
 use axum::http::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::spawn_app;
 
@@ -93,4 +93,38 @@ async fn an_upper_case_id_names_the_same_application_everywhere() {
     let (status, listed) = app.get(&format!("/apps/{id}/messages")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(listed["data"][0]["id"], msg["id"]);
+}
+
+#[tokio::test]
+async fn an_application_carries_its_own_portal_brand() {
+    let app = spawn_app().await;
+    let brand = json!({"product_name": "Acme Billing", "accent_color": "#0a7", "logo_url": "https://cdn.example.com/logo.svg"});
+    let (status, created) = app
+        .post("/apps", json!({"name": "Acme", "portal_brand": brand}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["portal_brand"], brand);
+    let id = created["id"].as_str().unwrap();
+    let (status, renamed) = app
+        .patch(&format!("/apps/{id}"), json!({"name": "Acme Inc"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{renamed}");
+    assert_eq!(
+        (renamed["name"].clone(), renamed["portal_brand"].clone()),
+        (json!("Acme Inc"), brand)
+    );
+    let (_, cleared) = app
+        .patch(&format!("/apps/{id}"), json!({"portal_brand": null}))
+        .await;
+    assert_eq!(cleared["portal_brand"], Value::Null);
+    for bad in [
+        json!({"portal_brand": {"accent_color": "red"}}),
+        json!({"portal_brand": {"logo_url": "javascript:alert(1)"}}),
+        json!({"portal_brand": {"colour": "#fff"}}),
+        json!({"name": " "}),
+    ] {
+        let (status, err) = app.patch(&format!("/apps/{id}"), bad.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {err}");
+    }
+    app.stop().await;
 }

@@ -32,7 +32,7 @@ use crate::http::ServerState;
 pub const COOKIE_NAME: &str = "herald_session";
 const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
-fn mac(config: &Config, purpose: &str, value: &str) -> String {
+pub(crate) fn mac(config: &Config, purpose: &str, value: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(config.admin_token.expose().as_bytes())
         .expect("HMAC takes any key length");
     mac.update(purpose.as_bytes());
@@ -48,7 +48,7 @@ fn hex(bytes: &[u8]) -> String {
 /// Compares MACs of both sides under a key of this process, so the comparison runs over
 /// 32 bytes whatever was presented: neither the length nor a prefix of the secret shows in
 /// its timing.
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     static KEY: OnceLock<[u8; 32]> = OnceLock::new();
     let key = KEY.get_or_init(rand::random);
     let digest = |s: &str| {

@@ -1,7 +1,7 @@
 //! `/apps/{app}/endpoints`: an application's endpoints, their signing secrets and custom
 //! headers, their attempts, and the recover of a time window of their dead deliveries.
 
-mod settings;
+pub(super) mod settings;
 
 use std::collections::BTreeMap;
 
