@@ -1,11 +1,13 @@
 //! What the dashboard (and `/api/v1/stats`) shows beyond the REST resources: queue
-//! health, throughput per minute, success rates, dead letters.
+//! health, throughput per minute, success rates, dead letters, tokens with their
+//! applications' names.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgExecutor;
 
 use crate::db::events::DeadDelivery;
+use crate::db::tokens::Token;
 use crate::domain::{AppId, DeliveryId, EndpointId};
 
 #[derive(Debug, Clone, Copy, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -131,6 +133,29 @@ pub async fn apps(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<AppSu
                   where e.app_id = a.id and e.disabled and e.removed_at is null)
                     as disabled_endpoints
            from application a where a.removed_at is null order by a.id desc limit $1",
+    )
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// A token as the Tokens page lists it: with the name of the application it is bound to.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TokenSummary {
+    #[sqlx(flatten)]
+    pub token: Token,
+    pub app_name: Option<String>,
+    /// Its application was removed: it is refused, and goes when the application's rows do.
+    pub app_removed: bool,
+}
+
+/// The newest `limit` tokens, newest first.
+pub async fn tokens(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<TokenSummary>> {
+    sqlx::query_as(
+        "select t.id, t.name, t.app_id, t.scopes, t.expires_at, t.created_at, t.last_used_at,
+                a.name as app_name, coalesce(a.removed_at is not null, false) as app_removed
+           from api_token t left join application a on a.id = t.app_id
+          order by t.id desc limit $1",
     )
     .bind(limit)
     .fetch_all(db)

@@ -10,12 +10,12 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::access::Scope;
+use super::actions::{self, NewToken};
 use super::openapi::TokenParam;
 use super::{ServerState, path_id};
 use crate::db::{self, tokens::Token};
 use crate::domain::TokenId;
-use crate::error::{ApiError, ApiResult, Json};
+use crate::error::{ApiResult, Json};
 
 pub fn routes() -> OpenApiRouter<ServerState> {
     OpenApiRouter::new()
@@ -59,50 +59,14 @@ async fn create(
     State(state): State<ServerState>,
     Json(body): Json<CreateToken>,
 ) -> ApiResult<(StatusCode, Json<Created>)> {
-    let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > 256 {
-        return Err(ApiError::Invalid("name must be 1 to 256 characters".into()));
-    }
-    if body.scopes.is_empty() {
-        return Err(ApiError::Invalid(
-            "scopes must name at least one scope".into(),
-        ));
-    }
-    if let Some(bad) = body.scopes.iter().find(|s| Scope::parse(s).is_none()) {
-        let known: Vec<_> = Scope::ALL.iter().map(|s| s.as_str()).collect();
-        return Err(ApiError::Invalid(format!(
-            "scope {bad:?} is not one of {}",
-            known.join(", ")
-        )));
-    }
-    let mut scopes = body.scopes.clone();
-    scopes.sort();
-    scopes.dedup();
-    if body.expires_at.is_some_and(|at| at <= Utc::now()) {
-        return Err(ApiError::Invalid("expires_at must be in the future".into()));
-    }
-    let app = match &body.app {
-        // Only "no such application" is the caller's mistake; a database that is away
-        // stays a 503.
-        Some(key) => Some(state.app_id(key).await.map_err(|e| match e {
-            ApiError::NotFound(_) => {
-                ApiError::Invalid(format!("app {key:?} is not an application here"))
-            }
-            other => other,
-        })?),
-        None => None,
+    let new = NewToken {
+        name: &body.name,
+        app: body.app.as_deref(),
+        scopes: &body.scopes,
+        expires_at: body.expires_at,
     };
-    let secret = db::tokens::new_secret();
-    let meta =
-        db::tokens::create(&state.pool, name, app, &scopes, body.expires_at, &secret).await?;
-    tracing::info!(token = %meta.id, scopes = ?meta.scopes, "API token created");
-    Ok((
-        StatusCode::CREATED,
-        Json(Created {
-            meta,
-            token: secret,
-        }),
-    ))
+    let (meta, token) = actions::create_token(&state, new).await?;
+    Ok((StatusCode::CREATED, Json(Created { meta, token })))
 }
 
 /// Lists the tokens, oldest first, without their secrets.
@@ -126,10 +90,6 @@ async fn list(State(state): State<ServerState>) -> ApiResult<Json<Vec<Token>>> {
 )]
 async fn revoke(State(state): State<ServerState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let id: TokenId = path_id(&id, "token")?;
-    if db::tokens::delete(&state.pool, id).await? {
-        tracing::info!(token = %id, "API token revoked");
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("token"))
-    }
+    actions::revoke_token(&state, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

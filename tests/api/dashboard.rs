@@ -50,7 +50,7 @@ impl<'a> Browser<'a> {
         self.cookie = Some(set.split(';').next().unwrap().to_owned());
     }
 
-    async fn get(&self, path: &str) -> reqwest::Response {
+    pub async fn get(&self, path: &str) -> reqwest::Response {
         let mut r = self.http.get(self.url(path));
         if let Some(c) = &self.cookie {
             r = r.header("cookie", c);
@@ -70,11 +70,11 @@ impl<'a> Browser<'a> {
         r.text().await.unwrap()
     }
 
-    async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    pub async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
         self.post_form_from(path, form, None).await
     }
 
-    async fn post_form_from(
+    pub async fn post_form_from(
         &self,
         path: &str,
         form: &[(&str, &str)],
@@ -91,7 +91,7 @@ impl<'a> Browser<'a> {
     }
 
     /// The CSRF token a page's forms carry.
-    async fn csrf(&self, path: &str) -> String {
+    pub async fn csrf(&self, path: &str) -> String {
         let html = self.page(path).await;
         let at = html
             .find("name=\"csrf\" value=\"")
@@ -128,7 +128,7 @@ async fn pages_need_a_login_that_exchanges_the_token_for_a_strict_cookie() {
     assert_eq!(r.headers()["location"], "/");
 
     browser.login().await;
-    for path in ["/", "/apps", "/dead"] {
+    for path in ["/", "/apps", "/dead", "/tokens"] {
         browser.page(path).await;
     }
     // A forged cookie is no session.
@@ -185,7 +185,14 @@ async fn pages_are_not_cached_framed_or_given_foreign_scripts() {
     check("/login", &browser.get("/login").await);
     browser.login().await;
     let endpoint = format!("/apps/{app_id}/endpoints/{ep}");
-    for path in ["/", "/apps", &format!("/apps/{app_id}"), &endpoint, "/dead"] {
+    for path in [
+        "/",
+        "/apps",
+        &format!("/apps/{app_id}"),
+        &endpoint,
+        "/dead",
+        "/tokens",
+    ] {
         let r = browser.get(path).await;
         assert_eq!(r.status(), 200, "{path}");
         check(path, &r);
@@ -198,7 +205,7 @@ async fn pages_are_not_cached_framed_or_given_foreign_scripts() {
     check("rotate", &rotated);
     assert!(rotated.text().await.unwrap().contains("whsec_"));
     // The pages keep to that policy: no inline script, style or handler for it to block.
-    for path in ["/", &endpoint] {
+    for path in ["/", &endpoint, "/tokens"] {
         let html = browser.page(path).await;
         assert!(
             !html.contains("<script>") && !html.contains("<style"),

@@ -12,6 +12,7 @@ mod bad_input;
 mod browser;
 mod chaos;
 mod dashboard;
+mod dashboard_tokens;
 mod delivery;
 mod dev_setup;
 mod endpoints;

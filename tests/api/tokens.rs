@@ -130,6 +130,10 @@ async fn narrower_expired_unknown_and_malformed_tokens_are_refused() {
         ),
         (json!({"name": " ", "scopes": ["admin"]}), "name must be"),
         (
+            json!({"name": "x\0", "scopes": ["admin"]}),
+            "must not contain NUL",
+        ),
+        (
             json!({"name": "x", "scopes": ["admin"], "app": "nobody"}),
             "is not an application",
         ),

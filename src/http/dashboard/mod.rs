@@ -14,6 +14,7 @@ mod message;
 mod overview;
 mod replay;
 pub(super) mod session;
+mod tokens;
 mod view;
 
 use askama::Template;
@@ -40,6 +41,7 @@ pub fn routes() -> Router<ServerState> {
         .merge(message::routes())
         .merge(replay::routes())
         .merge(dead::routes())
+        .merge(tokens::routes())
         .route("/assets/herald.css", get(css))
         .route("/assets/live.js", get(js))
         .layer(middleware::map_response(page_headers))
