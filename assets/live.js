@@ -7,6 +7,12 @@
   if (query === undefined) return;
   const indicator = document.getElementById("live");
   const onlyMessage = document.getElementById("message")?.dataset.message;
+  // The dashboard follows /api/v1 with its session cookie; a customer portal page says
+  // where its own stream, channel and pages are (its session is in their path).
+  const streamUrl = body.dataset.streamUrl || "/api/v1/stream";
+  const wsUrl = body.dataset.wsUrl || "/api/v1/admin/ws";
+  const checkUrl = body.dataset.check || "/api/v1/stats";
+  const linkBase = (appId) => body.dataset.links || "/apps/" + appId;
   // The feed position when the page was rendered: nothing after it is missed.
   let from = body.dataset.from || "";
 
@@ -47,8 +53,8 @@
       cell(row, stamp(a.created_at), "nowrap");
       cell(row, el("span", a.outcome, "badge " + a.outcome));
       cell(row, a.event_type);
-      cell(row, link("/apps/" + a.app_id + "/messages/" + a.message_id, a.message_id));
-      cell(row, link("/apps/" + a.app_id + "/endpoints/" + a.endpoint_id, a.endpoint_id));
+      cell(row, link(linkBase(a.app_id) + "/messages/" + a.message_id, a.message_id));
+      cell(row, link(linkBase(a.app_id) + "/endpoints/" + a.endpoint_id, a.endpoint_id));
       cell(row, "#" + a.attempt + (a.trigger !== "scheduled" ? " " + a.trigger : ""), "num");
       cell(row, a.response_status == null ? "–" : String(a.response_status), "num");
       cell(row, a.duration_ms + " ms", "num");
@@ -73,8 +79,8 @@
     row.dataset.id = d.id;
     cell(row, "just now", "nowrap");
     cell(row, d.event_type);
-    cell(row, link("/apps/" + d.app_id + "/messages/" + d.message_id, d.message_id));
-    cell(row, link("/apps/" + d.app_id + "/endpoints/" + d.endpoint_id, d.endpoint_id));
+    cell(row, link(linkBase(d.app_id) + "/messages/" + d.message_id, d.message_id));
+    cell(row, link(linkBase(d.app_id) + "/endpoints/" + d.endpoint_id, d.endpoint_id));
     cell(row, String(d.attempt_count), "num");
     cell(row, d.last_error || "", "error-text");
     prepend("dead", row, "dead-empty");
@@ -154,7 +160,7 @@
   function connect() {
     const params = new URLSearchParams(query);
     if (from) params.set("last_event_id", from);
-    const source = new EventSource("/api/v1/stream?" + params.toString());
+    const source = new EventSource(streamUrl + "?" + params.toString());
     const track = (handler) => (e) => {
       if (e.lastEventId) from = e.lastEventId;
       handler(JSON.parse(e.data));
@@ -165,8 +171,8 @@
       indicator.textContent = "reconnecting";
       // The browser retries by itself (sending Last-Event-ID) unless the server refused.
       if (source.readyState === EventSource.CLOSED) {
-        fetch("/api/v1/stats", { credentials: "same-origin" }).then((r) => {
-          if (r.status === 401) location.reload(); // logged out: the login page
+        fetch(checkUrl, { credentials: "same-origin" }).then((r) => {
+          if (r.status === 401) location.reload(); // logged out (or the link expired): say so
           else { from = ""; setTimeout(connect, 2000); } // our position expired: go live
         }, () => setTimeout(connect, 2000));
       }
@@ -186,7 +192,7 @@
   const handlers = new Map();
   function channel() {
     if (socket && socket.readyState <= WebSocket.OPEN) return opened;
-    socket = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/api/v1/admin/ws");
+    socket = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + wsUrl);
     opened = new Promise((resolve, reject) => {
       socket.onopen = () => resolve(socket);
       socket.onerror = reject;

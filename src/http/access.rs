@@ -187,6 +187,11 @@ pub const ROUTES: &[(Method, &str, Need)] = &[
     (Method::DELETE, "/apps/{app}", in_app(Scope::Admin)),
     (
         Method::POST,
+        "/apps/{app}/portal",
+        in_app(Scope::EndpointsManage),
+    ),
+    (
+        Method::POST,
         "/apps/{app}/messages",
         in_app(Scope::MessagesSend),
     ),

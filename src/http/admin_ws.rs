@@ -57,7 +57,7 @@ const OUTBOX: usize = 256;
         (status = 403, body = ErrorBody, description = "From a foreign `Origin`."),
     )
 )]
-async fn upgrade(
+pub(super) async fn upgrade(
     State(state): State<ServerState>,
     headers: HeaderMap,
     Extension(access): Extension<Access>,

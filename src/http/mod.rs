@@ -5,11 +5,12 @@ mod actions;
 mod admin_ws;
 mod apps;
 mod dashboard;
-mod endpoints;
+pub(crate) mod endpoints;
 mod health;
 mod messages;
 mod openapi;
 mod paging;
+pub mod portal;
 mod removals;
 mod search;
 mod stats;
@@ -123,6 +124,7 @@ fn api_routes() -> OpenApiRouter<ServerState> {
         .merge(messages::routes())
         .merge(removals::routes())
         .merge(tokens::routes())
+        .merge(portal::link::routes())
         .merge(stream::routes())
         .merge(stats::routes())
         .merge(admin_ws::routes())
@@ -158,13 +160,35 @@ pub fn router(state: ServerState) -> Router {
         .nest("/api/v1", api)
         .merge(health::routes())
         .merge(dashboard::routes())
+        .merge(portal::routes(&state))
         .layer(Extension(Arc::new(openapi())))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             timeouts::limit,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
+}
+
+/// The span of one request: its method and path, with a portal session (a credential in
+/// the URL) left out, and no query.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %request.method(),
+        path = %loggable_path(request.uri().path()),
+    )
+}
+
+/// `path` as logs may show it: `/portal/<session>/…` becomes `/portal/…/…`.
+pub fn loggable_path(path: &str) -> Cow<'_, str> {
+    match path.strip_prefix("/portal/") {
+        Some(rest) => {
+            let tail = rest.split_once('/').map_or("", |(_, tail)| tail);
+            Cow::Owned(format!("/portal/…/{tail}"))
+        }
+        None => Cow::Borrowed(path),
+    }
 }
 
 /// How `authenticate` let a request in.
@@ -174,6 +198,8 @@ pub enum AuthBy {
     Bearer,
     /// The dashboard's session cookie.
     Session,
+    /// A customer portal session (in the URL of the portal's own pages).
+    Portal,
 }
 
 /// Says who is asking, as an [`access::Access`] in the request's extensions, for

@@ -26,6 +26,7 @@ mod messages;
 mod metrics;
 mod openapi;
 mod outbox;
+mod portal;
 mod removal;
 mod retention;
 mod retries;

@@ -21,6 +21,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/apps"),
     ("get", "/api/v1/apps"),
     ("get", "/api/v1/apps/{app}"),
+    ("patch", "/api/v1/apps/{app}"),
+    ("post", "/api/v1/apps/{app}/portal"),
     ("post", "/api/v1/apps/{app}/endpoints"),
     ("get", "/api/v1/apps/{app}/endpoints"),
     ("get", "/api/v1/apps/{app}/endpoints/{ep}"),
@@ -169,7 +171,9 @@ fn example_body(method: &str, path: &str, receiver: &Receiver) -> Option<Value> 
     Some(match (method, path.rsplit('/').next().unwrap()) {
         ("post", "apps") => json!({"name": "documented"}),
         ("post", "endpoints") => json!({"url": receiver.url()}),
+        ("patch", "{app}") => json!({"name": "patched"}),
         ("patch", _) => json!({"description": "patched"}),
+        ("post", "portal") => json!({"expires_in": 600}),
         ("post", "messages") => json!({"event_type": "invoice.paid", "payload": {"n": 2}}),
         ("post", "recover") => json!({"since": "2020-01-01T00:00:00Z"}),
         ("post", "tokens") => json!({"name": "documented", "scopes": ["admin"]}),

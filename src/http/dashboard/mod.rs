@@ -15,7 +15,7 @@ mod overview;
 mod replay;
 pub(super) mod session;
 mod tokens;
-mod view;
+pub(super) mod view;
 
 use askama::Template;
 use axum::http::header::{
@@ -123,7 +123,7 @@ impl Layout {
 }
 
 /// An error shown as a page rather than JSON.
-pub struct PageError(StatusCode, String);
+pub struct PageError(pub(in crate::http) StatusCode, pub(in crate::http) String);
 
 impl From<ApiError> for PageError {
     fn from(e: ApiError) -> Self {
@@ -164,9 +164,9 @@ impl IntoResponse for PageError {
     }
 }
 
-type PageResult = Result<Response, PageError>;
+pub(super) type PageResult = Result<Response, PageError>;
 
-fn render(page: impl Template) -> PageResult {
+pub(super) fn render(page: impl Template) -> PageResult {
     let html = page
         .render()
         .map_err(|e| PageError::from(ApiError::Internal(e.into())))?;

@@ -13,14 +13,14 @@ use crate::domain::{redact_userinfo, short_url};
 use crate::http::search;
 
 /// The dashboard's list pages: 50 rows, then an "Older" link.
-pub(super) const PAGE_ROWS: i64 = 50;
+pub(in crate::http) const PAGE_ROWS: i64 = 50;
 
-pub(super) fn ago(at: DateTime<Utc>) -> String {
+pub(in crate::http) fn ago(at: DateTime<Utc>) -> String {
     let secs = (Utc::now() - at).num_seconds().max(0);
     duration_text(secs as f64) + " ago"
 }
 
-pub(super) fn duration_text(secs: f64) -> String {
+pub(in crate::http) fn duration_text(secs: f64) -> String {
     let s = secs as i64;
     match s {
         _ if secs < 1.0 => format!("{:.0} ms", secs * 1000.0),
@@ -31,28 +31,28 @@ pub(super) fn duration_text(secs: f64) -> String {
     }
 }
 
-pub(super) fn stamp(at: DateTime<Utc>) -> String {
+pub(in crate::http) fn stamp(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
-pub(super) fn percent(rate: Option<f64>) -> String {
+pub(in crate::http) fn percent(rate: Option<f64>) -> String {
     rate.map_or_else(|| "–".into(), |p| format!("{p:.1}%"))
 }
 
-pub(super) struct AttemptRow {
-    pub(super) id: String,
-    pub(super) at: String,
-    pub(super) outcome: String,
-    pub(super) app_id: String,
-    pub(super) message_id: String,
-    pub(super) endpoint_id: String,
-    pub(super) event_type: String,
-    pub(super) attempt: i32,
-    pub(super) trigger: String,
-    pub(super) status: String,
-    pub(super) latency: String,
-    pub(super) error: String,
-    pub(super) body: String,
+pub(in crate::http) struct AttemptRow {
+    pub(in crate::http) id: String,
+    pub(in crate::http) at: String,
+    pub(in crate::http) outcome: String,
+    pub(in crate::http) app_id: String,
+    pub(in crate::http) message_id: String,
+    pub(in crate::http) endpoint_id: String,
+    pub(in crate::http) event_type: String,
+    pub(in crate::http) attempt: i32,
+    pub(in crate::http) trigger: String,
+    pub(in crate::http) status: String,
+    pub(in crate::http) latency: String,
+    pub(in crate::http) error: String,
+    pub(in crate::http) body: String,
 }
 
 impl From<Attempt> for AttemptRow {
@@ -77,24 +77,24 @@ impl From<Attempt> for AttemptRow {
     }
 }
 
-pub(super) fn rows(attempts: Vec<Attempt>) -> Vec<AttemptRow> {
+pub(in crate::http) fn rows(attempts: Vec<Attempt>) -> Vec<AttemptRow> {
     attempts.into_iter().map(AttemptRow::from).collect()
 }
 
 /// One bar of the throughput chart, in SVG user units (the chart is 600 x 140).
-pub(super) struct Bar {
-    pub(super) x: i64,
-    pub(super) ok_y: f64,
-    pub(super) ok_h: f64,
-    pub(super) failed_y: f64,
-    pub(super) failed_h: f64,
-    pub(super) title: String,
+pub(in crate::http) struct Bar {
+    pub(in crate::http) x: i64,
+    pub(in crate::http) ok_y: f64,
+    pub(in crate::http) ok_h: f64,
+    pub(in crate::http) failed_y: f64,
+    pub(in crate::http) failed_h: f64,
+    pub(in crate::http) title: String,
 }
 
 const CHART_BASE: f64 = 130.0;
 const CHART_HEIGHT: f64 = 120.0;
 
-pub(super) fn chart(minutes: &[Minute]) -> (Vec<Bar>, String) {
+pub(in crate::http) fn chart(minutes: &[Minute]) -> (Vec<Bar>, String) {
     let max = minutes.iter().map(|m| m.total).max().unwrap_or(0).max(1) as f64;
     let bars = minutes
         .iter()
@@ -132,18 +132,18 @@ pub(super) fn chart(minutes: &[Minute]) -> (Vec<Bar>, String) {
     (bars, line)
 }
 
-pub(super) struct EndpointRow {
-    pub(super) id: String,
+pub(in crate::http) struct EndpointRow {
+    pub(in crate::http) id: String,
     /// Without credentials or query: titles and lists show this.
-    pub(super) url: String,
+    pub(in crate::http) url: String,
     /// Without credentials: the endpoint's own page shows its query too.
-    pub(super) full_url: String,
-    pub(super) description: String,
-    pub(super) event_types: String,
-    pub(super) disabled: bool,
-    pub(super) disabled_reason: String,
+    pub(in crate::http) full_url: String,
+    pub(in crate::http) description: String,
+    pub(in crate::http) event_types: String,
+    pub(in crate::http) disabled: bool,
+    pub(in crate::http) disabled_reason: String,
     /// Its cap on requests in flight and its rate limit, in words.
-    pub(super) limits: String,
+    pub(in crate::http) limits: String,
 }
 
 impl From<Endpoint> for EndpointRow {
@@ -173,7 +173,7 @@ impl From<Endpoint> for EndpointRow {
 }
 
 /// A time from a form: RFC 3339, or a `datetime-local` value read as UTC.
-pub(super) fn form_time_value(value: &str) -> Option<DateTime<Utc>> {
+pub(in crate::http) fn form_time_value(value: &str) -> Option<DateTime<Utc>> {
     let value = value.trim();
     search::rfc3339(value).or_else(|| {
         chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M")
@@ -184,12 +184,14 @@ pub(super) fn form_time_value(value: &str) -> Option<DateTime<Utc>> {
 }
 
 /// How a `datetime-local` input shows a time (UTC).
-pub(super) fn form_time_text(at: DateTime<Utc>) -> String {
+pub(in crate::http) fn form_time_text(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H:%M:%S%.3f").to_string()
 }
 
 /// `pairs` without the empty ones, as a query string.
-pub(super) fn query_of<'a>(pairs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>) -> String {
+pub(in crate::http) fn query_of<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+) -> String {
     let mut query = url::form_urlencoded::Serializer::new(String::new());
     for (name, value) in pairs {
         if let Some(v) = value.filter(|v| !v.is_empty()) {
@@ -199,6 +201,6 @@ pub(super) fn query_of<'a>(pairs: impl IntoIterator<Item = (&'a str, Option<&'a 
     query.finish()
 }
 
-pub(super) fn bad_filter(e: String) -> PageError {
+pub(in crate::http) fn bad_filter(e: String) -> PageError {
     PageError(StatusCode::UNPROCESSABLE_ENTITY, e)
 }

@@ -12,7 +12,7 @@ use crate::error::{ApiError, ApiResult};
 
 /// What create and update share; on update every field is optional.
 #[derive(Deserialize, Default, utoipa::ToSchema)]
-pub(super) struct EndpointSettings {
+pub(crate) struct EndpointSettings {
     #[schema(max_length = 1024)]
     description: Option<String>,
     /// Event types this endpoint receives; empty or absent: all of them.
@@ -94,7 +94,22 @@ fn present_whole<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i32>>,
 }
 
 impl EndpointSettings {
-    pub(super) fn into_fields(
+    /// What the customer portal's endpoint form sets: its description, event types and
+    /// rate limit (`None`: unlimited).
+    pub(crate) fn from_portal(
+        description: String,
+        event_types: Vec<String>,
+        rate_limit: Option<i32>,
+    ) -> Self {
+        Self {
+            description: Some(description),
+            event_types: Some(event_types),
+            rate_limit: Some(rate_limit),
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn into_fields(
         self,
         url: Option<&str>,
         allow_private: bool,

@@ -1,0 +1,228 @@
+//! Portal links: `POST /apps/{app}/portal` signs one, every portal request checks it.
+//!
+//! A link is `/portal/<session>/`, where the session is
+//! `<app id>.<expiry>.<nonce>.<return URL, base64url>.<HMAC>`, keyed by the admin token like
+//! the dashboard's sessions: nothing is stored, every process behind a load balancer
+//! accepts it, and rotating the admin token ends every portal session at once. The session
+//! travels in the URL, not in a cookie, so a portal framed by another site works in
+//! browsers that refuse third-party cookies; pages send no referrer, so it does not leak to
+//! the sites they link to.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::config::Config;
+use crate::domain::AppId;
+use crate::error::{ApiError, ApiResult, Json};
+use crate::http::ServerState;
+use crate::http::dashboard::session::{mac, same};
+use crate::http::openapi::AppParam;
+use crate::http::optional_body;
+
+/// A link's lifetime when the request names none.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// The longest a link may live.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest return URL, in bytes.
+const MAX_RETURN_URL: usize = 2048;
+
+/// A portal session, once its signature checked out.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub app: AppId,
+    pub expires_at: DateTime<Utc>,
+    /// Where "Back to …" leads (the SaaS's own page), if the link was made with one.
+    pub return_url: Option<String>,
+}
+
+/// Why a session was refused: each gets a page that says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not a session this server signed (tampered with, cut short, or signed under an
+    /// admin token since rotated).
+    Invalid,
+    Expired,
+}
+
+pub fn sign(
+    config: &Config,
+    app: AppId,
+    expires_at: DateTime<Utc>,
+    return_url: Option<&str>,
+) -> String {
+    let nonce: String = rand::random::<[u8; 12]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let ret = URL_SAFE_NO_PAD.encode(return_url.unwrap_or("").as_bytes());
+    let body = format!("{app}.{}.{nonce}.{ret}", expires_at.timestamp());
+    let tag = mac(config, "portal", &body);
+    format!("{body}.{tag}")
+}
+
+pub fn verify(config: &Config, session: &str) -> Result<Link, Refusal> {
+    let (body, tag) = session.rsplit_once('.').ok_or(Refusal::Invalid)?;
+    if !same(tag, &mac(config, "portal", body)) {
+        return Err(Refusal::Invalid);
+    }
+    let mut parts = body.split('.');
+    let (Some(app), Some(expires), Some(_nonce), Some(ret), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(Refusal::Invalid);
+    };
+    let app: AppId = app.parse().map_err(|_| Refusal::Invalid)?;
+    let expires_at = expires
+        .parse::<i64>()
+        .ok()
+        .and_then(|t| DateTime::from_timestamp(t, 0))
+        .ok_or(Refusal::Invalid)?;
+    if expires_at <= Utc::now() {
+        return Err(Refusal::Expired);
+    }
+    let return_url = URL_SAFE_NO_PAD
+        .decode(ret)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or(Refusal::Invalid)?;
+    Ok(Link {
+        app,
+        expires_at,
+        return_url: Some(return_url).filter(|u| !u.is_empty()),
+    })
+}
+
+pub fn routes() -> OpenApiRouter<ServerState> {
+    OpenApiRouter::new().routes(routes!(create))
+}
+
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateLink {
+    /// Seconds the link opens the portal for: 60 to 604800 (a week); default 3600.
+    #[schema(minimum = 60, maximum = 604800)]
+    expires_in: Option<u64>,
+    /// An `http(s)://` URL of your own that the portal's "Back" link leads to.
+    #[schema(max_length = 2048)]
+    return_url: Option<String>,
+}
+
+/// A signed portal link: show it in an iframe on your site, or redirect your customer to
+/// it. It opens the portal for this application only, until `expires_at`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Created {
+    url: String,
+    expires_at: DateTime<Utc>,
+}
+
+/// Opens a customer portal session for one application: a signed, short-lived link.
+#[utoipa::path(
+    post,
+    path = "/apps/{app}/portal",
+    tag = "portal",
+    params(AppParam),
+    request_body(content = Option<CreateLink>, description = "Optional: `{}` or no body takes the defaults."),
+    responses((status = 201, body = Created))
+)]
+async fn create(
+    State(state): State<ServerState>,
+    Path(app): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Created>)> {
+    let body: CreateLink = optional_body(&body)?;
+    let app = state.app_id(&app).await?;
+    let lifetime = body
+        .expires_in
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_LIFETIME);
+    if lifetime < Duration::from_secs(60) || lifetime > MAX_LIFETIME {
+        return Err(ApiError::Invalid(
+            "expires_in must be between 60 and 604800 seconds".into(),
+        ));
+    }
+    if let Some(url) = &body.return_url {
+        let ok = url.len() <= MAX_RETURN_URL
+            && url::Url::parse(url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !ok {
+            return Err(ApiError::Invalid(
+                "return_url must be an http(s):// URL of at most 2048 bytes".into(),
+            ));
+        }
+    }
+    let expires_at = Utc::now() + lifetime;
+    let session = sign(&state.config, app, expires_at, body.return_url.as_deref());
+    tracing::info!(%app, %expires_at, "portal link created");
+    Ok((
+        StatusCode::CREATED,
+        Json(Created {
+            url: format!("{}/portal/{session}/", state.config.public_url),
+            expires_at,
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::from_lookup(|k| match k {
+            "DATABASE_URL" => Some("postgres://localhost/herald".into()),
+            "HERALD_ADMIN_TOKEN" => Some("0123456789abcdef0123".into()),
+            _ => None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_link_opens_its_application_until_it_expires_and_not_once_changed() {
+        let config = config();
+        let app = AppId::new();
+        let later = Utc::now() + chrono::Duration::hours(1);
+        let session = sign(&config, app, later, Some("https://acme.example/settings"));
+        let link = verify(&config, &session).unwrap();
+        assert_eq!(link.app, app);
+        assert_eq!(
+            link.return_url.as_deref(),
+            Some("https://acme.example/settings")
+        );
+
+        // Another application's id, a later expiry, a cut or changed tag: all refused.
+        let other = session.replacen(&app.to_string(), &AppId::new().to_string(), 1);
+        assert_eq!(verify(&config, &other).unwrap_err(), Refusal::Invalid);
+        let (body, tag) = session.rsplit_once('.').unwrap();
+        let mut parts: Vec<&str> = body.split('.').collect();
+        let longer = (later.timestamp() + 86400).to_string();
+        parts[1] = &longer;
+        assert_eq!(
+            verify(&config, &format!("{}.{tag}", parts.join("."))).unwrap_err(),
+            Refusal::Invalid
+        );
+        assert_eq!(verify(&config, body).unwrap_err(), Refusal::Invalid);
+        assert_eq!(verify(&config, "").unwrap_err(), Refusal::Invalid);
+        let last = if tag.ends_with('0') { '1' } else { '0' };
+        let flipped = format!("{body}.{}{last}", &tag[..tag.len() - 1]);
+        assert!(verify(&config, &flipped).is_err());
+
+        let past = sign(
+            &config,
+            app,
+            Utc::now() - chrono::Duration::seconds(1),
+            None,
+        );
+        assert_eq!(verify(&config, &past).unwrap_err(), Refusal::Expired);
+    }
+}

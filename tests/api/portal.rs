@@ -1,0 +1,557 @@
+//! The customer portal over HTTP, without JavaScript: links signed by the API, pages and
+//! forms limited to one application, refused links, escaping, and the headers that let
+//! another site frame it (tests/api/browser.rs frames it in a real browser).
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use reqwest::redirect::Policy;
+use serde_json::{Value, json};
+
+use crate::helpers::{Receiver, Reply, TOKEN, TestServer, all_delivered, answer, spawn_app_with};
+
+/// A portal session in a client that keeps no cookies (as a framed page in a browser that
+/// blocks third-party cookies).
+pub struct PortalClient {
+    pub http: reqwest::Client,
+    /// `http://host:port/portal/<session>` (no trailing slash).
+    pub base: String,
+}
+
+impl PortalClient {
+    pub async fn open(server: &TestServer, app: &str) -> Self {
+        let (status, link) = server.post(&format!("/apps/{app}/portal"), json!({})).await;
+        assert_eq!(status, StatusCode::CREATED, "{link}");
+        Self::at(link["url"].as_str().unwrap())
+    }
+
+    pub fn at(url: &str) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(Policy::none())
+                .build()
+                .unwrap(),
+            base: url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.text().await.unwrap())
+    }
+
+    pub async fn csrf(&self) -> String {
+        let (_, html) = self.get("/").await;
+        let at = html.find("name=\"csrf\" value=\"").expect("a form") + 19;
+        html[at..at + 64].to_owned()
+    }
+
+    pub async fn post(&self, path: &str, form: &[(&str, &str)]) -> (StatusCode, String) {
+        let csrf = self.csrf().await;
+        let mut fields = vec![("csrf", csrf.as_str())];
+        fields.extend_from_slice(form);
+        self.post_raw(path, &fields, None).await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        origin: Option<&str>,
+    ) -> (StatusCode, String) {
+        let mut r = self.http.post(format!("{}{path}", self.base)).form(form);
+        if let Some(origin) = origin {
+            r = r.header("origin", origin);
+        }
+        let r = r.send().await.unwrap();
+        (r.status(), r.text().await.unwrap())
+    }
+}
+
+fn endpoint_id_in(html: &str) -> String {
+    let at = html.find("<code>ep_").expect("an endpoint id") + 6;
+    html[at..at + 35].to_owned()
+}
+
+#[tokio::test]
+async fn a_portal_link_is_made_by_whoever_manages_that_applications_endpoints() {
+    let server = spawn_app_with(&[]).await;
+    let a = server.create_app().await;
+    let b = server.create_app().await;
+    let (status, link) = server
+        .post(
+            &format!("/apps/{a}/portal"),
+            json!({"expires_in": 600, "return_url": "https://acme.example/settings"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{link}");
+    let url = link["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("http://{}/portal/", server.addr)),
+        "{url}"
+    );
+    let expires: chrono::DateTime<chrono::Utc> =
+        link["expires_at"].as_str().unwrap().parse().unwrap();
+    let left = expires - chrono::Utc::now();
+    assert!(left > chrono::Duration::seconds(590) && left <= chrono::Duration::seconds(600));
+    // Without a body: an hour.
+    let r = server
+        .http
+        .post(server.url(&format!("/apps/{a}/portal")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    let token = |scopes: Value| {
+        let server = &server;
+        let a = a.clone();
+        async move {
+            let (_, t) = server
+                .post("/tokens", json!({"name": "t", "app": a, "scopes": scopes}))
+                .await;
+            t["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let manager = token(json!(["endpoints:manage"])).await;
+    let reader = token(json!(["messages:read"])).await;
+    let post_as = |secret: String, app: String| {
+        let server = &server;
+        async move {
+            answer(
+                server
+                    .http
+                    .post(server.url(&format!("/apps/{app}/portal")))
+                    .bearer_auth(secret)
+                    .json(&json!({}))
+                    .send()
+                    .await,
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(
+        post_as(manager.clone(), a.clone()).await,
+        StatusCode::CREATED
+    );
+    assert_eq!(post_as(manager, b.clone()).await, StatusCode::NOT_FOUND);
+    assert_eq!(post_as(reader, a.clone()).await, StatusCode::FORBIDDEN);
+
+    for bad in [
+        json!({"expires_in": 10}),
+        json!({"expires_in": 30 * 86400}),
+        json!({"return_url": "javascript:alert(1)"}),
+        json!({"return_url": "not a url"}),
+        json!({"lifetime": 60}),
+    ] {
+        let (status, err) = server.post(&format!("/apps/{a}/portal"), bad.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {err}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_customer_manages_their_endpoints_and_sees_their_messages_in_the_portal() {
+    let server = spawn_app_with(&[("HERALD_PORTAL_FRAME_ANCESTORS", "https://saas.example")]).await;
+    let receiver = Receiver::answering(Reply::status(200).with_body("thanks <b>herald</b>")).await;
+    let app = server.create_app().await;
+    let portal = PortalClient::open(&server, &app).await;
+
+    // The first page, and the headers that let only the listed origin frame it.
+    let r = portal
+        .http
+        .get(format!("{}/", portal.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("frame-ancestors https://saas.example"),
+        "{csp}"
+    );
+    assert_eq!(r.headers()["referrer-policy"], "no-referrer");
+    assert!(
+        r.headers().get("set-cookie").is_none(),
+        "the portal sets no cookie"
+    );
+    assert!(r.headers().get("x-frame-options").is_none());
+    let html = r.text().await.unwrap();
+    assert!(html.contains("Your endpoints"), "{html}");
+    // The operator's dashboard still may not be framed.
+    let dash = server
+        .http
+        .get(format!("http://{}/login", server.addr))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        dash.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+
+    // Create an endpoint: its secret is shown, and the API sees it.
+    let url = receiver.url();
+    let (status, page) = portal
+        .post(
+            "/endpoints",
+            &[
+                ("url", &url),
+                ("description", "Billing hooks"),
+                ("event_types", "invoice.paid, invoice.voided"),
+                ("rate_limit", ""),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("whsec_"),
+        "the new endpoint's secret is shown"
+    );
+    let ep = endpoint_id_in(&page);
+    let (_, listed) = server.get(&format!("/apps/{app}/endpoints")).await;
+    assert_eq!(listed["data"][0]["id"], ep.as_str());
+    assert_eq!(listed["data"][0]["description"], "Billing hooks");
+    assert_eq!(
+        listed["data"][0]["event_types"],
+        json!(["invoice.paid", "invoice.voided"])
+    );
+
+    // A bad URL comes back with why, and nothing is created.
+    let (status, page) = portal
+        .post("/endpoints", &[("url", "ftp://nope"), ("rate_limit", "")])
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("form-error"), "{page}");
+    assert_eq!(
+        server.get(&format!("/apps/{app}/endpoints")).await.1["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Edit, disable, enable, reveal, rotate.
+    let path = format!("/endpoints/{ep}");
+    let (status, page) = portal
+        .post(
+            &path,
+            &[
+                ("url", &url),
+                ("description", "Renamed"),
+                ("event_types", ""),
+                ("rate_limit", "50"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let (_, shown) = server.get(&format!("/apps/{app}/endpoints/{ep}")).await;
+    assert_eq!(
+        (
+            shown["description"].clone(),
+            shown["rate_limit"].clone(),
+            shown["event_types"].clone()
+        ),
+        (json!("Renamed"), json!(50), json!([]))
+    );
+    portal
+        .post(&format!("{path}/state"), &[("disabled", "true")])
+        .await;
+    assert_eq!(
+        server.get(&format!("/apps/{app}/endpoints/{ep}")).await.1["disabled"],
+        true
+    );
+    portal
+        .post(&format!("{path}/state"), &[("disabled", "false")])
+        .await;
+    assert_eq!(
+        server.get(&format!("/apps/{app}/endpoints/{ep}")).await.1["disabled"],
+        false
+    );
+    let (_, secret) = server
+        .get(&format!("/apps/{app}/endpoints/{ep}/secret"))
+        .await;
+    let (_, page) = portal.post(&format!("{path}/secret"), &[]).await;
+    assert!(
+        page.contains(secret["secret"].as_str().unwrap()),
+        "reveal shows the secret"
+    );
+    let (_, page) = portal.post(&format!("{path}/rotate"), &[]).await;
+    let (_, rotated) = server
+        .get(&format!("/apps/{app}/endpoints/{ep}/secret"))
+        .await;
+    assert_ne!(rotated, secret);
+    assert!(page.contains(rotated["secret"].as_str().unwrap()));
+
+    // A message sent through the API shows up with its attempt and the endpoint's answer.
+    let msg = server
+        .send(&app, "invoice.paid", json!({"amount": 42}))
+        .await;
+    server
+        .wait_for_message(&app, &msg, Duration::from_secs(10), all_delivered)
+        .await;
+    let (_, list) = portal.get("/messages").await;
+    assert!(list.contains(&msg), "{list}");
+    let (status, page) = portal.get(&format!("/messages/{msg}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("&#34;amount&#34;: 42"), "{page}");
+    assert!(
+        page.contains("thanks &#60;b&#62;herald&#60;/b&#62;"),
+        "the answer, escaped: {page}"
+    );
+    assert!(page.contains("succeeded"));
+
+    // Replay and recover without JavaScript.
+    let (status, page) = portal
+        .post(&format!("/messages/{msg}/replay"), &[("endpoint_id", "")])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("Sending again to 1 endpoint"), "{page}");
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+    let (status, page) = portal
+        .post(&format!("{path}/recover"), &[("since", "2020-01-01T00:00")])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("Resending"), "{page}");
+
+    // Delete (confirmed only).
+    let (status, _) = portal.post(&format!("{path}/delete"), &[]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, page) = portal
+        .post(&format!("{path}/delete"), &[("confirm", "yes")])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(
+        server.get(&format!("/apps/{app}/endpoints/{ep}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn forms_need_the_sessions_token_and_this_origin() {
+    let server = spawn_app_with(&[]).await;
+    let app = server.create_app().await;
+    let portal = PortalClient::open(&server, &app).await;
+    let form = [("url", "https://example.com/hook"), ("rate_limit", "")];
+    let csrf = portal.csrf().await;
+    let mut with_token = vec![("csrf", csrf.as_str())];
+    with_token.extend_from_slice(&form);
+    for (fields, origin) in [
+        (form.to_vec(), None),
+        (
+            {
+                let mut f = vec![("csrf", "0".repeat(64).leak() as &str)];
+                f.extend_from_slice(&form);
+                f
+            },
+            None,
+        ),
+        (with_token.clone(), Some("https://evil.example")),
+    ] {
+        let (status, page) = portal.post_raw("/endpoints", &fields, origin).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    }
+    // Another application's session token is not this one's.
+    let other = PortalClient::open(&server, &server.create_app().await).await;
+    let theirs = other.csrf().await;
+    let mut fields = vec![("csrf", theirs.as_str())];
+    fields.extend_from_slice(&form);
+    assert_eq!(
+        portal.post_raw("/endpoints", &fields, None).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert!(
+        server.get(&format!("/apps/{app}/endpoints")).await.1["data"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // The right token from our own origin goes through.
+    let origin = format!("http://{}", server.addr);
+    assert_eq!(
+        portal
+            .post_raw("/endpoints", &with_token, Some(&origin))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tampered_expired_and_other_applications_links_are_refused_with_a_page() {
+    let server = spawn_app_with(&[("HERALD_ALLOW_PRIVATE_TARGETS", "true")]).await;
+    let receiver = Receiver::start().await;
+    let (a, _, _) = server.app_with_endpoint(&receiver).await;
+    let (b, b_ep, _) = server.app_with_endpoint(&receiver).await;
+    let b_msg = server.send(&b, "invoice.paid", json!({})).await;
+    server
+        .wait_for_message(&b, &b_msg, Duration::from_secs(10), all_delivered)
+        .await;
+    let portal = PortalClient::open(&server, &a).await;
+
+    // Tampered: a character of the signature changed, or the application swapped.
+    let session = portal.base.rsplit('/').next().unwrap().to_owned();
+    let last = session.chars().last().unwrap();
+    let flipped = format!(
+        "{}{}",
+        &session[..session.len() - 1],
+        if last == '0' { '1' } else { '0' }
+    );
+    let swapped = session.replacen(&a, &b, 1);
+    for s in [flipped, swapped, "nonsense".into(), format!("{session}x")] {
+        let client = PortalClient::at(&format!("http://{}/portal/{s}", server.addr));
+        let (status, page) = client.get("/").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{s}");
+        assert!(page.contains("This link is not valid"), "{page}");
+        let (status, _) = client
+            .post_raw("/endpoints", &[("url", "https://x.example")], None)
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = client.get("/stream").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+
+    // Expired: signed for a moment that has passed.
+    let config = herald::config::Config::from_lookup(|k| match k {
+        "DATABASE_URL" => Some(server.db_url.clone()),
+        "HERALD_ADMIN_TOKEN" => Some(TOKEN.into()),
+        _ => None,
+    })
+    .unwrap();
+    let past = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let expired = herald::http::portal::link::sign(&config, a.parse().unwrap(), past, None);
+    let client = PortalClient::at(&format!("http://{}/portal/{expired}", server.addr));
+    let (status, page) = client.get("/").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(page.contains("This link has expired"), "{page}");
+
+    // A's session with B's ids: not found, and nothing of B changes.
+    let before = (
+        server.get(&format!("/apps/{b}/endpoints/{b_ep}")).await,
+        server
+            .get(&format!("/apps/{b}/endpoints/{b_ep}/secret"))
+            .await,
+        server.attempts(&b, &b_msg).await.len(),
+    );
+    for path in [format!("/endpoints/{b_ep}"), format!("/messages/{b_msg}")] {
+        let (status, page) = portal.get(&path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {page}");
+    }
+    for (path, form) in [
+        (
+            format!("/endpoints/{b_ep}"),
+            vec![("url", "https://evil.example/"), ("rate_limit", "")],
+        ),
+        (
+            format!("/endpoints/{b_ep}/state"),
+            vec![("disabled", "true")],
+        ),
+        (
+            format!("/endpoints/{b_ep}/delete"),
+            vec![("confirm", "yes")],
+        ),
+        (format!("/endpoints/{b_ep}/secret"), vec![]),
+        (format!("/endpoints/{b_ep}/rotate"), vec![]),
+        (
+            format!("/endpoints/{b_ep}/recover"),
+            vec![("since", "2020-01-01T00:00")],
+        ),
+        (
+            format!("/messages/{b_msg}/replay"),
+            vec![("endpoint_id", "")],
+        ),
+        (
+            format!("/messages/{b_msg}/replay"),
+            vec![("endpoint_id", b_ep.as_str())],
+        ),
+    ] {
+        let (status, page) = portal.post(&path, &form).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {page}");
+        assert!(!page.contains("whsec_"), "{path} showed a secret");
+    }
+    let (status, _) = portal.get(&format!("/stream?app={b}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = (
+        server.get(&format!("/apps/{b}/endpoints/{b_ep}")).await,
+        server
+            .get(&format!("/apps/{b}/endpoints/{b_ep}/secret"))
+            .await,
+        server.attempts(&b, &b_msg).await.len(),
+    );
+    assert_eq!(before, after, "B changed through A's portal");
+
+    // An application removed since the link was made.
+    assert_eq!(
+        server.delete(&format!("/apps/{a}")).await.0,
+        StatusCode::ACCEPTED
+    );
+    let (status, page) = portal.get("/").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(page.contains("no longer exists"), "{page}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn what_customers_and_brands_supply_comes_out_escaped() {
+    let server = spawn_app_with(&[]).await;
+    let evil = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>";
+    let receiver = Receiver::answering(Reply::status(500).with_body(evil)).await;
+    let (status, created) = server
+        .post(
+            "/apps",
+            json!({"name": evil, "portal_brand": {"product_name": evil}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let app = created["id"].as_str().unwrap().to_owned();
+    let (ep, _) = server
+        .create_endpoint(&app, json!({"url": receiver.url(), "description": evil}))
+        .await;
+    let msg = server
+        .send(&app, "invoice.paid", json!({"note": evil}))
+        .await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let portal = PortalClient::open(&server, &app).await;
+    let (_, form_page) = portal
+        .post(
+            "/endpoints",
+            &[
+                ("url", "https://example.com/x"),
+                ("description", evil),
+                ("event_types", evil),
+                ("rate_limit", evil),
+            ],
+        )
+        .await;
+    for (what, page) in [
+        ("endpoints", portal.get("/").await.1),
+        ("endpoint", portal.get(&format!("/endpoints/{ep}")).await.1),
+        ("message", portal.get(&format!("/messages/{msg}")).await.1),
+        ("messages", portal.get("/messages").await.1),
+        ("refused form", form_page),
+    ] {
+        assert!(!page.contains("<script>alert"), "{what}: raw script");
+        assert!(!page.contains("<img src=x"), "{what}: raw tag");
+        assert!(
+            page.contains("&#60;script&#62;"),
+            "{what}: the text is shown, escaped"
+        );
+    }
+    server.stop().await;
+}
