@@ -555,3 +555,96 @@ async fn what_customers_and_brands_supply_comes_out_escaped() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_dashboard_opens_an_applications_portal_with_a_fresh_link() {
+    let server = spawn_app_with(&[]).await;
+    let app = server.create_app().await;
+    let mut browser = crate::dashboard::Browser::new(&server);
+    browser.login().await;
+    let page = format!("/apps/{app}");
+    let csrf = browser.csrf(&page).await;
+    assert!(browser.page(&page).await.contains("Open portal"));
+    let r = browser
+        .post_form(&format!("/apps/{app}/portal"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status(), 303);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with("/portal/"), "{location}");
+    // It opens without the operator's cookie: the link alone is the session.
+    let portal = PortalClient::at(&format!("http://{}{location}", server.addr));
+    let (status, html) = portal.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("Your endpoints"));
+    // Without the form's token, nothing is opened.
+    let r = browser.post_form(&format!("/apps/{app}/portal"), &[]).await;
+    assert_eq!(r.status(), 403);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_portals_channel_replays_its_applications_messages_only() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let server = spawn_app_with(&[]).await;
+    let receiver = Receiver::start().await;
+    let (a, _, _) = server.app_with_endpoint(&receiver).await;
+    let (b, _, _) = server.app_with_endpoint(&receiver).await;
+    let a_msg = server.send(&a, "invoice.paid", json!({})).await;
+    let b_msg = server.send(&b, "invoice.paid", json!({})).await;
+    server
+        .wait_for_message(&a, &a_msg, Duration::from_secs(10), all_delivered)
+        .await;
+    server
+        .wait_for_message(&b, &b_msg, Duration::from_secs(10), all_delivered)
+        .await;
+    let portal = PortalClient::open(&server, &a).await;
+    let ws_url = format!("{}/ws", portal.base.replacen("http://", "ws://", 1));
+    let open = |origin: Option<String>| {
+        let ws_url = ws_url.clone();
+        async move {
+            let mut request = ws_url.into_client_request().unwrap();
+            if let Some(o) = origin {
+                request.headers_mut().insert("origin", o.parse().unwrap());
+            }
+            tokio_tungstenite::connect_async(request).await
+        }
+    };
+    // A page elsewhere cannot drive it, nor a client that says no origin.
+    assert!(open(Some("https://evil.example".into())).await.is_err());
+    assert!(open(None).await.is_err());
+    let (mut ws, _) = open(Some(format!("http://{}", server.addr))).await.unwrap();
+    let mut answer = async |command: Value| {
+        ws.send(Message::Text(command.to_string().into()))
+            .await
+            .unwrap();
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if let Message::Text(t) = frame {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["req"] == command["req"] {
+                    return v;
+                }
+            }
+        }
+    };
+    let refused = answer(json!({"req": "1", "op": "replay", "message_id": b_msg})).await;
+    assert_eq!(refused["code"], "not_found", "{refused}");
+    let refused = answer(json!({"req": "2", "op": "replay", "message_id": b_msg, "app": b})).await;
+    assert_eq!(refused["code"], "not_found", "{refused}");
+    let done = answer(json!({"req": "3", "op": "replay", "message_id": a_msg})).await;
+    assert_eq!(done["type"], "ack", "{done}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        server.attempts(&b, &b_msg).await.len(),
+        1,
+        "B's message was sent again"
+    );
+    server.stop().await;
+}

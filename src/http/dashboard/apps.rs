@@ -3,9 +3,11 @@
 use askama::Template;
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
+use axum::response::{IntoResponse, Redirect};
+use axum::routing::{get, post};
+use chrono::Utc;
 
-use super::session::Session;
+use super::session::{Checked, Session, TokenOnly};
 use super::view::{
     EndpointRow, PAGE_ROWS, bad_filter, form_time_text, form_time_value, query_of, stamp,
 };
@@ -20,6 +22,21 @@ pub(super) fn routes() -> Router<ServerState> {
     Router::new()
         .route("/apps", get(apps))
         .route("/apps/{app}", get(app))
+        .route("/apps/{app}/portal", post(open_portal))
+}
+
+/// "Open portal": a fresh link to the application's customer portal, as
+/// `POST /api/v1/apps/{app}/portal` makes them, followed at once.
+async fn open_portal(
+    State(state): State<ServerState>,
+    Path(app): Path<String>,
+    Checked { .. }: Checked<TokenOnly>,
+) -> PageResult {
+    let app = state.app_id(&app).await?;
+    let expires_at = Utc::now() + crate::http::portal::link::DEFAULT_LIFETIME;
+    let session = crate::http::portal::link::sign(&state.config, app, expires_at, None);
+    tracing::info!(%app, "portal opened from the dashboard");
+    Ok(Redirect::to(&format!("/portal/{session}/")).into_response())
 }
 
 struct AppRow {
