@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
-use crate::helpers::{Receiver, TOKEN, spawn_app};
+use crate::helpers::{Receiver, TOKEN, spawn_app, spawn_app_with};
 
 /// How long the page may take to show what a step waits for.
 const UI: Duration = Duration::from_secs(10);
@@ -72,7 +72,9 @@ async fn browser() -> Option<(Driver, Client)> {
     let mut chrome = json!({
         // --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
         "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                 "--disable-gpu", "--window-size=1400,1100"]
+                 "--disable-gpu", "--window-size=1400,1100"],
+        // As browsers increasingly do: a framed portal must work without cookies.
+        "prefs": {"profile.block_third_party_cookies": true}
     });
     if let Some(binary) = find_program(&["chromium", "chromium-browser", "google-chrome"]) {
         chrome["binary"] = json!(binary);
@@ -235,5 +237,158 @@ async fn an_attempt_appears_on_the_overview_without_a_reload() {
         )
         .unwrap();
     }
+    // A form that changes state, posted by the browser itself (its Origin and CSRF token
+    // must both check out).
+    client
+        .goto(&format!("{base}/apps/{app_id}/endpoints/{ep}"))
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("form[action$='/state'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    shows(
+        &client,
+        UI,
+        Locator::XPath("//p[@class='flash'][contains(., 'Endpoint disabled')]"),
+        "the disable form goes through",
+    )
+    .await;
+    client.close().await.unwrap();
+}
+
+/// The customer portal framed by another site: a parent page on `http://localhost:P`
+/// frames the portal on `http://127.0.0.1:Q` (another origin, in a browser that blocks
+/// third-party cookies); the customer adds an endpoint through the frame's form, a message
+/// is sent through the API, and its attempt appears in the frame without a reload.
+#[tokio::test]
+async fn the_portal_works_framed_by_another_site() {
+    let Some((_driver, client)) = browser().await else {
+        return;
+    };
+    // The parent site: one page with the portal in an iframe.
+    let parent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let parent_port = parent.local_addr().unwrap().port();
+    let parent_origin = format!("http://localhost:{parent_port}");
+    let app = spawn_app_with(&[("HERALD_PORTAL_FRAME_ANCESTORS", &parent_origin)]).await;
+    let receiver = Receiver::start().await;
+    let app_id = app.create_app().await;
+    let (_, link) = app
+        .post(
+            &format!("/apps/{app_id}/portal"),
+            json!({"return_url": format!("{parent_origin}/")}),
+        )
+        .await;
+    let url = link["url"].as_str().unwrap().to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let html = format!(
+        "<!doctype html><title>Acme settings</title><h1>Acme: webhooks</h1>\
+         <iframe id=portal src=\"{url}\" width=1300 height=900></iframe>"
+    );
+    let site = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || {
+            let html = html.clone();
+            async move { axum::response::Html(html) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(parent, site).await });
+
+    client.goto(&format!("{parent_origin}/")).await.unwrap();
+    let frame = shows(&client, UI, Locator::Id("portal"), "the parent page").await;
+    frame.enter_frame().await.unwrap();
+    shows(
+        &client,
+        UI,
+        Locator::Id("create-endpoint"),
+        "the portal in the frame",
+    )
+    .await;
+    client
+        .find(Locator::Css("#create-endpoint input[name=url]"))
+        .await
+        .unwrap()
+        .send_keys(&receiver.url())
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#create-endpoint input[name=description]"))
+        .await
+        .unwrap()
+        .send_keys("From the frame")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#create-endpoint button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let secret = shows(
+        &client,
+        UI,
+        Locator::Id("secret"),
+        "the new endpoint's secret",
+    )
+    .await;
+    assert!(secret.text().await.unwrap().starts_with("whsec_"));
+    let (_, endpoints) = app.get(&format!("/apps/{app_id}/endpoints")).await;
+    assert_eq!(endpoints["data"][0]["description"], "From the frame");
+
+    // Back to the endpoints page, following the feed, then a message through the API.
+    client
+        .find(Locator::LinkText("Your endpoints"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    shows(
+        &client,
+        UI,
+        Locator::Css("#live:not([hidden])"),
+        "the frame follows the feed",
+    )
+    .await;
+    client
+        .execute("window.heraldMarker = 'same page'; return true;", vec![])
+        .await
+        .unwrap();
+    let msg = app
+        .send(&app_id, "invoice.paid", json!({"amount": 42}))
+        .await;
+    let row = format!("//table[@id='attempts']//tr[.//code[text()='{msg}']]");
+    let row = shows(
+        &client,
+        UI,
+        Locator::XPath(&row),
+        "the attempt appears live in the frame",
+    )
+    .await;
+    assert!(row.text().await.unwrap().contains("succeeded"));
+    let marker = client
+        .execute("return window.heraldMarker;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(marker, json!("same page"), "the frame was reloaded");
+    // No cookie was needed, and none was set.
+    let cookies = client
+        .execute("return document.cookie;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(cookies, json!(""));
+
+    client.enter_parent_frame().await.unwrap();
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&shots).unwrap();
+    std::fs::write(
+        shots.join("portal-framed.png"),
+        client.screenshot().await.unwrap(),
+    )
+    .unwrap();
     client.close().await.unwrap();
 }

@@ -171,7 +171,7 @@ async fn pages_are_not_cached_framed_or_given_foreign_scripts() {
     let check = |path: &str, r: &reqwest::Response| {
         let h = r.headers();
         assert_eq!(h["cache-control"], "no-store", "{path}");
-        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        assert_eq!(h["referrer-policy"], "same-origin", "{path}");
         let csp = h["content-security-policy"].to_str().unwrap();
         for directive in [
             "script-src 'self'",

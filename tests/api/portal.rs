@@ -180,7 +180,7 @@ async fn a_customer_manages_their_endpoints_and_sees_their_messages_in_the_porta
         csp.contains("frame-ancestors https://saas.example"),
         "{csp}"
     );
-    assert_eq!(r.headers()["referrer-policy"], "no-referrer");
+    assert_eq!(r.headers()["referrer-policy"], "same-origin");
     assert!(
         r.headers().get("set-cookie").is_none(),
         "the portal sets no cookie"

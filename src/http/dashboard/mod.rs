@@ -61,7 +61,10 @@ async fn page_headers(mut response: Response) -> Response {
         CONTENT_SECURITY_POLICY_HEADER,
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),
     );
-    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // `same-origin`: ids stay out of other sites' logs, and forms still carry a real
+    // `Origin` (with `no-referrer` a browser sends `Origin: null`, which the CSRF check
+    // refuses).
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     if !headers.contains_key(CACHE_CONTROL) {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));

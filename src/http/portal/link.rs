@@ -6,7 +6,7 @@
 //! accepts it, and rotating the admin token ends every portal session at once. The session
 //! travels in the URL, not in a cookie, so a portal framed by another site works in
 //! browsers that refuse third-party cookies; pages send no referrer, so it does not leak to
-//! the sites they link to.
+//! the sites they link to (`Referrer-Policy: same-origin`).
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! The pages are askama, work without JavaScript and follow the feed with the dashboard's
 //! `live.js`, pointed at the portal's own stream and channel. Forms carry a CSRF token
 //! derived from the session and must come from this origin. Pages may be framed only by
-//! the origins in `HERALD_PORTAL_FRAME_ANCESTORS`, and send no referrer.
+//! the origins in `HERALD_PORTAL_FRAME_ANCESTORS`, and send no referrer to other sites.
 
 mod forms;
 pub mod link;
@@ -181,8 +181,8 @@ impl IntoResponse for Failed {
 
 pub type PortalResult = Result<Response, Failed>;
 
-/// Framing by the origins the operator listed only; no referrer (the session is in the
-/// URL); nothing cached; scripts, styles and connections from this origin only; images
+/// Framing by the origins the operator listed only; no referrer to other sites (the
+/// session is in the URL); nothing cached; scripts, styles and connections from this origin only; images
 /// from here or over https (a brand's logo).
 async fn portal_headers(
     State(state): State<ServerState>,
@@ -199,7 +199,9 @@ async fn portal_headers(
     if let Ok(policy) = HeaderValue::from_str(&policy) {
         headers.insert(CONTENT_SECURITY_POLICY, policy);
     }
-    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // `same-origin`, not `no-referrer`: a browser sends `Origin: null` with the forms of a
+    // page that sends no referrer, and the forms' origin check needs the real one.
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     if !headers.contains_key(CACHE_CONTROL) {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
