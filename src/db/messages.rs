@@ -139,6 +139,48 @@ pub async fn send(
     })
 }
 
+/// The event type of a test event (`send_test`).
+pub const TEST_EVENT_TYPE: &str = "herald.test";
+
+/// Sends a test event (`herald.test`, with `payload`) to one endpoint of `app` only, as
+/// an ordinary message through the outbox: stored, signed, retried and shown like any
+/// other. In one transaction: the message is enqueued, the deliveries it made for other
+/// endpoints are dropped before anyone could see them, and the endpoint gets one whether
+/// or not it subscribes to the type (the `replay` path, so its attempt says `replay`).
+pub async fn send_test(
+    db: &mut PgConnection,
+    app: AppId,
+    endpoint: EndpointId,
+    payload: &str,
+) -> sqlx::Result<Result<MessageId, crate::db::replays::Refused>> {
+    let mut tx = db.begin().await?;
+    let Some(sent) = send(
+        &mut *tx,
+        &app.to_string(),
+        TEST_EVENT_TYPE,
+        payload,
+        None,
+        None,
+    )
+    .await?
+    else {
+        return Ok(Err(crate::db::replays::Refused::NotFound("application")));
+    };
+    let id = sent.message.id;
+    sqlx::query("delete from delivery where message_id = $1 and endpoint_id <> $2")
+        .bind(id)
+        .bind(endpoint)
+        .execute(&mut *tx)
+        .await?;
+    if let Err(refused) =
+        crate::db::replays::replay_message(&mut tx, id, Some(app), Some(endpoint)).await?
+    {
+        return Ok(Err(refused));
+    }
+    tx.commit().await?;
+    Ok(Ok(id))
+}
+
 pub async fn find(
     db: impl PgExecutor<'_>,
     app_id: AppId,

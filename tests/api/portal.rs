@@ -466,6 +466,7 @@ async fn tampered_expired_and_other_applications_links_are_refused_with_a_page()
         ),
         (format!("/endpoints/{b_ep}/secret"), vec![]),
         (format!("/endpoints/{b_ep}/rotate"), vec![]),
+        (format!("/endpoints/{b_ep}/test"), vec![]),
         (
             format!("/endpoints/{b_ep}/recover"),
             vec![("since", "2020-01-01T00:00")],
@@ -646,5 +647,48 @@ async fn the_portals_channel_replays_its_applications_messages_only() {
         1,
         "B's message was sent again"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_test_event_goes_to_the_one_endpoint_it_was_sent_from() {
+    let server = spawn_app_with(&[]).await;
+    let picky = Receiver::start().await;
+    let everything = Receiver::start().await;
+    let app = server.create_app().await;
+    let (ep, secret) = server
+        .create_endpoint(
+            &app,
+            json!({"url": picky.url(), "event_types": ["invoice.paid"]}),
+        )
+        .await;
+    server
+        .create_endpoint(&app, json!({"url": everything.url()}))
+        .await;
+    let portal = PortalClient::open(&server, &app).await;
+    let (status, page) = portal.post(&format!("/endpoints/{ep}/test"), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("Test event msg_"), "{page}");
+    let got = picky.wait_for(1, Duration::from_secs(10)).await;
+    assert!(got[0].verify(&secret), "signed like any other");
+    let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["type"], "herald.test");
+    assert!(body.to_string().contains(&ep), "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        everything.count(),
+        0,
+        "a test event reached another endpoint"
+    );
+    assert_eq!(picky.count(), 1);
+    // A disabled endpoint is not sent one.
+    server
+        .patch(
+            &format!("/apps/{app}/endpoints/{ep}"),
+            json!({"disabled": true}),
+        )
+        .await;
+    let (status, page) = portal.post(&format!("/endpoints/{ep}/test"), &[]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
     server.stop().await;
 }

@@ -332,3 +332,39 @@ pub(super) async fn replay(
     };
     message_page(&state, &portal, &msg, Some(flash)).await
 }
+
+pub(super) async fn send_test(
+    State(state): State<ServerState>,
+    Path((_, ep)): Path<(String, String)>,
+    Posted { portal, .. }: Posted<TokenOnly>,
+) -> PortalResult {
+    let id = endpoint_id(&portal, &ep)?;
+    let payload = serde_json::json!({
+        "type": db::messages::TEST_EVENT_TYPE,
+        "endpoint_id": id,
+        "sent_at": Utc::now(),
+        "note": "A test event sent from the webhook portal.",
+    })
+    .to_string();
+    let sent = async {
+        let mut conn = state.pool.acquire().await?;
+        db::messages::send_test(&mut conn, portal.app.id, id, &payload).await
+    };
+    let sent = sent.await.map_err(|e| failed(&portal)(e.into()))?;
+    let shown = match sent {
+        Ok(message) => Shown {
+            flash: Some(format!(
+                "Test event {message} sent: its attempt appears below."
+            )),
+            ..Shown::default()
+        },
+        Err(crate::db::replays::Refused::NotFound(what)) => {
+            return Err(failed(&portal)(ApiError::NotFound(what)));
+        }
+        Err(refused) => Shown {
+            error: Some(refused.message()),
+            ..Shown::default()
+        },
+    };
+    endpoint_page(&state, &portal, &ep, None, shown).await
+}
