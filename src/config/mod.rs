@@ -351,13 +351,18 @@ fn frame_ancestors(value: Option<String>) -> anyhow::Result<String> {
     };
     let mut sources = vec![];
     for source in value.split([' ', ',']).filter(|s| !s.is_empty()) {
+        let source = source.trim_end_matches('/');
+        // A wildcard only as the first label of a named host: `https://*` would let any
+        // site frame the portal.
         let ok = source == "'self'"
             || source.split_once("://").is_some_and(|(scheme, rest)| {
+                let host = rest.strip_prefix("*.").unwrap_or(rest);
                 matches!(scheme, "http" | "https")
-                    && !rest.is_empty()
-                    && rest
+                    && !host.is_empty()
+                    && !host.starts_with(['.', ':'])
+                    && host
                         .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-.:*[]".contains(c))
+                        .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
             });
         if !ok {
             bail!(
@@ -365,7 +370,7 @@ fn frame_ancestors(value: Option<String>) -> anyhow::Result<String> {
                  https://app.example.com (or 'self')"
             );
         }
-        sources.push(source.trim_end_matches('/'));
+        sources.push(source);
     }
     Ok(if sources.is_empty() {
         "'none'".into()

@@ -182,7 +182,7 @@ fn the_portal_may_be_framed_only_by_the_origins_listed() {
     };
     assert_eq!(config(&BASE).unwrap().portal_frame_ancestors, "'none'");
     assert_eq!(
-        with("https://app.example.com, https://*.example.org http://localhost:3000")
+        with("https://app.example.com/, https://*.example.org http://localhost:3000")
             .unwrap()
             .portal_frame_ancestors,
         "https://app.example.com https://*.example.org http://localhost:3000"
@@ -194,6 +194,9 @@ fn the_portal_may_be_framed_only_by_the_origins_listed() {
         "data:",
         "javascript://x",
         "'unsafe-inline'",
+        "https://*",
+        "http://*:*",
+        "https://*.",
     ] {
         assert!(with(bad).is_err(), "{bad}");
     }

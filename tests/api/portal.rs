@@ -433,7 +433,8 @@ async fn tampered_expired_and_other_applications_links_are_refused_with_a_page()
     })
     .unwrap();
     let past = chrono::Utc::now() - chrono::Duration::seconds(5);
-    let expired = herald::http::portal::link::sign(&config, a.parse().unwrap(), past, None);
+    let all = herald::http::portal::link::GRANTABLE;
+    let expired = herald::http::portal::link::sign(&config, a.parse().unwrap(), all, past, None);
     let client = PortalClient::at(&format!("http://{}/portal/{expired}", server.addr));
     let (status, page) = client.get("/").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -690,5 +691,112 @@ async fn a_test_event_goes_to_the_one_endpoint_it_was_sent_from() {
         .await;
     let (status, page) = portal.post(&format!("/endpoints/{ep}/test"), &[]).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_link_grants_no_more_than_the_token_that_made_it() {
+    let server = spawn_app_with(&[]).await;
+    let receiver = Receiver::start().await;
+    let (app, ep, _) = server.app_with_endpoint(&receiver).await;
+    let msg = server
+        .send(&app, "invoice.paid", json!({"secret": "payload"}))
+        .await;
+    server
+        .wait_for_message(&app, &msg, Duration::from_secs(10), all_delivered)
+        .await;
+    let (_, manager) = server
+        .post(
+            "/tokens",
+            json!({"name": "m", "app": app, "scopes": ["endpoints:manage"]}),
+        )
+        .await;
+    let (status, link) = answer(
+        server
+            .http
+            .post(server.url(&format!("/apps/{app}/portal")))
+            .bearer_auth(manager["token"].as_str().unwrap())
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{link}");
+    let portal = PortalClient::at(link["url"].as_str().unwrap());
+    let (status, home) = portal.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!home.contains("/messages\""), "no Messages link: {home}");
+    assert!(!home.contains("data-stream="), "no live attempts");
+    let (_, page) = portal.get(&format!("/endpoints/{ep}")).await;
+    assert!(!page.contains(&msg), "attempts are shown: {page}");
+    assert!(!page.contains("/recover"), "recover is offered");
+    for path in [
+        "/messages".to_owned(),
+        format!("/messages/{msg}"),
+        "/stream".to_owned(),
+        "/ws".to_owned(),
+    ] {
+        let (status, body) = portal.get(&path).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+        assert!(!body.contains("payload"), "{path}");
+    }
+    for (path, form) in [
+        (format!("/messages/{msg}/replay"), vec![("endpoint_id", "")]),
+        (
+            format!("/endpoints/{ep}/recover"),
+            vec![("since", "2020-01-01T00:00")],
+        ),
+    ] {
+        assert_eq!(
+            portal.post(&path, &form).await.0,
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+    }
+    assert_eq!(receiver.count(), 1, "something was sent again");
+    // Managing endpoints still works.
+    let (status, _) = portal
+        .post(&format!("/endpoints/{ep}/state"), &[("disabled", "true")])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn saving_an_endpoint_keeps_the_credentials_of_its_url() {
+    let server = spawn_app_with(&[]).await;
+    let app = server.create_app().await;
+    let (ep, _) = server
+        .create_endpoint(&app, json!({"url": "https://example.com/hook"}))
+        .await;
+    // Stored before URLs with credentials were refused.
+    sqlx::query(
+        "update herald.endpoint set url = 'https://user:pw@example.com/hook' where id = $1",
+    )
+    .bind(ep.parse::<herald::domain::EndpointId>().unwrap())
+    .execute(&server.pool)
+    .await
+    .unwrap();
+    let portal = PortalClient::open(&server, &app).await;
+    let (_, page) = portal.get(&format!("/endpoints/{ep}")).await;
+    assert!(!page.contains("user:pw"), "the page shows the credentials");
+    let shown = herald::domain::redact_userinfo("https://user:pw@example.com/hook");
+    let (status, page) = portal
+        .post(
+            &format!("/endpoints/{ep}"),
+            &[
+                ("url", &shown),
+                ("description", "new"),
+                ("event_types", ""),
+                ("rate_limit", ""),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let url: String = sqlx::query_scalar("select url from herald.endpoint where id = $1")
+        .bind(ep.parse::<herald::domain::EndpointId>().unwrap())
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+    assert_eq!(url, "https://user:pw@example.com/hook");
     server.stop().await;
 }

@@ -34,7 +34,8 @@ async fn open_portal(
 ) -> PageResult {
     let app = state.app_id(&app).await?;
     let expires_at = Utc::now() + crate::http::portal::link::DEFAULT_LIFETIME;
-    let session = crate::http::portal::link::sign(&state.config, app, expires_at, None);
+    let scopes = crate::http::portal::link::GRANTABLE;
+    let session = crate::http::portal::link::sign(&state.config, app, scopes, expires_at, None);
     tracing::info!(%app, "portal opened from the dashboard");
     Ok(Redirect::to(&format!("/portal/{session}/")).into_response())
 }

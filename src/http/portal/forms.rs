@@ -15,6 +15,7 @@ use crate::db;
 use crate::db::endpoints::EndpointFields;
 use crate::domain::{EndpointId, SigningSecret, Window};
 use crate::error::ApiError;
+use crate::http::access::Scope;
 use crate::http::dashboard::PageError;
 use crate::http::dashboard::view::form_time_value;
 use crate::http::endpoints::settings::EndpointSettings;
@@ -100,8 +101,10 @@ impl EndpointFormBody {
         }
     }
 
-    /// The endpoint these fields describe, checked as the REST API checks it.
-    fn fields(&self, state: &ServerState) -> Result<EndpointFields, String> {
+    /// The endpoint these fields describe, checked as the REST API checks it. A URL sent
+    /// back as `shown` (the stored one as the page showed it, credentials masked) is kept
+    /// as stored.
+    fn fields(&self, state: &ServerState, shown: Option<&str>) -> Result<EndpointFields, String> {
         let rate_limit = match self.rate_limit.trim() {
             "" => None,
             n => Some(
@@ -117,7 +120,10 @@ impl EndpointFormBody {
             .map(str::to_owned)
             .collect();
         EndpointSettings::from_portal(self.description.trim().to_owned(), event_types, rate_limit)
-            .into_fields(Some(self.url.trim()), state.config.allow_private_targets)
+            .into_fields(
+                Some(self.url.trim()).filter(|url| Some(*url) != shown),
+                state.config.allow_private_targets,
+            )
             .map_err(|e| match e {
                 ApiError::Invalid(why) | ApiError::BadRequest(why) => why,
                 other => other.to_string(),
@@ -138,7 +144,7 @@ pub(super) async fn create_endpoint(
     State(state): State<ServerState>,
     Posted { portal, form }: Posted<EndpointFormBody>,
 ) -> PortalResult {
-    let fields = match form.fields(&state) {
+    let fields = match form.fields(&state, None) {
         Ok(fields) => fields,
         Err(why) => return endpoints_page(&state, &portal, form.shown(), Some(why), None).await,
     };
@@ -163,7 +169,12 @@ pub(super) async fn update_endpoint(
     Posted { portal, form }: Posted<EndpointFormBody>,
 ) -> PortalResult {
     let id = endpoint_id(&portal, &ep)?;
-    let fields = match form.fields(&state) {
+    let current = db::endpoints::find(&state.pool, portal.app.id, id)
+        .await
+        .map_err(|e| failed(&portal)(e.into()))?
+        .ok_or_else(|| failed(&portal)(ApiError::NotFound("endpoint")))?;
+    let shown = crate::domain::redact_userinfo(&current.url);
+    let fields = match form.fields(&state, Some(&shown)) {
         Ok(fields) => fields,
         Err(why) => {
             let shown = Shown {
@@ -282,6 +293,7 @@ pub(super) async fn recover(
     Path((_, ep)): Path<(String, String)>,
     Posted { portal, form }: Posted<RecoverForm>,
 ) -> PortalResult {
+    portal.require(Scope::Replay)?;
     let id = endpoint_id(&portal, &ep)?;
     let refuse = |why: &str| Shown {
         error: Some(why.to_owned()),
@@ -318,6 +330,7 @@ pub(super) async fn replay(
     Path((_, msg)): Path<(String, String)>,
     Posted { portal, form }: Posted<ReplayForm>,
 ) -> PortalResult {
+    portal.require(Scope::Replay)?;
     let message = path_id(&msg, "message").map_err(failed(&portal))?;
     let endpoint = match form.endpoint_id.as_str() {
         "" => None,

@@ -1,7 +1,7 @@
 //! Portal links: `POST /apps/{app}/portal` signs one, every portal request checks it.
 //!
 //! A link is `/portal/<session>/`, where the session is
-//! `<app id>.<expiry>.<nonce>.<return URL, base64url>.<HMAC>`, keyed by the admin token like
+//! `<app id>.<expiry>.<nonce>.<scopes>.<return URL, base64url>.<HMAC>`, keyed by the admin token like
 //! the dashboard's sessions: nothing is stored, every process behind a load balancer
 //! accepts it, and rotating the admin token ends every portal session at once. The session
 //! travels in the URL, not in a cookie, so a portal framed by another site works in
@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use base64::Engine;
@@ -23,6 +24,7 @@ use crate::config::Config;
 use crate::domain::AppId;
 use crate::error::{ApiError, ApiResult, Json};
 use crate::http::ServerState;
+use crate::http::access::{Access, Scope};
 use crate::http::dashboard::session::{mac, same};
 use crate::http::openapi::AppParam;
 use crate::http::optional_body;
@@ -34,10 +36,16 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest return URL, in bytes.
 const MAX_RETURN_URL: usize = 2048;
 
+/// What a portal session may do besides managing endpoints: what the credential that made
+/// the link could do, so a link never grants more than its maker has.
+pub const GRANTABLE: &[Scope] = &[Scope::EndpointsManage, Scope::MessagesRead, Scope::Replay];
+
 /// A portal session, once its signature checked out.
 #[derive(Debug, Clone)]
 pub struct Link {
     pub app: AppId,
+    /// Of [`GRANTABLE`]; always `endpoints:manage`.
+    pub scopes: Vec<Scope>,
     pub expires_at: DateTime<Utc>,
     /// Where "Back to …" leads (the SaaS's own page), if the link was made with one.
     pub return_url: Option<String>,
@@ -52,18 +60,26 @@ pub enum Refusal {
     Expired,
 }
 
+/// A session for `app` with `scopes` (those of [`GRANTABLE`] among them) until `expires_at`.
 pub fn sign(
     config: &Config,
     app: AppId,
+    scopes: &[Scope],
     expires_at: DateTime<Utc>,
     return_url: Option<&str>,
 ) -> String {
+    let mask: u8 = GRANTABLE
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| scopes.contains(s))
+        .map(|(i, _)| 1u8 << i)
+        .sum();
     let nonce: String = rand::random::<[u8; 12]>()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
     let ret = URL_SAFE_NO_PAD.encode(return_url.unwrap_or("").as_bytes());
-    let body = format!("{app}.{}.{nonce}.{ret}", expires_at.timestamp());
+    let body = format!("{app}.{}.{nonce}.{mask}.{ret}", expires_at.timestamp());
     let tag = mac(config, "portal", &body);
     format!("{body}.{tag}")
 }
@@ -74,7 +90,8 @@ pub fn verify(config: &Config, session: &str) -> Result<Link, Refusal> {
         return Err(Refusal::Invalid);
     }
     let mut parts = body.split('.');
-    let (Some(app), Some(expires), Some(_nonce), Some(ret), None) = (
+    let (Some(app), Some(expires), Some(_nonce), Some(mask), Some(ret), None) = (
+        parts.next(),
         parts.next(),
         parts.next(),
         parts.next(),
@@ -97,8 +114,16 @@ pub fn verify(config: &Config, session: &str) -> Result<Link, Refusal> {
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .ok_or(Refusal::Invalid)?;
+    let mask: u8 = mask.parse().map_err(|_| Refusal::Invalid)?;
+    let scopes = GRANTABLE
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1 << i) != 0)
+        .map(|(_, s)| *s)
+        .collect();
     Ok(Link {
         app,
+        scopes,
         expires_at,
         return_url: Some(return_url).filter(|u| !u.is_empty()),
     })
@@ -120,7 +145,9 @@ struct CreateLink {
 }
 
 /// A signed portal link: show it in an iframe on your site, or redirect your customer to
-/// it. It opens the portal for this application only, until `expires_at`.
+/// it. It opens the portal for this application only, until `expires_at`, and shows
+/// messages (`messages:read`) and offers replay and recover (`replay`) only if the
+/// credential that made it has those scopes.
 #[derive(Serialize, utoipa::ToSchema)]
 struct Created {
     url: String,
@@ -138,6 +165,7 @@ struct Created {
 )]
 async fn create(
     State(state): State<ServerState>,
+    Extension(access): Extension<Access>,
     Path(app): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Created>)> {
@@ -163,7 +191,18 @@ async fn create(
         }
     }
     let expires_at = Utc::now() + lifetime;
-    let session = sign(&state.config, app, expires_at, body.return_url.as_deref());
+    let scopes: Vec<Scope> = GRANTABLE
+        .iter()
+        .copied()
+        .filter(|s| access.allows(*s))
+        .collect();
+    let session = sign(
+        &state.config,
+        app,
+        &scopes,
+        expires_at,
+        body.return_url.as_deref(),
+    );
     tracing::info!(%app, %expires_at, "portal link created");
     Ok((
         StatusCode::CREATED,
@@ -192,9 +231,17 @@ mod tests {
         let config = config();
         let app = AppId::new();
         let later = Utc::now() + chrono::Duration::hours(1);
-        let session = sign(&config, app, later, Some("https://acme.example/settings"));
+        let scopes = [Scope::EndpointsManage, Scope::Replay];
+        let session = sign(
+            &config,
+            app,
+            &scopes,
+            later,
+            Some("https://acme.example/settings"),
+        );
         let link = verify(&config, &session).unwrap();
         assert_eq!(link.app, app);
+        assert_eq!(link.scopes, scopes);
         assert_eq!(
             link.return_url.as_deref(),
             Some("https://acme.example/settings")
@@ -217,9 +264,17 @@ mod tests {
         let flipped = format!("{body}.{}{last}", &tag[..tag.len() - 1]);
         assert!(verify(&config, &flipped).is_err());
 
+        // More scopes than it was made with.
+        let mut parts: Vec<&str> = body.split('.').collect();
+        parts[3] = "7";
+        assert_eq!(
+            verify(&config, &format!("{}.{tag}", parts.join("."))).unwrap_err(),
+            Refusal::Invalid
+        );
         let past = sign(
             &config,
             app,
+            &scopes,
             Utc::now() - chrono::Duration::seconds(1),
             None,
         );

@@ -82,12 +82,33 @@ pub struct Portal {
 }
 
 impl Portal {
-    /// What the portal's stream and channel may reach: this application, reading and
-    /// replaying.
+    /// Whether this session may do what `scope` allows (what its link was made with).
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.link.scopes.contains(&scope)
+    }
+
+    /// Refuses, as a page, what this session's link does not allow.
+    pub fn require(&self, scope: Scope) -> Result<(), Failed> {
+        if self.allows(scope) {
+            return Ok(());
+        }
+        let message = match scope {
+            Scope::MessagesRead => "This link does not show messages.",
+            Scope::Replay => "This link does not allow sending messages again.",
+            _ => "This link does not allow that.",
+        };
+        Err(self.fail()(PageError(
+            StatusCode::FORBIDDEN,
+            message.into(),
+        )))
+    }
+
+    /// What the portal's stream and channel may reach: this application, with the scopes
+    /// of its link.
     fn access(&self) -> Access {
         Access::limited(
             AuthBy::Portal,
-            vec![Scope::MessagesRead, Scope::Replay, Scope::EndpointsManage],
+            self.link.scopes.clone(),
             Some(BoundApp {
                 id: self.app.id,
                 uid: self.app.uid.clone(),
@@ -229,6 +250,9 @@ async fn stream(
     headers: HeaderMap,
     query: Query<super::stream::StreamParams>,
 ) -> Response {
+    if let Err(refused) = portal.require(Scope::MessagesRead) {
+        return refused.into_response();
+    }
     super::stream::stream(State(state), Extension(portal.access()), headers, query)
         .await
         .into_response()
@@ -242,5 +266,8 @@ async fn channel(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    if let Err(refused) = portal.require(Scope::Replay) {
+        return refused.into_response();
+    }
     super::admin_ws::upgrade(State(state), headers, Extension(portal.access()), ws).await
 }

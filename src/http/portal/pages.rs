@@ -10,6 +10,7 @@ use crate::db::messages::DeliveryStatus;
 use crate::db::{self, ListParams};
 use crate::domain::{AttemptId, MessageId};
 use crate::error::ApiError;
+use crate::http::access::Scope;
 use crate::http::dashboard::view::{
     AttemptRow, EndpointRow, PAGE_ROWS, bad_filter, query_of, rows, stamp,
 };
@@ -31,6 +32,9 @@ pub(super) struct Layout {
     pub(super) from: String,
     /// Until when this link opens the portal.
     pub(super) expires: String,
+    /// What the link allows besides endpoints: messages and attempts, replay and recover.
+    pub(super) can_read: bool,
+    pub(super) can_replay: bool,
 }
 
 impl Layout {
@@ -55,11 +59,16 @@ impl Layout {
             stream: None,
             from: state.feed.head().to_string(),
             expires: stamp(portal.link.expires_at),
+            can_read: portal.allows(Scope::MessagesRead),
+            can_replay: portal.allows(Scope::Replay),
         }
     }
 
+    /// Follows the feed, if the link lets it read attempts.
     fn live(mut self, query: impl Into<String>) -> Self {
-        self.stream = Some(query.into());
+        if self.can_read {
+            self.stream = Some(query.into());
+        }
         self
     }
 }
@@ -260,6 +269,7 @@ pub(super) async fn messages(
     Query(filters): Query<MessageFilters>,
     Query(page): Query<Cursor>,
 ) -> PortalResult {
+    portal.require(Scope::MessagesRead)?;
     let within = portal.fail();
     let filters = filters.without_empty();
     let cursor = match page.cursor.as_str() {
@@ -349,6 +359,7 @@ pub(super) async fn message_page(
     msg: &str,
     flash: Option<String>,
 ) -> PortalResult {
+    portal.require(Scope::MessagesRead)?;
     let within = portal.fail();
     let found = async {
         let id = path_id(msg, "message")?;
