@@ -800,3 +800,29 @@ async fn saving_an_endpoint_keeps_the_credentials_of_its_url() {
     assert_eq!(url, "https://user:pw@example.com/hook");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_live_feed_of_a_portal_ends_with_its_link() {
+    let server = spawn_app_with(&[("HERALD_SSE_KEEP_ALIVE", "200ms")]).await;
+    let app = server.create_app().await;
+    let config = herald::config::Config::from_lookup(|k| match k {
+        "DATABASE_URL" => Some(server.db_url.clone()),
+        "HERALD_ADMIN_TOKEN" => Some(TOKEN.into()),
+        _ => None,
+    })
+    .unwrap();
+    let soon = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let all = herald::http::portal::link::GRANTABLE;
+    let session = herald::http::portal::link::sign(&config, app.parse().unwrap(), all, soon, None);
+    let mut response = reqwest::get(format!("http://{}/portal/{session}/stream", server.addr))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let ended = tokio::time::timeout(Duration::from_secs(6), async {
+        while let Ok(Some(_)) = response.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its link");
+    assert!(chrono::Utc::now().timestamp() >= soon.timestamp(), "it ended early");
+    server.stop().await;
+}
