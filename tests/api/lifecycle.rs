@@ -190,6 +190,43 @@ async fn no_secret_ever_reaches_the_logs() {
     let new = rotated["secret"].as_str().unwrap().to_owned();
     let msg = p.send(app_id, "log.test", json!({})).await;
     receiver.wait_for(2, Duration::from_secs(10)).await;
+    // An API token used, and a portal link opened (its session is in the URL).
+    let token = p
+        .api(
+            reqwest::Method::POST,
+            "/tokens",
+            json!({"name": "logged", "scopes": ["messages:read"], "app": app_id}),
+        )
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let http = reqwest::Client::new();
+    let used = http
+        .get(format!("http://{}/api/v1/apps/{app_id}/messages", p.addr))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(used.status(), 200);
+    let link = p
+        .api(
+            reqwest::Method::POST,
+            &format!("/apps/{app_id}/portal"),
+            json!({}),
+        )
+        .await["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(http.get(&link).send().await.unwrap().status(), 200);
+    let session = link
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let signature = session.rsplit('.').next().unwrap().to_owned();
     p.signal("-TERM");
     p.wait_exit(Duration::from_secs(10)).await;
 
@@ -198,7 +235,20 @@ async fn no_secret_ever_reaches_the_logs() {
         logs.contains(msg["id"].as_str().unwrap()),
         "the logs say nothing useful"
     );
-    for secret in [TOKEN, given, &given[6..], &new, &new[6..]] {
+    assert!(
+        logs.contains("/portal/…/"),
+        "the portal's requests are not logged"
+    );
+    for secret in [
+        TOKEN,
+        given,
+        &given[6..],
+        &new,
+        &new[6..],
+        &token,
+        &token[5..],
+        &signature,
+    ] {
         assert!(!logs.contains(secret), "a secret leaked into the logs");
     }
 }

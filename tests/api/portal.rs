@@ -823,6 +823,9 @@ async fn the_live_feed_of_a_portal_ends_with_its_link() {
     })
     .await;
     assert!(ended.is_ok(), "the stream outlived its link");
-    assert!(chrono::Utc::now().timestamp() >= soon.timestamp(), "it ended early");
+    assert!(
+        chrono::Utc::now().timestamp() >= soon.timestamp(),
+        "it ended early"
+    );
     server.stop().await;
 }
