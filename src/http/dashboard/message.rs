@@ -7,38 +7,16 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 
 use super::session::Session;
-use super::view::{AttemptRow, rows, stamp};
+use super::view::{AttemptRow, DeliveryRow, rows, stamp};
 use super::{Layout, PageResult, render};
 use crate::db::attempts::Of;
-use crate::db::messages::{DeliveryStatus, Message};
+use crate::db::messages::Message;
 use crate::db::{self, ListParams};
 use crate::error::ApiError;
 use crate::http::{ServerState, path_id};
 
 pub(super) fn routes() -> Router<ServerState> {
     Router::new().route("/apps/{app}/messages/{msg}", get(message))
-}
-
-struct DeliveryRow {
-    id: String,
-    endpoint_id: String,
-    state: String,
-    attempt_count: i32,
-    next_attempt: String,
-    last_error: String,
-}
-
-impl From<DeliveryStatus> for DeliveryRow {
-    fn from(d: DeliveryStatus) -> Self {
-        Self {
-            id: d.id.to_string(),
-            endpoint_id: d.endpoint_id.to_string(),
-            state: d.state.as_str().into(),
-            attempt_count: d.attempt_count,
-            next_attempt: d.next_attempt_at.map(stamp).unwrap_or_default(),
-            last_error: d.last_error.unwrap_or_default(),
-        }
-    }
 }
 
 #[derive(Template)]

@@ -9,6 +9,7 @@ use super::PageError;
 use crate::db::attempts::Attempt;
 use crate::db::dashboard::Minute;
 use crate::db::endpoints::Endpoint;
+use crate::db::messages::DeliveryStatus;
 use crate::domain::{redact_userinfo, short_url};
 use crate::http::search;
 
@@ -203,4 +204,27 @@ pub(in crate::http) fn query_of<'a>(
 
 pub(in crate::http) fn bad_filter(e: String) -> PageError {
     PageError(StatusCode::UNPROCESSABLE_ENTITY, e)
+}
+
+/// A delivery of a message, as the dashboard's and the portal's message pages list them.
+pub(in crate::http) struct DeliveryRow {
+    pub(in crate::http) id: String,
+    pub(in crate::http) endpoint_id: String,
+    pub(in crate::http) state: String,
+    pub(in crate::http) attempt_count: i32,
+    pub(in crate::http) next_attempt: String,
+    pub(in crate::http) last_error: String,
+}
+
+impl From<DeliveryStatus> for DeliveryRow {
+    fn from(d: DeliveryStatus) -> Self {
+        Self {
+            id: d.id.to_string(),
+            endpoint_id: d.endpoint_id.to_string(),
+            state: d.state.as_str().into(),
+            attempt_count: d.attempt_count,
+            next_attempt: d.next_attempt_at.map(stamp).unwrap_or_default(),
+            last_error: d.last_error.unwrap_or_default(),
+        }
+    }
 }

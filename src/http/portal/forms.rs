@@ -135,6 +135,19 @@ fn endpoint_id(portal: &Portal, ep: &str) -> Result<EndpointId, Failed> {
     path_id(ep, "endpoint").map_err(|e| portal.fail()(e.into()))
 }
 
+/// The endpoint `ep` of this portal's application.
+async fn own_endpoint(
+    state: &ServerState,
+    portal: &Portal,
+    ep: &str,
+) -> Result<crate::db::endpoints::Endpoint, Failed> {
+    let id = endpoint_id(portal, ep)?;
+    db::endpoints::find(&state.pool, portal.app.id, id)
+        .await
+        .map_err(|e| failed(portal)(e.into()))?
+        .ok_or_else(|| failed(portal)(ApiError::NotFound("endpoint")))
+}
+
 /// Fails, as the portal page of `portal`, with what `e` says.
 fn failed(portal: &Portal) -> impl Fn(ApiError) -> Failed + '_ {
     move |e| portal.fail()(e.into())
@@ -168,11 +181,8 @@ pub(super) async fn update_endpoint(
     Path((_, ep)): Path<(String, String)>,
     Posted { portal, form }: Posted<EndpointFormBody>,
 ) -> PortalResult {
-    let id = endpoint_id(&portal, &ep)?;
-    let current = db::endpoints::find(&state.pool, portal.app.id, id)
-        .await
-        .map_err(|e| failed(&portal)(e.into()))?
-        .ok_or_else(|| failed(&portal)(ApiError::NotFound("endpoint")))?;
+    let current = own_endpoint(&state, &portal, &ep).await?;
+    let id = current.id;
     let shown = crate::domain::redact_userinfo(&current.url);
     let fields = match form.fields(&state, Some(&shown)) {
         Ok(fields) => fields,
@@ -248,11 +258,7 @@ pub(super) async fn reveal_secret(
     Path((_, ep)): Path<(String, String)>,
     Posted { portal, .. }: Posted<TokenOnly>,
 ) -> PortalResult {
-    let id = endpoint_id(&portal, &ep)?;
-    db::endpoints::find(&state.pool, portal.app.id, id)
-        .await
-        .map_err(|e| failed(&portal)(e.into()))?
-        .ok_or_else(|| failed(&portal)(ApiError::NotFound("endpoint")))?;
+    let id = own_endpoint(&state, &portal, &ep).await?.id;
     let secret = db::endpoints::current_secret(&state.pool, id)
         .await
         .map_err(|e| failed(&portal)(e.into()))?;
@@ -268,11 +274,7 @@ pub(super) async fn rotate_secret(
     Path((_, ep)): Path<(String, String)>,
     Posted { portal, .. }: Posted<TokenOnly>,
 ) -> PortalResult {
-    let id = endpoint_id(&portal, &ep)?;
-    db::endpoints::find(&state.pool, portal.app.id, id)
-        .await
-        .map_err(|e| failed(&portal)(e.into()))?
-        .ok_or_else(|| failed(&portal)(ApiError::NotFound("endpoint")))?;
+    let id = own_endpoint(&state, &portal, &ep).await?.id;
     let secret = SigningSecret::generate();
     db::endpoints::rotate_to(&state.pool, id, &secret, state.config.secret_grace_period)
         .await

@@ -6,13 +6,12 @@ use axum::extract::{Path, Query, State};
 
 use super::{Failed, Portal, PortalResult};
 use crate::db::attempts::Of;
-use crate::db::messages::DeliveryStatus;
 use crate::db::{self, ListParams};
 use crate::domain::{AttemptId, MessageId};
 use crate::error::ApiError;
 use crate::http::access::Scope;
 use crate::http::dashboard::view::{
-    AttemptRow, EndpointRow, PAGE_ROWS, bad_filter, query_of, rows, stamp,
+    AttemptRow, DeliveryRow, EndpointRow, PAGE_ROWS, bad_filter, query_of, rows, stamp,
 };
 use crate::http::dashboard::{PageError, render};
 use crate::http::search::MessageFilters;
@@ -315,28 +314,6 @@ pub(super) async fn messages(
         older,
     })
     .map_err(within)
-}
-
-pub(super) struct DeliveryRow {
-    id: String,
-    endpoint_id: String,
-    state: String,
-    attempt_count: i32,
-    next_attempt: String,
-    last_error: String,
-}
-
-impl From<DeliveryStatus> for DeliveryRow {
-    fn from(d: DeliveryStatus) -> Self {
-        Self {
-            id: d.id.to_string(),
-            endpoint_id: d.endpoint_id.to_string(),
-            state: d.state.as_str().into(),
-            attempt_count: d.attempt_count,
-            next_attempt: d.next_attempt_at.map(stamp).unwrap_or_default(),
-            last_error: d.last_error.unwrap_or_default(),
-        }
-    }
 }
 
 #[derive(Template)]
