@@ -390,5 +390,52 @@ async fn the_portal_works_framed_by_another_site() {
         client.screenshot().await.unwrap(),
     )
     .unwrap();
+
+    // The message's page in the frame: "Send again" goes over the portal's own WebSocket
+    // and its attempt comes back live.
+    let frame = client.find(Locator::Id("portal")).await.unwrap();
+    frame.enter_frame().await.unwrap();
+    client
+        .find(Locator::XPath(&format!("//a[code[text()='{msg}']]")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    shows(
+        &client,
+        UI,
+        Locator::Css("#live:not([hidden])"),
+        "the message page follows the feed",
+    )
+    .await;
+    client
+        .find(Locator::Id("replay"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    shows(
+        &client,
+        UI,
+        Locator::XPath("//span[contains(@class,'ws-status')][contains(., 'sent, last succeeded')]"),
+        "the replay's outcome in the frame",
+    )
+    .await;
+    shows(
+        &client,
+        UI,
+        Locator::XPath("//table[@id='attempts']//tr[contains(., 'replay')]"),
+        "the replay's attempt appears in the frame",
+    )
+    .await;
+    assert_eq!(receiver.count(), 2, "the receiver got the message twice");
+    client.enter_parent_frame().await.unwrap();
+    std::fs::write(
+        shots.join("portal-replay.png"),
+        client.screenshot().await.unwrap(),
+    )
+    .unwrap();
     client.close().await.unwrap();
 }
