@@ -82,6 +82,7 @@ pub async fn delete(db: impl PgExecutor<'_>, id: TokenId) -> sqlx::Result<bool> 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Credential {
     pub id: TokenId,
+    pub expires_at: Option<DateTime<Utc>>,
     pub scopes: Vec<String>,
     pub app_id: Option<AppId>,
     pub app_uid: Option<String>,
@@ -93,7 +94,7 @@ pub struct Credential {
 pub async fn authenticate(db: &sqlx::PgPool, secret: &str) -> sqlx::Result<Option<Credential>> {
     sqlx::query_as(
         "with found as (
-             select t.id, t.scopes, t.app_id, a.uid as app_uid, t.last_used_at
+             select t.id, t.scopes, t.app_id, a.uid as app_uid, t.expires_at, t.last_used_at
                from api_token t
                left join application a on a.id = t.app_id
               where t.secret_hash = $1 and (t.expires_at is null or t.expires_at > now())
@@ -104,9 +105,24 @@ pub async fn authenticate(db: &sqlx::PgPool, secret: &str) -> sqlx::Result<Optio
               where t.id = f.id
                 and (f.last_used_at is null or f.last_used_at < now() - interval '1 minute')
          )
-         select id, scopes, app_id, app_uid from found",
+         select id, scopes, app_id, app_uid, expires_at from found",
     )
     .bind(hash(secret))
     .fetch_optional(db)
+    .await
+}
+
+/// Whether the token `id` still stands: not revoked, not expired, and its application (if it
+/// has one) not removed.
+pub async fn stands(db: &sqlx::PgPool, id: TokenId) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select exists (
+             select 1 from api_token t
+               left join application a on a.id = t.app_id
+              where t.id = $1 and (t.expires_at is null or t.expires_at > now())
+                and (t.app_id is null or (a.id is not null and a.removed_at is null)))",
+    )
+    .bind(id)
+    .fetch_one(db)
     .await
 }

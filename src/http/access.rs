@@ -20,8 +20,14 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
 use super::{AuthBy, app_key};
-use crate::domain::AppId;
+use crate::db;
+use crate::domain::{AppId, TokenId};
 use crate::error::ApiError;
 
 /// What a token may do (`admin`: everything).
@@ -82,7 +88,16 @@ pub struct Access {
     pub by: AuthBy,
     scopes: Vec<Scope>,
     app: Option<BoundApp>,
+    /// When the credential stops being valid, if it does on its own.
+    expires_at: Option<DateTime<Utc>>,
+    /// The API token it is, if it is one: a long-lived stream checks now and then that it
+    /// has not been revoked.
+    token: Option<TokenId>,
 }
+
+/// How often a stream or channel opened with an API token checks that the token still
+/// stands.
+const RECHECK: Duration = Duration::from_secs(30);
 
 impl Access {
     /// The admin token, the dashboard's session, or an admin token without an application.
@@ -91,12 +106,60 @@ impl Access {
             by,
             scopes: vec![Scope::Admin],
             app: None,
+            expires_at: None,
+            token: None,
         }
     }
 
     /// A credential limited to `scopes` and, with `app`, to one application.
     pub fn limited(by: AuthBy, scopes: Vec<Scope>, app: Option<BoundApp>) -> Self {
-        Access { by, scopes, app }
+        Access {
+            by,
+            scopes,
+            app,
+            expires_at: None,
+            token: None,
+        }
+    }
+
+    /// The same credential, valid until `at`.
+    pub fn until(mut self, at: Option<DateTime<Utc>>) -> Self {
+        self.expires_at = at;
+        self
+    }
+
+    /// The same credential, as the API token `id`.
+    pub fn token(mut self, id: TokenId) -> Self {
+        self.token = Some(id);
+        self
+    }
+
+    /// Resolves when the credential stops being valid: at its expiry, or (for an API token)
+    /// within [`RECHECK`] of its revocation. Never, for the admin token and the dashboard's
+    /// session. A stream or channel that outlives its request ends with it.
+    pub async fn ended(&self, pool: &PgPool) {
+        if self.expires_at.is_none() && self.token.is_none() {
+            return std::future::pending().await;
+        }
+        loop {
+            let left = self
+                .expires_at
+                .map(|at| (at - Utc::now()).to_std().unwrap_or_default());
+            let wait = match (left, self.token) {
+                (Some(left), Some(_)) => left.min(RECHECK),
+                (Some(left), None) => left,
+                (None, _) => RECHECK,
+            };
+            tokio::time::sleep(wait).await;
+            if self.expires_at.is_some_and(|at| at <= Utc::now()) {
+                return;
+            }
+            if let Some(id) = self.token
+                && matches!(db::tokens::stands(pool, id).await, Ok(false))
+            {
+                return;
+            }
+        }
     }
 
     pub fn is_operator(&self) -> bool {

@@ -113,11 +113,19 @@ async fn serve(state: ServerState, access: Access, socket: WebSocket) {
     let mut watched: HashMap<DeliveryId, String> = HashMap::new();
     let mut ping = tokio::time::interval(PING_EVERY);
     let mut silent_pings = 0;
+    // The channel closes when its credential ends (an expired or revoked token, a portal
+    // link past its time); work already acknowledged goes on.
+    let ended = access.ended(&state.pool);
+    tokio::pin!(ended);
 
     loop {
         tokio::select! {
             // Registrations first: a batch's attempts must never be seen before its ids.
             biased;
+            () = &mut ended => {
+                debug!("admin channel closed: its credential ended");
+                break;
+            }
             Some(Report::Progress(req, p)) = reports.recv() => {
                 for id in &p.batch {
                     watched.insert(*id, req.clone());

@@ -265,9 +265,11 @@ fn token_access(token: db::tokens::Credential) -> Access {
         .collect();
     let app = token.app_id.map(|id| access::BoundApp {
         id,
-        uid: token.app_uid,
+        uid: token.app_uid.clone(),
     });
     Access::limited(AuthBy::Bearer, scopes, app)
+        .until(token.expires_at)
+        .token(token.id)
 }
 
 /// Counts and logs a token that did not match; never logs the token itself.

@@ -10,7 +10,7 @@ use axum::http::HeaderMap;
 use axum::http::HeaderName;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -106,7 +106,11 @@ pub(super) async fn stream(
         )));
     }
     let items = state.feed.subscribe(filter, from);
-    let body = Body::from_stream(frames(items, state.config.sse_keep_alive));
+    // A stream ends when its credential does: an expired or revoked token, a portal link
+    // past its time.
+    let pool = state.pool.clone();
+    let ended = async move { access.ended(&pool).await };
+    let body = Body::from_stream(frames(items, state.config.sse_keep_alive).take_until(ended));
     Ok((
         [
             (CONTENT_TYPE, "text/event-stream"),

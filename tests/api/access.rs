@@ -478,3 +478,73 @@ async fn an_application_tokens_stream_is_its_applications_whatever_the_query_say
     }
     server.stop().await;
 }
+
+/// A stream and a channel opened with a token end when the token does: at its expiry, or
+/// within 30 s of its revocation (each open one checks that often).
+#[tokio::test]
+async fn streams_and_channels_end_with_their_token() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let server = spawn_app_with(&[("HERALD_SSE_KEEP_ALIVE", "200ms")]).await;
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let (short, _) = token(
+        &server,
+        json!({"name": "short", "scopes": ["messages:read", "replay"], "expires_at": soon}),
+    )
+    .await;
+    let (revoked, revoked_id) = token(
+        &server,
+        json!({"name": "gone", "scopes": ["messages:read"]}),
+    )
+    .await;
+    let open_stream = |secret: String| {
+        let url = server.url("/stream");
+        async move {
+            let response = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(secret)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response
+        }
+    };
+    let until_end = |mut response: reqwest::Response, within: u64| async move {
+        tokio::time::timeout(Duration::from_secs(within), async {
+            while let Ok(Some(_)) = response.chunk().await {}
+        })
+        .await
+        .is_ok()
+    };
+    let expiring = open_stream(short.clone()).await;
+    let doomed = open_stream(revoked.clone()).await;
+    let mut request = format!("ws://{}/api/v1/admin/ws", server.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {short}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+
+    assert!(
+        until_end(expiring, 6).await,
+        "the stream outlived its token's expiry"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(6), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the channel outlived its token's expiry");
+
+    assert_eq!(
+        server.delete(&format!("/tokens/{revoked_id}")).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert!(
+        until_end(doomed, 40).await,
+        "the stream outlived its token's revocation"
+    );
+    server.stop().await;
+}

@@ -23,7 +23,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router, middleware};
-use futures_util::StreamExt;
 
 use super::access::{Access, BoundApp, Scope};
 use super::dashboard::PageError;
@@ -115,6 +114,7 @@ impl Portal {
                 uid: self.app.uid.clone(),
             }),
         )
+        .until(Some(self.link.expires_at))
     }
 
     /// Whether a form is this session's own, from this origin.
@@ -254,17 +254,11 @@ async fn stream(
     if let Err(refused) = portal.require(Scope::MessagesRead) {
         return refused.into_response();
     }
-    let response = super::stream::stream(State(state), Extension(portal.access()), headers, query)
+    // The stream ends when the link does (`Access::ended`): the page's reconnect is then
+    // refused, and the page says the link expired.
+    super::stream::stream(State(state), Extension(portal.access()), headers, query)
         .await
-        .into_response();
-    // The stream ends when the link does: the page's reconnect is then refused, and the
-    // page says the link expired.
-    let left = (portal.link.expires_at - chrono::Utc::now())
-        .to_std()
-        .unwrap_or_default();
-    let (parts, body) = response.into_parts();
-    let body = body.into_data_stream().take_until(tokio::time::sleep(left));
-    Response::from_parts(parts, axum::body::Body::from_stream(body))
+        .into_response()
 }
 
 /// Replay and recover of this application's messages and endpoints, as the admin channel
