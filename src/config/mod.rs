@@ -25,6 +25,9 @@ pub struct Config {
     /// Whether `public_url` was configured, rather than derived from `listen`.
     pub public_url_configured: bool,
     pub allow_private_targets: bool,
+    /// Whether endpoints added or changed in the customer portal may aim at private
+    /// addresses too (only with `allow_private_targets`).
+    pub portal_allow_private_targets: bool,
     /// The origins that may frame the customer portal, as a `frame-ancestors` source list
     /// (`'none'` when `HERALD_PORTAL_FRAME_ANCESTORS` is not set).
     pub portal_frame_ancestors: String,
@@ -153,14 +156,18 @@ impl Config {
             .unwrap_or_else(|| format!("http://{listen}"))
             .trim_end_matches('/')
             .to_owned();
-        let allow_private_targets = match parsed("HERALD_ALLOW_PRIVATE_TARGETS", "false")
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "true" | "1" | "yes" => true,
-            "false" | "0" | "no" => false,
-            other => bail!("HERALD_ALLOW_PRIVATE_TARGETS must be true or false, not {other:?}"),
+        let flag = |name: &str| -> anyhow::Result<bool> {
+            match parsed(name, "false").to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" => Ok(false),
+                other => bail!("{name} must be true or false, not {other:?}"),
+            }
         };
+        let allow_private_targets = flag("HERALD_ALLOW_PRIVATE_TARGETS")?;
+        // Customers are the least trusted of callers: the portal lets them aim at private
+        // addresses only when both say so.
+        let portal_allow_private_targets =
+            allow_private_targets && flag("HERALD_PORTAL_ALLOW_PRIVATE_TARGETS")?;
         let portal_frame_ancestors = frame_ancestors(var("HERALD_PORTAL_FRAME_ANCESTORS"))?;
         let portal_brand = crate::domain::Brand {
             product_name: var("HERALD_PORTAL_NAME"),
@@ -262,6 +269,7 @@ impl Config {
             public_url,
             public_url_configured,
             allow_private_targets,
+            portal_allow_private_targets,
             portal_frame_ancestors,
             portal_brand,
             worker_concurrency,

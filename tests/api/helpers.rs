@@ -20,6 +20,7 @@ pub fn base_env() -> HashMap<String, String> {
         ("HERALD_LISTEN", "127.0.0.1:0"),
         ("HERALD_ADMIN_TOKEN", TOKEN),
         ("HERALD_ALLOW_PRIVATE_TARGETS", "true"),
+        ("HERALD_PORTAL_ALLOW_PRIVATE_TARGETS", "true"),
         ("HERALD_RETRY_SCHEDULE", "50ms,100ms,150ms"),
         ("HERALD_POLL_INTERVAL", "50ms"),
         ("HERALD_REQUEST_TIMEOUT", "2s"),

@@ -829,3 +829,31 @@ async fn the_live_feed_of_a_portal_ends_with_its_link() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn customers_cannot_aim_endpoints_at_private_addresses_unless_both_settings_allow() {
+    let server = spawn_app_with(&[("HERALD_PORTAL_ALLOW_PRIVATE_TARGETS", "false")]).await;
+    let app = server.create_app().await;
+    let portal = PortalClient::open(&server, &app).await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/",
+    ] {
+        let (status, page) = portal
+            .post("/endpoints", &[("url", url), ("rate_limit", "")])
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {page}");
+    }
+    assert!(
+        server.get(&format!("/apps/{app}/endpoints")).await.1["data"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // The API, for the operator, still may.
+    server
+        .create_endpoint(&app, json!({"url": "http://127.0.0.1:9/hook"}))
+        .await;
+    server.stop().await;
+}

@@ -122,7 +122,7 @@ impl EndpointFormBody {
         EndpointSettings::from_portal(self.description.trim().to_owned(), event_types, rate_limit)
             .into_fields(
                 Some(self.url.trim()).filter(|url| Some(*url) != shown),
-                state.config.allow_private_targets,
+                state.config.portal_allow_private_targets,
             )
             .map_err(|e| match e {
                 ApiError::Invalid(why) | ApiError::BadRequest(why) => why,
