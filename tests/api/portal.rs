@@ -857,3 +857,33 @@ async fn customers_cannot_aim_endpoints_at_private_addresses_unless_both_setting
         .await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn many_endpoints_come_in_pages() {
+    let server = spawn_app_with(&[]).await;
+    let app = server.create_app().await;
+    let mut ids = vec![];
+    for n in 0..55 {
+        let (ep, _) = server
+            .create_endpoint(&app, json!({"url": format!("https://example.com/{n}")}))
+            .await;
+        ids.push(ep);
+    }
+    let portal = PortalClient::open(&server, &app).await;
+    let (_, first) = portal.get("/").await;
+    assert!(
+        first.contains(&ids[49]) && !first.contains(&ids[50]),
+        "50 on the first page"
+    );
+    let at = first.find("/?after=").expect("a link to the next page");
+    let query = &first[at + 2..first[at..].find('"').unwrap() + at];
+    let (status, second) = portal.get(&format!("/?{query}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(second.contains(&ids[50]) && second.contains(&ids[54]) && !second.contains(&ids[49]));
+    assert!(!second.contains("/?after="), "no page after the last");
+    assert_eq!(
+        portal.get("/?after=nonsense").await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    server.stop().await;
+}

@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use super::{Failed, Portal, PortalResult};
 use crate::db::attempts::Of;
 use crate::db::{self, ListParams};
-use crate::domain::{AttemptId, MessageId};
+use crate::domain::{AttemptId, EndpointId, MessageId};
 use crate::error::ApiError;
 use crate::http::access::Scope;
 use crate::http::dashboard::view::{
@@ -85,6 +85,8 @@ pub(super) struct ErrorPage<'a> {
 pub(super) struct EndpointsPage {
     pub(super) layout: Layout,
     pub(super) endpoints: Vec<EndpointRow>,
+    /// The query of the next page's link, if there is one.
+    pub(super) more: Option<String>,
     pub(super) attempts: Vec<AttemptRow>,
     /// What the create form was sent with, when it is shown again with why it was refused.
     pub(super) form: EndpointForm,
@@ -108,9 +110,30 @@ pub(super) async fn endpoints_page(
     error: Option<String>,
     flash: Option<String>,
 ) -> PortalResult {
-    let endpoints = db::endpoints::list(&state.pool, portal.app.id, None, ListParams::MAX_LIMIT)
+    endpoints_after(state, portal, None, form, error, flash).await
+}
+
+/// The page of endpoints after `after` (oldest first), with a link to the next.
+async fn endpoints_after(
+    state: &ServerState,
+    portal: &Portal,
+    after: Option<EndpointId>,
+    form: EndpointForm,
+    error: Option<String>,
+    flash: Option<String>,
+) -> PortalResult {
+    let mut endpoints = db::endpoints::list(&state.pool, portal.app.id, after, PAGE_ROWS)
         .await
         .map_err(|e| portal.fail()(e.into()))?;
+    // `list` reads one more than asked: whether there is a next page.
+    let more = if endpoints.len() as i64 > PAGE_ROWS {
+        endpoints.truncate(PAGE_ROWS as usize);
+        endpoints
+            .last()
+            .map(|e| query_of([("after", Some(e.id.to_string().as_str()))]))
+    } else {
+        None
+    };
     let status = if error.is_some() {
         axum::http::StatusCode::UNPROCESSABLE_ENTITY
     } else {
@@ -119,6 +142,7 @@ pub(super) async fn endpoints_page(
     let page = render(EndpointsPage {
         layout: Layout::new(state, portal, "Your endpoints", "endpoints").live(""),
         endpoints: endpoints.into_iter().map(EndpointRow::from).collect(),
+        more,
         attempts: vec![],
         form,
         error,
@@ -127,8 +151,25 @@ pub(super) async fn endpoints_page(
     Ok(with_status(status, page))
 }
 
-pub(super) async fn endpoints(State(state): State<ServerState>, portal: Portal) -> PortalResult {
-    endpoints_page(&state, &portal, EndpointForm::default(), None, None).await
+#[derive(serde::Deserialize, Default)]
+pub(super) struct After {
+    #[serde(default)]
+    after: String,
+}
+
+pub(super) async fn endpoints(
+    State(state): State<ServerState>,
+    portal: Portal,
+    Query(page): Query<After>,
+) -> PortalResult {
+    let after = match page.after.as_str() {
+        "" => None,
+        a => Some(
+            a.parse::<EndpointId>()
+                .map_err(|_| portal.fail()(bad_filter("that page does not exist".into())))?,
+        ),
+    };
+    endpoints_after(&state, &portal, after, EndpointForm::default(), None, None).await
 }
 
 #[derive(Template)]
