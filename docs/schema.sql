@@ -1240,6 +1240,25 @@ ALTER TABLE herald.event ALTER COLUMN seq ADD GENERATED ALWAYS AS IDENTITY (
 
 
 --
+-- Name: event_type; Type: TABLE; Schema: herald; Owner: -
+--
+
+CREATE TABLE herald.event_type (
+    name text NOT NULL,
+    description text DEFAULT ''::text NOT NULL,
+    schema jsonb,
+    examples jsonb DEFAULT '[]'::jsonb NOT NULL,
+    deprecated boolean DEFAULT false NOT NULL,
+    archived boolean DEFAULT false NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT event_type_description_check CHECK ((length(description) <= 4096)),
+    CONSTRAINT event_type_examples_check CHECK ((jsonb_typeof(examples) = 'array'::text)),
+    CONSTRAINT event_type_name_check CHECK (((name ~ '^[A-Za-z0-9_.-]+$'::text) AND (length(name) <= 256)))
+);
+
+
+--
 -- Name: history_partition; Type: TABLE; Schema: herald; Owner: -
 --
 
@@ -1457,6 +1476,14 @@ ALTER TABLE ONLY herald.event
 
 ALTER TABLE ONLY herald.event_pruned
     ADD CONSTRAINT event_pruned_pkey PRIMARY KEY (one);
+
+
+--
+-- Name: event_type event_type_pkey; Type: CONSTRAINT; Schema: herald; Owner: -
+--
+
+ALTER TABLE ONLY herald.event_type
+    ADD CONSTRAINT event_type_pkey PRIMARY KEY (name);
 
 
 --

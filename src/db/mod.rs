@@ -6,6 +6,7 @@ pub mod attempts;
 pub mod dashboard;
 pub mod deliveries;
 pub mod endpoints;
+pub mod event_types;
 pub mod events;
 pub mod history;
 pub mod listen;

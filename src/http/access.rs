@@ -205,6 +205,9 @@ pub enum Reach {
     Narrowed,
     /// The operator only: no application-bound credential, whatever its scopes.
     Operator,
+    /// Not any application's: the same for every credential let in (the event-type
+    /// catalog, the contract every application's messages follow).
+    Shared,
 }
 
 /// What a route needs: a scope (`None`: any), reached as `reach` says.
@@ -227,6 +230,12 @@ const fn narrowed(scope: Option<Scope>) -> Need {
         reach: Reach::Narrowed,
     }
 }
+
+/// Any credential: what every application shares.
+const SHARED: Need = Need {
+    scope: None,
+    reach: Reach::Shared,
+};
 
 const OPERATOR: Need = Need {
     scope: Some(Scope::Admin),
@@ -344,6 +353,11 @@ pub const ROUTES: &[(Method, &str, Need)] = &[
     (Method::GET, "/stream", narrowed(Some(Scope::MessagesRead))),
     (Method::GET, "/stats", OPERATOR),
     (Method::GET, "/admin/ws", narrowed(Some(Scope::Replay))),
+    (Method::POST, "/event-types", OPERATOR),
+    (Method::GET, "/event-types", SHARED),
+    (Method::GET, "/event-types/{name}", SHARED),
+    (Method::PATCH, "/event-types/{name}", OPERATOR),
+    (Method::DELETE, "/event-types/{name}", OPERATOR),
 ];
 
 /// What the route at `path` (as routed, below `/api/v1`) needs for `method`; the operator
@@ -402,7 +416,7 @@ pub async fn authorize(mut request: Request, next: Next) -> Response {
             }
             request = Request::from_parts(parts, body);
         }
-        Reach::Narrowed => {}
+        Reach::Narrowed | Reach::Shared => {}
     }
     match need.scope {
         Some(scope) if !access.allows(scope) => ApiError::Forbidden(format!(

@@ -6,6 +6,7 @@ mod admin_ws;
 mod apps;
 mod dashboard;
 pub(crate) mod endpoints;
+mod event_types;
 mod health;
 mod messages;
 mod openapi;
@@ -124,6 +125,7 @@ fn api_routes() -> OpenApiRouter<ServerState> {
         .merge(messages::routes())
         .merge(removals::routes())
         .merge(tokens::routes())
+        .merge(event_types::routes())
         .merge(portal::link::routes())
         .merge(stream::routes())
         .merge(stats::routes())

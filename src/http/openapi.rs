@@ -95,6 +95,7 @@ pub fn finish(mut api: OpenApi) -> OpenApi {
                     Reach::Path => "path",
                     Reach::Narrowed => "narrowed",
                     Reach::Operator => "operator",
+                    Reach::Shared => "shared",
                 };
                 let extensions = ExtensionsBuilder::new()
                     .add("x-herald-scope", need.scope.map_or("any", Scope::as_str))
@@ -253,3 +254,14 @@ list_params!(AppsList, "^(app_[0-9a-fA-F]{32})?$");
 list_params!(EndpointsList, "^(ep_[0-9a-fA-F]{32})?$");
 list_params!(MessagesList, "^(msg_[0-9a-fA-F]{32})?$");
 list_params!(AttemptsList, "^(atm_[0-9a-fA-F]{32})?$");
+list_params!(EventTypesList, "^([A-Za-z0-9_.-]{1,256})?$");
+
+/// `{name}` of an event type.
+#[allow(dead_code)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct EventTypeParam {
+    /// The event type's name, e.g. `invoice.paid`.
+    #[param(pattern = "^[A-Za-z0-9_.-]{1,256}$")]
+    name: String,
+}

@@ -25,7 +25,7 @@ struct Op {
     path: String,
     /// `x-herald-scope`: a scope, or `any`.
     scope: String,
-    /// `x-herald-reach`: `path`, `narrowed` or `operator`.
+    /// `x-herald-reach`: `path`, `narrowed`, `operator` or `shared`.
     reach: String,
 }
 
@@ -38,6 +38,8 @@ impl Op {
         Some(match self.path.as_str() {
             "/apps" => json!({"name": "Another"}),
             "/tokens" => json!({"name": "t", "scopes": ["admin"]}),
+            "/event-types" => json!({"name": "other.type"}),
+            "/event-types/{name}" => json!({"description": "changed"}),
             "/apps/{app}/messages" => json!({"event_type": "invoice.paid", "payload": {}}),
             "/apps/{app}/endpoints" => json!({"url": "https://example.com/hook"}),
             "/apps/{app}/endpoints/{ep}" => json!({"description": "changed"}),
@@ -142,7 +144,15 @@ const EXPECTED: &[(&str, &str, &str, &str)] = &[
     ("GET", "/stream", "messages:read", "narrowed"),
     ("GET", "/stats", "admin", "operator"),
     ("GET", "/admin/ws", "replay", "narrowed"),
+    ("POST", "/event-types", "admin", "operator"),
+    ("GET", "/event-types", "any", "shared"),
+    ("GET", "/event-types/{name}", "any", "shared"),
+    ("PATCH", "/event-types/{name}", "admin", "operator"),
+    ("DELETE", "/event-types/{name}", "admin", "operator"),
 ];
+
+/// The event type every `{name}` is filled with.
+const EVENT_TYPE: &str = "invoice.paid";
 
 async fn operations(server: &TestServer) -> Vec<Op> {
     let doc: Value = server
@@ -247,6 +257,7 @@ fn fill(path: &str, outer: &Tenant, inner: &Tenant, token_id: &str) -> String {
         .replace("{ep}", &inner.ep)
         .replace("{msg}", &inner.msg)
         .replace("{id}", id)
+        .replace("{name}", EVENT_TYPE)
 }
 
 async fn call(server: &TestServer, token: &str, op: &Op, path: &str) -> (StatusCode, Value) {
@@ -295,6 +306,10 @@ async fn every_route_holds_tokens_to_their_application_and_scopes() {
     let a = tenant(&server, &receiver).await;
     let b = tenant(&server, &receiver).await;
     let (_, some_token) = token(&server, json!({"name": "x", "scopes": ["admin"]})).await;
+    let (status, _) = server
+        .post("/event-types", json!({"name": EVENT_TYPE}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
     let before = snapshot(&server, &b).await;
 
     // A token bound to A with every scope, admin included, against B's ids: 404 where the
@@ -306,6 +321,7 @@ async fn every_route_holds_tokens_to_their_application_and_scopes() {
         let (status, body) = call(&server, &a_all, op, &foreign).await;
         let expected = match op.reach.as_str() {
             "operator" => StatusCode::FORBIDDEN,
+            "shared" => StatusCode::OK,
             "path" | "narrowed" if op.path != "/apps" => StatusCode::NOT_FOUND,
             _ => StatusCode::OK,
         };

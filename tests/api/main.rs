@@ -17,6 +17,7 @@ mod delivery;
 mod dev_setup;
 mod endpoints;
 mod erasure;
+mod event_types;
 mod fuzz;
 mod idempotency;
 mod inbound;

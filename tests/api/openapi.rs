@@ -47,6 +47,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/tokens"),
     // The token the post before created.
     ("delete", "/api/v1/tokens/{id}"),
+    ("post", "/api/v1/event-types"),
+    ("get", "/api/v1/event-types"),
+    ("get", "/api/v1/event-types/{name}"),
+    ("patch", "/api/v1/event-types/{name}"),
+    ("delete", "/api/v1/event-types/{name}"),
 ];
 
 const METHODS: &[&str] = &["get", "put", "post", "delete", "patch", "head", "options"];
@@ -152,7 +157,8 @@ async fn call(
         .replace("{app}", app_key)
         .replace("{ep}", ep)
         .replace("{msg}", msg)
-        .replace("{id}", id);
+        .replace("{id}", id)
+        .replace("{name}", "documented.type");
     let mut request = app
         .http
         .request(
@@ -172,6 +178,8 @@ fn example_body(method: &str, path: &str, receiver: &Receiver) -> Option<Value> 
         ("post", "apps") => json!({"name": "documented"}),
         ("post", "endpoints") => json!({"url": receiver.url()}),
         ("patch", "{app}") => json!({"name": "patched"}),
+        ("post", "event-types") => json!({"name": "documented.type", "schema": {"type": "object"}}),
+        ("patch", "{name}") => json!({"description": "patched"}),
         ("patch", _) => json!({"description": "patched"}),
         ("post", "portal") => json!({"expires_in": 600}),
         ("post", "messages") => json!({"event_type": "invoice.paid", "payload": {"n": 2}}),
