@@ -3,6 +3,7 @@
 //! Request in ([`http`]) → values parsed once ([`domain`]) → the outbox ([`db`]) →
 //! the worker pool ([`delivery`]) → signed POSTs out.
 
+pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod delivery;

@@ -98,14 +98,25 @@ impl Server {
             max_connections: config.max_connections,
             grace: config.shutdown_grace,
         };
+        // Loaded before anything is answered: no send goes unchecked against it.
+        let catalog = crate::catalog::Catalog::spawn(
+            config.database_url.expose().to_owned(),
+            pool.clone(),
+            cancel.clone(),
+        )
+        .await
+        .context("cannot read the event-type catalog")?;
         let router = http::router(ServerState::new(
             pool.clone(),
             config,
-            workers.direct(),
-            feed,
-            bulk_replays.clone(),
-            removals,
-            probe,
+            http::Services {
+                direct: workers.direct(),
+                feed,
+                bulk_replays: bulk_replays.clone(),
+                removals,
+                probe,
+                catalog,
+            },
         ));
         Ok(Self {
             listener,

@@ -28,6 +28,8 @@ pub struct Config {
     /// Whether endpoints added or changed in the customer portal may aim at private
     /// addresses too (only with `allow_private_targets`).
     pub portal_allow_private_targets: bool,
+    /// Whether a send of a type the catalog does not have is refused.
+    pub require_event_types: bool,
     /// The origins that may frame the customer portal, as a `frame-ancestors` source list
     /// (`'none'` when `HERALD_PORTAL_FRAME_ANCESTORS` is not set).
     pub portal_frame_ancestors: String,
@@ -270,6 +272,7 @@ impl Config {
             public_url_configured,
             allow_private_targets,
             portal_allow_private_targets,
+            require_event_types: flag("HERALD_REQUIRE_EVENT_TYPES")?,
             portal_frame_ancestors,
             portal_brand,
             worker_concurrency,

@@ -114,6 +114,21 @@ fn check(
     Ok(())
 }
 
+/// Commits a change of the catalog with its announcement, then reads it again here at once
+/// (every other process does on the notice). A reload that fails after the commit is
+/// logged, not answered: the change is made, and the next poll catches up.
+async fn changed(
+    state: &ServerState,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+) -> ApiResult<()> {
+    crate::catalog::announce(&mut *tx).await?;
+    tx.commit().await?;
+    if let Err(e) = state.catalog.reload(&state.pool).await {
+        tracing::warn!(error = %e, "event-type catalog not reloaded after a change");
+    }
+    Ok(())
+}
+
 /// Adds an event type to the catalog.
 #[utoipa::path(
     post,
@@ -141,9 +156,11 @@ async fn create(
     let schema = fields.schema.clone().flatten();
     let examples = fields.examples.clone().unwrap_or_default();
     check(&fields, schema.as_ref(), &examples)?;
-    let row = db::event_types::create(&state.pool, name.as_str(), fields)
+    let mut tx = state.pool.begin().await?;
+    let row = db::event_types::create(&mut *tx, name.as_str(), fields)
         .await
         .map_err(|e| ApiError::from_db(e, |_| "an event type of this name exists".into()))?;
+    changed(&state, tx).await?;
     Ok((StatusCode::CREATED, Json(row)))
 }
 
@@ -215,10 +232,12 @@ async fn update(
     };
     let examples = fields.examples.clone().unwrap_or(current.examples.0);
     check(&fields, schema.as_ref(), &examples)?;
-    db::event_types::update(&state.pool, &name, fields)
+    let mut tx = state.pool.begin().await?;
+    let row = db::event_types::update(&mut *tx, &name, fields)
         .await?
-        .map(Json)
-        .ok_or(ApiError::NotFound("event type"))
+        .ok_or(ApiError::NotFound("event type"))?;
+    changed(&state, tx).await?;
+    Ok(Json(row))
 }
 
 /// Removes an event type from the catalog (messages already sent keep their type). To stop
@@ -235,9 +254,10 @@ async fn remove(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     find(&state, &name).await?;
-    if db::event_types::delete(&state.pool, &name).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("event type"))
+    let mut tx = state.pool.begin().await?;
+    if !db::event_types::delete(&mut *tx, &name).await? {
+        return Err(ApiError::NotFound("event type"));
     }
+    changed(&state, tx).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -66,6 +66,7 @@ async fn send(
             state.config.max_payload_bytes
         )));
     }
+    check_against_catalog(&state, &event_type, payload)?;
     let header_key = headers
         .get("idempotency-key")
         .map(|v| {
@@ -105,6 +106,43 @@ async fn send(
     state.direct.dispatch(&sent);
     state.feed.poke();
     Ok((StatusCode::ACCEPTED, Json(sent.message)))
+}
+
+/// Refuses, before anything is stored, a payload its type's schema does not accept, a type
+/// the catalog archived, and (with `HERALD_REQUIRE_EVENT_TYPES`) a type it does not have.
+fn check_against_catalog(
+    state: &ServerState,
+    event_type: &EventType,
+    payload: &str,
+) -> ApiResult<()> {
+    let Some(entry) = state.catalog.get(event_type.as_str()) else {
+        if state.config.require_event_types {
+            return Err(ApiError::Invalid(format!(
+                "event type {:?} is not in the catalog (POST /event-types adds it)",
+                event_type.as_str()
+            )));
+        }
+        return Ok(());
+    };
+    if entry.archived {
+        return Err(ApiError::Invalid(format!(
+            "event type {:?} is archived: it is no longer sent",
+            event_type.as_str()
+        )));
+    }
+    if let Some(validator) = &entry.validator {
+        let value: serde_json::Value =
+            serde_json::from_str(payload).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if let Err(e) = validator.validate(&value) {
+            let at = e.instance_path().to_string();
+            let at = if at.is_empty() { "/".to_owned() } else { at };
+            return Err(ApiError::Invalid(format!(
+                "payload does not match the schema of {} at {at}: {e}",
+                event_type.as_str()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Lists an application's messages, newest first, optionally only those of one event

@@ -65,6 +65,8 @@ pub struct Inner {
     pub revoked_sessions: Arc<session::Revoked>,
     /// What `/readyz` and `/metrics` report, read in the background.
     pub probe: Probe,
+    /// The event-type catalog, to check sends against.
+    pub catalog: Arc<crate::catalog::Catalog>,
 }
 
 impl std::ops::Deref for ServerState {
@@ -74,16 +76,26 @@ impl std::ops::Deref for ServerState {
     }
 }
 
+/// What the server's handlers share with the process's background work.
+pub struct Services {
+    pub direct: Direct,
+    pub feed: Feed,
+    pub bulk_replays: BulkReplays,
+    pub removals: Removals,
+    pub probe: Probe,
+    pub catalog: Arc<crate::catalog::Catalog>,
+}
+
 impl ServerState {
-    pub fn new(
-        pool: PgPool,
-        config: Config,
-        direct: Direct,
-        feed: Feed,
-        bulk_replays: BulkReplays,
-        removals: Removals,
-        probe: Probe,
-    ) -> Self {
+    pub fn new(pool: PgPool, config: Config, services: Services) -> Self {
+        let Services {
+            direct,
+            feed,
+            bulk_replays,
+            removals,
+            probe,
+            catalog,
+        } = services;
         let auth_throttle =
             throttle::AuthThrottle::new(config.auth_failure_limit, config.auth_failure_window);
         let revoked_sessions = Arc::new(session::Revoked::default());
@@ -102,6 +114,7 @@ impl ServerState {
             bulk_replays,
             removals,
             probe,
+            catalog,
         }))
     }
 

@@ -216,3 +216,108 @@ async fn any_token_reads_the_catalog_and_only_the_operator_writes_it() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_send_is_checked_against_its_types_schema_before_anything_is_stored() {
+    let one = crate::helpers::spawn_app().await;
+    let two = crate::helpers::spawn_app_on(one.db_url.clone(), &[]).await;
+    let app = one.create_app().await;
+    async fn send_to(
+        server: &crate::helpers::TestServer,
+        app: &str,
+        event_type: &str,
+        payload: Value,
+    ) -> (StatusCode, Value) {
+        let body = json!({"event_type": event_type, "payload": payload});
+        server.post(&format!("/apps/{app}/messages"), body).await
+    }
+    one.post(
+        "/event-types",
+        json!({"name": "invoice.paid", "schema": invoice_schema()}),
+    )
+    .await;
+
+    let (status, _) = send_to(
+        &one,
+        &app,
+        "invoice.paid",
+        json!({"id": "in_1", "amount": 1}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, err) = send_to(
+        &one,
+        &app,
+        "invoice.paid",
+        json!({"id": "in_2", "amount": -5}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.contains("/amount") && message.contains("minimum"),
+        "{message}"
+    );
+    let (status, err) = send_to(&one, &app, "invoice.paid", json!({"amount": 5})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert!(err["message"].as_str().unwrap().contains("id"), "{err}");
+    // A type the catalog does not have is accepted (HERALD_REQUIRE_EVENT_TYPES is off).
+    assert_eq!(
+        send_to(&one, &app, "other.thing", json!([1, 2])).await.0,
+        StatusCode::ACCEPTED
+    );
+    // Nothing refused was stored.
+    let (_, listed) = one.get(&format!("/apps/{app}/messages")).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 2);
+
+    // The other process holds the same catalog, and follows its changes.
+    let (status, err) = send_to(&two, &app, "invoice.paid", json!({"id": 7, "amount": 1})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    one.patch("/event-types/invoice.paid", json!({"archived": true}))
+        .await;
+    let refused = async {
+        for _ in 0..100 {
+            let (status, err) =
+                send_to(&two, &app, "invoice.paid", json!({"id": "a", "amount": 1})).await;
+            if status == StatusCode::UNPROCESSABLE_ENTITY {
+                return err;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("the other process still sends an archived type");
+    };
+    let err = refused.await;
+    assert!(
+        err["message"].as_str().unwrap().contains("archived"),
+        "{err}"
+    );
+    // On the process that archived it, at once.
+    let (status, _) = send_to(&one, &app, "invoice.paid", json!({"id": "a", "amount": 1})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    two.stop().await;
+    one.stop().await;
+}
+
+#[tokio::test]
+async fn with_require_event_types_only_catalogued_types_are_sent() {
+    let app = crate::helpers::spawn_app_with(&[("HERALD_REQUIRE_EVENT_TYPES", "true")]).await;
+    let tenant = app.create_app().await;
+    let path = format!("/apps/{tenant}/messages");
+    let (status, err) = app
+        .post(&path, json!({"event_type": "invoice.paid", "payload": {}}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("not in the catalog")
+    );
+    app.post("/event-types", json!({"name": "invoice.paid"}))
+        .await;
+    let (status, _) = app
+        .post(&path, json!({"event_type": "invoice.paid", "payload": {}}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    app.stop().await;
+}

@@ -1,0 +1,139 @@
+//! The event-type catalog as each process holds it, to check sends without a query: every
+//! type with its compiled schema. Loaded before the server answers anything, reloaded by
+//! the process that changes it at once and by every other within milliseconds (a
+//! `pg_notify` on [`CHANGED`]), and every [`POLL`] in case a notice was missed while the
+//! listener reconnected.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::db;
+
+/// The channel on which a change of the catalog is announced.
+pub const CHANGED: &str = "herald_event_types";
+/// How often the catalog is read again anyway.
+const POLL: Duration = Duration::from_secs(10);
+
+/// One type as a send needs it.
+pub struct Entry {
+    pub archived: bool,
+    /// `None`: the type has no schema.
+    pub validator: Option<jsonschema::Validator>,
+}
+
+#[derive(Default)]
+pub struct Catalog {
+    entries: RwLock<Arc<HashMap<String, Arc<Entry>>>>,
+    /// What the catalog was when last read (its row count and latest change): a poll that
+    /// finds the same reads nothing more.
+    seen: std::sync::Mutex<Option<(i64, Option<chrono::DateTime<chrono::Utc>>)>>,
+}
+
+impl Catalog {
+    /// The type `name`, if the catalog has it.
+    pub fn get(&self, name: &str) -> Option<Arc<Entry>> {
+        self.entries
+            .read()
+            .expect("catalog lock")
+            .get(name)
+            .cloned()
+    }
+
+    /// Reads the whole catalog again. A stored schema that no longer compiles (it was
+    /// checked when stored) is kept as "no schema", and logged.
+    pub async fn reload(&self, pool: &PgPool) -> sqlx::Result<()> {
+        let seen: (i64, Option<chrono::DateTime<chrono::Utc>>) =
+            sqlx::query_as("select count(*), max(updated_at) from event_type")
+                .fetch_one(pool)
+                .await?;
+        if *self.seen.lock().expect("catalog lock") == Some(seen) {
+            return Ok(());
+        }
+        let mut entries = HashMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let rows = db::event_types::list(pool, after.as_deref(), 1000).await?;
+            let more = rows.len() > 1000;
+            for row in rows.into_iter().take(1000) {
+                let validator = row.schema.as_ref().and_then(|schema| {
+                    jsonschema::draft202012::new(&schema.0)
+                        .inspect_err(|e| {
+                            tracing::error!(event_type = %row.name, error = %e, "stored schema does not compile; not checked");
+                        })
+                        .ok()
+                });
+                after = Some(row.name.clone());
+                entries.insert(
+                    row.name,
+                    Arc::new(Entry {
+                        archived: row.archived,
+                        validator,
+                    }),
+                );
+            }
+            if !more {
+                break;
+            }
+        }
+        *self.entries.write().expect("catalog lock") = Arc::new(entries);
+        *self.seen.lock().expect("catalog lock") = Some(seen);
+        Ok(())
+    }
+
+    /// Loads the catalog, then follows its changes until `cancel`.
+    pub async fn spawn(
+        database_url: String,
+        pool: PgPool,
+        cancel: CancellationToken,
+    ) -> sqlx::Result<Arc<Catalog>> {
+        let catalog = Arc::new(Catalog::default());
+        catalog.reload(&pool).await?;
+        let follower = catalog.clone();
+        tokio::spawn(async move {
+            loop {
+                let listen = follow(&database_url, &pool, &follower);
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    Err(e) = listen => {
+                        tracing::warn!(error = %e, "not following event-type changes; retrying");
+                    }
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+        Ok(catalog)
+    }
+}
+
+async fn follow(database_url: &str, pool: &PgPool, catalog: &Catalog) -> sqlx::Result<()> {
+    let mut listener = sqlx::postgres::PgListener::connect(database_url).await?;
+    listener.listen(CHANGED).await?;
+    // What changed while nobody listened.
+    catalog.reload(pool).await?;
+    loop {
+        match tokio::time::timeout(POLL, listener.recv()).await {
+            Ok(notice) => {
+                notice?;
+            }
+            Err(_elapsed) => {}
+        }
+        catalog.reload(pool).await?;
+    }
+}
+
+/// Announces a change of the catalog to every process (at commit, with `db`'s
+/// transaction).
+pub async fn announce(db: impl sqlx::PgExecutor<'_>) -> sqlx::Result<()> {
+    sqlx::query("select pg_notify($1, '')")
+        .bind(CHANGED)
+        .execute(db)
+        .await
+        .map(|_| ())
+}
