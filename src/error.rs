@@ -210,6 +210,27 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
     }
 }
 
+/// A JSON object body as `T`: like [`Json`], but a body that is not an object is refused
+/// (422) rather than read positionally (serde fills a struct from an array, so `["Acme"]`
+/// would be an application named Acme).
+pub struct JsonObject<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S>
+    for JsonObject<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let Json(value) = Json::<serde_json::Value>::from_request(request, state).await?;
+        if !value.is_object() {
+            return Err(ApiError::Invalid("the body must be a JSON object".into()));
+        }
+        serde_json::from_value(value)
+            .map(JsonObject)
+            .map_err(|e| ApiError::Invalid(e.to_string()))
+    }
+}
+
 /// `axum::extract::Query`, answering in our error format.
 #[derive(axum::extract::FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]

@@ -11,9 +11,9 @@ pub struct EventTypeRow {
     pub name: String,
     pub description: String,
     /// A JSON Schema (2020-12) that payloads of this type must satisfy; `null`: any.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = crate::http::event_types::schema_value)]
     pub schema: Option<Json<serde_json::Value>>,
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<serde_json::Value>)]
     pub examples: Json<Vec<serde_json::Value>>,
     pub deprecated: bool,
     /// Archived types are refused on send.

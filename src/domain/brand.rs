@@ -10,13 +10,16 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct Brand {
     /// The product name the portal's title and heading show.
-    #[schema(max_length = 100)]
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     pub product_name: Option<String>,
     /// `#rgb` or `#rrggbb`.
     #[schema(pattern = "^#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")]
     pub accent_color: Option<String>,
     /// An `https://` image URL, at most 2,048 bytes.
-    #[schema(max_length = 2048)]
+    #[schema(
+        max_length = 2048,
+        pattern = "^https://[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)*(:[0-9]{1,5})?(/[A-Za-z0-9._~!$&()*+,;=:@%/-]*)?$"
+    )]
     pub logo_url: Option<String>,
 }
 

@@ -12,7 +12,7 @@ use super::paging::ListQuery;
 use crate::db::removals::Removal;
 use crate::db::{self, Listing};
 use crate::domain::{AppId, Brand};
-use crate::error::{ApiError, ApiResult, Json};
+use crate::error::{ApiError, ApiResult, Json, JsonObject};
 
 pub fn routes() -> OpenApiRouter<ServerState> {
     OpenApiRouter::new()
@@ -43,9 +43,11 @@ struct UpdateApp {
     portal_brand: Option<Option<Brand>>,
 }
 
+/// A name as sent is at most 256 characters (as the document says), and not blank.
 fn checked_name(name: &str) -> ApiResult<&str> {
+    let long = name.chars().count() > 256;
     let name = name.trim();
-    if name.is_empty() || name.chars().count() > 256 {
+    if name.is_empty() || long {
         return Err(ApiError::Invalid("name must be 1 to 256 characters".into()));
     }
     Ok(name)
@@ -71,7 +73,7 @@ fn checked_brand(brand: Option<Brand>) -> ApiResult<Option<Brand>> {
 )]
 async fn create(
     State(state): State<ServerState>,
-    Json(body): Json<CreateApp>,
+    JsonObject(body): JsonObject<CreateApp>,
 ) -> ApiResult<(StatusCode, Json<db::apps::Application>)> {
     let name = checked_name(&body.name)?;
     if let Some(uid) = &body.uid {
@@ -148,7 +150,7 @@ async fn show(
 async fn update(
     State(state): State<ServerState>,
     Path(app): Path<String>,
-    Json(body): Json<UpdateApp>,
+    JsonObject(body): JsonObject<UpdateApp>,
 ) -> ApiResult<Json<db::apps::Application>> {
     let id = state.app_id(&app).await?;
     let name = body.name.as_deref().map(checked_name).transpose()?;

@@ -17,7 +17,7 @@ use super::paging::ListQuery;
 use crate::db::event_types::{EventTypeFields, EventTypeRow};
 use crate::db::{self, Listing};
 use crate::domain::EventType;
-use crate::error::{ApiError, ApiResult, Json};
+use crate::error::{ApiError, ApiResult, Json, JsonObject};
 
 pub fn routes() -> OpenApiRouter<ServerState> {
     OpenApiRouter::new()
@@ -38,11 +38,12 @@ struct CreateEventType {
     name: String,
     #[schema(max_length = 4096)]
     description: Option<String>,
-    /// A JSON Schema (2020-12) that every payload of this type must satisfy.
-    #[schema(value_type = Option<Object>)]
+    /// A JSON Schema (2020-12) that every payload of this type must satisfy: an object, or
+    /// `true`/`false`.
+    #[schema(schema_with = schema_value)]
     schema: Option<Value>,
     /// Example payloads; each must satisfy the schema.
-    #[schema(value_type = Option<Vec<Object>>, max_items = 20)]
+    #[schema(value_type = Option<Vec<serde_json::Value>>, max_items = 20)]
     examples: Option<Vec<Value>>,
     deprecated: Option<bool>,
     archived: Option<bool>,
@@ -55,12 +56,24 @@ struct UpdateEventType {
     description: Option<String>,
     /// `null` removes the schema.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = schema_value)]
     schema: Option<Option<Value>>,
-    #[schema(value_type = Option<Vec<Object>>, max_items = 20)]
+    #[schema(value_type = Option<Vec<serde_json::Value>>, max_items = 20)]
     examples: Option<Vec<Value>>,
     deprecated: Option<bool>,
     archived: Option<bool>,
+}
+
+/// How the document describes a JSON Schema value: an object or a boolean, or `null`.
+pub fn schema_value() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([
+            Type::Object,
+            Type::Boolean,
+            Type::Null,
+        ]))
+        .build()
 }
 
 /// Tells "absent" (None) from "null" (Some(None)).
@@ -142,7 +155,7 @@ async fn changed(
 )]
 async fn create(
     State(state): State<ServerState>,
-    Json(body): Json<CreateEventType>,
+    JsonObject(body): JsonObject<CreateEventType>,
 ) -> ApiResult<(StatusCode, Json<EventTypeRow>)> {
     let name = EventType::parse(&body.name)
         .map_err(|e| ApiError::Invalid(e.replacen("event_type", "name", 1)))?;
@@ -176,6 +189,13 @@ async fn list(
     State(state): State<ServerState>,
     ListQuery { limit, cursor }: ListQuery<String>,
 ) -> ApiResult<Json<Listing<EventTypeRow>>> {
+    if let Some(c) = &cursor
+        && EventType::parse(c).is_err()
+    {
+        return Err(ApiError::BadRequest(format!(
+            "cursor {c:?} is not an event type's name"
+        )));
+    }
     let rows = db::event_types::list(&state.pool, cursor.as_deref(), limit).await?;
     Ok(Json(Listing::from_rows(rows, limit, |t| t.name.clone())))
 }
@@ -216,7 +236,7 @@ async fn show(
 async fn update(
     State(state): State<ServerState>,
     Path(name): Path<String>,
-    Json(body): Json<UpdateEventType>,
+    JsonObject(body): JsonObject<UpdateEventType>,
 ) -> ApiResult<Json<EventTypeRow>> {
     let current = find(&state, &name).await?;
     let fields = EventTypeFields {

@@ -6,7 +6,7 @@ mod admin_ws;
 mod apps;
 mod dashboard;
 pub(crate) mod endpoints;
-mod event_types;
+pub mod event_types;
 mod health;
 mod messages;
 mod openapi;
@@ -303,6 +303,12 @@ fn auth_failed(state: &ServerState, client: throttle::ClientAddr, what: &'static
 fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> ApiResult<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Null) => return Ok(T::default()),
+        Ok(serde_json::Value::Object(_)) => {}
+        Ok(_) => return Err(ApiError::Invalid("the body must be a JSON object".into())),
+        Err(_) => {}
     }
     match serde_json::from_slice::<Option<T>>(body) {
         Ok(value) => Ok(value.unwrap_or_default()),

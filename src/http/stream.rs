@@ -82,6 +82,14 @@ pub(super) async fn stream(
         access.check_app(filter.app.unwrap_or(bound))?;
         filter.app = Some(bound);
     }
+    // The query's value is checked even when the header wins.
+    if let Some(id) = params.last_event_id.as_deref().filter(|id| !id.is_empty())
+        && id.parse::<Position>().is_err()
+    {
+        return Err(ApiError::BadRequest(format!(
+            "last_event_id {id:?} is not an event id from this stream"
+        )));
+    }
     let from = headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("?").to_owned())

@@ -15,7 +15,7 @@ use super::openapi::TokenParam;
 use super::{ServerState, path_id};
 use crate::db::{self, tokens::Token};
 use crate::domain::TokenId;
-use crate::error::{ApiResult, Json};
+use crate::error::{ApiResult, Json, JsonObject};
 
 pub fn routes() -> OpenApiRouter<ServerState> {
     OpenApiRouter::new()
@@ -57,7 +57,7 @@ struct Created {
 )]
 async fn create(
     State(state): State<ServerState>,
-    Json(body): Json<CreateToken>,
+    JsonObject(body): JsonObject<CreateToken>,
 ) -> ApiResult<(StatusCode, Json<Created>)> {
     let new = NewToken {
         name: &body.name,

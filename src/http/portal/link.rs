@@ -149,7 +149,7 @@ struct CreateLink {
 /// messages (`messages:read`) and offers replay and recover (`replay`) only if the
 /// credential that made it has those scopes.
 #[derive(Serialize, utoipa::ToSchema)]
-struct Created {
+struct PortalLink {
     url: String,
     expires_at: DateTime<Utc>,
 }
@@ -161,14 +161,14 @@ struct Created {
     tag = "portal",
     params(AppParam),
     request_body(content = Option<CreateLink>, description = "Optional: `{}` or no body takes the defaults."),
-    responses((status = 201, body = Created))
+    responses((status = 201, body = PortalLink))
 )]
 async fn create(
     State(state): State<ServerState>,
     Extension(access): Extension<Access>,
     Path(app): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Created>)> {
+) -> ApiResult<(StatusCode, Json<PortalLink>)> {
     let body: CreateLink = optional_body(&body)?;
     let app = state.app_id(&app).await?;
     let lifetime = body
@@ -206,7 +206,7 @@ async fn create(
     tracing::info!(%app, %expires_at, "portal link created");
     Ok((
         StatusCode::CREATED,
-        Json(Created {
+        Json(PortalLink {
             url: format!("{}/portal/{session}/", state.config.public_url),
             expires_at,
         }),
