@@ -81,11 +81,16 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Value>>, D::
     Option::<Value>::deserialize(d).map(Some)
 }
 
+/// Where in a document a validation error is, as a JSON pointer (`/` for the whole).
+pub fn location(e: &jsonschema::ValidationError<'_>) -> String {
+    let at = e.instance_path().to_string();
+    if at.is_empty() { "/".to_owned() } else { at }
+}
+
 /// Refuses a schema that is not a usable JSON Schema 2020-12, saying where.
 pub fn check_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
     if let Err(e) = jsonschema::draft202012::meta::validate(schema) {
-        let at = e.instance_path().to_string();
-        let at = if at.is_empty() { "/".to_owned() } else { at };
+        let at = location(&e);
         return Err(format!(
             "schema is not a valid JSON Schema (2020-12) at {at}: {e}"
         ));
@@ -117,8 +122,7 @@ fn check(
     let validator = check_schema(schema).map_err(ApiError::Invalid)?;
     for (i, example) in examples_after.iter().enumerate() {
         if let Err(e) = validator.validate(example) {
-            let at = e.instance_path().to_string();
-            let at = if at.is_empty() { "/".to_owned() } else { at };
+            let at = location(&e);
             return Err(ApiError::Invalid(format!(
                 "examples[{i}] does not match the schema at {at}: {e}"
             )));

@@ -134,8 +134,7 @@ fn check_against_catalog(
         let value: serde_json::Value =
             serde_json::from_str(payload).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         if let Err(e) = validator.validate(&value) {
-            let at = e.instance_path().to_string();
-            let at = if at.is_empty() { "/".to_owned() } else { at };
+            let at = super::event_types::location(&e);
             return Err(ApiError::Invalid(format!(
                 "payload does not match the schema of {} at {at}: {e}",
                 event_type.as_str()
