@@ -8,11 +8,13 @@
 -- replaced still reads in its first one as it was then. The live version of each
 -- function is the one below; it comes from the last migration named here:
 --
+--   herald.channel_routes            0023_routing
 --   herald.claim                     0004_limits
 --   herald.claim_next                0018_live_floor (earlier versions: 0005_claim_walk)
 --   herald.create_history_partition  0016_partitioned_history
 --   herald.drop_history_partition    0016_partitioned_history
---   herald.enqueue                   0019_removal (earlier versions: 0001_core, 0004_limits, 0009_idempotency_window, 0016_partitioned_history)
+--   herald.endpoint_routes           0023_routing
+--   herald.enqueue                   0023_routing (earlier versions: 0001_core, 0004_limits, 0009_idempotency_window, 0016_partitioned_history, 0019_removal)
 --   herald.feed_attempt              0002_feed
 --   herald.feed_delivery_dead        0002_feed
 --   herald.feed_endpoint_disabled    0002_feed
@@ -27,8 +29,10 @@
 --   herald.prune_rollups             0017_attempt_rollup
 --   herald.refresh_live_floor        0016_partitioned_history
 --   herald.rollup_attempt            0017_attempt_rollup
---   herald.send_message              0016_partitioned_history (earlier versions: 0001_core)
+--   herald.route_miss                0023_routing
+--   herald.send_message              0023_routing (earlier versions: 0001_core, 0016_partitioned_history)
 --   herald.sweep_history_default     0016_partitioned_history
+--   herald.type_routes               0023_routing
 --   herald.uuid_v7                   0001_core
 --   herald.uuid_v7_at                0016_partitioned_history
 --   herald.uuid_v7_floor             0002_feed
@@ -83,6 +87,18 @@ CREATE TYPE herald.event_kind AS ENUM (
     'delivery.dead',
     'endpoint.disabled'
 );
+
+
+--
+-- Name: channel_routes(uuid, text[]); Type: FUNCTION; Schema: herald; Owner: -
+--
+
+CREATE FUNCTION herald.channel_routes(p_app uuid, p_channels text[]) RETURNS text[]
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    select array(select p_app::text || ' c ' || c
+                   from unnest('{*}'::text[] || coalesce(p_channels, '{}')) c)
+$$;
 
 
 --
@@ -485,6 +501,22 @@ $$;
 
 
 --
+-- Name: endpoint_routes(uuid, text[], text[]); Type: FUNCTION; Schema: herald; Owner: -
+--
+
+CREATE FUNCTION herald.endpoint_routes(p_app uuid, p_event_types text[], p_channels text[]) RETURNS text[]
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    select array(select p_app::text || ' t ' || t
+                   from unnest(case when cardinality(p_event_types) = 0 then '{*}'::text[]
+                                    else p_event_types end) t)
+        || array(select p_app::text || ' c ' || c
+                   from unnest(case when cardinality(p_channels) = 0 then '{*}'::text[]
+                                    else p_channels end) c)
+$$;
+
+
+--
 -- Name: uuid_v7(); Type: FUNCTION; Schema: herald; Owner: -
 --
 
@@ -515,6 +547,7 @@ CREATE TABLE herald.message (
     idempotency_key text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     payload_erased_at timestamp with time zone,
+    channels text[],
     CONSTRAINT message_event_type_check CHECK (((event_type ~ '^[A-Za-z0-9_.-]+$'::text) AND (length(event_type) <= 256))),
     CONSTRAINT message_idempotency_key_check CHECK (((length(idempotency_key) >= 1) AND (length(idempotency_key) <= 256)))
 )
@@ -522,10 +555,10 @@ PARTITION BY RANGE (id);
 
 
 --
--- Name: enqueue(text, text, json, text, uuid, double precision, uuid[]); Type: FUNCTION; Schema: herald; Owner: -
+-- Name: enqueue(text, text, json, text, uuid, double precision, uuid[], text[]); Type: FUNCTION; Schema: herald; Owner: -
 --
 
-CREATE FUNCTION herald.enqueue(p_app text, p_event_type text, p_payload json, p_idempotency_key text, p_worker uuid, p_lease_secs double precision, p_busy_endpoints uuid[], OUT message herald.message, OUT claimed json, OUT pending_endpoints uuid[]) RETURNS record
+CREATE FUNCTION herald.enqueue(p_app text, p_event_type text, p_payload json, p_idempotency_key text, p_worker uuid, p_lease_secs double precision, p_busy_endpoints uuid[], p_channels text[] DEFAULT NULL::text[], OUT message herald.message, OUT claimed json, OUT pending_endpoints uuid[]) RETURNS record
     LANGUAGE plpgsql
     SET search_path TO 'herald', 'pg_temp'
     AS $_$
@@ -535,6 +568,8 @@ declare
     v_app_id uuid;
     v_id uuid;
     v_claimed_key uuid;
+    v_types text[];
+    v_channels text[];
 begin
     if p_app ~ '^app_[0-9a-f]{32}$' then
         select id into v_app_id from application
@@ -571,16 +606,23 @@ begin
         end if;
     end if;
 
-    insert into herald.message (id, app_id, event_type, payload, idempotency_key)
+    insert into herald.message (id, app_id, event_type, payload, idempotency_key, channels)
     values (coalesce(v_id, herald.uuid_v7()), v_app_id, p_event_type, p_payload,
-            p_idempotency_key)
+            p_idempotency_key, nullif(p_channels, '{}'))
     returning * into message;
+
+    v_types := herald.type_routes(v_app_id, p_event_type);
+    v_channels := herald.channel_routes(v_app_id, p_channels);
 
     -- An endpoint is sent to directly only if nothing of its is due and waiting (no
     -- queue jumping), the offering process is not already at the endpoint's cap
     -- (p_busy_endpoints: the process counts its own requests; counting everyone's here
     -- would cost every send a scan), and it sets no limit of its own: an explicit cap or a
     -- rate limit is a promise to the receiver, kept exactly by the claim alone.
+    -- The endpoints reached are those whose routes overlap the message's type and channels
+    -- (herald.route_miss says the same, one endpoint at a time), and whose filter, if any,
+    -- the payload contains: the payload becomes jsonb once (an init plan), and only if an
+    -- endpoint has a filter.
     with inserted as (
         insert into delivery (id, message_id, endpoint_id, state, attempt_count, locked_by,
                               lease_expires_at)
@@ -602,7 +644,9 @@ begin
                offset 0) x
          where e.app_id = v_app_id
            and not e.disabled
-           and (cardinality(e.event_types) = 0 or p_event_type = any (e.event_types))
+           and herald.endpoint_routes(e.app_id, e.event_types, e.channels) && v_types
+           and herald.endpoint_routes(e.app_id, e.event_types, e.channels) && v_channels
+           and (e.filter is null or e.filter <@ (select p_payload::jsonb))
         returning id, endpoint_id, state
     )
     select coalesce(array_agg(i.endpoint_id) filter (where i.state = 'pending'), '{}'),
@@ -943,15 +987,32 @@ $$;
 
 
 --
--- Name: send_message(text, text, json, text); Type: FUNCTION; Schema: herald; Owner: -
+-- Name: route_miss(uuid, text[], text[], jsonb, text, text[], json); Type: FUNCTION; Schema: herald; Owner: -
 --
 
-CREATE FUNCTION herald.send_message(p_app text, p_event_type text, p_payload json, p_idempotency_key text DEFAULT NULL::text) RETURNS herald.message
+CREATE FUNCTION herald.route_miss(p_app uuid, p_event_types text[], p_channels text[], p_filter jsonb, p_event_type text, p_msg_channels text[], p_payload json) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    select case
+        when not herald.endpoint_routes(p_app, p_event_types, p_channels)
+                 && herald.type_routes(p_app, p_event_type) then 'event_type'
+        when not herald.endpoint_routes(p_app, p_event_types, p_channels)
+                 && herald.channel_routes(p_app, p_msg_channels) then 'channel'
+        when p_filter is not null and not p_payload::jsonb @> p_filter then 'filter'
+    end
+$$;
+
+
+--
+-- Name: send_message(text, text, json, text, text[]); Type: FUNCTION; Schema: herald; Owner: -
+--
+
+CREATE FUNCTION herald.send_message(p_app text, p_event_type text, p_payload json, p_idempotency_key text DEFAULT NULL::text, p_channels text[] DEFAULT NULL::text[]) RETURNS herald.message
     LANGUAGE sql
     SET search_path TO 'herald', 'pg_temp'
     AS $$
     select message from herald.enqueue(p_app, p_event_type, p_payload, p_idempotency_key,
-                                       null, null, '{}')
+                                       null, null, '{}', p_channels)
 $$;
 
 
@@ -990,6 +1051,21 @@ begin
     get diagnostics v_rows = row_count;
     return v_rows;
 end
+$$;
+
+
+--
+-- Name: type_routes(uuid, text); Type: FUNCTION; Schema: herald; Owner: -
+--
+
+CREATE FUNCTION herald.type_routes(p_app uuid, p_event_type text) RETURNS text[]
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    select array(select p_app::text || ' t ' || k
+                   from unnest(array['*', p_event_type]
+                               || array(select left(p_event_type, i) || '*'
+                                          from generate_series(1, length(p_event_type)) i
+                                         where substr(p_event_type, i, 1) = '.')) k)
 $$;
 
 
@@ -1178,6 +1254,8 @@ CREATE TABLE herald.endpoint (
     rate_tokens double precision DEFAULT 0 NOT NULL,
     rate_at timestamp with time zone DEFAULT '1970-01-01 00:00:00+00'::timestamp with time zone NOT NULL,
     removed_at timestamp with time zone,
+    channels text[] DEFAULT '{}'::text[] NOT NULL,
+    filter jsonb,
     CONSTRAINT endpoint_max_in_flight_check CHECK (((max_in_flight >= 1) AND (max_in_flight <= 1000))),
     CONSTRAINT endpoint_rate_limit_check CHECK (((rate_limit >= 1) AND (rate_limit <= 10000)))
 );
@@ -1308,6 +1386,7 @@ CREATE TABLE herald.message_default (
     idempotency_key text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     payload_erased_at timestamp with time zone,
+    channels text[],
     CONSTRAINT message_event_type_check CHECK (((event_type ~ '^[A-Za-z0-9_.-]+$'::text) AND (length(event_type) <= 256))),
     CONSTRAINT message_idempotency_key_check CHECK (((length(idempotency_key) >= 1) AND (length(idempotency_key) <= 256)))
 );
@@ -1695,6 +1774,13 @@ CREATE UNIQUE INDEX delivery_default_message_endpoint ON herald.delivery_default
 --
 
 CREATE INDEX endpoint_app ON herald.endpoint USING btree (app_id, id);
+
+
+--
+-- Name: endpoint_routes; Type: INDEX; Schema: herald; Owner: -
+--
+
+CREATE INDEX endpoint_routes ON herald.endpoint USING gin (herald.endpoint_routes(app_id, event_types, channels)) WHERE (NOT disabled);
 
 
 --

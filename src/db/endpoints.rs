@@ -16,6 +16,10 @@ pub struct Endpoint {
     pub url: String,
     pub description: String,
     pub event_types: Vec<String>,
+    pub channels: Vec<String>,
+    /// A JSON object the payload must contain; `null`: none.
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Json<serde_json::Value>>,
     pub disabled: bool,
     pub disabled_reason: Option<String>,
     pub max_in_flight: Option<i32>,
@@ -51,6 +55,9 @@ pub struct EndpointFields {
     pub url: Option<String>,
     pub description: Option<String>,
     pub event_types: Option<Vec<String>>,
+    pub channels: Option<Vec<String>>,
+    /// `Some(None)` removes the filter.
+    pub filter: Option<Option<serde_json::Value>>,
     pub disabled: Option<bool>,
     pub max_in_flight: Option<Option<i32>>,
     pub rate_limit: Option<Option<i32>>,
@@ -59,8 +66,8 @@ pub struct EndpointFields {
 
 macro_rules! endpoint_columns {
     () => {
-        "id, app_id, url, description, event_types, disabled, disabled_reason, \
-                       max_in_flight, rate_limit, headers, created_at, updated_at"
+        "id, app_id, url, description, event_types, channels, filter, disabled, \
+                       disabled_reason, max_in_flight, rate_limit, headers, created_at, updated_at"
     };
 }
 
@@ -73,9 +80,10 @@ pub async fn create(
     let disabled = fields.disabled.unwrap_or(false);
     let endpoint: Endpoint = sqlx::query_as(concat!(
         "insert into endpoint (id, app_id, url, description, event_types, disabled, \
-                               disabled_reason, max_in_flight, rate_limit, headers)
+                               disabled_reason, max_in_flight, rate_limit, headers, channels,
+                               filter)
          values ($1, $2, $3, $4, $5, $6, case when $6 then 'disabled by an operator' end, $7, $8,
-                 $9)
+                 $9, $10, $11)
          returning ",
         endpoint_columns!()
     ))
@@ -88,6 +96,8 @@ pub async fn create(
     .bind(fields.max_in_flight.flatten())
     .bind(fields.rate_limit.flatten())
     .bind(Json(fields.headers.unwrap_or_default()))
+    .bind(fields.channels.unwrap_or_default())
+    .bind(fields.filter.flatten().map(Json))
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query("insert into endpoint_secret (endpoint_id, secret) values ($1, $2)")
@@ -146,6 +156,7 @@ pub async fn update(
         fields.max_in_flight.flatten(),
     );
     let (set_rate, rate_limit) = (fields.rate_limit.is_some(), fields.rate_limit.flatten());
+    let (set_filter, filter) = (fields.filter.is_some(), fields.filter.flatten());
     sqlx::query_as(concat!(
         "update endpoint set
              url = coalesce($3, url),
@@ -161,6 +172,8 @@ pub async fn update(
              max_in_flight = case when $7 then $8 else max_in_flight end,
              headers = coalesce($9, headers),
              rate_limit = case when $10 then $11 else rate_limit end,
+             channels = coalesce($12, channels),
+             filter = case when $13 then $14 else filter end,
              updated_at = now()
           where app_id = $1 and id = $2 and removed_at is null
           returning ",
@@ -177,6 +190,9 @@ pub async fn update(
     .bind(fields.headers.map(Json))
     .bind(set_rate)
     .bind(rate_limit)
+    .bind(fields.channels)
+    .bind(set_filter)
+    .bind(filter.map(Json))
     .fetch_optional(db)
     .await
 }

@@ -16,6 +16,8 @@ pub struct Message {
     #[serde(skip)]
     pub app_id: AppId,
     pub event_type: String,
+    /// What it was sent to, besides the endpoints subscribed to no channel.
+    pub channels: Vec<String>,
     /// The exact JSON text the sender gave; `null` once erased.
     #[serde(serialize_with = "raw_json")]
     #[schema(value_type = serde_json::Value)]
@@ -39,8 +41,8 @@ pub struct DeliveryStatus {
 
 macro_rules! message_columns {
     () => {
-        "id, app_id, event_type, payload::text as payload, idempotency_key, created_at,
-         payload_erased_at"
+        "id, app_id, event_type, coalesce(channels, '{}') as channels, payload::text as payload,
+         idempotency_key, created_at, payload_erased_at"
     };
 }
 
@@ -96,6 +98,7 @@ pub async fn send(
     app: &str,
     event_type: &str,
     payload: &str,
+    channels: &[String],
     idempotency_key: Option<&str>,
     direct: Option<DirectOffer>,
 ) -> sqlx::Result<Option<Sent>> {
@@ -110,10 +113,11 @@ pub async fn send(
     };
     sqlx::query_as::<_, Enqueued>(
         "select (q.message).id, (q.message).app_id, (q.message).event_type,
+                coalesce((q.message).channels, '{}') as channels,
                 (q.message).payload::text as payload, (q.message).idempotency_key,
                 (q.message).created_at, (q.message).payload_erased_at, q.claimed,
                 q.pending_endpoints
-           from herald.enqueue($1, $2, $3::json, $4, $5, $6, $7) q",
+           from herald.enqueue($1, $2, $3::json, $4, $5, $6, $7, $8) q",
     )
     .bind(app)
     .bind(event_type)
@@ -122,6 +126,7 @@ pub async fn send(
     .bind(worker)
     .bind(lease)
     .bind(busy_endpoints)
+    .bind(channels)
     .fetch_one(db)
     .await
     .map(|e| {
@@ -159,6 +164,7 @@ pub async fn send_test(
         &app.to_string(),
         TEST_EVENT_TYPE,
         payload,
+        &[],
         None,
         None,
     )
@@ -383,4 +389,67 @@ pub async fn erase_payload(
 pub fn raw_json<S: Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
     let raw: &RawValue = serde_json::from_str(text).map_err(serde::ser::Error::custom)?;
     raw.serialize(s)
+}
+
+/// One endpoint as a dry-run sees it: whether a message would reach it, and if not why.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Route {
+    pub id: EndpointId,
+    pub url: String,
+    pub description: String,
+    pub event_types: Vec<String>,
+    pub channels: Vec<String>,
+    pub filter: Option<Json<serde_json::Value>>,
+    pub disabled_reason: Option<String>,
+    /// `disabled`, `event_type`, `channel` or `filter`; `None`: reached.
+    pub missed: Option<String>,
+}
+
+/// What a message would reach, without sending it: how many endpoints in all (asked as
+/// `herald.enqueue` asks, by the routing index), and a page of the application's
+/// endpoints after `after`, each with why it would be missed (`herald.route_miss`).
+pub async fn dry_run(
+    db: &mut PgConnection,
+    app: AppId,
+    event_type: &str,
+    channels: &[String],
+    payload: &str,
+    after: Option<EndpointId>,
+    limit: i64,
+) -> sqlx::Result<(i64, Vec<Route>)> {
+    let reached: i64 = sqlx::query_scalar(
+        "select count(*) from endpoint e
+          where e.app_id = $1 and not e.disabled
+            and herald.endpoint_routes(e.app_id, e.event_types, e.channels)
+                && herald.type_routes($1, $2)
+            and herald.endpoint_routes(e.app_id, e.event_types, e.channels)
+                && herald.channel_routes($1, $3)
+            and (e.filter is null or e.filter <@ (select $4::jsonb))",
+    )
+    .bind(app)
+    .bind(event_type)
+    .bind(channels)
+    .bind(payload)
+    .fetch_one(&mut *db)
+    .await?;
+    let routes = sqlx::query_as(
+        "select e.id, e.url, e.description, e.event_types, e.channels, e.filter,
+                e.disabled_reason,
+                case when e.disabled then 'disabled'
+                     else herald.route_miss(e.app_id, e.event_types, e.channels, e.filter,
+                                            $2, $3, $4::json) end as missed
+           from endpoint e
+          where e.app_id = $1 and e.removed_at is null and ($5::uuid is null or e.id > $5)
+          order by e.id
+          limit $6",
+    )
+    .bind(app)
+    .bind(event_type)
+    .bind(channels)
+    .bind(payload)
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(&mut *db)
+    .await?;
+    Ok((reached, routes))
 }

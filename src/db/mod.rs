@@ -39,6 +39,7 @@ const CONCURRENT_INDEXES: &[&str] = &[
     "attempt_endpoint_failed",
     "message_erased",
     "message_idempotency_key",
+    "endpoint_routes",
 ];
 
 /// A pool with no idempotency window of its own: `herald.enqueue` then honours keys for its

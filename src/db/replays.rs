@@ -137,8 +137,8 @@ pub async fn replay_message(
                join endpoint e on e.app_id = m.app_id
               where m.id = $1 and m.payload_erased_at is null and not e.disabled
                 and case when $2::uuid is null
-                         then cardinality(e.event_types) = 0
-                              or m.event_type = any (e.event_types)
+                         then herald.route_miss(e.app_id, e.event_types, e.channels, e.filter,
+                                                m.event_type, m.channels, m.payload) is null
                          else e.id = $2 end
          ), again as (
              update delivery d
@@ -261,7 +261,8 @@ pub async fn create_recovery(
                       and m.id >= uuid_v7_floor(greatest($3, e.created_at))
                       and m.id < uuid_v7_floor($4)
                       and m.payload_erased_at is null
-                      and (cardinality(e.event_types) = 0 or m.event_type = any (e.event_types))
+                      and herald.route_miss(e.app_id, e.event_types, e.channels, e.filter,
+                                            m.event_type, m.channels, m.payload) is null
                       and not exists (select 1 from delivery d
                                        where d.message_id = m.id and d.endpoint_id = e.id)),
                 $5, now() + interval '30 seconds'
@@ -352,16 +353,10 @@ pub async fn recover_batch(
     if dead_done && looked_at < limit {
         // The window's bounds first, as values: bound from a joined row, the scan below
         // could not be a plain index range that stops at its limit.
-        let (app, endpoint, after, until, event_types): (
-            AppId,
-            EndpointId,
-            Uuid,
-            Uuid,
-            Vec<String>,
-        ) = sqlx::query_as(
+        let (app, endpoint, after, until): (AppId, EndpointId, Uuid, Uuid) = sqlx::query_as(
             "select r.app_id, r.endpoint_id,
                     coalesce(r.missing_cursor, uuid_v7_floor(greatest(r.since, e.created_at))),
-                    uuid_v7_floor(r.until), e.event_types
+                    uuid_v7_floor(r.until)
                from recovery r
                join endpoint e on e.id = r.endpoint_id
               where r.id = $1",
@@ -375,18 +370,20 @@ pub async fn recover_batch(
         // turns, as in `replay_message`.
         let missing: (i32, bool, Vec<Uuid>) = sqlx::query_as(
             "with scanned as (
-                 select m.id, m.event_type, m.payload_erased_at
+                 select m.id, m.event_type, m.channels, m.payload, m.payload_erased_at
                    from message m
                   where m.app_id = $2 and m.id > $4 and m.id < $5
                   order by m.id
-                  limit $7
+                  limit $6
                     for no key update
              ), created as (
                  insert into delivery (id, message_id, endpoint_id, state, trigger,
                                        next_attempt_at)
                  select uuid_v7_at(s.id), s.id, $3, 'pending', 'replay', now()
                    from scanned s
-                  where (cardinality($6::text[]) = 0 or s.event_type = any ($6::text[]))
+                   join endpoint e on e.id = $3
+                  where herald.route_miss(e.app_id, e.event_types, e.channels, e.filter,
+                                          s.event_type, s.channels, s.payload) is null
                     and s.payload_erased_at is null
                     and not exists (select 1 from delivery d
                                      where d.message_id = s.id and d.endpoint_id = $3)
@@ -396,7 +393,7 @@ pub async fn recover_batch(
                 set missing_cursor = coalesce((select id from scanned order by id desc limit 1),
                                               missing_cursor),
                     queued = queued + (select count(*) from created),
-                    finished_at = case when (select count(*) from scanned) < $7 then now() end
+                    finished_at = case when (select count(*) from scanned) < $6 then now() end
               where id = $1
              returning queued, finished_at is not null, array(select id from created)",
         )
@@ -405,7 +402,6 @@ pub async fn recover_batch(
         .bind(endpoint)
         .bind(after)
         .bind(until)
-        .bind(event_types)
         .bind(limit - looked_at)
         .fetch_one(&mut *tx)
         .await?;

@@ -5,6 +5,7 @@ mod event_type;
 mod header;
 mod id;
 mod position;
+pub mod routing;
 mod secret;
 mod state;
 mod url;

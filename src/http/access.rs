@@ -268,6 +268,11 @@ pub const ROUTES: &[(Method, &str, Need)] = &[
         in_app(Scope::MessagesSend),
     ),
     (
+        Method::POST,
+        "/apps/{app}/messages/dry-run",
+        in_app(Scope::MessagesSend),
+    ),
+    (
         Method::GET,
         "/apps/{app}/messages",
         in_app(Scope::MessagesRead),

@@ -5,19 +5,22 @@ use serde_json::value::RawValue;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{AppParam, AttemptsList, ErrorBody, MessageParams, MessagesList};
+use super::openapi::{
+    AppParam, AttemptsList, EndpointsList, ErrorBody, MessageParams, MessagesList,
+};
 use super::paging::ListQuery;
 use super::search::{self, AttemptFilters, MessageFilters};
 use super::{ServerState, actions, optional_body, path_id};
 use crate::db::attempts::{Attempt, Of};
 use crate::db::messages::{DeliveryStatus, Erased, Message};
 use crate::db::{self, Listing};
-use crate::domain::{AttemptId, DeliveryId, EndpointId, EventType, MessageId};
+use crate::domain::{AttemptId, DeliveryId, EndpointId, EventType, MessageId, routing};
 use crate::error::{ApiError, ApiResult, Json, Query};
 
 pub fn routes() -> OpenApiRouter<ServerState> {
     OpenApiRouter::new()
         .routes(routes!(send, list))
+        .routes(routes!(dry_run))
         .routes(routes!(show))
         .routes(routes!(attempts))
         .routes(routes!(replay))
@@ -35,10 +38,44 @@ struct SendMessage {
     /// the first message and queues nothing; after it, the key sends a new message.
     #[schema(min_length = 1, max_length = 256)]
     idempotency_key: Option<String>,
+    /// Reaches endpoints subscribed to one of these, and endpoints subscribed to no
+    /// channel. At most 10, each 1 to 128 characters of `[A-Za-z0-9_.:-]`.
+    #[schema(max_items = 10, examples(json!(["eu"])))]
+    #[serde(default)]
+    channels: Vec<String>,
 }
 
-/// Sends a message to every enabled endpoint of the application subscribed to its event
-/// type. Answers 202 only after the message and all its deliveries are committed: from
+/// What a send and a dry-run both check, before anything is read or stored: the event type,
+/// the payload's size and its type's schema, and the channels.
+struct Checked<'a> {
+    event_type: EventType,
+    payload: &'a str,
+    channels: Vec<String>,
+}
+
+fn check<'a>(state: &ServerState, body: &'a SendMessage) -> ApiResult<Checked<'a>> {
+    let event_type = EventType::parse(&body.event_type).map_err(ApiError::Invalid)?;
+    let payload = body.payload.get();
+    if payload.len() > state.config.max_payload_bytes {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "payload is {} bytes; the limit is {}",
+            payload.len(),
+            state.config.max_payload_bytes
+        )));
+    }
+    let channels = routing::channels(&body.channels, routing::MAX_MESSAGE_CHANNELS)
+        .map_err(ApiError::Invalid)?;
+    check_against_catalog(state, &event_type, payload)?;
+    Ok(Checked {
+        event_type,
+        payload,
+        channels,
+    })
+}
+
+/// Sends a message to every enabled endpoint of the application that it reaches: subscribed
+/// to its event type (or a pattern of it), to one of its channels (or to none), and with a
+/// filter its payload contains (or none). Answers 202 only after the message and all its deliveries are committed: from
 /// here on nothing is lost.
 #[utoipa::path(
     post,
@@ -57,16 +94,7 @@ async fn send(
     headers: HeaderMap,
     Json(body): Json<SendMessage>,
 ) -> ApiResult<(StatusCode, Json<Message>)> {
-    let event_type = EventType::parse(&body.event_type).map_err(ApiError::Invalid)?;
-    let payload = body.payload.get();
-    if payload.len() > state.config.max_payload_bytes {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "payload is {} bytes; the limit is {}",
-            payload.len(),
-            state.config.max_payload_bytes
-        )));
-    }
-    check_against_catalog(&state, &event_type, payload)?;
+    let checked = check(&state, &body)?;
     let header_key = headers
         .get("idempotency-key")
         .map(|v| {
@@ -75,7 +103,7 @@ async fn send(
                 .map_err(|_| ApiError::Invalid("Idempotency-Key must be visible ASCII".into()))
         })
         .transpose()?;
-    let key = match (body.idempotency_key, header_key) {
+    let key = match (body.idempotency_key.clone(), header_key) {
         (Some(b), Some(h)) if b != h => {
             return Err(ApiError::Invalid(
                 "idempotency_key and the Idempotency-Key header differ".into(),
@@ -95,8 +123,9 @@ async fn send(
     let sent = db::messages::send(
         &state.pool,
         &super::app_key(&app)?,
-        event_type.as_str(),
-        payload,
+        checked.event_type.as_str(),
+        checked.payload,
+        &checked.channels,
         key.as_deref(),
         state.direct.offer(),
     )
@@ -106,6 +135,108 @@ async fn send(
     state.direct.dispatch(&sent);
     state.feed.poke();
     Ok((StatusCode::ACCEPTED, Json(sent.message)))
+}
+
+/// One endpoint in a dry-run's answer.
+#[derive(Serialize, utoipa::ToSchema)]
+struct RouteOutcome {
+    #[schema(value_type = String, examples("ep_0193d2e0c8a97d3e9b1f2a4c5d6e7f80"))]
+    endpoint_id: EndpointId,
+    /// Without user name or password.
+    url: String,
+    description: String,
+    /// Whether the message would get a delivery to this endpoint.
+    reached: bool,
+    /// Why not: `disabled`, `event_type` (it subscribes to other types), `channel` (to
+    /// other channels) or `filter` (the payload does not contain its filter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    /// The same, for a person.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+/// What a dry-run answers.
+#[derive(Serialize, utoipa::ToSchema)]
+struct DryRun {
+    /// Endpoints the message would reach, of all the application's.
+    reached: i64,
+    /// A page of the application's endpoints, oldest first, each reached or not and why.
+    endpoints: Vec<RouteOutcome>,
+    /// Pass as `cursor` (with the same body) for the next page; `null` on the last.
+    next_cursor: Option<String>,
+}
+
+impl From<db::messages::Route> for RouteOutcome {
+    fn from(r: db::messages::Route) -> Self {
+        let list = |items: &[String]| items.join(", ");
+        let detail = match r.missed.as_deref() {
+            None => None,
+            Some("disabled") => Some(format!(
+                "disabled: {}",
+                r.disabled_reason.as_deref().unwrap_or("no reason given")
+            )),
+            Some("event_type") => Some(format!(
+                "subscribes to event types {}",
+                list(&r.event_types)
+            )),
+            Some("channel") => Some(format!("subscribes to channels {}", list(&r.channels))),
+            Some("filter") => Some(format!(
+                "the payload does not contain its filter {}",
+                r.filter
+                    .as_ref()
+                    .map(|f| f.0.to_string())
+                    .unwrap_or_default()
+            )),
+            Some(other) => Some(other.to_owned()),
+        };
+        Self {
+            endpoint_id: r.id,
+            url: crate::domain::redact_userinfo(&r.url),
+            description: r.description,
+            reached: r.missed.is_none(),
+            reason: r.missed,
+            detail,
+        }
+    }
+}
+
+/// Which endpoints a message would reach, and why each other would not, without storing or
+/// sending anything. The body is a send's; it is checked as a send's is (schema, archived
+/// types, channels), so a dry-run that answers 200 is a send that would be accepted.
+#[utoipa::path(
+    post,
+    path = "/apps/{app}/messages/dry-run",
+    tag = "messages",
+    params(AppParam, EndpointsList),
+    request_body = SendMessage,
+    responses((status = 200, body = DryRun))
+)]
+async fn dry_run(
+    State(state): State<ServerState>,
+    Path(app): Path<String>,
+    ListQuery { limit, cursor }: ListQuery<EndpointId>,
+    Json(body): Json<SendMessage>,
+) -> ApiResult<Json<DryRun>> {
+    let checked = check(&state, &body)?;
+    let app_id = state.app_id(&app).await?;
+    let mut conn = state.pool.acquire().await?;
+    let (reached, rows) = db::messages::dry_run(
+        &mut conn,
+        app_id,
+        checked.event_type.as_str(),
+        &checked.channels,
+        checked.payload,
+        cursor,
+        limit,
+    )
+    .await?;
+    let page = Listing::from_rows(rows, limit, |r| r.id.to_string());
+    Ok(Json(DryRun {
+        reached,
+        endpoints: page.data.into_iter().map(RouteOutcome::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// Refuses, before anything is stored, a payload its type's schema does not accept, a type

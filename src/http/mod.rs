@@ -118,6 +118,11 @@ impl ServerState {
         }))
     }
 
+    /// The catalog event types must be in (`HERALD_REQUIRE_EVENT_TYPES`), if they must.
+    pub(crate) fn required_catalog(&self) -> Option<&crate::catalog::Catalog> {
+        self.config.require_event_types.then_some(&*self.catalog)
+    }
+
     /// The application named by a `{app}` path segment: its id or its uid.
     async fn app(&self, key: &str) -> ApiResult<db::apps::Application> {
         db::apps::find(&self.pool, &app_key(key)?)

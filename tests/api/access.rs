@@ -40,7 +40,9 @@ impl Op {
             "/tokens" => json!({"name": "t", "scopes": ["admin"]}),
             "/event-types" => json!({"name": "other.type"}),
             "/event-types/{name}" => json!({"description": "changed"}),
-            "/apps/{app}/messages" => json!({"event_type": "invoice.paid", "payload": {}}),
+            "/apps/{app}/messages" | "/apps/{app}/messages/dry-run" => {
+                json!({"event_type": "invoice.paid", "payload": {}})
+            }
             "/apps/{app}/endpoints" => json!({"url": "https://example.com/hook"}),
             "/apps/{app}/endpoints/{ep}" => json!({"description": "changed"}),
             "/apps/{app}" => json!({"name": "Renamed"}),
@@ -67,6 +69,12 @@ const EXPECTED: &[(&str, &str, &str, &str)] = &[
     ("DELETE", "/apps/{app}", "admin", "path"),
     ("POST", "/apps/{app}/portal", "endpoints:manage", "path"),
     ("POST", "/apps/{app}/messages", "messages:send", "path"),
+    (
+        "POST",
+        "/apps/{app}/messages/dry-run",
+        "messages:send",
+        "path",
+    ),
     ("GET", "/apps/{app}/messages", "messages:read", "path"),
     ("GET", "/apps/{app}/messages/{msg}", "messages:read", "path"),
     (

@@ -31,6 +31,7 @@ mod portal;
 mod removal;
 mod retention;
 mod retries;
+mod routing;
 mod schema;
 mod search;
 mod signing;

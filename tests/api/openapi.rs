@@ -34,6 +34,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/apps/{app}/endpoints/{ep}/attempts"),
     ("post", "/api/v1/apps/{app}/endpoints/{ep}/recover"),
     ("post", "/api/v1/apps/{app}/messages"),
+    ("post", "/api/v1/apps/{app}/messages/dry-run"),
     ("get", "/api/v1/apps/{app}/messages"),
     ("get", "/api/v1/apps/{app}/messages/{msg}"),
     ("get", "/api/v1/apps/{app}/messages/{msg}/attempts"),
@@ -182,7 +183,9 @@ fn example_body(method: &str, path: &str, receiver: &Receiver) -> Option<Value> 
         ("patch", "{name}") => json!({"description": "patched"}),
         ("patch", _) => json!({"description": "patched"}),
         ("post", "portal") => json!({"expires_in": 600}),
-        ("post", "messages") => json!({"event_type": "invoice.paid", "payload": {"n": 2}}),
+        ("post", "messages" | "dry-run") => {
+            json!({"event_type": "invoice.paid", "payload": {"n": 2}})
+        }
         ("post", "recover") => json!({"since": "2020-01-01T00:00:00Z"}),
         ("post", "tokens") => json!({"name": "documented", "scopes": ["admin"]}),
         _ => return None,

@@ -61,9 +61,11 @@ async fn create(
         Some(s) => SigningSecret::parse(&s).map_err(ApiError::Invalid)?,
         None => SigningSecret::generate(),
     };
-    let fields = body
-        .settings
-        .into_fields(Some(&body.url), state.config.allow_private_targets)?;
+    let fields = body.settings.into_fields(
+        Some(&body.url),
+        state.config.allow_private_targets,
+        state.required_catalog(),
+    )?;
     let mut tx = state.pool.begin().await?;
     let endpoint = db::endpoints::create(&mut tx, app_id, fields, &secret).await?;
     tx.commit().await?;
@@ -139,9 +141,11 @@ async fn update(
             "secret cannot be patched; use POST .../secret/rotate".into(),
         ));
     }
-    let fields = body
-        .settings
-        .into_fields(body.url.as_deref(), state.config.allow_private_targets)?;
+    let fields = body.settings.into_fields(
+        body.url.as_deref(),
+        state.config.allow_private_targets,
+        state.required_catalog(),
+    )?;
     actions::update_endpoint(&state, endpoint.app_id, endpoint.id, fields)
         .await
         .map(Json)

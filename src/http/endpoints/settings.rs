@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use axum::http::HeaderName;
 use serde::{Deserialize, Deserializer};
 
+use crate::catalog::Catalog;
 use crate::db::endpoints::{EndpointFields, REDACTED};
-use crate::domain::{EndpointUrl, EventType, SigningSecret, refused_header};
+use crate::domain::{EndpointUrl, SigningSecret, refused_header, routing};
 use crate::error::{ApiError, ApiResult};
 
 /// What create and update share; on update every field is optional.
@@ -15,9 +16,21 @@ use crate::error::{ApiError, ApiResult};
 pub(crate) struct EndpointSettings {
     #[schema(max_length = 1024)]
     description: Option<String>,
-    /// Event types this endpoint receives; empty or absent: all of them.
-    #[schema(value_type = Option<Vec<EventType>>)]
+    /// Event types this endpoint receives: names (`invoice.paid`), prefixes ending in `.*`
+    /// (`invoice.*`: every type that starts with `invoice.`) or `*`; at most 100. Empty or
+    /// absent: all of them.
+    #[schema(value_type = Option<Vec<String>>, max_items = 100, examples(json!(["invoice.*", "customer.created"])))]
     event_types: Option<Vec<String>>,
+    /// Channels this endpoint receives: a message reaches it only if it carries one of
+    /// them. Empty or absent: every message, whatever its channels. At most 100, each 1 to
+    /// 128 characters of `[A-Za-z0-9_.:-]`.
+    #[schema(max_items = 100, examples(json!(["eu", "acct:42"])))]
+    channels: Option<Vec<String>>,
+    /// A JSON object the payload must contain (PostgreSQL's `@>`: `{"region": "eu"}` takes
+    /// payloads whose `region` is `"eu"`), at most 4096 bytes as JSON; `null`: none.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    filter: Option<Option<serde_json::Value>>,
     disabled: Option<bool>,
     /// Requests in flight at once to this endpoint; `null` takes the server default.
     #[serde(default, deserialize_with = "present_whole")]
@@ -78,6 +91,11 @@ pub(super) struct UpdateEndpoint {
     pub(super) settings: EndpointSettings,
 }
 
+/// Tells "absent" (None) from "null" (Some(None)).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<serde_json::Value>>, D::Error> {
+    Ok(Some(Option::<serde_json::Value>::deserialize(d)?))
+}
+
 /// Tells "absent" (None) from "null" (Some(None)), for a whole number: as in JSON Schema,
 /// `119.0` is the integer 119.
 fn present_whole<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i32>>, D::Error> {
@@ -109,10 +127,13 @@ impl EndpointSettings {
         }
     }
 
+    /// Checks every setting given. With `catalog` (`HERALD_REQUIRE_EVENT_TYPES`), each event
+    /// type named without a wildcard must be in it and not archived.
     pub(crate) fn into_fields(
         self,
         url: Option<&str>,
         allow_private: bool,
+        catalog: Option<&Catalog>,
     ) -> ApiResult<EndpointFields> {
         let url = url
             .map(|u| EndpointUrl::parse(u, allow_private).map(|u| u.to_string()))
@@ -120,14 +141,34 @@ impl EndpointSettings {
             .map_err(ApiError::Invalid)?;
         let event_types = self
             .event_types
-            .map(|types| {
-                types
-                    .iter()
-                    .map(|t| EventType::parse(t).map(EventType::into_inner))
-                    .collect::<Result<Vec<_>, _>>()
-            })
+            .map(|types| routing::event_type_patterns(&types))
             .transpose()
             .map_err(ApiError::Invalid)?;
+        if let (Some(catalog), Some(types)) = (catalog, &event_types) {
+            for name in types.iter().filter(|t| !t.ends_with('*')) {
+                match catalog.get(name) {
+                    None => {
+                        return Err(ApiError::Invalid(format!(
+                            "event type {name:?} is not in the catalog (POST /event-types adds it)"
+                        )));
+                    }
+                    Some(entry) if entry.archived => {
+                        return Err(ApiError::Invalid(format!(
+                            "event type {name:?} is archived: it is no longer sent"
+                        )));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let channels = self
+            .channels
+            .map(|c| routing::channels(&c, routing::MAX_ENDPOINT_CHANNELS))
+            .transpose()
+            .map_err(ApiError::Invalid)?;
+        if let Some(Some(filter)) = &self.filter {
+            routing::filter(filter).map_err(ApiError::Invalid)?;
+        }
         if let Some(d) = &self.description
             && d.chars().count() > 1024
         {
@@ -156,6 +197,8 @@ impl EndpointSettings {
             url,
             description: self.description,
             event_types,
+            channels,
+            filter: self.filter,
             disabled: self.disabled,
             max_in_flight: self.max_in_flight,
             rate_limit: self.rate_limit,

@@ -123,6 +123,7 @@ impl EndpointFormBody {
             .into_fields(
                 Some(self.url.trim()).filter(|url| Some(*url) != shown),
                 state.config.portal_allow_private_targets,
+                state.required_catalog(),
             )
             .map_err(|e| match e {
                 ApiError::Invalid(why) | ApiError::BadRequest(why) => why,

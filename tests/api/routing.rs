@@ -1,0 +1,637 @@
+//! Routing (issue 17, point 2): wildcard subscriptions, channels and payload filters decided
+//! inside `herald.enqueue`, the dry-run that explains them, and replays and recovers that
+//! route as sends do. Each case is sent for real, to a real receiver, and checked by what
+//! arrived where.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Receiver, TestServer, count, spawn_app};
+
+/// Endpoints of one application, each delivering to `receiver` under its own path.
+async fn endpoints(
+    server: &TestServer,
+    app: &str,
+    receiver: &Receiver,
+    specs: &[(&str, Value)],
+) -> Vec<(String, String)> {
+    let mut made = vec![];
+    for (name, spec) in specs {
+        let mut body = spec.clone();
+        body["url"] = json!(format!("{}/{name}", receiver.url()));
+        let (id, _) = server.create_endpoint(app, body).await;
+        made.push((name.to_string(), id));
+    }
+    made
+}
+
+/// The endpoints (by name) that got a request for `msg`.
+fn reached_by(receiver: &Receiver, msg: &str) -> BTreeSet<String> {
+    receiver
+        .received()
+        .iter()
+        .filter(|r| r.header("webhook-id") == msg)
+        .map(|r| r.path.trim_start_matches("/hook/").to_owned())
+        .collect()
+}
+
+/// Sends and waits until every delivery it made has succeeded; returns the names of the
+/// endpoints it reached, as the receiver saw them, after checking the message lists the
+/// same deliveries.
+async fn sent_to(
+    server: &TestServer,
+    app: &str,
+    receiver: &Receiver,
+    body: Value,
+) -> BTreeSet<String> {
+    let (status, msg) = server
+        .post(&format!("/apps/{app}/messages"), body.clone())
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{msg}");
+    let id = msg["id"].as_str().unwrap().to_owned();
+    let shown = server
+        .wait_for_message(app, &id, Duration::from_secs(10), |m| {
+            m["deliveries"]
+                .as_array()
+                .is_some_and(|d| d.iter().all(|d| d["state"] == "succeeded"))
+        })
+        .await;
+    let deliveries = shown["deliveries"].as_array().unwrap().len();
+    let mut reached = reached_by(receiver, &id);
+    for _ in 0..100 {
+        if reached.len() >= deliveries {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        reached = reached_by(receiver, &id);
+    }
+    assert_eq!(reached.len(), deliveries, "{body}: {shown:#}");
+    reached
+}
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn wildcards_channels_and_filters_choose_the_endpoints_a_send_reaches() {
+    let server = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let app = server.create_app().await;
+    endpoints(
+        &server,
+        &app,
+        &receiver,
+        &[
+            ("all", json!({})),
+            ("star", json!({"event_types": ["*"]})),
+            ("invoices", json!({"event_types": ["invoice.*"]})),
+            ("paid", json!({"event_types": ["invoice.paid"]})),
+            (
+                "orders",
+                json!({"event_types": ["order.*", "customer.created"]}),
+            ),
+            ("eu", json!({"channels": ["eu"]})),
+            (
+                "eu-us",
+                json!({"channels": ["eu", "us"], "event_types": ["invoice.*"]}),
+            ),
+            ("big", json!({"filter": {"tier": "enterprise"}})),
+            (
+                "big-eu",
+                json!({"filter": {"tier": "enterprise", "address": {"country": "FR"}},
+                       "channels": ["eu"]}),
+            ),
+            ("off", json!({"disabled": true})),
+        ],
+    )
+    .await;
+
+    let send = |event_type: &str, channels: Value, payload: Value| json!({"event_type": event_type, "channels": channels, "payload": payload});
+    assert_eq!(
+        sent_to(
+            &server,
+            &app,
+            &receiver,
+            send("invoice.paid", json!([]), json!({}))
+        )
+        .await,
+        names(&["all", "star", "invoices", "paid"])
+    );
+    // A wildcard takes any depth below its prefix, and not the prefix itself.
+    assert_eq!(
+        sent_to(
+            &server,
+            &app,
+            &receiver,
+            send("invoice.item.created", json!([]), json!({}))
+        )
+        .await,
+        names(&["all", "star", "invoices"])
+    );
+    assert_eq!(
+        sent_to(
+            &server,
+            &app,
+            &receiver,
+            send("invoice", json!([]), json!({}))
+        )
+        .await,
+        names(&["all", "star"])
+    );
+    assert_eq!(
+        sent_to(
+            &server,
+            &app,
+            &receiver,
+            send("customer.created", json!([]), json!({}))
+        )
+        .await,
+        names(&["all", "star", "orders"])
+    );
+    // Channels: endpoints without reach every message; with, only messages of theirs.
+    assert_eq!(
+        sent_to(
+            &server,
+            &app,
+            &receiver,
+            send("invoice.paid", json!(["us"]), json!({}))
+        )
+        .await,
+        names(&["all", "star", "invoices", "paid", "eu-us"])
+    );
+    assert_eq!(
+        sent_to(
+            &server,
+            &app,
+            &receiver,
+            send("order.created", json!(["eu", "x"]), json!({}))
+        )
+        .await,
+        names(&["all", "star", "orders", "eu"])
+    );
+    // Filters: the payload must contain the filter, nested objects included.
+    assert_eq!(
+        sent_to(
+            &server,
+            &app,
+            &receiver,
+            send(
+                "order.created",
+                json!([]),
+                json!({"tier": "enterprise", "address": {"country": "FR", "city": "Lyon"}})
+            )
+        )
+        .await,
+        names(&["all", "star", "orders", "big"])
+    );
+    assert_eq!(
+        sent_to(
+            &server,
+            &app,
+            &receiver,
+            send(
+                "order.created",
+                json!(["eu"]),
+                json!({"tier": "enterprise", "address": {"country": "FR"}})
+            )
+        )
+        .await,
+        names(&["all", "star", "orders", "eu", "big", "big-eu"])
+    );
+    assert_eq!(
+        sent_to(
+            &server,
+            &app,
+            &receiver,
+            send("order.created", json!(["eu"]), json!({"tier": "free"}))
+        )
+        .await,
+        names(&["all", "star", "orders", "eu"])
+    );
+    // A payload that is not an object contains no filter.
+    assert_eq!(
+        sent_to(
+            &server,
+            &app,
+            &receiver,
+            send("x", json!([]), json!([1, 2]))
+        )
+        .await,
+        names(&["all", "star"])
+    );
+
+    // The message shows its channels.
+    let (_, page) = server.get(&format!("/apps/{app}/messages?limit=10")).await;
+    let shown: Vec<&Value> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["channels"])
+        .collect();
+    assert!(shown.contains(&&json!(["eu", "x"])), "{page:#}");
+    assert!(shown.contains(&&json!([])), "{page:#}");
+}
+
+#[tokio::test]
+async fn a_dry_run_answers_what_a_send_would_reach_and_why_not() {
+    let server = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let app = server.create_app().await;
+    let made = endpoints(
+        &server,
+        &app,
+        &receiver,
+        &[
+            ("invoices", json!({"event_types": ["invoice.*"]})),
+            ("orders", json!({"event_types": ["order.*"]})),
+            ("eu", json!({"channels": ["eu"]})),
+            ("big", json!({"filter": {"tier": "enterprise"}})),
+            ("off", json!({"disabled": true})),
+        ],
+    )
+    .await;
+    let id_of = |name: &str| made.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    let body =
+        json!({"event_type": "invoice.paid", "channels": ["us"], "payload": {"tier": "free"}});
+    let (status, dry) = server
+        .post(&format!("/apps/{app}/messages/dry-run"), body.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{dry}");
+    assert_eq!(dry["reached"], 1, "{dry:#}");
+    assert_eq!(dry["next_cursor"], Value::Null);
+    let outcome = |name: &str| -> Value {
+        dry["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["endpoint_id"] == id_of(name).as_str())
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(outcome("invoices")["reached"], true);
+    assert!(outcome("invoices").get("reason").is_none());
+    assert_eq!(outcome("orders")["reason"], "event_type");
+    assert_eq!(
+        outcome("orders")["detail"],
+        "subscribes to event types order.*"
+    );
+    assert_eq!(outcome("eu")["reason"], "channel");
+    assert_eq!(outcome("big")["reason"], "filter");
+    assert_eq!(outcome("off")["reason"], "disabled");
+    // Nothing was stored or sent.
+    assert_eq!(
+        count(&server.pool, "select count(*) from herald.message").await,
+        0
+    );
+
+    // A send of the same body reaches what the dry-run said.
+    assert_eq!(
+        sent_to(&server, &app, &receiver, body).await,
+        names(&["invoices"])
+    );
+
+    // In pages, the count over all of them.
+    let (_, first) = server
+        .post(
+            &format!("/apps/{app}/messages/dry-run?limit=2"),
+            json!({"event_type": "order.created", "payload": {"tier": "enterprise"}}),
+        )
+        .await;
+    assert_eq!(first["reached"], 2, "{first:#}");
+    assert_eq!(first["endpoints"].as_array().unwrap().len(), 2);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, rest) = server
+        .post(
+            &format!("/apps/{app}/messages/dry-run?limit=2&cursor={cursor}"),
+            json!({"event_type": "order.created", "payload": {"tier": "enterprise"}}),
+        )
+        .await;
+    assert_eq!(rest["endpoints"].as_array().unwrap().len(), 2);
+    let (_, last) = server
+        .post(
+            &format!(
+                "/apps/{app}/messages/dry-run?limit=2&cursor={}",
+                rest["next_cursor"].as_str().unwrap()
+            ),
+            json!({"event_type": "order.created", "payload": {"tier": "enterprise"}}),
+        )
+        .await;
+    assert_eq!(last["endpoints"].as_array().unwrap().len(), 1);
+    assert_eq!(last["next_cursor"], Value::Null);
+
+    // It is checked as a send is.
+    let (status, bad) = server
+        .post(
+            &format!("/apps/{app}/messages/dry-run"),
+            json!({"event_type": "a", "channels": ["no spaces"], "payload": {}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+}
+
+/// The dry-run's reasons (herald.route_miss) and the send's index form (herald.enqueue)
+/// are two spellings of one rule: over every combination here, they agree.
+#[tokio::test]
+async fn the_dry_run_and_the_send_agree_on_every_combination() {
+    let server = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let app = server.create_app().await;
+    let types = [json!([]), json!(["a.*"]), json!(["a.b"]), json!(["*", "z"])];
+    let channels = [json!([]), json!(["c1"]), json!(["c1", "c2"])];
+    let filters = [Value::Null, json!({"k": 1}), json!({"n": {"m": [1]}})];
+    let mut specs = vec![];
+    for (i, t) in types.iter().enumerate() {
+        for (j, c) in channels.iter().enumerate() {
+            for (k, f) in filters.iter().enumerate() {
+                specs.push((
+                    format!("e{i}{j}{k}"),
+                    json!({"event_types": t, "channels": c, "filter": f}),
+                ));
+            }
+        }
+    }
+    let specs: Vec<(&str, Value)> = specs.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+    let made = endpoints(&server, &app, &receiver, &specs).await;
+    for event_type in ["a.b", "a.c.d", "z", "b"] {
+        for channels in [json!([]), json!(["c2"]), json!(["c3", "c1"])] {
+            for payload in [
+                json!({}),
+                json!({"k": 1, "n": {"m": [1, 2]}}),
+                json!({"k": 2}),
+            ] {
+                let body =
+                    json!({"event_type": event_type, "channels": channels, "payload": payload});
+                let (_, dry) = server
+                    .post(
+                        &format!("/apps/{app}/messages/dry-run?limit=250"),
+                        body.clone(),
+                    )
+                    .await;
+                let predicted: BTreeSet<String> = dry["endpoints"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|e| e["reached"] == true)
+                    .map(|e| {
+                        made.iter()
+                            .find(|(_, id)| e["endpoint_id"] == id.as_str())
+                            .unwrap()
+                            .0
+                            .clone()
+                    })
+                    .collect();
+                assert_eq!(dry["reached"], predicted.len(), "{body}");
+                assert_eq!(
+                    sent_to(&server, &app, &receiver, body.clone()).await,
+                    predicted,
+                    "{body}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn routing_settings_are_checked_and_shown() {
+    let server = spawn_app().await;
+    let app = server.create_app().await;
+    let path = format!("/apps/{app}/endpoints");
+    for bad in [
+        json!({"url": "https://example.com/a", "event_types": ["invoice*"]}),
+        json!({"url": "https://example.com/a", "event_types": ["*.paid"]}),
+        json!({"url": "https://example.com/a", "channels": ["*"]}),
+        json!({"url": "https://example.com/a", "channels": ["a b"]}),
+        json!({"url": "https://example.com/a", "filter": ["eu"]}),
+        json!({"url": "https://example.com/a", "filter": "eu"}),
+        json!({"url": "https://example.com/a", "filter": {"k": "x".repeat(5000)}}),
+    ] {
+        let (status, error) = server.post(&path, bad.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {error}");
+        assert!(error["message"].is_string());
+    }
+    let (status, ep) = server
+        .post(
+            &path,
+            json!({"url": "https://example.com/a", "event_types": ["invoice.*"],
+                   "channels": ["eu"], "filter": {"region": "eu"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{ep}");
+    assert_eq!(ep["channels"], json!(["eu"]));
+    assert_eq!(ep["filter"], json!({"region": "eu"}));
+    let id = ep["id"].as_str().unwrap();
+    // Left out: unchanged; null: removed.
+    let (_, kept) = server
+        .patch(&format!("{path}/{id}"), json!({"description": "d"}))
+        .await;
+    assert_eq!(kept["filter"], json!({"region": "eu"}));
+    assert_eq!(kept["channels"], json!(["eu"]));
+    let (_, cleared) = server
+        .patch(
+            &format!("{path}/{id}"),
+            json!({"filter": null, "channels": []}),
+        )
+        .await;
+    assert_eq!(cleared["filter"], Value::Null);
+    assert_eq!(cleared["channels"], json!([]));
+
+    for bad in [
+        json!({"event_type": "a", "channels": ["ok", "not ok"], "payload": {}}),
+        json!({"event_type": "a", "channels": (0..11).map(|i| format!("c{i}")).collect::<Vec<_>>(), "payload": {}}),
+        json!({"event_type": "a", "channels": "eu", "payload": {}}),
+    ] {
+        let (status, error) = server
+            .post(&format!("/apps/{app}/messages"), bad.clone())
+            .await;
+        assert!(status.is_client_error(), "{bad}: {status} {error}");
+    }
+    assert_eq!(
+        count(&server.pool, "select count(*) from herald.message").await,
+        0
+    );
+}
+
+/// With `HERALD_REQUIRE_EVENT_TYPES`, an endpoint subscribes to types the catalog has; a
+/// wildcard may name types still to come.
+#[tokio::test]
+async fn with_a_required_catalog_endpoints_subscribe_to_its_types() {
+    let server = crate::helpers::spawn_app_with(&[("HERALD_REQUIRE_EVENT_TYPES", "true")]).await;
+    let app = server.create_app().await;
+    let path = format!("/apps/{app}/endpoints");
+    assert_eq!(
+        server
+            .post("/event-types", json!({"name": "invoice.paid"}))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    let (status, error) = server
+        .post(
+            &path,
+            json!({"url": "https://example.com/a", "event_types": ["invoice.voided"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("not in the catalog")
+    );
+    for ok in [json!(["invoice.paid"]), json!(["invoice.*"]), json!(["*"])] {
+        let (status, ep) = server
+            .post(
+                &path,
+                json!({"url": "https://example.com/a", "event_types": ok}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{ep}");
+    }
+}
+
+/// An application with thousands of endpoints, each for its own customer's channel: a
+/// send finds the one it reaches by the routing index, as the pool plans it (generic
+/// plans), not by reading every endpoint.
+#[tokio::test]
+async fn thousands_of_endpoints_are_routed_by_index() {
+    let server = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let app = server.create_app().await;
+    let app_uuid = app.trim_start_matches("app_");
+    sqlx::query(
+        "insert into herald.endpoint (app_id, url, channels, event_types)
+         select $1::uuid, $2 || '/c' || g, array['customer-' || g],
+                case when g % 2 = 0 then '{invoice.*}'::text[] else '{}' end
+           from generate_series(1, 3000) g",
+    )
+    .bind(app_uuid)
+    .bind(receiver.url())
+    .execute(&server.pool)
+    .await
+    .unwrap();
+    sqlx::query("analyze herald.endpoint")
+        .execute(&server.pool)
+        .await
+        .unwrap();
+    let mut conn = server.pool.acquire().await.unwrap();
+    sqlx::query("set plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "explain select e.id from herald.endpoint e
+          where e.app_id = $1::uuid and not e.disabled
+            and herald.endpoint_routes(e.app_id, e.event_types, e.channels)
+                && herald.type_routes($1::uuid, $2)
+            and herald.endpoint_routes(e.app_id, e.event_types, e.channels)
+                && herald.channel_routes($1::uuid, $3)
+            and (e.filter is null or e.filter <@ (select $4::jsonb))",
+    )
+    .bind(app_uuid)
+    .bind("invoice.paid")
+    .bind(vec!["customer-42".to_owned()])
+    .bind("{}")
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("endpoint_routes"), "{plan}");
+    // The endpoints made by SQL have no signing secret, so only the count is checked.
+    let (status, msg) = server
+        .post(
+            &format!("/apps/{app}/messages"),
+            json!({"event_type": "invoice.paid", "channels": ["customer-42"], "payload": {}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{msg}");
+    let (_, shown) = server
+        .get(&format!(
+            "/apps/{app}/messages/{}",
+            msg["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        shown["deliveries"].as_array().unwrap().len(),
+        1,
+        "{shown:#}"
+    );
+}
+
+/// A replay adds deliveries for endpoints that joined after the message only where the
+/// message routes, and a recover sends an endpoint only the missed messages it would have
+/// been sent.
+#[tokio::test]
+async fn replays_and_recovers_route_as_sends_do() {
+    let server = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let app = server.create_app().await;
+    let eu = sent_to(
+        &server,
+        &app,
+        &receiver,
+        json!({"event_type": "order.created", "channels": ["eu"], "payload": {"tier": "free"}}),
+    )
+    .await;
+    assert!(eu.is_empty());
+    let made = endpoints(
+        &server,
+        &app,
+        &receiver,
+        &[
+            ("eu", json!({"channels": ["eu"]})),
+            ("us", json!({"channels": ["us"]})),
+            ("big", json!({"filter": {"tier": "enterprise"}})),
+        ],
+    )
+    .await;
+    let (_, page) = server.get(&format!("/apps/{app}/messages")).await;
+    let msg = page["data"][0]["id"].as_str().unwrap().to_owned();
+    let (status, replayed) = server
+        .post(&format!("/apps/{app}/messages/{msg}/replay"), json!({}))
+        .await;
+    assert!(status.is_success(), "{replayed}");
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(reached_by(&receiver, &msg), names(&["eu"]));
+
+    // A disabled endpoint misses messages; a recover then sends it those that route to it.
+    let big = &made.iter().find(|(n, _)| n == "big").unwrap().1;
+    server
+        .patch(
+            &format!("/apps/{app}/endpoints/{big}"),
+            json!({"disabled": true}),
+        )
+        .await;
+    let rich = server
+        .send(&app, "order.created", json!({"tier": "enterprise"}))
+        .await;
+    let poor = server
+        .send(&app, "order.created", json!({"tier": "free"}))
+        .await;
+    server
+        .patch(
+            &format!("/apps/{app}/endpoints/{big}"),
+            json!({"disabled": false}),
+        )
+        .await;
+    let (status, recovery) = server
+        .post(
+            &format!("/apps/{app}/endpoints/{big}/recover"),
+            json!({"since": "2020-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert!(status.is_success(), "{recovery}");
+    for _ in 0..250 {
+        if !reached_by(&receiver, &rich).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(reached_by(&receiver, &rich), names(&["big"]));
+    assert!(!reached_by(&receiver, &poor).contains("big"));
+}
