@@ -8,34 +8,39 @@
 -- replaced still reads in its first one as it was then. The live version of each
 -- function is the one below; it comes from the last migration named here:
 --
---   herald.channel_routes            0023_routing
---   herald.claim                     0004_limits
---   herald.claim_next                0018_live_floor (earlier versions: 0005_claim_walk)
---   herald.create_history_partition  0016_partitioned_history
---   herald.drop_history_partition    0016_partitioned_history
---   herald.endpoint_routes           0023_routing
---   herald.enqueue                   0023_routing (earlier versions: 0001_core, 0004_limits, 0009_idempotency_window, 0016_partitioned_history, 0019_removal)
---   herald.feed_attempt              0002_feed
---   herald.feed_delivery_dead        0002_feed
---   herald.feed_endpoint_disabled    0002_feed
---   herald.feed_message_created      0016_partitioned_history (earlier versions: 0002_feed)
---   herald.history_suffix            0016_partitioned_history
---   herald.idempotency_window        0009_idempotency_window
---   herald.live_floor                0016_partitioned_history
---   herald.live_from                 0016_partitioned_history
---   herald.manage_history            0016_partitioned_history
---   herald.message_ref               0001_core
---   herald.prune_idempotency_keys    0016_partitioned_history
---   herald.prune_rollups             0017_attempt_rollup
---   herald.refresh_live_floor        0016_partitioned_history
---   herald.rollup_attempt            0017_attempt_rollup
---   herald.route_miss                0023_routing
---   herald.send_message              0023_routing (earlier versions: 0001_core, 0016_partitioned_history)
---   herald.sweep_history_default     0016_partitioned_history
---   herald.type_routes               0023_routing
---   herald.uuid_v7                   0001_core
---   herald.uuid_v7_at                0016_partitioned_history
---   herald.uuid_v7_floor             0002_feed
+--   herald.channel_routes              0023_routing
+--   herald.claim                       0004_limits
+--   herald.claim_next                  0018_live_floor (earlier versions: 0005_claim_walk)
+--   herald.create_history_partition    0016_partitioned_history
+--   herald.drop_history_partition      0016_partitioned_history
+--   herald.endpoint_routes             0023_routing
+--   herald.enqueue                     0023_routing (earlier versions: 0001_core, 0004_limits, 0009_idempotency_window, 0016_partitioned_history, 0019_removal)
+--   herald.feed_attempt                0002_feed
+--   herald.feed_delivery_dead          0002_feed
+--   herald.feed_endpoint_disabled      0002_feed
+--   herald.feed_message_created        0016_partitioned_history (earlier versions: 0002_feed)
+--   herald.history_suffix              0016_partitioned_history
+--   herald.idempotency_window          0009_idempotency_window
+--   herald.live_floor                  0016_partitioned_history
+--   herald.live_from                   0016_partitioned_history
+--   herald.manage_history              0016_partitioned_history
+--   herald.message_ref                 0001_core
+--   herald.operational_delivery        0025_operational
+--   herald.operational_endpoint        0025_operational
+--   herald.operational_endpoint_shown  0025_operational
+--   herald.operational_note            0025_operational
+--   herald.prune_idempotency_keys      0016_partitioned_history
+--   herald.prune_rollups               0017_attempt_rollup
+--   herald.ref                         0025_operational
+--   herald.refresh_live_floor          0016_partitioned_history
+--   herald.rollup_attempt              0025_operational (earlier versions: 0017_attempt_rollup)
+--   herald.route_miss                  0023_routing
+--   herald.send_message                0023_routing (earlier versions: 0001_core, 0016_partitioned_history)
+--   herald.sweep_history_default       0016_partitioned_history
+--   herald.type_routes                 0023_routing
+--   herald.uuid_v7                     0001_core
+--   herald.uuid_v7_at                  0016_partitioned_history
+--   herald.uuid_v7_floor               0002_feed
 
 --
 -- Name: herald; Type: SCHEMA; Schema: -; Owner: -
@@ -882,6 +887,168 @@ CREATE FUNCTION herald.message_ref(p_id uuid) RETURNS text
 
 
 --
+-- Name: operational_delivery(); Type: FUNCTION; Schema: herald; Owner: -
+--
+
+CREATE FUNCTION herald.operational_delivery() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'herald', 'pg_temp'
+    AS $$
+declare
+    v_app uuid;
+    v_url text;
+    v_type text;
+begin
+    select e.app_id, e.url into v_app, v_url from endpoint e where e.id = new.endpoint_id;
+    select m.event_type into v_type from message m where m.id = new.message_id;
+    perform herald.operational_note(
+        case when new.state = 'dead' then 'delivery.dead' else 'delivery.recovered' end,
+        v_app, new.endpoint_id,
+        jsonb_build_object(
+            'url', v_url,
+            'delivery_id', herald.ref('dlv', new.id),
+            'message_id', herald.ref('msg', new.message_id),
+            'event_type', v_type,
+            'attempts', new.attempt_count - new.retry_base,
+            'last_error', case when new.state = 'dead' then new.last_error
+                               else old.last_error end,
+            'at', now()));
+    return null;
+end
+$$;
+
+
+--
+-- Name: operational_endpoint(); Type: FUNCTION; Schema: herald; Owner: -
+--
+
+CREATE FUNCTION herald.operational_endpoint() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'herald', 'pg_temp'
+    AS $$
+declare
+    v_actor text := nullif(current_setting('herald.actor', true), '');
+    v_changed text[];
+begin
+    if tg_op = 'INSERT' then
+        if v_actor is not null then
+            perform herald.operational_note('endpoint.created', new.app_id, new.id,
+                jsonb_build_object('url', new.url, 'by', v_actor, 'at', now(),
+                                   'endpoint', herald.operational_endpoint_shown(new)));
+        end if;
+        return null;
+    end if;
+    if new.removed_at is not null and old.removed_at is null then
+        if v_actor is not null then
+            perform herald.operational_note('endpoint.deleted', new.app_id, new.id,
+                jsonb_build_object('url', new.url, 'by', v_actor, 'at', now(),
+                                   'endpoint', herald.operational_endpoint_shown(old)));
+        end if;
+        return null;
+    end if;
+    if new.disabled and not old.disabled then
+        perform herald.operational_note('endpoint.disabled', new.app_id, new.id,
+            jsonb_build_object('url', new.url, 'reason', new.disabled_reason,
+                               'by', v_actor, 'at', now()));
+    end if;
+    if new.failing_since is not null and old.failing_since is null then
+        perform herald.operational_note('endpoint.failing', new.app_id, new.id,
+            jsonb_build_object('url', new.url, 'why', 'first_failure',
+                               'failing_since', new.failing_since, 'at', now()));
+    end if;
+    if v_actor is not null then
+        v_changed := array_remove(array[
+            case when new.url is distinct from old.url then 'url' end,
+            case when new.description is distinct from old.description then 'description' end,
+            case when new.event_types is distinct from old.event_types then 'event_types' end,
+            case when new.channels is distinct from old.channels then 'channels' end,
+            case when new.filter is distinct from old.filter then 'filter' end,
+            case when new.disabled is distinct from old.disabled then 'disabled' end,
+            case when new.max_in_flight is distinct from old.max_in_flight
+                 then 'max_in_flight' end,
+            case when new.rate_limit is distinct from old.rate_limit then 'rate_limit' end,
+            case when new.headers is distinct from old.headers then 'headers' end], null);
+        if cardinality(v_changed) > 0 then
+            perform herald.operational_note('endpoint.updated', new.app_id, new.id,
+                jsonb_build_object('url', new.url, 'by', v_actor, 'at', now(),
+                                   'changed', to_jsonb(v_changed),
+                                   'endpoint', herald.operational_endpoint_shown(new)));
+        end if;
+    end if;
+    return null;
+end
+$$;
+
+
+--
+-- Name: endpoint; Type: TABLE; Schema: herald; Owner: -
+--
+
+CREATE TABLE herald.endpoint (
+    id uuid DEFAULT herald.uuid_v7() NOT NULL,
+    app_id uuid NOT NULL,
+    url text NOT NULL,
+    description text DEFAULT ''::text NOT NULL,
+    event_types text[] DEFAULT '{}'::text[] NOT NULL,
+    disabled boolean DEFAULT false NOT NULL,
+    disabled_reason text,
+    max_in_flight integer,
+    headers jsonb DEFAULT '{}'::jsonb NOT NULL,
+    failing_since timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    rate_limit integer,
+    rate_tokens double precision DEFAULT 0 NOT NULL,
+    rate_at timestamp with time zone DEFAULT '1970-01-01 00:00:00+00'::timestamp with time zone NOT NULL,
+    removed_at timestamp with time zone,
+    channels text[] DEFAULT '{}'::text[] NOT NULL,
+    filter jsonb,
+    CONSTRAINT endpoint_max_in_flight_check CHECK (((max_in_flight >= 1) AND (max_in_flight <= 1000))),
+    CONSTRAINT endpoint_rate_limit_check CHECK (((rate_limit >= 1) AND (rate_limit <= 10000)))
+);
+
+
+--
+-- Name: operational_endpoint_shown(herald.endpoint); Type: FUNCTION; Schema: herald; Owner: -
+--
+
+CREATE FUNCTION herald.operational_endpoint_shown(p herald.endpoint) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    select jsonb_build_object('description', p.description, 'event_types', p.event_types,
+                              'channels', p.channels, 'filter', p.filter,
+                              'disabled', p.disabled, 'rate_limit', p.rate_limit,
+                              'max_in_flight', p.max_in_flight)
+$$;
+
+
+--
+-- Name: operational_note(text, uuid, uuid, jsonb); Type: FUNCTION; Schema: herald; Owner: -
+--
+
+CREATE FUNCTION herald.operational_note(p_kind text, p_app uuid, p_endpoint uuid, p_data jsonb) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'herald', 'pg_temp'
+    AS $$
+declare
+    v_uid text := nullif(current_setting('herald.operational_app', true), '');
+    v_operational uuid;
+begin
+    if v_uid is null then
+        return;
+    end if;
+    select id into v_operational from application where uid = v_uid and removed_at is null;
+    if v_operational is null or v_operational = p_app then
+        return;
+    end if;
+    insert into operational_event (kind, app_id, endpoint_id, data)
+    values (p_kind, p_app, p_endpoint, p_data);
+    perform pg_notify('herald_operational', '');
+end
+$$;
+
+
+--
 -- Name: prune_idempotency_keys(interval); Type: FUNCTION; Schema: herald; Owner: -
 --
 
@@ -922,6 +1089,15 @@ CREATE FUNCTION herald.prune_rollups() RETURNS bigint
     )
     select count(*) from gone
 $$;
+
+
+--
+-- Name: ref(text, uuid); Type: FUNCTION; Schema: herald; Owner: -
+--
+
+CREATE FUNCTION herald.ref(p_prefix text, p_id uuid) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ select p_prefix || '_' || replace(p_id::text, '-', '') $$;
 
 
 --
@@ -972,6 +1148,8 @@ CREATE FUNCTION herald.rollup_attempt() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO 'herald', 'pg_temp'
     AS $$
+declare
+    v_share float8;
 begin
     insert into attempt_minute as r (endpoint_id, minute, app_id, succeeded, total)
     select n.endpoint_id, date_trunc('minute', n.created_at), n.app_id,
@@ -981,6 +1159,31 @@ begin
      order by 1, 2
     on conflict (endpoint_id, minute) do update
        set succeeded = r.succeeded + excluded.succeeded, total = r.total + excluded.total;
+    if current_setting('herald.operational_app', true) <> '' then
+        v_share := nullif(current_setting('herald.operational_failing_share', true), '')::float8;
+        if v_share is not null then
+            perform herald.operational_note('endpoint.failing', f.app_id, f.endpoint_id,
+                       jsonb_build_object('url', e.url, 'why', 'failure_share',
+                                          'failing_since', e.failing_since,
+                                          'failed', s.total - s.succeeded,
+                                          'attempts', s.total, 'at', now()))
+              from (select distinct n.endpoint_id, n.app_id from inserted n
+                     where n.outcome <> 'succeeded') f
+              join endpoint e on e.id = f.endpoint_id
+             cross join lateral (
+                   select coalesce(sum(r.total), 0) as total,
+                          coalesce(sum(r.succeeded), 0) as succeeded
+                     from attempt_minute r
+                    where r.endpoint_id = f.endpoint_id
+                      and r.minute >= date_trunc('minute', now()) - interval '4 minutes') s
+             where s.total >= 10
+               and (s.total - s.succeeded)::float8 / s.total >= v_share
+               and not exists (select 1 from operational_event o
+                                where o.endpoint_id = f.endpoint_id
+                                  and o.kind = 'endpoint.failing'
+                                  and o.created_at > now() - interval '1 minute');
+        end if;
+    end if;
     return null;
 end
 $$;
@@ -1234,34 +1437,6 @@ CREATE TABLE herald.delivery_default (
 
 
 --
--- Name: endpoint; Type: TABLE; Schema: herald; Owner: -
---
-
-CREATE TABLE herald.endpoint (
-    id uuid DEFAULT herald.uuid_v7() NOT NULL,
-    app_id uuid NOT NULL,
-    url text NOT NULL,
-    description text DEFAULT ''::text NOT NULL,
-    event_types text[] DEFAULT '{}'::text[] NOT NULL,
-    disabled boolean DEFAULT false NOT NULL,
-    disabled_reason text,
-    max_in_flight integer,
-    headers jsonb DEFAULT '{}'::jsonb NOT NULL,
-    failing_since timestamp with time zone,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    rate_limit integer,
-    rate_tokens double precision DEFAULT 0 NOT NULL,
-    rate_at timestamp with time zone DEFAULT '1970-01-01 00:00:00+00'::timestamp with time zone NOT NULL,
-    removed_at timestamp with time zone,
-    channels text[] DEFAULT '{}'::text[] NOT NULL,
-    filter jsonb,
-    CONSTRAINT endpoint_max_in_flight_check CHECK (((max_in_flight >= 1) AND (max_in_flight <= 1000))),
-    CONSTRAINT endpoint_rate_limit_check CHECK (((rate_limit >= 1) AND (rate_limit <= 10000)))
-);
-
-
---
 -- Name: endpoint_secret; Type: TABLE; Schema: herald; Owner: -
 --
 
@@ -1389,6 +1564,46 @@ CREATE TABLE herald.message_default (
     channels text[],
     CONSTRAINT message_event_type_check CHECK (((event_type ~ '^[A-Za-z0-9_.-]+$'::text) AND (length(event_type) <= 256))),
     CONSTRAINT message_idempotency_key_check CHECK (((length(idempotency_key) >= 1) AND (length(idempotency_key) <= 256)))
+);
+
+
+--
+-- Name: operational_event; Type: TABLE; Schema: herald; Owner: -
+--
+
+CREATE TABLE herald.operational_event (
+    id bigint NOT NULL,
+    kind text NOT NULL,
+    app_id uuid NOT NULL,
+    endpoint_id uuid NOT NULL,
+    data jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    due_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: operational_event_id_seq; Type: SEQUENCE; Schema: herald; Owner: -
+--
+
+ALTER TABLE herald.operational_event ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME herald.operational_event_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
+-- Name: operational_notice; Type: TABLE; Schema: herald; Owner: -
+--
+
+CREATE TABLE herald.operational_notice (
+    endpoint_id uuid NOT NULL,
+    kind text NOT NULL,
+    sent_at timestamp with time zone NOT NULL
 );
 
 
@@ -1611,6 +1826,22 @@ ALTER TABLE ONLY herald.message
 
 ALTER TABLE ONLY herald.message_default
     ADD CONSTRAINT message_default_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: operational_event operational_event_pkey; Type: CONSTRAINT; Schema: herald; Owner: -
+--
+
+ALTER TABLE ONLY herald.operational_event
+    ADD CONSTRAINT operational_event_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: operational_notice operational_notice_pkey; Type: CONSTRAINT; Schema: herald; Owner: -
+--
+
+ALTER TABLE ONLY herald.operational_notice
+    ADD CONSTRAINT operational_notice_pkey PRIMARY KEY (endpoint_id, kind);
 
 
 --
@@ -1868,6 +2099,20 @@ CREATE INDEX message_default_id_idx ON herald.message_default USING btree (id) W
 
 
 --
+-- Name: operational_event_due; Type: INDEX; Schema: herald; Owner: -
+--
+
+CREATE INDEX operational_event_due ON herald.operational_event USING btree (due_at, id);
+
+
+--
+-- Name: operational_event_endpoint; Type: INDEX; Schema: herald; Owner: -
+--
+
+CREATE INDEX operational_event_endpoint ON herald.operational_event USING btree (endpoint_id, kind);
+
+
+--
 -- Name: recovery_unfinished; Type: INDEX; Schema: herald; Owner: -
 --
 
@@ -2026,6 +2271,34 @@ CREATE TRIGGER feed_endpoint_disabled AFTER UPDATE OF disabled ON herald.endpoin
 --
 
 CREATE TRIGGER feed_message_created AFTER INSERT ON herald.message REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION herald.feed_message_created();
+
+
+--
+-- Name: delivery operational_delivery_dead; Type: TRIGGER; Schema: herald; Owner: -
+--
+
+CREATE TRIGGER operational_delivery_dead AFTER UPDATE OF state ON herald.delivery FOR EACH ROW WHEN (((new.state = 'dead'::herald.delivery_state) AND (old.state <> 'dead'::herald.delivery_state) AND (current_setting('herald.operational_app'::text, true) <> ''::text))) EXECUTE FUNCTION herald.operational_delivery();
+
+
+--
+-- Name: delivery operational_delivery_recovered; Type: TRIGGER; Schema: herald; Owner: -
+--
+
+CREATE TRIGGER operational_delivery_recovered AFTER UPDATE OF state ON herald.delivery FOR EACH ROW WHEN (((new.state = 'succeeded'::herald.delivery_state) AND (old.state <> 'succeeded'::herald.delivery_state) AND (old.last_error IS NOT NULL) AND (current_setting('herald.operational_app'::text, true) <> ''::text))) EXECUTE FUNCTION herald.operational_delivery();
+
+
+--
+-- Name: endpoint operational_endpoint_changed; Type: TRIGGER; Schema: herald; Owner: -
+--
+
+CREATE TRIGGER operational_endpoint_changed AFTER UPDATE ON herald.endpoint FOR EACH ROW WHEN (((current_setting('herald.operational_app'::text, true) <> ''::text) AND ((new.disabled AND (NOT old.disabled)) OR ((new.failing_since IS NOT NULL) AND (old.failing_since IS NULL)) OR (current_setting('herald.actor'::text, true) <> ''::text)))) EXECUTE FUNCTION herald.operational_endpoint();
+
+
+--
+-- Name: endpoint operational_endpoint_created; Type: TRIGGER; Schema: herald; Owner: -
+--
+
+CREATE TRIGGER operational_endpoint_created AFTER INSERT ON herald.endpoint FOR EACH ROW WHEN (((current_setting('herald.operational_app'::text, true) <> ''::text) AND (current_setting('herald.actor'::text, true) <> ''::text))) EXECUTE FUNCTION herald.operational_endpoint();
 
 
 --

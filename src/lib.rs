@@ -12,6 +12,7 @@ pub mod error;
 pub mod feed;
 pub mod http;
 pub mod metrics;
+pub mod operational;
 pub mod probe;
 pub mod removal;
 pub mod retention;

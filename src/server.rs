@@ -50,6 +50,10 @@ impl Server {
             config.database_url.expose(),
             config.db_pool_size,
             config.idempotency_window,
+            config
+                .operational_app
+                .as_deref()
+                .map(|app| (app, config.operational_failing_share)),
         )
         .await
         .context("cannot connect to the database")?;
@@ -98,6 +102,18 @@ impl Server {
             max_connections: config.max_connections,
             grace: config.shutdown_grace,
         };
+        if let Some(app) = &config.operational_app {
+            crate::operational::install_event_types(&pool)
+                .await
+                .context("cannot write Herald's operational event types")?;
+            crate::operational::spawn(
+                config.database_url.expose().to_owned(),
+                pool.clone(),
+                app.clone(),
+                config.operational_coalesce,
+                cancel.clone(),
+            );
+        }
         // Loaded before anything is answered: no send goes unchecked against it.
         let catalog = crate::catalog::Catalog::spawn(
             config.database_url.expose().to_owned(),

@@ -30,6 +30,13 @@ pub struct Config {
     pub portal_allow_private_targets: bool,
     /// Whether a send of a type the catalog does not have is refused.
     pub require_event_types: bool,
+    /// The uid of the operator's application that operational webhooks go to, if any.
+    pub operational_app: Option<String>,
+    /// At most one operational message of a coalesced kind per endpoint in this long.
+    pub operational_coalesce: Duration,
+    /// The share of an endpoint's attempts in the last five minutes that, failed, sends
+    /// `endpoint.failing` again.
+    pub operational_failing_share: f64,
     /// The origins that may frame the customer portal, as a `frame-ancestors` source list
     /// (`'none'` when `HERALD_PORTAL_FRAME_ANCESTORS` is not set).
     pub portal_frame_ancestors: String,
@@ -259,6 +266,26 @@ impl Config {
                 parsed("HERALD_RETENTION", "30d").trim()
             );
         }
+        let operational_app = var("HERALD_OPERATIONAL_APP").filter(|v| !v.is_empty());
+        if let Some(uid) = &operational_app
+            && (uid.len() > 256
+                || !uid
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
+        {
+            bail!(
+                "HERALD_OPERATIONAL_APP must be an application's uid: 1 to 256 characters of \
+                 A-Z, a-z, 0-9, '_', '.', ':' and '-'"
+            );
+        }
+        let operational_failing_share: f64 = parsed("HERALD_OPERATIONAL_FAILING_SHARE", "0.5")
+            .trim()
+            .parse()
+            .ok()
+            .filter(|share: &f64| *share > 0.0 && *share <= 1.0)
+            .ok_or_else(|| {
+                anyhow::anyhow!("HERALD_OPERATIONAL_FAILING_SHARE must be a number in (0, 1]")
+            })?;
         let log_format = match parsed("HERALD_LOG_FORMAT", "pretty").as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
@@ -273,6 +300,10 @@ impl Config {
             allow_private_targets,
             portal_allow_private_targets,
             require_event_types: flag("HERALD_REQUIRE_EVENT_TYPES")?,
+            operational_app,
+            operational_coalesce: duration("HERALD_OPERATIONAL_COALESCE", "1m")?
+                .min(Duration::from_secs(86400)),
+            operational_failing_share,
             portal_frame_ancestors,
             portal_brand,
             worker_concurrency,

@@ -11,6 +11,7 @@ pub mod events;
 pub mod history;
 pub mod listen;
 pub mod messages;
+pub mod operational;
 pub mod removals;
 pub mod replays;
 pub mod tokens;
@@ -51,13 +52,24 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
 /// Herald's main pool: every connection also carries `herald.idempotency_window`, which
 /// `herald.enqueue` reads (a setting rather than an argument, so that the function a
 /// backend calls from its own transaction keeps its signature).
+///
+/// With `operational` (HERALD_OPERATIONAL_APP's uid and HERALD_OPERATIONAL_FAILING_SHARE),
+/// they carry `herald.operational_app` and `herald.operational_failing_share` too: the
+/// operational triggers (migration 0025) record facts only on a connection that has them.
 pub async fn connect_with_window(
     url: &str,
     max_connections: u32,
     idempotency_window: Duration,
+    operational: Option<(&str, f64)>,
 ) -> anyhow::Result<PgPool> {
     let window = format!("{} milliseconds", idempotency_window.as_millis());
-    let options = options(url)?.options([("herald.idempotency_window", window)]);
+    let mut options = options(url)?.options([("herald.idempotency_window", window)]);
+    if let Some((app, share)) = operational {
+        options = options.options([
+            ("herald.operational_app", app.to_owned()),
+            ("herald.operational_failing_share", share.to_string()),
+        ]);
+    }
     pool(options, max_connections).await
 }
 

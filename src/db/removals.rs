@@ -118,8 +118,12 @@ pub async fn queue_endpoint(
     pool: &PgPool,
     app: AppId,
     endpoint: EndpointId,
+    actor: Option<&str>,
 ) -> sqlx::Result<Option<Removal>> {
     let mut tx = pool.begin().await?;
+    if let Some(actor) = actor {
+        super::operational::act_as(&mut tx, actor).await?;
+    }
     if mark_endpoints(&mut tx, app, Some(endpoint)).await? == 0 {
         return Ok(None);
     }

@@ -95,6 +95,9 @@ pub struct Access {
     token: Option<TokenId>,
 }
 
+/// The actor of changes made in the customer portal.
+pub const PORTAL_ACTOR: &str = "portal";
+
 /// How often a stream or channel opened with an API token checks that the token still
 /// stands.
 const RECHECK: Duration = Duration::from_secs(30);
@@ -159,6 +162,17 @@ impl Access {
             {
                 return;
             }
+        }
+    }
+
+    /// Who the operational events of a change made with this credential name
+    /// (`endpoint.created` and the like): a portal session or an API token, the operator's
+    /// own changes being none of the customers' doing.
+    pub fn actor(&self) -> Option<String> {
+        match (self.by, self.token) {
+            (AuthBy::Portal, _) => Some(PORTAL_ACTOR.to_owned()),
+            (_, Some(token)) => Some(format!("token {token}")),
+            _ => None,
         }
     }
 

@@ -20,15 +20,24 @@ use crate::error::{ApiError, ApiResult};
 /// Changes an endpoint of `app`. A change that disables it is announced on the feed (the
 /// `feed_endpoint_disabled` trigger writes the event): waking this process's feed reader
 /// shows it to this process's subscribers at once, not at the next NOTIFY or poll.
+///
+/// `actor` names a customer making the change (a portal session or an API token), for the
+/// `endpoint.updated` operational event its transaction records.
 pub async fn update_endpoint(
     state: &ServerState,
     app: AppId,
     id: EndpointId,
     fields: EndpointFields,
+    actor: Option<&str>,
 ) -> ApiResult<Endpoint> {
-    let endpoint = db::endpoints::update(&state.pool, app, id, fields)
+    let mut tx = state.pool.begin().await?;
+    if let Some(actor) = actor {
+        db::operational::act_as(&mut tx, actor).await?;
+    }
+    let endpoint = db::endpoints::update(&mut *tx, app, id, fields)
         .await?
         .ok_or(ApiError::NotFound("endpoint"))?;
+    tx.commit().await?;
     state.feed.poke();
     Ok(endpoint)
 }

@@ -26,6 +26,7 @@ mod limits;
 mod messages;
 mod metrics;
 mod openapi;
+mod operational;
 mod outbox;
 mod portal;
 mod removal;

@@ -192,7 +192,7 @@ async fn set_state(
         disabled: Some(form.disabled),
         ..EndpointFields::default()
     };
-    actions::update_endpoint(&state, app_id, id, fields).await?;
+    actions::update_endpoint(&state, app_id, id, fields, None).await?;
     let flash = if form.disabled {
         "Endpoint disabled."
     } else {

@@ -5,6 +5,7 @@ pub(super) mod settings;
 
 use std::collections::BTreeMap;
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use self::settings::{CreateEndpoint, UpdateEndpoint};
+use super::access::Access;
 use super::openapi::{AppParam, AttemptsList, EndpointParams, EndpointsList, ErrorBody};
 use super::paging::ListQuery;
 use super::search::{self, AttemptFilters};
@@ -53,6 +55,7 @@ struct WithSecret {
 )]
 async fn create(
     State(state): State<ServerState>,
+    Extension(access): Extension<Access>,
     Path(app): Path<String>,
     Json(body): Json<CreateEndpoint>,
 ) -> ApiResult<(StatusCode, Json<WithSecret>)> {
@@ -67,6 +70,9 @@ async fn create(
         state.required_catalog(),
     )?;
     let mut tx = state.pool.begin().await?;
+    if let Some(actor) = access.actor() {
+        db::operational::act_as(&mut tx, &actor).await?;
+    }
     let endpoint = db::endpoints::create(&mut tx, app_id, fields, &secret).await?;
     tx.commit().await?;
     Ok((
@@ -132,6 +138,7 @@ async fn show(
 )]
 async fn update(
     State(state): State<ServerState>,
+    Extension(access): Extension<Access>,
     Path((app, ep)): Path<(String, String)>,
     Json(body): Json<UpdateEndpoint>,
 ) -> ApiResult<Json<Endpoint>> {
@@ -146,9 +153,15 @@ async fn update(
         state.config.allow_private_targets,
         state.required_catalog(),
     )?;
-    actions::update_endpoint(&state, endpoint.app_id, endpoint.id, fields)
-        .await
-        .map(Json)
+    actions::update_endpoint(
+        &state,
+        endpoint.app_id,
+        endpoint.id,
+        fields,
+        access.actor().as_deref(),
+    )
+    .await
+    .map(Json)
 }
 
 /// Deletes an endpoint with its deliveries and attempts (its application's messages stay).
@@ -163,10 +176,17 @@ async fn update(
 )]
 async fn remove(
     State(state): State<ServerState>,
+    Extension(access): Extension<Access>,
     Path((app, ep)): Path<(String, String)>,
 ) -> ApiResult<(StatusCode, Json<Removal>)> {
     let endpoint = find(&state, &app, &ep).await?;
-    let removal = db::removals::queue_endpoint(&state.pool, endpoint.app_id, endpoint.id).await?;
+    let removal = db::removals::queue_endpoint(
+        &state.pool,
+        endpoint.app_id,
+        endpoint.id,
+        access.actor().as_deref(),
+    )
+    .await?;
     super::removals::queued(&state, removal, "endpoint")
 }
 

@@ -15,7 +15,7 @@ use crate::db;
 use crate::db::endpoints::EndpointFields;
 use crate::domain::{EndpointId, SigningSecret, Window};
 use crate::error::ApiError;
-use crate::http::access::Scope;
+use crate::http::access::{PORTAL_ACTOR, Scope};
 use crate::http::dashboard::PageError;
 use crate::http::dashboard::view::form_time_value;
 use crate::http::endpoints::settings::EndpointSettings;
@@ -164,8 +164,11 @@ pub(super) async fn create_endpoint(
     };
     let secret = SigningSecret::generate();
     let created = async {
-        let mut conn = state.pool.acquire().await?;
-        db::endpoints::create(&mut conn, portal.app.id, fields, &secret).await
+        let mut tx = state.pool.begin().await?;
+        db::operational::act_as(&mut tx, PORTAL_ACTOR).await?;
+        let endpoint = db::endpoints::create(&mut tx, portal.app.id, fields, &secret).await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(endpoint)
     };
     let endpoint = created.await.map_err(|e| failed(&portal)(e.into()))?;
     tracing::info!(app = %portal.app.id, endpoint = %endpoint.id, "endpoint created in the portal");
@@ -196,7 +199,7 @@ pub(super) async fn update_endpoint(
             return endpoint_page(&state, &portal, &ep, None, shown).await;
         }
     };
-    actions::update_endpoint(&state, portal.app.id, id, fields)
+    actions::update_endpoint(&state, portal.app.id, id, fields, Some(PORTAL_ACTOR))
         .await
         .map_err(failed(&portal))?;
     let shown = Shown {
@@ -216,7 +219,7 @@ pub(super) async fn set_state(
         disabled: Some(form.disabled),
         ..EndpointFields::default()
     };
-    actions::update_endpoint(&state, portal.app.id, id, fields)
+    actions::update_endpoint(&state, portal.app.id, id, fields, Some(PORTAL_ACTOR))
         .await
         .map_err(failed(&portal))?;
     let flash = if form.disabled {
@@ -244,7 +247,7 @@ pub(super) async fn delete_endpoint(
         };
         return endpoint_page(&state, &portal, &ep, None, shown).await;
     }
-    let removal = db::removals::queue_endpoint(&state.pool, portal.app.id, id)
+    let removal = db::removals::queue_endpoint(&state.pool, portal.app.id, id, Some(PORTAL_ACTOR))
         .await
         .map_err(|e| failed(&portal)(e.into()))?
         .ok_or_else(|| failed(&portal)(ApiError::NotFound("endpoint")))?;
