@@ -506,3 +506,64 @@ async fn without_an_operational_application_nothing_is_recorded() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// A customer's changes in the portal are told as `by: portal`, with the settings they
+/// made; disabling it there is an `endpoint.disabled` by the portal too.
+#[tokio::test]
+async fn a_customers_changes_in_the_portal_are_told() {
+    let server = spawn_app_with(&env("1s")).await;
+    let ops_receiver = Receiver::start().await;
+    let secrets = operations(&server, &ops_receiver).await;
+    let (_, acme) = server
+        .post("/apps", json!({"name": "Acme", "uid": "acme"}))
+        .await;
+    let acme = acme["id"].as_str().unwrap().to_owned();
+    let portal = crate::portal::PortalClient::open(&server, &acme).await;
+    let (status, page) = portal
+        .post(
+            "/endpoints",
+            &[
+                ("url", "https://customer.example/hook"),
+                ("description", "Billing <b>hooks</b>"),
+                ("event_types", "invoice.*"),
+                ("rate_limit", ""),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let created = wait_for(&server, &ops_receiver, &secrets, "endpoint.created", |g| {
+        !g.is_empty()
+    })
+    .await;
+    assert_eq!(created[0]["by"], "portal");
+    assert_eq!(created[0]["app_uid"], "acme");
+    assert_eq!(
+        created[0]["endpoint"]["description"],
+        "Billing <b>hooks</b>"
+    );
+    assert_eq!(created[0]["endpoint"]["event_types"], json!(["invoice.*"]));
+    let ep = created[0]["endpoint_id"].as_str().unwrap().to_owned();
+    let (status, _) = portal
+        .post(&format!("/endpoints/{ep}/state"), &[("disabled", "true")])
+        .await;
+    assert!(status.is_success() || status.is_redirection(), "{status}");
+    let disabled = wait_for(&server, &ops_receiver, &secrets, "endpoint.disabled", |g| {
+        !g.is_empty()
+    })
+    .await;
+    assert_eq!(disabled[0]["by"], "portal");
+    let updated = wait_for(&server, &ops_receiver, &secrets, "endpoint.updated", |g| {
+        !g.is_empty()
+    })
+    .await;
+    assert_eq!(updated[0]["changed"], json!(["disabled"]));
+    let (status, _) = portal
+        .post(&format!("/endpoints/{ep}/delete"), &[("confirm", "yes")])
+        .await;
+    assert!(status.is_success() || status.is_redirection(), "{status}");
+    let deleted = wait_for(&server, &ops_receiver, &secrets, "endpoint.deleted", |g| {
+        !g.is_empty()
+    })
+    .await;
+    assert_eq!(deleted[0]["endpoint_id"], ep.as_str());
+}
