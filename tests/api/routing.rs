@@ -635,3 +635,48 @@ async fn replays_and_recovers_route_as_sends_do() {
     assert_eq!(reached_by(&receiver, &rich), names(&["big"]));
     assert!(!reached_by(&receiver, &poor).contains("big"));
 }
+
+/// The dashboard shows an endpoint's channels and filter, and a message's channels.
+#[tokio::test]
+async fn the_dashboard_shows_channels_and_filters() {
+    let server = spawn_app().await;
+    let app = server.create_app().await;
+    let (ep, _) = server
+        .create_endpoint(
+            &app,
+            json!({"url": "https://example.com/a", "channels": ["eu", "acct:7"],
+                   "filter": {"region": "<eu>"}}),
+        )
+        .await;
+    let msg = server
+        .post(
+            &format!("/apps/{app}/messages"),
+            json!({"event_type": "a", "channels": ["acct:7"], "payload": {}}),
+        )
+        .await
+        .1["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut browser = crate::dashboard::Browser::new(&server);
+    browser.login().await;
+    let page = browser
+        .get(&format!("/apps/{app}/endpoints/{ep}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("channels: eu, acct:7"), "{page}");
+    assert!(
+        page.contains("filter: {&#34;region&#34;:&#34;&#60;eu&#62;&#34;}")
+            || page.contains("filter: {&quot;region&quot;:&quot;&lt;eu&gt;&quot;}"),
+        "escaped: {page}"
+    );
+    let page = browser
+        .get(&format!("/apps/{app}/messages/{msg}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("channels acct:7"), "{page}");
+}

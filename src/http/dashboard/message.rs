@@ -30,6 +30,8 @@ struct MessagePage {
     created: String,
     idempotency_key: String,
     payload: String,
+    /// Its channels, comma-separated; empty when it has none.
+    channels: String,
     /// When the payload was erased; empty if it was not.
     payload_erased: String,
     deliveries: Vec<DeliveryRow>,
@@ -84,6 +86,7 @@ pub(super) async fn message_page(
         created: stamp(message.created_at),
         idempotency_key: message.idempotency_key.unwrap_or_default(),
         payload: pretty(&message.payload),
+        channels: message.channels.join(", "),
         payload_erased: message.payload_erased_at.map(stamp).unwrap_or_default(),
         deliveries: deliveries.into_iter().map(DeliveryRow::from).collect(),
         attempts: rows(attempts),

@@ -141,6 +141,8 @@ pub(in crate::http) struct EndpointRow {
     pub(in crate::http) full_url: String,
     pub(in crate::http) description: String,
     pub(in crate::http) event_types: String,
+    /// Its channels and filter, in words; empty when it has neither.
+    pub(in crate::http) routing: String,
     pub(in crate::http) disabled: bool,
     pub(in crate::http) disabled_reason: String,
     /// Its cap on requests in flight and its rate limit, in words.
@@ -159,6 +161,14 @@ impl From<Endpoint> for EndpointRow {
             } else {
                 e.event_types.join(", ")
             },
+            routing: [
+                (!e.channels.is_empty()).then(|| format!("channels: {}", e.channels.join(", "))),
+                e.filter.as_ref().map(|f| format!("filter: {}", f.0)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" · "),
             disabled: e.disabled,
             disabled_reason: e.disabled_reason.unwrap_or_default(),
             limits: format!(
