@@ -18,11 +18,17 @@ pub const CHANGED: &str = "herald_event_types";
 /// How often the catalog is read again anyway.
 const POLL: Duration = Duration::from_secs(10);
 
-/// One type as a send needs it.
+/// One type as a send needs it, with what the catalog publishes of it (the OpenAPI
+/// document's `webhooks`, the portal's page).
 pub struct Entry {
     pub archived: bool,
     /// `None`: the type has no schema.
     pub validator: Option<jsonschema::Validator>,
+    pub description: String,
+    /// The schema as stored; `None`: any payload.
+    pub schema: Option<serde_json::Value>,
+    pub examples: Vec<serde_json::Value>,
+    pub deprecated: bool,
 }
 
 #[derive(Default)]
@@ -41,6 +47,24 @@ impl Catalog {
             .expect("catalog lock")
             .get(name)
             .cloned()
+    }
+
+    /// Every type that is not archived, by name: what customers are told they may receive.
+    pub fn published(&self) -> Vec<(String, Arc<Entry>)> {
+        let entries = self.entries.read().expect("catalog lock").clone();
+        let mut published: Vec<_> = entries
+            .iter()
+            .filter(|(_, entry)| !entry.archived)
+            .map(|(name, entry)| (name.clone(), entry.clone()))
+            .collect();
+        published.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        published
+    }
+
+    /// Whether any type is published (not archived).
+    pub fn publishes_any(&self) -> bool {
+        let entries = self.entries.read().expect("catalog lock");
+        entries.values().any(|entry| !entry.archived)
     }
 
     /// Reads the whole catalog again. A stored schema that no longer compiles (it was
@@ -72,6 +96,10 @@ impl Catalog {
                     Arc::new(Entry {
                         archived: row.archived,
                         validator,
+                        description: row.description,
+                        schema: row.schema.map(|schema| schema.0),
+                        examples: row.examples.0,
+                        deprecated: row.deprecated,
                     }),
                 );
             }

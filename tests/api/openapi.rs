@@ -227,3 +227,169 @@ async fn every_route_refuses_the_ids_of_another_application() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.count(), 1);
 }
+
+/// The catalog is in the document's `webhooks` as it is when the document is asked for, and
+/// what it publishes is usable: a JSON Schema validator resolving refs as the document lays
+/// them out accepts the examples and what Herald really sends, and refuses what breaks the
+/// type's schema, its `$defs` included.
+#[tokio::test]
+async fn the_catalog_is_published_as_webhooks_whose_schemas_accept_what_herald_sends() {
+    let app = spawn_app().await;
+    let document = || async {
+        let answer = app
+            .http
+            .get(format!("http://{}/api/v1/openapi.json", app.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        answer.json::<Value>().await.unwrap()
+    };
+    assert!(
+        document().await.get("webhooks").is_none(),
+        "an empty catalog publishes no webhooks"
+    );
+
+    let paid = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "required": ["invoice", "amount", "customer"],
+        "properties": {
+            "invoice": {"type": "string"},
+            "amount": {"$ref": "#/$defs/money"},
+            "customer": {"$ref": "#/$defs/customer"},
+        },
+        "$defs": {
+            "money": {"type": "integer", "minimum": 0},
+            "customer": {
+                "type": "object",
+                "required": ["id"],
+                "properties": {"id": {"type": "string"}, "credit": {"$ref": "#/$defs/money"}},
+            },
+        },
+    });
+    let example =
+        json!({"invoice": "in_1", "amount": 4200, "customer": {"id": "cus_1", "credit": 0}});
+    for (body, status) in [
+        (
+            json!({"name": "invoice.paid", "description": "An invoice was paid.\nIn full.",
+                   "schema": paid, "examples": [example]}),
+            201,
+        ),
+        (
+            json!({"name": "invoice.voided", "description": "An invoice was voided.",
+                   "deprecated": true, "examples": [{"anything": true}]}),
+            201,
+        ),
+        (
+            json!({"name": "invoice.legacy", "schema": {"type": "object"}, "archived": true}),
+            201,
+        ),
+    ] {
+        let (got, created) = app.post("/event-types", body).await;
+        assert_eq!(got.as_u16(), status, "{created}");
+    }
+
+    let doc = document().await;
+    let webhooks = doc["webhooks"].as_object().expect("webhooks");
+    let names: Vec<&str> = webhooks.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["invoice.paid", "invoice.voided"],
+        "not the archived one"
+    );
+    let post = &webhooks["invoice.paid"]["post"];
+    assert_eq!(post["summary"], "An invoice was paid.");
+    assert_eq!(post["description"], "An invoice was paid.\nIn full.");
+    assert!(post.get("deprecated").is_none());
+    assert_eq!(webhooks["invoice.voided"]["post"]["deprecated"], true);
+    let headers: Vec<&str> = post["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["in"] == "header" && p["required"] == true)
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        headers,
+        ["webhook-id", "webhook-timestamp", "webhook-signature"]
+    );
+    let media = &post["requestBody"]["content"]["application/json"];
+    assert_eq!(media["examples"]["example1"]["value"]["data"], example);
+    // The routes' part is the document served when the catalog is empty.
+    let mut routes_only = doc.clone();
+    routes_only.as_object_mut().unwrap().remove("webhooks");
+    let schemas = routes_only["components"]["schemas"]
+        .as_object_mut()
+        .unwrap();
+    schemas.retain(|name, _| !name.starts_with("invoice."));
+    assert_eq!(
+        routes_only,
+        serde_json::to_value(herald::http::openapi()).unwrap()
+    );
+
+    // The schema of a webhook's body, resolved in the document as a tool would.
+    let body_schema = |name: &str| {
+        let mut root = doc.clone();
+        root["$ref"] =
+            format!("#/webhooks/{name}/post/requestBody/content/application~1json/schema").into();
+        jsonschema::draft202012::new(&root).expect("the published schema compiles")
+    };
+    let paid_body = body_schema("invoice.paid");
+    let example_body = &media["examples"]["example1"]["value"];
+    assert!(paid_body.is_valid(example_body), "{example_body}");
+    let with_data = |data: Value| json!({"type": "invoice.paid", "timestamp": "2026-01-01T00:00:00.000000Z", "data": data});
+    let mut negative = example.clone();
+    negative["amount"] = json!(-1);
+    assert!(!paid_body.is_valid(&with_data(negative)));
+    let mut bad_credit = example.clone();
+    bad_credit["customer"]["credit"] = json!(-1);
+    assert!(
+        !paid_body.is_valid(&with_data(bad_credit)),
+        "a ref inside a def is followed"
+    );
+    let mut other_type = with_data(example.clone());
+    other_type["type"] = json!("invoice.voided");
+    assert!(!paid_body.is_valid(&other_type));
+    let voided_body = body_schema("invoice.voided");
+    let voided_example = &webhooks["invoice.voided"]["post"]["requestBody"]["content"]["application/json"]
+        ["examples"]["example1"]["value"];
+    assert!(voided_body.is_valid(voided_example), "{voided_example}");
+
+    // What a receiver really gets matches the body's schema and the headers' patterns.
+    let receiver = Receiver::start().await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
+    app.send(&app_id, "invoice.paid", example.clone()).await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let received = &receiver.received()[0];
+    let sent: Value = serde_json::from_slice(&received.body).unwrap();
+    assert!(paid_body.is_valid(&sent), "{sent}");
+    for parameter in post["parameters"].as_array().unwrap() {
+        let name = parameter["name"].as_str().unwrap();
+        let value = received.header(name);
+        let value = match parameter["schema"]["type"].as_str() {
+            Some("integer") => json!(value.parse::<i64>().expect("an integer")),
+            _ => json!(value),
+        };
+        assert!(
+            jsonschema::draft202012::new(&parameter["schema"])
+                .unwrap()
+                .is_valid(&value),
+            "{name}: {value}"
+        );
+    }
+
+    // Changes show at once: archived, a type leaves the document.
+    let (status, _) = app
+        .patch("/event-types/invoice.voided", json!({"archived": true}))
+        .await;
+    assert_eq!(status, 200);
+    let doc = document().await;
+    let names: Vec<&str> = doc["webhooks"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(names, ["invoice.paid"]);
+}

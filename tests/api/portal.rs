@@ -887,3 +887,188 @@ async fn many_endpoints_come_in_pages() {
     );
     server.stop().await;
 }
+
+/// A portal link made with `endpoints:manage` only.
+async fn manager_portal(server: &TestServer, app: &str) -> PortalClient {
+    let (_, manager) = server
+        .post(
+            "/tokens",
+            json!({"name": "m", "app": app, "scopes": ["endpoints:manage"]}),
+        )
+        .await;
+    let (status, link) = answer(
+        server
+            .http
+            .post(server.url(&format!("/apps/{app}/portal")))
+            .bearer_auth(manager["token"].as_str().unwrap())
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{link}");
+    PortalClient::at(link["url"].as_str().unwrap())
+}
+
+/// The part of `html` about event type `name` on the event-types page.
+fn type_section<'a>(html: &'a str, name: &str) -> &'a str {
+    let start = html
+        .find(&format!("id=\"type-{name}\""))
+        .unwrap_or_else(|| panic!("{name} is not shown: {html}"));
+    let end = html[start..].find("</section>").unwrap() + start;
+    &html[start..end]
+}
+
+#[tokio::test]
+async fn the_portal_describes_the_catalogs_event_types_and_offers_them_in_the_forms() {
+    let server = spawn_app_with(&[]).await;
+    let app = server.create_app().await;
+    let portal = manager_portal(&server, &app).await;
+    let (_, home) = portal.get("/").await;
+    assert!(
+        !home.contains(">Event types</a>"),
+        "no catalog, no link: {home}"
+    );
+    assert!(!home.contains("name=\"type:"), "no boxes");
+    assert!(home.contains("invoice.*"), "the wildcard hint");
+
+    for body in [
+        json!({
+            "name": "invoice.paid",
+            "description": "An invoice was <script>alert(1)</script> paid & settled.",
+            "schema": {
+                "type": "object",
+                "required": ["amount"],
+                "properties": {"amount": {"$ref": "#/$defs/money"}, "note": {"type": "string"}},
+                "$defs": {"money": {"type": "integer", "minimum": 0}},
+            },
+            "examples": [{"amount": 4200, "note": "<b>thanks</b>"}, {"amount": 1}],
+        }),
+        json!({"name": "invoice.voided", "description": "An invoice was voided.", "deprecated": true}),
+        json!({"name": "invoice.legacy", "description": "Gone.", "archived": true}),
+    ] {
+        let (status, created) = server.post("/event-types", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+    }
+
+    let (_, home) = portal.get("/").await;
+    assert!(
+        home.contains("/event-types\">Event types</a>"),
+        "in the nav: {home}"
+    );
+    let (status, page) = portal.get("/event-types").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a link with endpoints:manage only opens it"
+    );
+    let paid = type_section(&page, "invoice.paid");
+    assert!(
+        paid.contains(
+            "An invoice was &#60;script&#62;alert(1)&#60;/script&#62; paid &#38; settled."
+        ),
+        "the description, escaped: {paid}"
+    );
+    assert!(!page.contains("<script>alert"), "{page}");
+    assert!(
+        paid.contains("&#34;$defs&#34;") && paid.contains("&#34;minimum&#34;: 0"),
+        "the schema, pretty-printed: {paid}"
+    );
+    assert!(
+        paid.contains("&#34;type&#34;: &#34;invoice.paid&#34;")
+            && paid.contains("&#34;amount&#34;: 4200")
+            && paid.contains("&#60;b&#62;thanks&#60;/b&#62;"),
+        "the first example, as the body received: {paid}"
+    );
+    assert!(
+        !paid.contains("&#34;amount&#34;: 1\n"),
+        "only the first example"
+    );
+    assert!(!paid.contains("deprecated"));
+    let voided = type_section(&page, "invoice.voided");
+    assert!(voided.contains("deprecated"), "{voided}");
+    assert!(voided.contains("no fixed shape"), "{voided}");
+    assert!(
+        !page.contains("invoice.legacy"),
+        "archived types are not shown"
+    );
+
+    // The endpoint form offers each type as a box, and takes boxes and text together.
+    assert!(
+        home.contains("name=\"type:invoice.paid\"")
+            && home.contains("name=\"type:invoice.voided\"")
+    );
+    assert!(!home.contains("invoice.legacy"));
+    let (status, page) = portal
+        .post(
+            "/endpoints",
+            &[
+                ("url", "https://example.com/hooks"),
+                ("type:invoice.paid", "on"),
+                ("event_types", "customer.created, invoice.paid"),
+                ("rate_limit", ""),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let ep = endpoint_id_in(&page);
+    let (_, endpoint) = server.get(&format!("/apps/{app}/endpoints/{ep}")).await;
+    assert_eq!(
+        endpoint["event_types"],
+        json!(["invoice.paid", "customer.created"])
+    );
+    let (_, edit) = portal.get(&format!("/endpoints/{ep}")).await;
+    assert!(
+        edit.contains("name=\"type:invoice.paid\" value=\"on\" checked"),
+        "{edit}"
+    );
+    assert!(!edit.contains("name=\"type:invoice.voided\" value=\"on\" checked"));
+    assert!(
+        edit.contains("name=\"event_types\" value=\"customer.created\""),
+        "the rest as text: {edit}"
+    );
+    // Unticked and emptied: every type again.
+    let (status, page) = portal
+        .post(
+            &format!("/endpoints/{ep}"),
+            &[
+                ("url", "https://example.com/hooks"),
+                ("event_types", ""),
+                ("rate_limit", ""),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let (_, endpoint) = server.get(&format!("/apps/{app}/endpoints/{ep}")).await;
+    assert_eq!(endpoint["event_types"], json!([]));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn many_event_types_come_in_pages() {
+    let server = spawn_app_with(&[]).await;
+    let app = server.create_app().await;
+    for n in 0..55 {
+        let (status, _) = server
+            .post("/event-types", json!({"name": format!("t{n:02}")}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let portal = PortalClient::open(&server, &app).await;
+    let (_, first) = portal.get("/event-types").await;
+    assert!(
+        first.contains("type-t49") && !first.contains("type-t50"),
+        "50 on the first page"
+    );
+    assert!(first.contains("/event-types?after=t49\""), "{first}");
+    let (status, second) = portal.get("/event-types?after=t49").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        second.contains("type-t50") && second.contains("type-t54") && !second.contains("type-t49")
+    );
+    assert!(!second.contains("?after="), "no page after the last");
+    assert_eq!(
+        portal.get("/event-types?after=no%20such%20page").await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    server.stop().await;
+}

@@ -2,6 +2,8 @@
 //! what the REST API does for the same change (the same validation, the same `actions`),
 //! and answers with the page it was sent from, showing what happened.
 
+use std::collections::BTreeMap;
+
 use axum::extract::{Form, FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -77,12 +79,38 @@ macro_rules! portal_form {
     };
 }
 
-portal_form!(EndpointFormBody {
+/// An endpoint's form: its fields, and a `type:<name>` box for each event type of the
+/// catalog that is ticked (`EventTypeChoices`).
+#[derive(Deserialize)]
+pub(super) struct EndpointFormBody {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
     url: String,
+    #[serde(default)]
     description: String,
+    #[serde(default)]
     event_types: String,
+    #[serde(default)]
     rate_limit: String,
-});
+    /// Every other field; the ticked boxes among them.
+    #[serde(flatten)]
+    others: BTreeMap<String, String>,
+}
+
+impl PortalForm for EndpointFormBody {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// The event types in an endpoint form's text, separated by commas or spaces.
+pub(super) fn event_type_list(text: &str) -> impl Iterator<Item = &str> {
+    text.split([',', ' '])
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 portal_form!(TokenOnly {});
 portal_form!(StateForm { disabled: bool });
 portal_form!(DeleteForm { confirm: String });
@@ -96,9 +124,24 @@ impl EndpointFormBody {
         EndpointForm {
             url: self.url.clone(),
             description: self.description.clone(),
-            event_types: self.event_types.clone(),
+            event_types: self.event_types().join(", "),
             rate_limit: self.rate_limit.clone(),
         }
+    }
+
+    /// The ticked types, then those typed, each once.
+    fn event_types(&self) -> Vec<String> {
+        let ticked = self
+            .others
+            .keys()
+            .filter_map(|field| field.strip_prefix("type:"));
+        let mut types: Vec<String> = vec![];
+        for t in ticked.chain(event_type_list(&self.event_types)) {
+            if !types.iter().any(|held| held == t) {
+                types.push(t.to_owned());
+            }
+        }
+        types
     }
 
     /// The endpoint these fields describe, checked as the REST API checks it. A URL sent
@@ -112,23 +155,20 @@ impl EndpointFormBody {
                     .map_err(|_| "the rate limit must be a whole number of requests per second")?,
             ),
         };
-        let event_types = self
-            .event_types
-            .split([',', ' '])
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned)
-            .collect();
-        EndpointSettings::from_portal(self.description.trim().to_owned(), event_types, rate_limit)
-            .into_fields(
-                Some(self.url.trim()).filter(|url| Some(*url) != shown),
-                state.config.portal_allow_private_targets,
-                state.required_catalog(),
-            )
-            .map_err(|e| match e {
-                ApiError::Invalid(why) | ApiError::BadRequest(why) => why,
-                other => other.to_string(),
-            })
+        EndpointSettings::from_portal(
+            self.description.trim().to_owned(),
+            self.event_types(),
+            rate_limit,
+        )
+        .into_fields(
+            Some(self.url.trim()).filter(|url| Some(*url) != shown),
+            state.config.portal_allow_private_targets,
+            state.required_catalog(),
+        )
+        .map_err(|e| match e {
+            ApiError::Invalid(why) | ApiError::BadRequest(why) => why,
+            other => other.to_string(),
+        })
     }
 }
 

@@ -58,6 +58,7 @@ pub fn routes(state: &ServerState) -> Router<ServerState> {
         )
         .route("/portal/{s}/endpoints/{ep}/recover", post(forms::recover))
         .route("/portal/{s}/endpoints/{ep}/test", post(forms::send_test))
+        .route("/portal/{s}/event-types", get(pages::event_types))
         .route("/portal/{s}/messages", get(pages::messages))
         .route("/portal/{s}/messages/{msg}", get(pages::message))
         .route("/portal/{s}/messages/{msg}/replay", post(forms::replay))

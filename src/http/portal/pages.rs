@@ -1,5 +1,5 @@
 //! The portal's pages: the application's endpoints (with the live attempt feed), one
-//! endpoint, its messages, one message.
+//! endpoint, its messages, one message, and the event types it may receive.
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
@@ -34,6 +34,8 @@ pub(super) struct Layout {
     /// What the link allows besides endpoints: messages and attempts, replay and recover.
     pub(super) can_read: bool,
     pub(super) can_replay: bool,
+    /// Whether the catalog describes any event type (the page that shows them is linked).
+    pub(super) has_event_types: bool,
 }
 
 impl Layout {
@@ -60,6 +62,7 @@ impl Layout {
             expires: stamp(portal.link.expires_at),
             can_read: portal.allows(Scope::MessagesRead),
             can_replay: portal.allows(Scope::Replay),
+            has_event_types: state.catalog.publishes_any(),
         }
     }
 
@@ -90,6 +93,7 @@ pub(super) struct EndpointsPage {
     pub(super) attempts: Vec<AttemptRow>,
     /// What the create form was sent with, when it is shown again with why it was refused.
     pub(super) form: EndpointForm,
+    pub(super) event_types: EventTypeChoices,
     pub(super) error: Option<String>,
     pub(super) flash: Option<String>,
 }
@@ -101,6 +105,49 @@ pub(super) struct EndpointForm {
     pub(super) description: String,
     pub(super) event_types: String,
     pub(super) rate_limit: String,
+}
+
+/// An endpoint form's event types: a box for each type of the catalog, ticked if the form
+/// holds it, and the rest of what it holds (groups such as `invoice.*`, types the catalog
+/// does not describe) as text. Sent back, the two together are what the form held.
+pub(super) struct EventTypeChoices {
+    pub(super) choices: Vec<EventTypeChoice>,
+    pub(super) other: String,
+    /// Whether a box is ticked: the list is shown open.
+    pub(super) any_ticked: bool,
+}
+
+pub(super) struct EventTypeChoice {
+    pub(super) name: String,
+    pub(super) ticked: bool,
+    pub(super) deprecated: bool,
+}
+
+impl EventTypeChoices {
+    /// The choices offered with `typed`, an endpoint form's event types.
+    pub(super) fn of(state: &ServerState, typed: &str) -> Self {
+        let held: Vec<&str> = super::forms::event_type_list(typed).collect();
+        let published = state.catalog.published();
+        let is_published = |name: &str| {
+            published
+                .binary_search_by(|(n, _)| n.as_str().cmp(name))
+                .is_ok()
+        };
+        let choices: Vec<EventTypeChoice> = published
+            .iter()
+            .map(|(name, entry)| EventTypeChoice {
+                ticked: held.contains(&name.as_str()),
+                name: name.clone(),
+                deprecated: entry.deprecated,
+            })
+            .collect();
+        let other: Vec<&str> = held.into_iter().filter(|t| !is_published(t)).collect();
+        Self {
+            any_ticked: choices.iter().any(|c| c.ticked),
+            choices,
+            other: other.join(", "),
+        }
+    }
 }
 
 pub(super) async fn endpoints_page(
@@ -144,6 +191,7 @@ async fn endpoints_after(
         endpoints: endpoints.into_iter().map(EndpointRow::from).collect(),
         more,
         attempts: vec![],
+        event_types: EventTypeChoices::of(state, &form.event_types),
         form,
         error,
         flash,
@@ -178,6 +226,7 @@ pub(super) struct EndpointPage {
     pub(super) layout: Layout,
     pub(super) endpoint: EndpointRow,
     pub(super) form: EndpointForm,
+    pub(super) event_types: EventTypeChoices,
     pub(super) attempts: Vec<AttemptRow>,
     pub(super) older: Option<String>,
     /// Shown after "Reveal" or "Rotate".
@@ -254,6 +303,7 @@ pub(super) async fn endpoint_page(
     let page = render(EndpointPage {
         layout,
         endpoint: endpoint.into(),
+        event_types: EventTypeChoices::of(state, &form.event_types),
         form,
         attempts: rows(attempts),
         older,
@@ -286,6 +336,72 @@ pub(super) async fn endpoint(
         })?),
     };
     endpoint_page(&state, &portal, &ep, cursor, Shown::default()).await
+}
+
+#[derive(Template)]
+#[template(path = "portal/event_types.html")]
+struct EventTypesPage {
+    layout: Layout,
+    types: Vec<EventTypeView>,
+    /// The query of the next page's link, if there is one.
+    more: Option<String>,
+}
+
+struct EventTypeView {
+    name: String,
+    description: String,
+    deprecated: bool,
+    /// The schema of `data`, pretty-printed; `None`: any JSON.
+    schema: Option<String>,
+    /// The whole body of a webhook with the type's first example as its `data`.
+    example: Option<String>,
+}
+
+/// The event types this application may receive, by name, in pages: what the catalog
+/// publishes (archived types are not sent, so not shown). Any link opens it: the catalog is
+/// the same for every application, and the REST API lets any credential read it.
+pub(super) async fn event_types(
+    State(state): State<ServerState>,
+    portal: Portal,
+    Query(page): Query<After>,
+) -> PortalResult {
+    let within = portal.fail();
+    if !page.after.is_empty() && crate::domain::EventType::parse(&page.after).is_err() {
+        return Err(within(bad_filter("that page does not exist".into())));
+    }
+    let published = state.catalog.published();
+    let start = published.partition_point(|(name, _)| name.as_str() <= page.after.as_str());
+    let mut rest = published[start..].iter();
+    let shown: Vec<_> = rest.by_ref().take(PAGE_ROWS as usize).collect();
+    let more = match (rest.next(), shown.last()) {
+        (Some(_), Some((last, _))) => Some(query_of([("after", Some(last.as_str()))])),
+        _ => None,
+    };
+    let pretty = |value: &serde_json::Value| {
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    };
+    render(EventTypesPage {
+        layout: Layout::new(&state, &portal, "Event types", "event-types"),
+        types: shown
+            .into_iter()
+            .map(|(name, entry)| EventTypeView {
+                name: name.clone(),
+                description: entry.description.clone(),
+                deprecated: entry.deprecated,
+                schema: entry.schema.as_ref().map(pretty),
+                example: entry.examples.first().map(|data| {
+                    // In the order a receiver reads it (a JSON object prints its keys sorted).
+                    let kind = serde_json::Value::from(name.as_str());
+                    format!(
+                        "{{\n  \"type\": {kind},\n  \"timestamp\": \"2026-01-01T12:00:00.000000Z\",\n  \"data\": {}\n}}",
+                        pretty(data).replace('\n', "\n  ")
+                    )
+                }),
+            })
+            .collect(),
+        more,
+    })
+    .map_err(within)
 }
 
 #[derive(Template)]
