@@ -39,6 +39,13 @@ pub struct Catalog {
     seen: std::sync::Mutex<Option<(i64, Option<chrono::DateTime<chrono::Utc>>)>>,
 }
 
+impl Entry {
+    /// One of Herald's operational event types (`crate::operational`).
+    pub fn is_operational(&self) -> bool {
+        self.description.starts_with(crate::operational::OWN)
+    }
+}
+
 impl Catalog {
     /// The type `name`, if the catalog has it.
     pub fn get(&self, name: &str) -> Option<Arc<Entry>> {
@@ -61,10 +68,20 @@ impl Catalog {
         published
     }
 
-    /// Whether any type is published (not archived).
+    /// What the customer portal offers: the published types but Herald's own operational
+    /// ones, which are the operator's (sent to the operator's application only).
+    pub fn for_customers(&self) -> Vec<(String, Arc<Entry>)> {
+        let mut published = self.published();
+        published.retain(|(_, entry)| !entry.is_operational());
+        published
+    }
+
+    /// Whether the portal has any type to offer.
     pub fn publishes_any(&self) -> bool {
         let entries = self.entries.read().expect("catalog lock");
-        entries.values().any(|entry| !entry.archived)
+        entries
+            .values()
+            .any(|entry| !entry.archived && !entry.is_operational())
     }
 
     /// Reads the whole catalog again. A stored schema that no longer compiles (it was

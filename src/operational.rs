@@ -98,7 +98,7 @@ pub fn spawn(
 
 /// Description prefix of Herald's own event types: what [`install_event_types`] may
 /// overwrite (an operator's type of the same name is left alone).
-const OWN: &str = "Herald operational event:";
+pub const OWN: &str = "Herald operational event:";
 
 /// Writes Herald's operational event types into the catalog, or brings them up to date;
 /// returns whether anything changed.

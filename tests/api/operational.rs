@@ -519,6 +519,17 @@ async fn a_customers_changes_in_the_portal_are_told() {
         .await;
     let acme = acme["id"].as_str().unwrap().to_owned();
     let portal = crate::portal::PortalClient::open(&server, &acme).await;
+    // The portal offers the customer's types, not Herald's operational ones.
+    server
+        .post(
+            "/event-types",
+            json!({"name": "invoice.paid", "description": "Paid."}),
+        )
+        .await;
+    let (status, types) = portal.get("/event-types").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(types.contains("invoice.paid"), "{types}");
+    assert!(!types.contains("delivery.dead"), "{types}");
     let (status, page) = portal
         .post(
             "/endpoints",

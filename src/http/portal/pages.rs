@@ -127,7 +127,7 @@ impl EventTypeChoices {
     /// The choices offered with `typed`, an endpoint form's event types.
     pub(super) fn of(state: &ServerState, typed: &str) -> Self {
         let held: Vec<&str> = super::forms::event_type_list(typed).collect();
-        let published = state.catalog.published();
+        let published = state.catalog.for_customers();
         let is_published = |name: &str| {
             published
                 .binary_search_by(|(n, _)| n.as_str().cmp(name))
@@ -369,7 +369,7 @@ pub(super) async fn event_types(
     if !page.after.is_empty() && crate::domain::EventType::parse(&page.after).is_err() {
         return Err(within(bad_filter("that page does not exist".into())));
     }
-    let published = state.catalog.published();
+    let published = state.catalog.for_customers();
     let start = published.partition_point(|(name, _)| name.as_str() <= page.after.as_str());
     let mut rest = published[start..].iter();
     let shown: Vec<_> = rest.by_ref().take(PAGE_ROWS as usize).collect();
