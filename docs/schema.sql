@@ -21,6 +21,7 @@
 --   herald.feed_message_created        0016_partitioned_history (earlier versions: 0002_feed)
 --   herald.history_suffix              0016_partitioned_history
 --   herald.idempotency_window          0009_idempotency_window
+--   herald.jsonb_or_null               0023_routing
 --   herald.live_floor                  0016_partitioned_history
 --   herald.live_from                   0016_partitioned_history
 --   herald.manage_history              0016_partitioned_history
@@ -651,7 +652,7 @@ begin
            and not e.disabled
            and herald.endpoint_routes(e.app_id, e.event_types, e.channels) && v_types
            and herald.endpoint_routes(e.app_id, e.event_types, e.channels) && v_channels
-           and (e.filter is null or e.filter <@ (select p_payload::jsonb))
+           and (e.filter is null or e.filter <@ (select herald.jsonb_or_null(p_payload)))
         returning id, endpoint_id, state
     )
     select coalesce(array_agg(i.endpoint_id) filter (where i.state = 'pending'), '{}'),
@@ -785,6 +786,21 @@ $$;
 
 
 --
+-- Name: jsonb_or_null(json); Type: FUNCTION; Schema: herald; Owner: -
+--
+
+CREATE FUNCTION herald.jsonb_or_null(p_payload json) RETURNS jsonb
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    AS $$
+begin
+    return p_payload::jsonb;
+exception when untranslatable_character or invalid_parameter_value then
+    return null;
+end
+$$;
+
+
+--
 -- Name: live_floor(); Type: FUNCTION; Schema: herald; Owner: -
 --
 
@@ -898,8 +914,17 @@ declare
     v_app uuid;
     v_url text;
     v_type text;
+    v_disabled boolean;
+    v_removed boolean;
 begin
-    select e.app_id, e.url into v_app, v_url from endpoint e where e.id = new.endpoint_id;
+    select e.app_id, e.url, e.disabled, e.removed_at is not null
+      into v_app, v_url, v_disabled, v_removed
+      from endpoint e where e.id = new.endpoint_id;
+    -- A removed endpoint's deliveries are history being deleted; a disabled endpoint's
+    -- backlog dying is what `endpoint.disabled` said, not one fact per delivery.
+    if v_removed or (new.state = 'dead' and v_disabled) then
+        return null;
+    end if;
     select m.event_type into v_type from message m where m.id = new.message_id;
     perform herald.operational_note(
         case when new.state = 'dead' then 'delivery.dead' else 'delivery.recovered' end,
@@ -938,7 +963,10 @@ begin
         end if;
         return null;
     end if;
-    if new.removed_at is not null and old.removed_at is null then
+    if old.removed_at is not null then
+        return null;
+    end if;
+    if new.removed_at is not null then
         if v_actor is not null then
             perform herald.operational_note('endpoint.deleted', new.app_id, new.id,
                 jsonb_build_object('url', new.url, 'by', v_actor, 'at', now(),
@@ -1029,23 +1057,29 @@ $$;
 CREATE FUNCTION herald.operational_note(p_kind text, p_app uuid, p_endpoint uuid, p_data jsonb) RETURNS void
     LANGUAGE plpgsql
     SET search_path TO 'herald', 'pg_temp'
-    AS $$
+    AS $_$
 declare
-    v_uid text := nullif(current_setting('herald.operational_app', true), '');
+    v_name text := nullif(current_setting('herald.operational_app', true), '');
     v_operational uuid;
 begin
-    if v_uid is null then
+    if v_name is null then
         return;
     end if;
-    select id into v_operational from application where uid = v_uid and removed_at is null;
+    if v_name ~ '^app_[0-9a-f]{32}$' then
+        select id into v_operational from application
+         where id = substring(v_name from 5)::uuid and removed_at is null;
+    else
+        select id into v_operational from application
+         where uid = v_name and removed_at is null;
+    end if;
     if v_operational is null or v_operational = p_app then
         return;
     end if;
-    insert into operational_event (kind, app_id, endpoint_id, data)
-    values (p_kind, p_app, p_endpoint, p_data);
+    insert into operational_event (kind, target_id, app_id, endpoint_id, data)
+    values (p_kind, v_operational, p_app, p_endpoint, p_data);
     perform pg_notify('herald_operational', '');
 end
-$$;
+$_$;
 
 
 --
@@ -1169,7 +1203,8 @@ begin
                                           'attempts', s.total, 'at', now()))
               from (select distinct n.endpoint_id, n.app_id from inserted n
                      where n.outcome <> 'succeeded') f
-              join endpoint e on e.id = f.endpoint_id
+              join endpoint e on e.id = f.endpoint_id and e.removed_at is null
+                                 and not e.disabled
              cross join lateral (
                    select coalesce(sum(r.total), 0) as total,
                           coalesce(sum(r.succeeded), 0) as succeeded
@@ -1197,11 +1232,18 @@ CREATE FUNCTION herald.route_miss(p_app uuid, p_event_types text[], p_channels t
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
     select case
-        when not herald.endpoint_routes(p_app, p_event_types, p_channels)
-                 && herald.type_routes(p_app, p_event_type) then 'event_type'
-        when not herald.endpoint_routes(p_app, p_event_types, p_channels)
-                 && herald.channel_routes(p_app, p_msg_channels) then 'channel'
-        when p_filter is not null and not p_payload::jsonb @> p_filter then 'filter'
+        when not (cardinality(p_event_types) = 0
+                  or p_event_type = any (p_event_types)
+                  or '*' = any (p_event_types)
+                  or exists (select 1 from unnest(p_event_types) t
+                              where t like '%.*'
+                                and starts_with(p_event_type, left(t, -1))))
+            then 'event_type'
+        when not (cardinality(p_channels) = 0 or p_channels && coalesce(p_msg_channels, '{}'))
+            then 'channel'
+        when p_filter is not null
+             and not coalesce(herald.jsonb_or_null(p_payload) @> p_filter, false)
+            then 'filter'
     end
 $$;
 
@@ -1574,11 +1616,11 @@ CREATE TABLE herald.message_default (
 CREATE TABLE herald.operational_event (
     id bigint NOT NULL,
     kind text NOT NULL,
+    target_id uuid NOT NULL,
     app_id uuid NOT NULL,
     endpoint_id uuid NOT NULL,
     data jsonb NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    due_at timestamp with time zone DEFAULT now() NOT NULL
+    created_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
 
@@ -2011,7 +2053,7 @@ CREATE INDEX endpoint_app ON herald.endpoint USING btree (app_id, id);
 -- Name: endpoint_routes; Type: INDEX; Schema: herald; Owner: -
 --
 
-CREATE INDEX endpoint_routes ON herald.endpoint USING gin (herald.endpoint_routes(app_id, event_types, channels)) WHERE (NOT disabled);
+CREATE INDEX endpoint_routes ON herald.endpoint USING gin (herald.endpoint_routes(app_id, event_types, channels)) WITH (fastupdate=off) WHERE (NOT disabled);
 
 
 --
@@ -2099,17 +2141,10 @@ CREATE INDEX message_default_id_idx ON herald.message_default USING btree (id) W
 
 
 --
--- Name: operational_event_due; Type: INDEX; Schema: herald; Owner: -
---
-
-CREATE INDEX operational_event_due ON herald.operational_event USING btree (due_at, id);
-
-
---
 -- Name: operational_event_endpoint; Type: INDEX; Schema: herald; Owner: -
 --
 
-CREATE INDEX operational_event_endpoint ON herald.operational_event USING btree (endpoint_id, kind);
+CREATE INDEX operational_event_endpoint ON herald.operational_event USING btree (endpoint_id, kind, id);
 
 
 --

@@ -7,6 +7,11 @@
 --   one of them, an endpoint without receives every message.
 -- * An endpoint's `filter` is a JSON object the payload must contain (`@>`).
 --
+-- Fails rather than queues behind a long transaction: an `alter table` waiting for its
+-- lock holds up every send and completion behind it. A migration that times out is not
+-- recorded, and runs again at the next start.
+set local lock_timeout = '10s';
+
 -- New columns without a volatile default: adding them rewrites nothing (on the partitioned
 -- message table neither), and the lock is held for an instant. A message without channels
 -- keeps null there (no bytes in the row) and reads as `[]`.
@@ -57,9 +62,23 @@ as $$
                    from unnest('{*}'::text[] || coalesce(p_channels, '{}')) c)
 $$;
 
+-- A payload as jsonb, or null if it has none: JSON text may hold `\u0000`, which jsonb
+-- cannot, and such a payload contains no filter rather than failing its send.
+create function herald.jsonb_or_null(p_payload json) returns jsonb
+language plpgsql immutable parallel safe
+as $$
+begin
+    return p_payload::jsonb;
+exception when untranslatable_character or invalid_parameter_value then
+    return null;
+end
+$$;
+
 -- Why a message would not reach an endpoint (`event_type`, `channel` or `filter`), or null if
--- it would. herald.enqueue asks the same question in the form its index answers; replays,
--- recovers and the dry-run ask it here, one endpoint at a time.
+-- it would. herald.enqueue asks the same question in the form its index answers (the keys
+-- above); replays, recovers and the dry-run ask it here, one endpoint at a time, without
+-- building keys (a recover asks it of every message in its window). A test sends every
+-- combination it tries both ways and compares.
 create function herald.route_miss(p_app uuid, p_event_types text[], p_channels text[],
                                   p_filter jsonb, p_event_type text, p_msg_channels text[],
                                   p_payload json)
@@ -67,11 +86,18 @@ returns text
 language sql immutable parallel safe
 as $$
     select case
-        when not herald.endpoint_routes(p_app, p_event_types, p_channels)
-                 && herald.type_routes(p_app, p_event_type) then 'event_type'
-        when not herald.endpoint_routes(p_app, p_event_types, p_channels)
-                 && herald.channel_routes(p_app, p_msg_channels) then 'channel'
-        when p_filter is not null and not p_payload::jsonb @> p_filter then 'filter'
+        when not (cardinality(p_event_types) = 0
+                  or p_event_type = any (p_event_types)
+                  or '*' = any (p_event_types)
+                  or exists (select 1 from unnest(p_event_types) t
+                              where t like '%.*'
+                                and starts_with(p_event_type, left(t, -1))))
+            then 'event_type'
+        when not (cardinality(p_channels) = 0 or p_channels && coalesce(p_msg_channels, '{}'))
+            then 'channel'
+        when p_filter is not null
+             and not coalesce(herald.jsonb_or_null(p_payload) @> p_filter, false)
+            then 'filter'
     end
 $$;
 
@@ -179,7 +205,7 @@ begin
            and not e.disabled
            and herald.endpoint_routes(e.app_id, e.event_types, e.channels) && v_types
            and herald.endpoint_routes(e.app_id, e.event_types, e.channels) && v_channels
-           and (e.filter is null or e.filter <@ (select p_payload::jsonb))
+           and (e.filter is null or e.filter <@ (select herald.jsonb_or_null(p_payload)))
         returning id, endpoint_id, state
     )
     select coalesce(array_agg(i.endpoint_id) filter (where i.state = 'pending'), '{}'),

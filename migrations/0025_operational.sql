@@ -13,18 +13,21 @@
 --
 -- No loops: a fact about the operational application's own endpoints is never written.
 
+-- Fails rather than queues behind a long transaction (0023 says why): adding triggers to
+-- the delivery table locks its every partition against writes while it waits.
+set local lock_timeout = '10s';
+
 create table herald.operational_event (
     id bigint generated always as identity primary key,
     kind text not null,
+    -- The operational application it goes to, as it was when the fact was recorded.
+    target_id uuid not null,
     app_id uuid not null,
     endpoint_id uuid not null,
     data jsonb not null,
-    created_at timestamptz not null default now(),
-    -- When the dispatcher takes it: now, or the end of a coalescing window.
-    due_at timestamptz not null default now()
+    created_at timestamptz not null default now()
 );
-create index operational_event_due on herald.operational_event (due_at, id);
-create index operational_event_endpoint on herald.operational_event (endpoint_id, kind);
+create index operational_event_endpoint on herald.operational_event (endpoint_id, kind, id);
 
 -- When the last message of each coalesced kind went out for an endpoint.
 create table herald.operational_notice (
@@ -35,7 +38,9 @@ create table herald.operational_notice (
 );
 
 -- Writes one fact, unless operational webhooks are off on this connection, the operational
--- application does not exist (yet), or the fact is about that application itself.
+-- application (by uid, or by id) does not exist, or the fact is about that application
+-- itself. A fact goes to the application it was recorded for, whatever the dispatching
+-- process is configured with.
 create function herald.operational_note(p_kind text, p_app uuid, p_endpoint uuid,
                                         p_data jsonb)
 returns void
@@ -43,18 +48,24 @@ language plpgsql
 set search_path = herald, pg_temp
 as $$
 declare
-    v_uid text := nullif(current_setting('herald.operational_app', true), '');
+    v_name text := nullif(current_setting('herald.operational_app', true), '');
     v_operational uuid;
 begin
-    if v_uid is null then
+    if v_name is null then
         return;
     end if;
-    select id into v_operational from application where uid = v_uid and removed_at is null;
+    if v_name ~ '^app_[0-9a-f]{32}$' then
+        select id into v_operational from application
+         where id = substring(v_name from 5)::uuid and removed_at is null;
+    else
+        select id into v_operational from application
+         where uid = v_name and removed_at is null;
+    end if;
     if v_operational is null or v_operational = p_app then
         return;
     end if;
-    insert into operational_event (kind, app_id, endpoint_id, data)
-    values (p_kind, p_app, p_endpoint, p_data);
+    insert into operational_event (kind, target_id, app_id, endpoint_id, data)
+    values (p_kind, v_operational, p_app, p_endpoint, p_data);
     perform pg_notify('herald_operational', '');
 end
 $$;
@@ -63,8 +74,7 @@ create function herald.ref(p_prefix text, p_id uuid) returns text
 language sql immutable parallel safe
 as $$ select p_prefix || '_' || replace(p_id::text, '-', '') $$;
 
--- A delivery died (retries exhausted, or its endpoint was disabled), or succeeded after a
--- failed attempt (`last_error` is set by a failure and cleared by a replay, so a replay that
+-- A delivery died (retries exhausted), or succeeded after a failed attempt (`last_error` is set by a failure and cleared by a replay, so a replay that
 -- succeeds at once recovers nothing).
 create function herald.operational_delivery() returns trigger
 language plpgsql
@@ -74,8 +84,17 @@ declare
     v_app uuid;
     v_url text;
     v_type text;
+    v_disabled boolean;
+    v_removed boolean;
 begin
-    select e.app_id, e.url into v_app, v_url from endpoint e where e.id = new.endpoint_id;
+    select e.app_id, e.url, e.disabled, e.removed_at is not null
+      into v_app, v_url, v_disabled, v_removed
+      from endpoint e where e.id = new.endpoint_id;
+    -- A removed endpoint's deliveries are history being deleted; a disabled endpoint's
+    -- backlog dying is what `endpoint.disabled` said, not one fact per delivery.
+    if v_removed or (new.state = 'dead' and v_disabled) then
+        return null;
+    end if;
     select m.event_type into v_type from message m where m.id = new.message_id;
     perform herald.operational_note(
         case when new.state = 'dead' then 'delivery.dead' else 'delivery.recovered' end,
@@ -126,7 +145,10 @@ begin
         end if;
         return null;
     end if;
-    if new.removed_at is not null and old.removed_at is null then
+    if old.removed_at is not null then
+        return null;
+    end if;
+    if new.removed_at is not null then
         if v_actor is not null then
             perform herald.operational_note('endpoint.deleted', new.app_id, new.id,
                 jsonb_build_object('url', new.url, 'by', v_actor, 'at', now(),
@@ -223,7 +245,8 @@ begin
                                           'attempts', s.total, 'at', now()))
               from (select distinct n.endpoint_id, n.app_id from inserted n
                      where n.outcome <> 'succeeded') f
-              join endpoint e on e.id = f.endpoint_id
+              join endpoint e on e.id = f.endpoint_id and e.removed_at is null
+                                 and not e.disabled
              cross join lateral (
                    select coalesce(sum(r.total), 0) as total,
                           coalesce(sum(r.succeeded), 0) as succeeded

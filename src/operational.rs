@@ -3,12 +3,13 @@
 //! like any other.
 //!
 //! The facts are written by the state changes' own transactions (triggers of migration
-//! 0025, into `operational_event`); every process runs a dispatcher that turns the due ones
-//! into messages ([`db::operational::dispatch`]), woken by the triggers' NOTIFY and every
-//! few seconds. Repeats are coalesced: `delivery.dead`, `delivery.recovered` and
-//! `endpoint.failing` go out at most once per endpoint per `HERALD_OPERATIONAL_COALESCE`
-//! (default 1 minute); what happens meanwhile waits for the window's end and goes out then,
-//! as one message with `count`, `first_at` and, for deliveries, the first 50 of them.
+//! 0025, into `operational_event`); every process runs a dispatcher that turns them into
+//! messages ([`db::operational::dispatch`]), woken by the triggers' NOTIFY and every few
+//! seconds. Repeats are coalesced: `delivery.dead`, `delivery.recovered`,
+//! `endpoint.failing` and `endpoint.updated` go out at most once per endpoint per
+//! `HERALD_OPERATIONAL_COALESCE` (default 1 minute); what happens meanwhile waits for the
+//! window's end and goes out then, as one message with `count`, `first_at` and, for
+//! deliveries, the first 50 of them.
 //!
 //! Herald's own event types are written into the catalog at start, with their schemas, so
 //! the operator's tooling sees their payloads as it sees any other type's.
@@ -26,21 +27,17 @@ const CHANNEL: &str = "herald_operational";
 /// How often a dispatcher looks without being woken (facts held for their window, facts
 /// of a process that stopped, notices missed while reconnecting).
 const POLL: Duration = Duration::from_secs(2);
+/// How often old notices are pruned.
+const PRUNE: Duration = Duration::from_secs(600);
 /// How long a wake-up waits for more facts to come, so that a burst of them (a disabled
 /// endpoint's backlog dying) is one pass.
 const GATHER: Duration = Duration::from_millis(100);
 
 /// Runs this process's dispatcher until `cancel`, if operational webhooks are on.
-pub fn spawn(
-    database_url: String,
-    pool: PgPool,
-    operational: String,
-    window: Duration,
-    cancel: CancellationToken,
-) {
+pub fn spawn(database_url: String, pool: PgPool, window: Duration, cancel: CancellationToken) {
     tokio::spawn(async move {
         let mut listener = None;
-        let mut warned_missing = false;
+        let mut last_prune = std::time::Instant::now();
         loop {
             if listener.is_none() {
                 match sqlx::postgres::PgListener::connect(&database_url).await {
@@ -53,28 +50,29 @@ pub fn spawn(
                 }
             }
             loop {
-                match db::operational::dispatch(&pool, &operational, window).await {
-                    Ok(Some(done)) => {
-                        warned_missing = false;
+                match db::operational::dispatch(&pool, window).await {
+                    Ok(done) => {
+                        if done.dropped > 0 {
+                            tracing::warn!(
+                                facts = done.dropped,
+                                "operational events dropped: their operational application \
+                                 was removed"
+                            );
+                        }
                         if done.facts < db::operational::BATCH as usize {
                             break;
                         }
-                    }
-                    Ok(None) => {
-                        if !warned_missing {
-                            tracing::warn!(
-                                app = %operational,
-                                "HERALD_OPERATIONAL_APP names no application: operational \
-                                 events wait until it exists"
-                            );
-                            warned_missing = true;
-                        }
-                        break;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "operational dispatch failed; retrying");
                         break;
                     }
+                }
+            }
+            if last_prune.elapsed() > PRUNE {
+                last_prune = std::time::Instant::now();
+                if let Err(e) = db::operational::prune_notices(&pool, window).await {
+                    tracing::warn!(error = %e, "pruning operational notices failed");
                 }
             }
             let woken = async {
@@ -260,7 +258,7 @@ pub fn event_types() -> Vec<(&'static str, &'static str, Value, Value)> {
         ),
         (
             "delivery.dead",
-            "deliveries to a customer's endpoint exhausted their retries (or their endpoint was disabled). Coalesced: `count` deliveries, the first 50 listed.",
+            "deliveries to a customer's endpoint exhausted their retries. Coalesced: `count` deliveries, the first 50 listed. (A disabled endpoint's deliveries are not told one by one: endpoint.disabled says it.)",
             common(deliveries(&json!({})), &["count", "first_at", "deliveries"]),
             with(json!({"count": 1, "first_at": "2026-12-02T10:00:00Z",
                         "deliveries": [a_delivery.clone()]})),
@@ -283,14 +281,24 @@ pub fn event_types() -> Vec<(&'static str, &'static str, Value, Value)> {
         ),
         (
             "endpoint.updated",
-            "a customer changed an endpoint, through the portal or with an API token; `changed` names the settings.",
+            "a customer changed an endpoint, through the portal or with an API token; `changed` names the settings, `endpoint` shows them after the last change. Coalesced: `count` changes, `changed` all that they changed.",
             common(
-                json!({"by": by.clone(), "endpoint": endpoint.clone(),
-                       "changed": {"type": "array", "items": {"type": "string"}}}),
-                &["by", "endpoint", "changed"],
+                {
+                    let mut p = coalesced.clone();
+                    p.as_object_mut().unwrap().extend(
+                        json!({"by": by.clone(), "endpoint": endpoint.clone(),
+                               "changed": {"type": "array", "items": {"type": "string"}}})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                    );
+                    p
+                },
+                &["by", "endpoint", "changed", "count", "first_at"],
             ),
             with(json!({"by": "token tok_0193d2e0c8a97d3e9b1f2a4c5d6e7f84",
-                        "endpoint": shown.clone(), "changed": ["event_types"]})),
+                        "endpoint": shown.clone(), "changed": ["event_types"],
+                        "count": 1, "first_at": "2026-12-02T10:00:00Z"})),
         ),
         (
             "endpoint.deleted",

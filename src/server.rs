@@ -102,14 +102,15 @@ impl Server {
             max_connections: config.max_connections,
             grace: config.shutdown_grace,
         };
-        if let Some(app) = &config.operational_app {
+        if config.operational_app.is_some() {
             crate::operational::install_event_types(&pool)
                 .await
                 .context("cannot write Herald's operational event types")?;
+            // A fact names the application it goes to: whichever process sends it, it goes
+            // where it was recorded for.
             crate::operational::spawn(
                 config.database_url.expose().to_owned(),
                 pool.clone(),
-                app.clone(),
                 config.operational_coalesce,
                 cancel.clone(),
             );

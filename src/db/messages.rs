@@ -424,7 +424,7 @@ pub async fn dry_run(
                 && herald.type_routes($1, $2)
             and herald.endpoint_routes(e.app_id, e.event_types, e.channels)
                 && herald.channel_routes($1, $3)
-            and (e.filter is null or e.filter <@ (select $4::jsonb))",
+            and (e.filter is null or e.filter <@ (select herald.jsonb_or_null($4::json)))",
     )
     .bind(app)
     .bind(event_type)

@@ -1,6 +1,6 @@
 //! The operational outbox (migration 0025): facts about customers' endpoints, written by
 //! the state changes' own transactions, turned here into messages of the operator's
-//! application, a batch per transaction.
+//! application.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,21 +9,22 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
-use crate::domain::{AppId, EndpointId, redact_userinfo};
+use crate::domain::{AppId, EndpointId, short_url};
 
-/// Facts taken per transaction.
+/// Facts looked at per transaction; a coalesced group takes all of its own at once.
 pub const BATCH: i64 = 500;
 /// Deliveries listed in one `delivery.dead` or `delivery.recovered` message; `count` says
 /// how many there were in all.
-pub const LISTED: usize = 50;
+pub const LISTED: i64 = 50;
 
 /// The kinds sent at most once per endpoint per coalescing window: they repeat with every
-/// delivery or every failed batch. The others happen once per change.
+/// delivery, every failed batch or every change. The others happen once per change.
 pub fn coalesced(kind: &str) -> bool {
     matches!(
         kind,
-        "delivery.dead" | "delivery.recovered" | "endpoint.failing"
+        "delivery.dead" | "delivery.recovered" | "endpoint.failing" | "endpoint.updated"
     )
 }
 
@@ -31,100 +32,152 @@ pub fn coalesced(kind: &str) -> bool {
 struct Fact {
     id: i64,
     kind: String,
+    target_id: Uuid,
+    endpoint_id: EndpointId,
+}
+
+/// A fact's fields, or a coalesced group's, as the payload needs them.
+#[derive(Debug, sqlx::FromRow)]
+struct Told {
     app_id: AppId,
     app_uid: Option<String>,
-    endpoint_id: EndpointId,
+    /// The (last) fact's own fields.
     data: Json<Map<String, Value>>,
-    created_at: DateTime<Utc>,
+    count: i64,
+    first_at: DateTime<Utc>,
+    /// The first [`LISTED`] facts' fields (coalesced groups).
+    listed: Json<Vec<Map<String, Value>>>,
+    /// Every `changed` of the group's `endpoint.updated` facts.
+    changed: Json<Vec<Value>>,
 }
 
 /// What one pass did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Dispatched {
-    /// Facts taken (sent, or held for their window).
+    /// Facts looked at (sent, or left for their window).
     pub facts: usize,
-    /// Messages queued for the operational application.
+    /// Messages queued for the operational applications.
     pub messages: usize,
+    /// Facts whose operational application is gone, dropped.
+    pub dropped: usize,
 }
 
-/// Takes the facts that are due (rows another process holds are skipped), and in the same
-/// transaction queues their messages to `operational` (a uid) and deletes them. Facts of a
-/// coalesced kind whose endpoint had a message of that kind less than `window` ago are held
-/// until the window ends, then go out as one message that counts them. `None` when the
-/// operational application does not exist: nothing is taken then.
-pub async fn dispatch(
-    pool: &PgPool,
-    operational: &str,
-    window: Duration,
-) -> sqlx::Result<Option<Dispatched>> {
+/// Takes up to [`BATCH`] facts that may go now (rows another process holds are skipped, and
+/// so are coalesced kinds whose endpoint had a message of that kind less than `window`
+/// ago), and in one transaction queues their messages to the operational application each
+/// was recorded for, and deletes them. A coalesced group goes out as one message standing
+/// for all of its facts there are, counted.
+pub async fn dispatch(pool: &PgPool, window: Duration) -> sqlx::Result<Dispatched> {
+    let secs = window.as_secs_f64();
     let mut tx = pool.begin().await?;
     let facts: Vec<Fact> = sqlx::query_as(
-        "select o.id, o.kind, o.app_id, a.uid as app_uid, o.endpoint_id, o.data, o.created_at
+        "select o.id, o.kind, o.target_id, o.endpoint_id
            from operational_event o
-           left join application a on a.id = o.app_id
-          where o.due_at <= now()
-          order by o.due_at, o.id
+          where not exists (select 1 from operational_notice n
+                             where n.endpoint_id = o.endpoint_id and n.kind = o.kind
+                               and n.sent_at > now() - make_interval(secs => $2))
+          order by o.id
           limit $1
             for update of o skip locked",
     )
     .bind(BATCH)
+    .bind(secs)
     .fetch_all(&mut *tx)
     .await?;
-    if facts.is_empty() {
-        return Ok(Some(Dispatched::default()));
-    }
     let mut done = Dispatched {
         facts: facts.len(),
-        messages: 0,
+        ..Dispatched::default()
     };
-    // By endpoint and kind, so notices are locked in one order by every process.
-    let mut groups: BTreeMap<(EndpointId, String), Vec<Fact>> = BTreeMap::new();
+    // By endpoint and kind: every process locks notices in this one order.
+    let mut groups: BTreeMap<(EndpointId, String, Uuid), Vec<i64>> = BTreeMap::new();
     for fact in facts {
         groups
-            .entry((fact.endpoint_id, fact.kind.clone()))
+            .entry((fact.endpoint_id, fact.kind, fact.target_id))
             .or_default()
-            .push(fact);
+            .push(fact.id);
     }
-    let secs = window.as_secs_f64();
-    for ((endpoint, kind), facts) in groups {
-        let ids: Vec<i64> = facts.iter().map(|f| f.id).collect();
-        let payloads = if coalesced(&kind) {
-            let held: Option<DateTime<Utc>> = sqlx::query_scalar(
-                "select sent_at + make_interval(secs => $3) from operational_notice
-                  where endpoint_id = $1 and kind = $2
-                    and sent_at > now() - make_interval(secs => $3)
-                    for update",
-            )
-            .bind(endpoint)
-            .bind(&kind)
-            .bind(secs)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(until) = held {
-                sqlx::query("update operational_event set due_at = $2 where id = any($1)")
-                    .bind(&ids)
-                    .bind(until)
-                    .execute(&mut *tx)
-                    .await?;
-                continue;
-            }
+    for ((endpoint, kind, target), ids) in groups {
+        let told: Vec<Told> = if coalesced(&kind) {
+            // Taken by one process at a time, which checks the window again under the lock.
             sqlx::query(
                 "insert into operational_notice (endpoint_id, kind, sent_at)
-                 values ($1, $2, now())
-                 on conflict (endpoint_id, kind) do update set sent_at = now()",
+                 values ($1, $2, '-infinity') on conflict do nothing",
             )
             .bind(endpoint)
             .bind(&kind)
             .execute(&mut *tx)
             .await?;
-            vec![summary(&kind, &facts)]
+            let open: bool = sqlx::query_scalar(
+                "select sent_at <= now() - make_interval(secs => $3) from operational_notice
+                  where endpoint_id = $1 and kind = $2
+                    for update",
+            )
+            .bind(endpoint)
+            .bind(&kind)
+            .bind(secs)
+            .fetch_one(&mut *tx)
+            .await?;
+            if !open {
+                continue;
+            }
+            // Every fact of the group that no other process holds, deleted and summed up
+            // in one statement, however many there are.
+            let told: Vec<Told> = sqlx::query_as(
+                "with gone as (
+                     delete from operational_event
+                      where id in (select id from operational_event
+                                    where endpoint_id = $1 and kind = $2 and target_id = $3
+                                      for update skip locked)
+                     returning id, app_id, data, created_at
+                 )
+                 select g.app_id, a.uid as app_uid, g.data, s.count, s.first_at,
+                        coalesce((select jsonb_agg(f.data order by f.id)
+                                    from (select id, data from gone order by id limit $4) f),
+                                 '[]') as listed,
+                        coalesce((select jsonb_agg(distinct c)
+                                    from gone, jsonb_array_elements(
+                                              coalesce(gone.data->'changed', '[]')) c),
+                                 '[]') as changed
+                   from (select count(*) as count, min(created_at) as first_at from gone) s
+                   join lateral (select * from gone order by id desc limit 1) g on true
+                   left join application a on a.id = g.app_id",
+            )
+            .bind(endpoint)
+            .bind(&kind)
+            .bind(target)
+            .bind(LISTED)
+            .fetch_all(&mut *tx)
+            .await?;
+            if !told.is_empty() {
+                sqlx::query(
+                    "update operational_notice set sent_at = now()
+                      where endpoint_id = $1 and kind = $2",
+                )
+                .bind(endpoint)
+                .bind(&kind)
+                .execute(&mut *tx)
+                .await?;
+            }
+            told
         } else {
-            facts.iter().map(|f| payload(f, &f.data.0)).collect()
+            sqlx::query_as(
+                "with gone as (delete from operational_event where id = any($1)
+                               returning id, app_id, data, created_at)
+                 select g.app_id, a.uid as app_uid, g.data, 1::int8 as count,
+                        g.created_at as first_at, '[]'::jsonb as listed,
+                        '[]'::jsonb as changed
+                   from gone g left join application a on a.id = g.app_id
+                  order by g.id",
+            )
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
         };
-        for body in payloads {
+        for told in told {
+            let body = payload(&kind, endpoint, told);
             let sent = super::messages::send(
                 &mut *tx,
-                operational,
+                &AppId(target).to_string(),
                 &kind,
                 &body.to_string(),
                 &[],
@@ -132,53 +185,55 @@ pub async fn dispatch(
                 None,
             )
             .await?;
-            if sent.is_none() {
-                return Ok(None);
+            if sent.is_some() {
+                done.messages += 1;
+            } else {
+                // Its application was removed since: nobody is left to tell.
+                done.dropped += 1;
             }
-            done.messages += 1;
         }
-        sqlx::query("delete from operational_event where id = any($1)")
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
     }
-    // Notices older than any window are of no use: the next fact is sent either way.
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Drops notices older than any window (the next fact goes out either way), skipping any a
+/// dispatcher holds; its own transaction.
+pub async fn prune_notices(pool: &PgPool, window: Duration) -> sqlx::Result<u64> {
     sqlx::query(
         "delete from operational_notice
-          where sent_at < now() - make_interval(secs => $1) - interval '1 hour'",
+          where (endpoint_id, kind) in (
+                select endpoint_id, kind from operational_notice
+                 where sent_at < now() - make_interval(secs => $1) - interval '1 hour'
+                 limit 1000
+                   for update skip locked)",
     )
-    .bind(secs)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Some(done))
+    .bind(window.as_secs_f64())
+    .execute(pool)
+    .await
+    .map(|done| done.rows_affected())
 }
 
-/// A fact as its message's payload: what every operational message says (the application,
-/// the endpoint and its URL without credentials), then the fact's own fields.
-fn payload(fact: &Fact, data: &Map<String, Value>) -> Value {
+/// A fact (or a coalesced group) as its message's payload: what every operational message
+/// says (the application, the endpoint and its URL as lists show it), then the fact's own
+/// fields; for a coalesced kind, how many facts it stands for and since when, and for
+/// deliveries the first [`LISTED`] of them.
+fn payload(kind: &str, endpoint: EndpointId, told: Told) -> Value {
     let mut out = Map::new();
-    out.insert("app_id".into(), json!(fact.app_id.to_string()));
-    out.insert("app_uid".into(), json!(fact.app_uid));
-    out.insert("endpoint_id".into(), json!(fact.endpoint_id.to_string()));
-    for (k, v) in data {
+    out.insert("app_id".into(), json!(told.app_id.to_string()));
+    out.insert("app_uid".into(), json!(told.app_uid));
+    out.insert("endpoint_id".into(), json!(endpoint.to_string()));
+    for (k, v) in told.data.0 {
         let v = match (k.as_str(), v) {
-            ("url", Value::String(url)) => json!(redact_userinfo(url)),
-            _ => v.clone(),
+            ("url", Value::String(url)) => json!(short_url(&url)),
+            (_, v) => v,
         };
-        out.insert(k.clone(), v);
+        out.insert(k, v);
     }
-    Value::Object(out)
-}
-
-/// Facts of one coalesced kind for one endpoint as one message: the latest fact's fields,
-/// how many facts there were and since when, and, for deliveries, the first [`LISTED`].
-fn summary(kind: &str, facts: &[Fact]) -> Value {
-    let last = facts.last().expect("a group has a fact");
-    let mut body = payload(last, &last.data.0);
-    let object = body.as_object_mut().expect("an object");
-    object.insert("count".into(), json!(facts.len()));
-    object.insert("first_at".into(), json!(facts[0].created_at));
+    if coalesced(kind) {
+        out.insert("count".into(), json!(told.count));
+        out.insert("first_at".into(), json!(told.first_at));
+    }
     if kind.starts_with("delivery.") {
         for key in [
             "delivery_id",
@@ -187,20 +242,23 @@ fn summary(kind: &str, facts: &[Fact]) -> Value {
             "attempts",
             "last_error",
         ] {
-            object.remove(key);
+            out.remove(key);
         }
-        let listed: Vec<Value> = facts
-            .iter()
-            .take(LISTED)
-            .map(|f| {
-                let mut d = f.data.0.clone();
+        let listed = told
+            .listed
+            .0
+            .into_iter()
+            .map(|mut d| {
                 d.remove("url");
                 Value::Object(d)
             })
             .collect();
-        object.insert("deliveries".into(), Value::Array(listed));
+        out.insert("deliveries".into(), Value::Array(listed));
     }
-    body
+    if kind == "endpoint.updated" {
+        out.insert("changed".into(), Value::Array(told.changed.0));
+    }
+    Value::Object(out)
 }
 
 /// Names who makes the endpoint changes of `db`'s transaction, for the operational triggers

@@ -171,6 +171,8 @@ impl Access {
     pub fn actor(&self) -> Option<String> {
         match (self.by, self.token) {
             (AuthBy::Portal, _) => Some(PORTAL_ACTOR.to_owned()),
+            // An admin token without an application is the operator's.
+            (_, Some(_)) if self.is_operator() => None,
             (_, Some(token)) => Some(format!("token {token}")),
             _ => None,
         }
@@ -284,7 +286,7 @@ pub const ROUTES: &[(Method, &str, Need)] = &[
     (
         Method::POST,
         "/apps/{app}/messages/dry-run",
-        in_app(Scope::MessagesSend),
+        in_app(Scope::EndpointsManage),
     ),
     (
         Method::GET,

@@ -142,7 +142,7 @@ async fn send(
 struct RouteOutcome {
     #[schema(value_type = String, examples("ep_0193d2e0c8a97d3e9b1f2a4c5d6e7f80"))]
     endpoint_id: EndpointId,
-    /// Without user name or password.
+    /// As lists show it: without credentials, query or fragment.
     url: String,
     description: String,
     /// Whether the message would get a delivery to this endpoint.
@@ -192,7 +192,7 @@ impl From<db::messages::Route> for RouteOutcome {
         };
         Self {
             endpoint_id: r.id,
-            url: crate::domain::redact_userinfo(&r.url),
+            url: crate::domain::short_url(&r.url),
             description: r.description,
             reached: r.missed.is_none(),
             reason: r.missed,
@@ -202,7 +202,7 @@ impl From<db::messages::Route> for RouteOutcome {
 }
 
 /// Which endpoints a message would reach, and why each other would not, without storing or
-/// sending anything. The body is a send's; it is checked as a send's is (schema, archived
+/// sending anything. It shows the application's endpoints, so it takes `endpoints:manage`. The body is a send's; it is checked as a send's is (schema, archived
 /// types, channels), so a dry-run that answers 200 is a send that would be accepted.
 #[utoipa::path(
     post,

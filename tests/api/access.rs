@@ -69,10 +69,11 @@ const EXPECTED: &[(&str, &str, &str, &str)] = &[
     ("DELETE", "/apps/{app}", "admin", "path"),
     ("POST", "/apps/{app}/portal", "endpoints:manage", "path"),
     ("POST", "/apps/{app}/messages", "messages:send", "path"),
+    // It shows the application's endpoints.
     (
         "POST",
         "/apps/{app}/messages/dry-run",
-        "messages:send",
+        "endpoints:manage",
         "path",
     ),
     ("GET", "/apps/{app}/messages", "messages:read", "path"),

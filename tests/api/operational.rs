@@ -230,11 +230,6 @@ async fn every_operational_event_comes_from_its_state_change() {
         !g.is_empty()
     })
     .await;
-    assert_eq!(
-        created.len(),
-        1,
-        "the operator's own creations are not told"
-    );
     assert_eq!(created[0]["endpoint_id"], made_id.as_str());
     assert_eq!(created[0]["by"], by.as_str());
     assert_eq!(created[0]["url"], "https://customer.example/hook");
@@ -283,6 +278,14 @@ async fn every_operational_event_comes_from_its_state_change() {
         assert!(Instant::now() < deadline, "facts left unsent");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        received(&server, &ops_receiver, &secrets, "endpoint.created")
+            .await
+            .len(),
+        1,
+        "the operator's own creations are not told"
+    );
 }
 
 /// The operational application's own deliveries dying, its endpoints failing or being
@@ -364,7 +367,7 @@ async fn the_operational_application_never_reports_on_itself() {
 /// until the window ends and then sent together, counted; nothing dropped.
 #[tokio::test]
 async fn repeats_are_coalesced_per_endpoint_and_window() {
-    let server = spawn_app_with(&env("2s")).await;
+    let server = spawn_app_with(&env("4s")).await;
     let ops_receiver = Receiver::start().await;
     let secrets = operations(&server, &ops_receiver).await;
     let (_, acme) = server.post("/apps", json!({"name": "Acme"})).await;
@@ -379,7 +382,7 @@ async fn repeats_are_coalesced_per_endpoint_and_window() {
     })
     .await;
     assert_eq!(one[0]["deliveries"][0]["message_id"], first.as_str());
-    let sent_first = Instant::now();
+    let received_first = Instant::now();
     for n in 1..=12 {
         server.send(&acme, "invoice.paid", json!({ "n": n })).await;
     }
@@ -387,17 +390,19 @@ async fn repeats_are_coalesced_per_endpoint_and_window() {
         g.iter().map(|m| m["count"].as_i64().unwrap()).sum::<i64>() >= 13
     })
     .await;
+    // The rest waited for the window (4 s from the first's dispatch, which came just before
+    // its receipt), and went out as one message per window: all of them in one, unless the
+    // machine took longer than a window to let 12 deliveries die.
     assert!(
-        sent_first.elapsed() >= Duration::from_millis(1500),
+        received_first.elapsed() >= Duration::from_secs(3),
         "the rest waited for the window"
     );
-    assert_eq!(
-        all.len(),
-        2,
-        "one message for the first, one for the rest: {all:#?}"
-    );
-    assert_eq!(all[1]["count"], 12);
-    assert_eq!(all[1]["deliveries"].as_array().unwrap().len(), 12);
+    assert!(all.len() == 2 || all.len() == 3, "{all:#?}");
+    let listed: usize = all[1..]
+        .iter()
+        .map(|m| m["deliveries"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(listed, 12, "every death listed once");
     // endpoint.failing too: its first failure, then, with 13 attempts all failed in five
     // minutes, the share, in the next window.
     let failing = wait_for(&server, &ops_receiver, &secrets, "endpoint.failing", |g| {
@@ -420,7 +425,8 @@ async fn a_crash_between_the_state_change_and_the_send_loses_nothing() {
     let db_url = crate::helpers::fresh_database().await;
     let ops_receiver = Receiver::start().await;
     let down = Receiver::answering(Reply::status(500)).await;
-    let config = env("3s");
+    // A window long enough for the second death to fall in it on a slow machine too.
+    let config = env("10s");
     let first = Process::start(&db_url, &config).await;
     let ops = first
         .api(
@@ -458,7 +464,7 @@ async fn a_crash_between_the_state_change_and_the_send_loses_nothing() {
     drop(first);
     let before = ops_receiver.count();
     let _second_process = Process::start(&db_url, &config).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(25);
     loop {
         let got: Vec<Value> = ops_receiver
             .received()

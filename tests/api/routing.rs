@@ -453,6 +453,41 @@ async fn routing_settings_are_checked_and_shown() {
         count(&server.pool, "select count(*) from herald.message").await,
         0
     );
+
+    // `{}` is no filter.
+    let (_, none) = server
+        .post(&path, json!({"url": "https://example.com/b", "filter": {}}))
+        .await;
+    assert_eq!(none["filter"], Value::Null);
+}
+
+/// A payload jsonb cannot hold (`\u0000`) is sent as any other: it contains no filter, so
+/// it reaches the endpoints without one.
+#[tokio::test]
+async fn a_payload_jsonb_cannot_hold_reaches_the_endpoints_without_a_filter() {
+    let server = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let app = server.create_app().await;
+    endpoints(
+        &server,
+        &app,
+        &receiver,
+        &[
+            ("plain", json!({})),
+            ("filtered", json!({"filter": {"k": "v"}})),
+        ],
+    )
+    .await;
+    let body = json!({"event_type": "a", "payload": {"k": "v", "nul": "a\u{0}b"}});
+    let (status, dry) = server
+        .post(&format!("/apps/{app}/messages/dry-run"), body.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{dry}");
+    assert_eq!(dry["reached"], 1);
+    assert_eq!(
+        sent_to(&server, &app, &receiver, body).await,
+        names(&["plain"])
+    );
 }
 
 /// With `HERALD_REQUIRE_EVENT_TYPES`, an endpoint subscribes to types the catalog has; a
@@ -529,7 +564,7 @@ async fn thousands_of_endpoints_are_routed_by_index() {
                 && herald.type_routes($1::uuid, $2)
             and herald.endpoint_routes(e.app_id, e.event_types, e.channels)
                 && herald.channel_routes($1::uuid, $3)
-            and (e.filter is null or e.filter <@ (select $4::jsonb))",
+            and (e.filter is null or e.filter <@ (select herald.jsonb_or_null($4::json)))",
     )
     .bind(app_uuid)
     .bind("invoice.paid")
@@ -539,7 +574,10 @@ async fn thousands_of_endpoints_are_routed_by_index() {
     .await
     .unwrap();
     let plan = plan.join("\n");
-    assert!(plan.contains("endpoint_routes"), "{plan}");
+    assert!(
+        plan.contains("Bitmap Index Scan on endpoint_routes"),
+        "{plan}"
+    );
     // The endpoints made by SQL have no signing secret, so only the count is checked.
     let (status, msg) = server
         .post(

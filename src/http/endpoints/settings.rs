@@ -169,6 +169,11 @@ impl EndpointSettings {
         if let Some(Some(filter)) = &self.filter {
             routing::filter(filter).map_err(ApiError::Invalid)?;
         }
+        // `{}` is contained by every object but by no other payload: as good as no filter
+        // for the objects it means, and surprising for the rest.
+        let filter = self
+            .filter
+            .map(|f| f.filter(|f| f.as_object().is_some_and(|o| !o.is_empty())));
         if let Some(d) = &self.description
             && d.chars().count() > 1024
         {
@@ -198,7 +203,7 @@ impl EndpointSettings {
             description: self.description,
             event_types,
             channels,
-            filter: self.filter,
+            filter,
             disabled: self.disabled,
             max_in_flight: self.max_in_flight,
             rate_limit: self.rate_limit,
