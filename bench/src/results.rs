@@ -106,10 +106,18 @@ pub struct ValidationAb {
     /// [`ValidationRound::check_parse_us`].
     pub check_us: Option<f64>,
     pub check_parse_us: Option<f64>,
+    /// Medians of the rounds' validated / unvalidated CPU ms per delivery. PostgreSQL does
+    /// the same work on both sides: its ratio's distance from 1 is the noise.
+    pub herald_cpu_ratio: f64,
+    pub postgres_cpu_ratio: f64,
     /// Each round's validated / unvalidated delivered/s, in round order.
     pub round_ratios: Vec<f64>,
     /// The median of [`Self::round_ratios`].
     pub ratio: f64,
+    /// Their mean, and its standard error (sample standard deviation / √rounds; 0 for
+    /// one round): about how far the mean may be from what more rounds would give.
+    pub ratio_mean: f64,
+    pub ratio_stderr: f64,
     /// What validation cost: 100 × (1 − [`Self::ratio`]).
     pub cost_pct: f64,
     /// Every round checked, none lost, duplicated or refused a message.
@@ -134,20 +142,36 @@ impl ValidationAb {
         let pair = |f: &dyn Fn(&ScenarioResult, &ValidationRound) -> f64| {
             Some((side(false, f)?, side(true, f)?))
         };
-        let delivered = |round: usize, validated: bool| {
-            rounds
+        // Each round's validated / unvalidated value of `f`, in round order.
+        let ratios = |f: &dyn Fn(&ScenarioResult, &ValidationRound) -> f64| -> Vec<f64> {
+            let side = |round: usize, validated: bool| {
+                rounds
+                    .iter()
+                    .find(|(_, v)| v.round == round && v.validated == validated)
+                    .map(|(s, v)| f(s, v))
+            };
+            let mut numbers: Vec<usize> = rounds.iter().map(|(_, v)| v.round).collect();
+            numbers.dedup();
+            numbers
                 .iter()
-                .find(|(_, v)| v.round == round && v.validated == validated)
-                .map(|(s, _)| s.delivered_per_s)
+                .filter_map(|&r| Some(side(r, true)? / side(r, false)?.max(1e-9)))
+                .map(|x| (x * 1000.0).round() / 1000.0)
+                .collect()
         };
-        let mut numbers: Vec<usize> = rounds.iter().map(|(_, v)| v.round).collect();
-        numbers.dedup();
-        let round_ratios: Vec<f64> = numbers
-            .iter()
-            .filter_map(|&r| Some(delivered(r, true)? / delivered(r, false)?.max(1e-9)))
-            .map(|x| (x * 1000.0).round() / 1000.0)
-            .collect();
+        let round_ratios = ratios(&|s, _| s.delivered_per_s);
         let ratio = median(round_ratios.clone())?;
+        let n = round_ratios.len() as f64;
+        let ratio_mean = round_ratios.iter().sum::<f64>() / n;
+        let ratio_stderr = if n > 1.0 {
+            let var = round_ratios
+                .iter()
+                .map(|r| (r - ratio_mean).powi(2))
+                .sum::<f64>()
+                / (n - 1.0);
+            (var / n).sqrt()
+        } else {
+            0.0
+        };
         Some(Self {
             rounds: round_ratios.len(),
             delivered_per_s: pair(&|s, _| s.delivered_per_s)?,
@@ -160,8 +184,12 @@ impl ValidationAb {
                     .filter_map(|(_, v)| v.check_parse_us)
                     .collect(),
             ),
+            herald_cpu_ratio: median(ratios(&|_, v| v.herald_cpu_ms_per_delivery))?,
+            postgres_cpu_ratio: median(ratios(&|_, v| v.postgres_cpu_ms_per_delivery))?,
             round_ratios,
             ratio,
+            ratio_mean,
+            ratio_stderr,
             cost_pct: round(100.0 * (1.0 - ratio)),
             sound: rounds.iter().all(|(s, v)| {
                 v.checked() && s.lost == 0 && s.duplicates == 0 && s.send_errors == 0

@@ -118,11 +118,18 @@ fn validation_table(t: &mut String, report: &Report) {
     let ratios: Vec<String> = ab.round_ratios.iter().map(|r| format!("{r:.3}")).collect();
     let _ = writeln!(
         t,
-        "validated / unvalidated delivered/s by round: {}, median {:.3}; medians over {} rounds each: \
-         delivered/s {off:.0} unvalidated, {on:.0} validated ({:.3}); herald CPU ms/delivery \
-         {:.3} -> {:.3} ({}); PostgreSQL {:.3} -> {:.3} ({})",
+        "validated / unvalidated delivered/s by round: {}, median {:.3} (mean {:.3}, standard \
+         error {:.3}); CPU ms per delivery, \
+         median of the rounds' validated / unvalidated: herald {:.3}, PostgreSQL {:.3} (the \
+         same work on both sides: the noise); medians over {} rounds each: delivered/s \
+         {off:.0} unvalidated, {on:.0} validated ({:.3}); herald CPU ms/delivery {:.3} -> {:.3} \
+         ({}); PostgreSQL {:.3} -> {:.3} ({})",
         ratios.join(", "),
         ab.ratio,
+        ab.ratio_mean,
+        ab.ratio_stderr,
+        ab.herald_cpu_ratio,
+        ab.postgres_cpu_ratio,
         ab.rounds,
         on / off.max(1e-9),
         ab.herald_cpu_ms_per_delivery.0,
@@ -556,7 +563,11 @@ mod validation_tests {
         assert_eq!(ab.cost_pct, 5.3);
         assert!(ab.sound && ab.target_met());
         let t = table(&r);
-        assert!(t.contains("by round: 0.950, 0.944, median 0.947"), "{t}");
+        assert!(
+            t.contains("by round: 0.950, 0.944, median 0.947 (mean 0.947, standard error 0.003)"),
+            "{t}"
+        );
+        assert!(t.contains("herald 1.100, PostgreSQL 1.000"), "{t}");
         assert!(t.contains("(target: at most 10%): met"), "{t}");
         assert!(
             t.contains("herald CPU ms/delivery 0.200 -> 0.220 (+10.0%)"),
