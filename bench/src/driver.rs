@@ -47,6 +47,27 @@ impl Api {
         Ok(body)
     }
 
+    /// `method path` (with `body`, if any): the status and the JSON answer (`null` if it
+    /// had none), whatever the status.
+    pub async fn status(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let mut request = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let r = request.send().await?;
+        let status = r.status().as_u16();
+        let text = r.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or_default()))
+    }
+
     /// Deletes an application or endpoint and waits until its removal (which runs in the
     /// background) is done, so that it does not weigh on what is measured next.
     pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
@@ -120,6 +141,29 @@ pub struct Load {
     /// bounds the sends outstanding at once).
     pub rate: Option<f64>,
     pub payload_bytes: usize,
+    /// What each message is.
+    pub message: Message,
+}
+
+/// A message's event type, and how its payload of about `payload_bytes` is made from its
+/// number in the load.
+#[derive(Clone, Copy, Debug)]
+pub struct Message {
+    pub event_type: &'static str,
+    pub payload: fn(n: usize, bytes: usize) -> serde_json::Value,
+}
+
+impl Message {
+    /// `bench.event`, `{"n": n, "data": {"filler": "xx…"}}`: what every scenario sends but
+    /// the validation pair (and what `history burst` loads through SQL).
+    pub const FILLER: Message = Message {
+        event_type: "bench.event",
+        payload: filler,
+    };
+}
+
+fn filler(n: usize, bytes: usize) -> serde_json::Value {
+    json!({"n": n, "data": {"filler": "x".repeat(bytes.saturating_sub(14))}})
 }
 
 /// One accepted message: its id and when the 202 arrived.
@@ -133,7 +177,8 @@ pub struct Outcome {
 }
 
 pub async fn drive(api: &Api, app_id: &str, load: &Load) -> Outcome {
-    let payload = json!({"filler": "x".repeat(load.payload_bytes.saturating_sub(14))});
+    let message = load.message;
+    let payload_bytes = load.payload_bytes;
     let path = Arc::new(format!("{}/api/v1/apps/{app_id}/messages", api.base));
     let accepted = Arc::new(Mutex::new(Vec::with_capacity(load.count)));
     let errors = Arc::new(AtomicU64::new(0));
@@ -150,7 +195,10 @@ pub async fn drive(api: &Api, app_id: &str, load: &Load) -> Outcome {
             let accepted = accepted.clone();
             let errors = errors.clone();
             let path = path.clone();
-            let body = json!({"event_type": "bench.event", "payload": {"n": n, "data": payload}});
+            let body = json!({
+                "event_type": message.event_type,
+                "payload": (message.payload)(n, payload_bytes),
+            });
             async move {
                 let sent = api
                     .http

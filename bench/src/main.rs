@@ -53,7 +53,9 @@ enum Cmd {
         #[arg(long = "herald-env", value_parser = parse_kv)]
         herald_env: Vec<(String, String)>,
         /// Run only scenarios whose names contain this, or with `=name` only that one
-        /// (repeatable). `burst sse` and `history burst` also run `burst`, their baseline.
+        /// (repeatable). `burst sse` and `history burst` also run `burst`, their baseline, and
+        /// so does the validation pair (either of `burst validated` and `burst unvalidated`
+        /// selects both).
         #[arg(long)]
         only: Vec<String>,
         /// Live-feed (SSE) subscribers during `burst sse`; 0 skips that scenario.
@@ -66,6 +68,10 @@ enum Cmd {
         /// Seconds of steady load in `history soak` (not divided by --scale).
         #[arg(long, default_value_t = 360)]
         soak_secs: u64,
+        /// Rounds of each of `burst validated` and `burst unvalidated`, alternating; 0
+        /// skips them.
+        #[arg(long, default_value_t = 4)]
+        validation_rounds: usize,
     },
     /// Print the table and redraw the chart of a saved run.
     Report {
@@ -139,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
             sse_subscribers,
             history_messages,
             soak_secs,
+            validation_rounds,
         } => {
             let report = suite::run(suite::Settings {
                 server_url: database_url,
@@ -152,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
                 sse_subscribers,
                 history_messages,
                 soak_secs,
+                validation_rounds,
             })
             .await?;
             suite::write_outputs(&report, &out)?;
@@ -161,13 +169,19 @@ async fn main() -> anyhow::Result<()> {
                 .scenarios
                 .iter()
                 .filter(|s| {
-                    s.lost > 0 || s.duplicates > 0 || s.sse.as_ref().is_some_and(|f| f.missing > 0)
+                    s.lost > 0
+                        || s.duplicates > 0
+                        || s.sse.as_ref().is_some_and(|f| f.missing > 0)
+                        || s.validation
+                            .as_ref()
+                            .is_some_and(|v| !v.checked() || s.send_errors > 0)
                 })
                 .map(|s| s.name.as_str())
                 .collect();
             anyhow::ensure!(
                 failed.is_empty(),
-                "lost or duplicated deliveries, or attempt events missing from the live feed, \
+                "lost or duplicated deliveries, attempt events missing from the live feed, or a \
+                 validation round that did not validate as its name says or refused a message, \
                  in {failed:?}"
             );
         }
@@ -238,6 +252,7 @@ async fn main() -> anyhow::Result<()> {
                     concurrency,
                     rate,
                     payload_bytes,
+                    message: driver::Message::FILLER,
                 },
             )
             .await;

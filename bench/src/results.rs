@@ -10,6 +10,9 @@ use crate::stats::{Latency, round};
 pub const SSE_LAG_P99_TARGET_MS: f64 = 100.0;
 /// Deliveries/s with subscribers at most this much below the plain burst's.
 pub const SSE_DROP_TARGET_PCT: f64 = 10.0;
+/// Validation may cost the burst at most this much (issue 17): the median deliveries/s of
+/// `burst validated` at least this much below `burst unvalidated`'s in the same run.
+pub const VALIDATION_COST_TARGET_PCT: f64 = 10.0;
 /// `history burst` and `history soak` targets (issue 14).
 pub const BURST_RATIO_TARGET_PCT: f64 = 90.0;
 pub const VIEW_P99_TARGET_MS: f64 = 50.0;
@@ -44,6 +47,170 @@ pub struct ScenarioResult {
     /// The database's size under load with a short retention (`history soak` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soak: Option<SoakResult>,
+    /// Which side of the validation pair this round was, and its checks (`burst validated`
+    /// and `burst unvalidated` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<ValidationRound>,
+}
+
+/// One round of `burst validated` or `burst unvalidated`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValidationRound {
+    pub round: usize,
+    /// Sent as a type whose schema is in the catalog, so every payload was validated.
+    pub validated: bool,
+    pub event_type: String,
+    /// Every payload's length, as sent.
+    pub payload_bytes: usize,
+    /// CPU milliseconds per delivered message (from CPU seconds to 0.01 s).
+    pub herald_cpu_ms_per_delivery: f64,
+    pub postgres_cpu_ms_per_delivery: f64,
+    /// What Herald answered, right after the round, to a payload that the schema refuses
+    /// sent with the round's type: 422 if validated, 202 if not, or the round did not
+    /// measure what its name says.
+    pub refused_payload_status: u16,
+    /// Validated rounds: what it answered to a payload whose only fault is a `format` (an
+    /// e-mail address that is not one): 422 if Herald asserts formats, 202 if not.
+    pub bad_format_status: Option<u16>,
+    /// Validated rounds: Herald's check of one payload (parse into a `serde_json::Value`,
+    /// validate) done by the benchmark in its own process right after the round, µs per
+    /// payload, and of that the parse (see `suite::validation::check_cost_us`).
+    #[serde(default)]
+    pub check_us: Option<f64>,
+    #[serde(default)]
+    pub check_parse_us: Option<f64>,
+}
+
+impl ValidationRound {
+    /// The round validated, or did not, as its name says.
+    pub fn checked(&self) -> bool {
+        self.refused_payload_status == if self.validated { 422 } else { 202 }
+    }
+}
+
+/// The validation pair of a run, over its rounds: medians and the verdict.
+///
+/// The verdict is by the rounds' ratios (validated / unvalidated delivered/s of the same
+/// round, two bursts run back to back), not by the ratio of the sides' medians: the
+/// machine's speed can step within a run, and a step weighs on one round's ratio but can
+/// shift one side's median more than the other's. Both are reported.
+#[derive(Debug, Clone)]
+pub struct ValidationAb {
+    /// Rounds with both sides.
+    pub rounds: usize,
+    /// Medians over the rounds of each side: (unvalidated, validated).
+    pub delivered_per_s: (f64, f64),
+    pub herald_cpu_ms_per_delivery: (f64, f64),
+    pub postgres_cpu_ms_per_delivery: (f64, f64),
+    /// Medians over the validated rounds of [`ValidationRound::check_us`] and
+    /// [`ValidationRound::check_parse_us`].
+    pub check_us: Option<f64>,
+    pub check_parse_us: Option<f64>,
+    /// Medians of the rounds' validated / unvalidated CPU ms per delivery. PostgreSQL does
+    /// the same work on both sides: its ratio's distance from 1 is the noise.
+    pub herald_cpu_ratio: f64,
+    pub postgres_cpu_ratio: f64,
+    /// Each round's validated / unvalidated delivered/s, in round order.
+    pub round_ratios: Vec<f64>,
+    /// The median of [`Self::round_ratios`].
+    pub ratio: f64,
+    /// Their mean, and its standard error (sample standard deviation / √rounds; 0 for
+    /// one round): about how far the mean may be from what more rounds would give.
+    pub ratio_mean: f64,
+    pub ratio_stderr: f64,
+    /// What validation cost: 100 × (1 − [`Self::ratio`]).
+    pub cost_pct: f64,
+    /// Every round checked, none lost, duplicated or refused a message.
+    pub sound: bool,
+}
+
+impl ValidationAb {
+    pub fn of(scenarios: &[ScenarioResult]) -> Option<Self> {
+        let rounds: Vec<(&ScenarioResult, &ValidationRound)> = scenarios
+            .iter()
+            .filter_map(|s| s.validation.as_ref().map(|v| (s, v)))
+            .collect();
+        let side = |validated: bool, f: &dyn Fn(&ScenarioResult, &ValidationRound) -> f64| {
+            median(
+                rounds
+                    .iter()
+                    .filter(|(_, v)| v.validated == validated)
+                    .map(|(s, v)| f(s, v))
+                    .collect(),
+            )
+        };
+        let pair = |f: &dyn Fn(&ScenarioResult, &ValidationRound) -> f64| {
+            Some((side(false, f)?, side(true, f)?))
+        };
+        // Each round's validated / unvalidated value of `f`, in round order.
+        let ratios = |f: &dyn Fn(&ScenarioResult, &ValidationRound) -> f64| -> Vec<f64> {
+            let side = |round: usize, validated: bool| {
+                rounds
+                    .iter()
+                    .find(|(_, v)| v.round == round && v.validated == validated)
+                    .map(|(s, v)| f(s, v))
+            };
+            let mut numbers: Vec<usize> = rounds.iter().map(|(_, v)| v.round).collect();
+            numbers.dedup();
+            numbers
+                .iter()
+                .filter_map(|&r| Some(side(r, true)? / side(r, false)?.max(1e-9)))
+                .map(|x| (x * 1000.0).round() / 1000.0)
+                .collect()
+        };
+        let round_ratios = ratios(&|s, _| s.delivered_per_s);
+        let ratio = median(round_ratios.clone())?;
+        let n = round_ratios.len() as f64;
+        let ratio_mean = round_ratios.iter().sum::<f64>() / n;
+        let ratio_stderr = if n > 1.0 {
+            let var = round_ratios
+                .iter()
+                .map(|r| (r - ratio_mean).powi(2))
+                .sum::<f64>()
+                / (n - 1.0);
+            (var / n).sqrt()
+        } else {
+            0.0
+        };
+        Some(Self {
+            rounds: round_ratios.len(),
+            delivered_per_s: pair(&|s, _| s.delivered_per_s)?,
+            herald_cpu_ms_per_delivery: pair(&|_, v| v.herald_cpu_ms_per_delivery)?,
+            postgres_cpu_ms_per_delivery: pair(&|_, v| v.postgres_cpu_ms_per_delivery)?,
+            check_us: median(rounds.iter().filter_map(|(_, v)| v.check_us).collect()),
+            check_parse_us: median(
+                rounds
+                    .iter()
+                    .filter_map(|(_, v)| v.check_parse_us)
+                    .collect(),
+            ),
+            herald_cpu_ratio: median(ratios(&|_, v| v.herald_cpu_ms_per_delivery))?,
+            postgres_cpu_ratio: median(ratios(&|_, v| v.postgres_cpu_ms_per_delivery))?,
+            round_ratios,
+            ratio,
+            ratio_mean,
+            ratio_stderr,
+            cost_pct: round(100.0 * (1.0 - ratio)),
+            sound: rounds.iter().all(|(s, v)| {
+                v.checked() && s.lost == 0 && s.duplicates == 0 && s.send_errors == 0
+            }),
+        })
+    }
+
+    pub fn target_met(&self) -> bool {
+        self.cost_pct <= VALIDATION_COST_TARGET_PCT
+    }
+}
+
+/// The median (the mean of the middle two of an even count); `None` of nothing.
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(xs[n / 2]),
+        _ => Some((xs[n / 2 - 1] + xs[n / 2]) / 2.0),
+    }
 }
 
 /// What the live-feed subscribers of `burst sse` saw.

@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use crate::results::{
     BURST_RATIO_TARGET_PCT, DROP_TARGET_SECS, Report, SOAK_FLAT_PCT, SSE_DROP_TARGET_PCT,
-    SSE_LAG_P99_TARGET_MS, VIEW_P99_TARGET_MS,
+    SSE_LAG_P99_TARGET_MS, VALIDATION_COST_TARGET_PCT, VIEW_P99_TARGET_MS, ValidationAb,
 };
 
 mod svg;
@@ -69,8 +69,98 @@ pub fn table(report: &Report) -> String {
         }
     }
     sse_table(&mut t, report);
+    validation_table(&mut t, report);
     history_table(&mut t, report);
     t
+}
+
+/// The validation pair: each round, then the medians and the verdict.
+fn validation_table(t: &mut String, report: &Report) {
+    let Some(ab) = ValidationAb::of(&report.scenarios) else {
+        return;
+    };
+    let _ = writeln!(
+        t,
+        "\nValidation: the burst as a type with a schema in the catalog (validated) and as a type \
+         the catalog does not have (unvalidated), same payload; rounds in the order run"
+    );
+    heading(
+        t,
+        "| round | scenario | event type | payload bytes | delivered/s | herald CPU ms/delivery | PostgreSQL CPU ms/delivery | refused payload answered | bad format answered | check alone µs (parse) | lost | dup | send errors |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    );
+    for s in &report.scenarios {
+        let Some(v) = &s.validation else { continue };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {:.0} | {:.3} | {:.3} | {}{} | {} | {} | {} | {} | {} |",
+            v.round,
+            s.name,
+            v.event_type,
+            v.payload_bytes,
+            s.delivered_per_s,
+            v.herald_cpu_ms_per_delivery,
+            v.postgres_cpu_ms_per_delivery,
+            v.refused_payload_status,
+            if v.checked() { "" } else { " (WRONG)" },
+            v.bad_format_status.map_or("-".into(), |c| c.to_string()),
+            match (v.check_us, v.check_parse_us) {
+                (Some(c), Some(p)) => format!("{c:.2} ({p:.2})"),
+                _ => "-".into(),
+            },
+            s.lost,
+            s.duplicates,
+            s.send_errors
+        );
+    }
+    let (off, on) = ab.delivered_per_s;
+    let pct = |(off, on): (f64, f64)| format!("{:+.1}%", 100.0 * (on - off) / off.max(1e-9));
+    let ratios: Vec<String> = ab.round_ratios.iter().map(|r| format!("{r:.3}")).collect();
+    let _ = writeln!(
+        t,
+        "validated / unvalidated delivered/s by round: {}, median {:.3} (mean {:.3}, standard \
+         error {:.3}); CPU ms per delivery, \
+         median of the rounds' validated / unvalidated: herald {:.3}, PostgreSQL {:.3} (the \
+         same work on both sides: the noise); medians over {} rounds each: delivered/s \
+         {off:.0} unvalidated, {on:.0} validated ({:.3}); herald CPU ms/delivery {:.3} -> {:.3} \
+         ({}); PostgreSQL {:.3} -> {:.3} ({})",
+        ratios.join(", "),
+        ab.ratio,
+        ab.ratio_mean,
+        ab.ratio_stderr,
+        ab.herald_cpu_ratio,
+        ab.postgres_cpu_ratio,
+        ab.rounds,
+        on / off.max(1e-9),
+        ab.herald_cpu_ms_per_delivery.0,
+        ab.herald_cpu_ms_per_delivery.1,
+        pct(ab.herald_cpu_ms_per_delivery),
+        ab.postgres_cpu_ms_per_delivery.0,
+        ab.postgres_cpu_ms_per_delivery.1,
+        pct(ab.postgres_cpu_ms_per_delivery)
+    );
+    if let (Some(check), Some(parse)) = (ab.check_us, ab.check_parse_us) {
+        let _ = writeln!(
+            t,
+            "the check alone (parse into a serde_json::Value, validate; in the benchmark's process): \
+             {check:.2} µs a payload, of which the parse {parse:.2} µs: {:.1}% of herald's median \
+             CPU per unvalidated delivery",
+            100.0 * check / (1000.0 * ab.herald_cpu_ms_per_delivery.0).max(1e-9)
+        );
+    }
+    let _ = writeln!(
+        t,
+        "validation cost the burst {:.1}% of its deliveries/s, by the rounds' median ratio \
+         (target: at most {VALIDATION_COST_TARGET_PCT}%): {}{}",
+        ab.cost_pct,
+        verdict(ab.target_met()),
+        if ab.sound {
+            ""
+        } else {
+            "; but a round lost, duplicated or refused messages, or did not validate as its \
+             name says: the figures do not measure validation"
+        }
+    );
 }
 
 fn verdict(met: bool) -> &'static str {
@@ -338,7 +428,7 @@ mod history_tests {
     use crate::results::{HistoryResult, ScenarioResult, SoakResult};
     use crate::stats::Latency;
 
-    fn scenario(name: &str) -> ScenarioResult {
+    pub(super) fn scenario(name: &str) -> ScenarioResult {
         ScenarioResult {
             name: name.into(),
             messages: 10,
@@ -356,6 +446,7 @@ mod history_tests {
             sse: None,
             history: None,
             soak: None,
+            validation: None,
         }
     }
 
@@ -415,5 +506,83 @@ mod history_tests {
         );
         assert!(t.contains("in 1.500 s (target < 1 s: NOT met)"), "{t}");
         assert!(t.contains("50.0-50.0 (flat within 15%: met)"), "{t}");
+    }
+}
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+    use crate::results::{ScenarioResult, ValidationRound};
+
+    fn round(round: usize, validated: bool, delivered_per_s: f64, refused: u16) -> ScenarioResult {
+        let mut s = history_tests::scenario(if validated {
+            "burst validated"
+        } else {
+            "burst unvalidated"
+        });
+        s.delivered_per_s = delivered_per_s;
+        s.validation = Some(ValidationRound {
+            round,
+            validated,
+            event_type: "t".into(),
+            payload_bytes: 256,
+            herald_cpu_ms_per_delivery: if validated { 0.22 } else { 0.2 },
+            postgres_cpu_ms_per_delivery: 0.5,
+            refused_payload_status: refused,
+            bad_format_status: validated.then_some(202),
+            check_us: validated.then_some(4.0),
+            check_parse_us: validated.then_some(1.5),
+        });
+        s
+    }
+
+    fn report(scenarios: Vec<ScenarioResult>) -> Report {
+        let report = Report {
+            commit: "abc".into(),
+            when: "now".into(),
+            ceiling_tps: None,
+            herald_env: vec![],
+            scenarios,
+        };
+        serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap()
+    }
+
+    /// Medians per side (the mean of two), the cost against the target, and a round
+    /// that did not validate as its name says spoils the verdict.
+    #[test]
+    fn the_pair_is_judged_by_its_medians() {
+        let r = report(vec![
+            round(1, false, 2000.0, 202),
+            round(1, true, 1900.0, 422),
+            round(2, true, 1700.0, 422),
+            round(2, false, 1800.0, 202),
+        ]);
+        let ab = ValidationAb::of(&r.scenarios).unwrap();
+        assert_eq!(ab.delivered_per_s, (1900.0, 1800.0));
+        assert_eq!(ab.round_ratios, [0.95, 0.944]);
+        assert_eq!(ab.cost_pct, 5.3);
+        assert!(ab.sound && ab.target_met());
+        let t = table(&r);
+        assert!(
+            t.contains("by round: 0.950, 0.944, median 0.947 (mean 0.947, standard error 0.003)"),
+            "{t}"
+        );
+        assert!(t.contains("herald 1.100, PostgreSQL 1.000"), "{t}");
+        assert!(t.contains("(target: at most 10%): met"), "{t}");
+        assert!(
+            t.contains("herald CPU ms/delivery 0.200 -> 0.220 (+10.0%)"),
+            "{t}"
+        );
+
+        let r = report(vec![
+            round(1, false, 2000.0, 202),
+            round(1, true, 1700.0, 202),
+        ]);
+        let ab = ValidationAb::of(&r.scenarios).unwrap();
+        assert!(!ab.sound && !ab.target_met());
+        let t = table(&r);
+        assert!(t.contains("| 202 (WRONG) |"), "{t}");
+        assert!(t.contains("NOT met; but a round"), "{t}");
+        assert!(ValidationAb::of(&r.scenarios[..1]).is_none());
     }
 }

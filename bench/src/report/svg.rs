@@ -10,9 +10,11 @@ pub fn svg(report: &Report) -> String {
     let (w, h, left, right, top, bottom) = (760.0, 420.0, 70.0, 170.0, 40.0, 60.0);
     // (load, label, percentiles, on the line): lines join the one-endpoint scenarios, the
     // others are points of their own (fan-out sends ten deliveries per accepted message).
+    // The validation pair's rounds sit at the burst's load, several of them: left out.
     let mut points: Vec<(f64, String, [f64; 3], bool)> = report
         .scenarios
         .iter()
+        .filter(|s| s.validation.is_none())
         .map(|s| {
             // The burst with SSE subscribers sits at the burst's load: a point of its own,
             // as do the history's scenarios (another database, another configuration).

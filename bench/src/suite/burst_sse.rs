@@ -30,7 +30,7 @@ struct CommitLags {
 }
 
 /// Webhooks a scenario delivered: every message accepted, to every endpoint, but the lost.
-fn delivered(result: &ScenarioResult) -> u64 {
+pub(super) fn delivered(result: &ScenarioResult) -> u64 {
     ((result.messages as u64).saturating_sub(result.send_errors) * result.fan_out as u64)
         .saturating_sub(result.lost as u64)
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use herald::domain::SigningSecret;
 use serde_json::json;
 
-use crate::driver::{self, Api, Load};
+use crate::driver::{self, Api, Load, Message};
 use crate::pg::{pgbench_ceiling, recreate_database};
 use crate::process::{HeraldProcess, TOKEN, cpu_seconds, peak_rss_mb, reset_peak_rss};
 use crate::receiver::{Behaviour, Receiver};
@@ -24,8 +24,10 @@ mod history;
 mod slow;
 mod soak;
 mod steady;
+mod validation;
 
 use burst_sse::BURST_SSE;
+use validation::{BURST_UNVALIDATED, BURST_VALIDATED};
 
 pub struct Settings {
     /// A superuser connection to the cluster (any database).
@@ -46,6 +48,8 @@ pub struct Settings {
     pub history_messages: usize,
     /// Length of the `history soak` scenario.
     pub soak_secs: u64,
+    /// Rounds of each of `burst validated` and `burst unvalidated`; 0 skips them.
+    pub validation_rounds: usize,
 }
 
 /// The database `herald serve` runs on.
@@ -76,10 +80,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     let mut scenarios = Vec::new();
     let sse = settings.sse_subscribers > 0 && wanted(BURST_SSE);
     let (history, soak) = (wanted(history::HISTORY_BURST), wanted(soak::HISTORY_SOAK));
+    // Either of the pair selects both: one alone measures nothing.
+    let validation =
+        settings.validation_rounds > 0 && (wanted(BURST_VALIDATED) || wanted(BURST_UNVALIDATED));
     let mut burst_rate = None;
     // The plain burst is also the baseline of `burst sse`, run right before it, and of
-    // `history burst`.
-    if wanted("burst") || sse || history {
+    // `history burst`; before the validation pair, it warms Herald up, so that the pair's
+    // first round does not pay for a fresh process.
+    if wanted("burst") || sse || history || validation {
         let burst = run.closed("burst", 10_000, 64, 1).await?;
         burst_rate = Some(burst.delivered_per_s);
         scenarios.push(burst);
@@ -115,6 +123,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     }
     if let Some(baseline) = baseline.filter(|_| wanted("slow")) {
         scenarios.push(run.slow_neighbour(3_000, 4, baseline).await?);
+    }
+    if validation {
+        let rounds = run
+            .validation_pair(settings.validation_rounds, 10_000, 64)
+            .await?;
+        scenarios.extend(rounds);
     }
     herald.stop();
     if history {
@@ -192,6 +206,7 @@ impl Run {
             concurrency,
             rate: None,
             payload_bytes: 256,
+            message: Message::FILLER,
         }
     }
 
@@ -217,7 +232,7 @@ impl Run {
     /// Drives the load, waits for every delivery to the `paths` endpoints, and measures.
     async fn measure(
         &mut self,
-        name: &'static str,
+        name: &str,
         app: &str,
         paths: &[String],
         load: &Load,
@@ -288,6 +303,7 @@ impl Run {
             sse: None,
             history: None,
             soak: None,
+            validation: None,
         })
     }
 }

@@ -5,7 +5,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::{Run, Settings};
-use crate::driver::Load;
+use crate::driver::{Load, Message};
 use crate::pg::{psql_output, recreate_database};
 use crate::receiver::Receiver;
 use crate::results::{SOAK_FLAT_PCT, ScenarioResult, SoakResult};
@@ -42,6 +42,7 @@ pub(super) async fn soak(
         concurrency: 256,
         rate: Some(SOAK_RATE),
         payload_bytes: 256,
+        message: Message::FILLER,
     };
     // Samples on a thread of its own (psql blocks) until told to stop.
     let (stop, stopped) = mpsc::channel::<()>();

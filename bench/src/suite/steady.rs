@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::Run;
-use crate::driver::Load;
+use crate::driver::{Load, Message};
 use crate::results::ScenarioResult;
 
 impl Run {
@@ -20,6 +20,7 @@ impl Run {
             concurrency: 256,
             rate: Some(rate),
             payload_bytes: 256,
+            message: Message::FILLER,
         };
         let (app, paths) = self.setup("steady", 1).await?;
         // Sample the backlog (accepted, not yet received) once a second while driving.
