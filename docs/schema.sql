@@ -14,6 +14,7 @@
 --   herald.create_history_partition    0016_partitioned_history
 --   herald.drop_history_partition      0016_partitioned_history
 --   herald.endpoint_routes             0023_routing
+--   herald.endpoint_set_routes         0023_routing
 --   herald.enqueue                     0023_routing (earlier versions: 0001_core, 0004_limits, 0009_idempotency_window, 0016_partitioned_history, 0019_removal)
 --   herald.feed_attempt                0002_feed
 --   herald.feed_delivery_dead          0002_feed
@@ -100,10 +101,18 @@ CREATE TYPE herald.event_kind AS ENUM (
 --
 
 CREATE FUNCTION herald.channel_routes(p_app uuid, p_channels text[]) RETURNS text[]
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     AS $$
-    select array(select p_app::text || ' c ' || c
-                   from unnest('{*}'::text[] || coalesce(p_channels, '{}')) c)
+declare
+    v_key text := p_app::text || ' c ';
+    v_keys text[] := array[v_key || '*'];
+    v_channel text;
+begin
+    foreach v_channel in array coalesce(p_channels, '{}') loop
+        v_keys := v_keys || (v_key || v_channel);
+    end loop;
+    return v_keys;
+end
 $$;
 
 
@@ -523,6 +532,21 @@ $$;
 
 
 --
+-- Name: endpoint_set_routes(); Type: FUNCTION; Schema: herald; Owner: -
+--
+
+CREATE FUNCTION herald.endpoint_set_routes() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'herald', 'pg_temp'
+    AS $$
+begin
+    new.routes := herald.endpoint_routes(new.app_id, new.event_types, new.channels);
+    return new;
+end
+$$;
+
+
+--
 -- Name: uuid_v7(); Type: FUNCTION; Schema: herald; Owner: -
 --
 
@@ -650,8 +674,8 @@ begin
                offset 0) x
          where e.app_id = v_app_id
            and not e.disabled
-           and herald.endpoint_routes(e.app_id, e.event_types, e.channels) && v_types
-           and herald.endpoint_routes(e.app_id, e.event_types, e.channels) && v_channels
+           and e.routes && v_types
+           and e.routes && v_channels
            and (e.filter is null or e.filter <@ (select herald.jsonb_or_null(p_payload)))
         returning id, endpoint_id, state
     )
@@ -1031,6 +1055,7 @@ CREATE TABLE herald.endpoint (
     removed_at timestamp with time zone,
     channels text[] DEFAULT '{}'::text[] NOT NULL,
     filter jsonb,
+    routes text[] DEFAULT '{}'::text[] NOT NULL,
     CONSTRAINT endpoint_max_in_flight_check CHECK (((max_in_flight >= 1) AND (max_in_flight <= 1000))),
     CONSTRAINT endpoint_rate_limit_check CHECK (((rate_limit >= 1) AND (rate_limit <= 10000)))
 );
@@ -1304,13 +1329,20 @@ $$;
 --
 
 CREATE FUNCTION herald.type_routes(p_app uuid, p_event_type text) RETURNS text[]
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     AS $$
-    select array(select p_app::text || ' t ' || k
-                   from unnest(array['*', p_event_type]
-                               || array(select left(p_event_type, i) || '*'
-                                          from generate_series(1, length(p_event_type)) i
-                                         where substr(p_event_type, i, 1) = '.')) k)
+declare
+    v_key text := p_app::text || ' t ';
+    v_keys text[] := array[v_key || '*', v_key || p_event_type];
+    v_parts text[] := string_to_array(p_event_type, '.');
+    v_prefix text := '';
+begin
+    for i in 1 .. cardinality(v_parts) - 1 loop
+        v_prefix := v_prefix || v_parts[i] || '.';
+        v_keys := v_keys || (v_key || v_prefix || '*');
+    end loop;
+    return v_keys;
+end
 $$;
 
 
@@ -2053,7 +2085,7 @@ CREATE INDEX endpoint_app ON herald.endpoint USING btree (app_id, id);
 -- Name: endpoint_routes; Type: INDEX; Schema: herald; Owner: -
 --
 
-CREATE INDEX endpoint_routes ON herald.endpoint USING gin (herald.endpoint_routes(app_id, event_types, channels)) WITH (fastupdate=off) WHERE (NOT disabled);
+CREATE INDEX endpoint_routes ON herald.endpoint USING gin (routes) WITH (fastupdate=off) WHERE (NOT disabled);
 
 
 --
@@ -2278,6 +2310,13 @@ ALTER INDEX herald.message_erased ATTACH PARTITION herald.message_default_id_idx
 --
 
 ALTER INDEX herald.message_pkey ATTACH PARTITION herald.message_default_pkey;
+
+
+--
+-- Name: endpoint endpoint_routes; Type: TRIGGER; Schema: herald; Owner: -
+--
+
+CREATE TRIGGER endpoint_routes BEFORE INSERT OR UPDATE OF app_id, event_types, channels ON herald.endpoint FOR EACH ROW EXECUTE FUNCTION herald.endpoint_set_routes();
 
 
 --

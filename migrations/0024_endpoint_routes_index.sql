@@ -12,6 +12,6 @@
 -- Built concurrently, alone in a `-- no-transaction` file, as 0010 explains: endpoints can
 -- be changed while it is built.
 create index concurrently if not exists endpoint_routes
-    on herald.endpoint using gin (herald.endpoint_routes(app_id, event_types, channels))
+    on herald.endpoint using gin (routes)
     with (fastupdate = off)
     where not disabled;

@@ -420,10 +420,8 @@ pub async fn dry_run(
     let reached: i64 = sqlx::query_scalar(
         "select count(*) from endpoint e
           where e.app_id = $1 and not e.disabled
-            and herald.endpoint_routes(e.app_id, e.event_types, e.channels)
-                && herald.type_routes($1, $2)
-            and herald.endpoint_routes(e.app_id, e.event_types, e.channels)
-                && herald.channel_routes($1, $3)
+            and e.routes && herald.type_routes($1, $2)
+            and e.routes && herald.channel_routes($1, $3)
             and (e.filter is null or e.filter <@ (select herald.jsonb_or_null($4::json)))",
     )
     .bind(app)

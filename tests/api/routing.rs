@@ -560,10 +560,8 @@ async fn thousands_of_endpoints_are_routed_by_index() {
     let plan: Vec<String> = sqlx::query_scalar(
         "explain select e.id from herald.endpoint e
           where e.app_id = $1::uuid and not e.disabled
-            and herald.endpoint_routes(e.app_id, e.event_types, e.channels)
-                && herald.type_routes($1::uuid, $2)
-            and herald.endpoint_routes(e.app_id, e.event_types, e.channels)
-                && herald.channel_routes($1::uuid, $3)
+            and e.routes && herald.type_routes($1::uuid, $2)
+            and e.routes && herald.channel_routes($1::uuid, $3)
             and (e.filter is null or e.filter <@ (select herald.jsonb_or_null($4::json)))",
     )
     .bind(app_uuid)
