@@ -53,6 +53,15 @@ struct Checked<'a> {
     channels: Vec<String>,
 }
 
+fn check_idempotency_key(key: &str) -> ApiResult<()> {
+    if key.is_empty() || key.len() > 256 {
+        return Err(ApiError::Invalid(
+            "idempotency key must be 1 to 256 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn check<'a>(state: &ServerState, body: &'a SendMessage) -> ApiResult<Checked<'a>> {
     let event_type = EventType::parse(&body.event_type).map_err(ApiError::Invalid)?;
     let payload = body.payload.get();
@@ -65,6 +74,10 @@ fn check<'a>(state: &ServerState, body: &'a SendMessage) -> ApiResult<Checked<'a
     }
     let channels = routing::channels(&body.channels, routing::MAX_MESSAGE_CHANNELS)
         .map_err(ApiError::Invalid)?;
+    // A dry-run ignores the key, but a body a send would refuse is refused here too.
+    if let Some(k) = &body.idempotency_key {
+        check_idempotency_key(k)?;
+    }
     check_against_catalog(state, &event_type, payload)?;
     Ok(Checked {
         event_type,
@@ -111,12 +124,8 @@ async fn send(
         }
         (b, h) => b.or(h),
     };
-    if let Some(k) = &key
-        && (k.is_empty() || k.len() > 256)
-    {
-        return Err(ApiError::Invalid(
-            "idempotency key must be 1 to 256 characters".into(),
-        ));
+    if let Some(k) = &key {
+        check_idempotency_key(k)?;
     }
     // One round trip: the application is looked up in the same statement, and endpoints
     // with no backlog get their delivery claimed by this process's workers right there.
