@@ -584,3 +584,48 @@ async fn a_customers_changes_in_the_portal_are_told() {
     .await;
     assert_eq!(deleted[0]["endpoint_id"], ep.as_str());
 }
+
+/// Herald's own disabling is told with its reason: an endpoint that answers 410 Gone, and
+/// one failing for longer than HERALD_DISABLE_AFTER.
+#[tokio::test]
+async fn endpoints_herald_disables_are_told_with_the_reason() {
+    let mut config = env("1s");
+    config.push(("HERALD_DISABLE_AFTER", "1s"));
+    config.retain(|(k, _)| *k != "HERALD_RETRY_SCHEDULE");
+    config.push((
+        "HERALD_RETRY_SCHEDULE",
+        "200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms",
+    ));
+    let server = spawn_app_with(&config).await;
+    let ops_receiver = Receiver::start().await;
+    let secrets = operations(&server, &ops_receiver).await;
+    let (_, acme) = server.post("/apps", json!({"name": "Acme"})).await;
+    let acme = acme["id"].as_str().unwrap().to_owned();
+    let gone = Receiver::answering(Reply::status(410)).await;
+    let (gone_ep, _) = server
+        .create_endpoint(&acme, json!({"url": gone.url(), "event_types": ["a"]}))
+        .await;
+    let failing = Receiver::answering(Reply::status(500)).await;
+    let (failing_ep, _) = server
+        .create_endpoint(&acme, json!({"url": failing.url(), "event_types": ["b"]}))
+        .await;
+    server.send(&acme, "a", json!({})).await;
+    server.send(&acme, "b", json!({})).await;
+    let disabled = wait_for(&server, &ops_receiver, &secrets, "endpoint.disabled", |g| {
+        g.len() >= 2
+    })
+    .await;
+    let reason = |ep: &str| {
+        disabled
+            .iter()
+            .find(|d| d["endpoint_id"] == ep)
+            .map(|d| d["reason"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    assert_eq!(reason(&gone_ep), "the endpoint answered 410 Gone");
+    assert!(
+        reason(&failing_ep).starts_with("failing continuously since"),
+        "{disabled:#?}"
+    );
+    assert!(disabled.iter().all(|d| d["by"].is_null()), "Herald's doing");
+}
