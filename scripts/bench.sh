@@ -17,5 +17,32 @@ if [ -z "${DATABASE_URL:-}" ]; then
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 fi
 
+# --baseline <commit>: that commit's Herald, built from a worktree of its own under target/
+# (sharing this tree's build cache, so only what differs is compiled), run by the suite in
+# turns with this build's (see bench/README.md).
+args=()
+baseline=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --baseline) baseline="$2"; shift 2 ;;
+    --baseline=*) baseline="${1#--baseline=}"; shift ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+if [ -n "$baseline" ]; then
+  commit=$(git rev-parse --short "$baseline^{commit}")
+  src="$PWD/target/baseline/src-$commit"
+  bin="$PWD/target/baseline/herald-$commit"
+  if [ ! -x "$bin" ]; then
+    rm -rf "$src"
+    git worktree prune
+    git worktree add --detach "$src" "$commit" >/dev/null
+    (cd "$src" && CARGO_TARGET_DIR="$PWD/../../../target" cargo build --release -p herald)
+    cp target/release/herald "$bin"
+    git worktree remove --force "$src"
+  fi
+  args+=(--baseline-herald "$bin" --baseline-name "$commit")
+fi
+
 cargo build --release -p herald -p herald-bench
-target/release/herald-bench suite --herald target/release/herald --out bench/results "$@"
+target/release/herald-bench suite --herald target/release/herald --out bench/results "${args[@]}"

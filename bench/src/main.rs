@@ -72,6 +72,17 @@ enum Cmd {
         /// skips them.
         #[arg(long, default_value_t = 4)]
         validation_rounds: usize,
+        /// Another build of Herald to compare this one with: the selected scenarios run
+        /// with each in turn (`make bench ARGS="--baseline <commit>"` builds that commit
+        /// and passes its binary here).
+        #[arg(long)]
+        baseline_herald: Option<PathBuf>,
+        /// What to call the baseline in the results (its commit).
+        #[arg(long, default_value = "baseline")]
+        baseline_name: String,
+        /// Rounds of the selected scenarios with each binary, the order swapped each round.
+        #[arg(long, default_value_t = 2)]
+        baseline_rounds: usize,
     },
     /// Print the table and redraw the chart of a saved run.
     Report {
@@ -146,8 +157,11 @@ async fn main() -> anyhow::Result<()> {
             history_messages,
             soak_secs,
             validation_rounds,
+            baseline_herald,
+            baseline_name,
+            baseline_rounds,
         } => {
-            let report = suite::run(suite::Settings {
+            let settings = suite::Settings {
                 server_url: database_url,
                 herald_bin: herald,
                 out_dir: out.clone(),
@@ -160,8 +174,31 @@ async fn main() -> anyhow::Result<()> {
                 history_messages,
                 soak_secs,
                 validation_rounds,
-            })
-            .await?;
+            };
+            if let Some(baseline) = baseline_herald {
+                let comparison =
+                    suite::compare::compare(settings, baseline, baseline_name, baseline_rounds)
+                        .await?;
+                let written = suite::compare::write(&comparison, &out)?;
+                for run in &comparison.runs {
+                    println!("round {} {:?}:", run.round, run.side);
+                    println!("{}", report::table(&run.report));
+                }
+                println!("{}", suite::compare::table(&comparison));
+                println!("wrote {}", written.display());
+                let failed: Vec<&str> = comparison
+                    .scenarios
+                    .iter()
+                    .filter(|s| s.lost > 0 || s.duplicates > 0)
+                    .map(|s| s.name.as_str())
+                    .collect();
+                anyhow::ensure!(
+                    failed.is_empty(),
+                    "lost or duplicated deliveries in {failed:?}"
+                );
+                return Ok(());
+            }
+            let report = suite::run(&settings).await?;
             suite::write_outputs(&report, &out)?;
             println!("{}", report::table(&report));
             println!("wrote {0}/latest.json and {0}/latency.svg", out.display());

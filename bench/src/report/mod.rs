@@ -33,13 +33,15 @@ pub fn table(report: &Report) -> String {
     );
     heading(
         &mut t,
-        "| scenario | msgs | fan-out | accepted/s | % ceil | delivered/s | % ceil | p50 ms | p90 ms | p99 ms | max ms | dup | lost | RSS MB | CPU s herald/pg/bench |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| scenario | msgs | fan-out | accepted/s | % ceil | delivered/s | % ceil | CPU ms/delivery herald/pg | p50 ms | p90 ms | p99 ms | max ms | dup | lost | RSS MB | CPU s herald/pg/bench |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     );
     for s in &report.scenarios {
+        let deliveries = (s.messages * s.fan_out.max(1)).max(1) as f64;
+        let per_delivery = |secs: f64| 1000.0 * secs / deliveries;
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {:.0} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {:.0} | {:.1}/{:.1}/{:.1} |",
+            "| {} | {} | {} | {:.0} | {} | {:.0} | {} | {:.3}/{:.3} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {:.0} | {:.1}/{:.1}/{:.1} |",
             s.name,
             s.messages,
             s.fan_out,
@@ -47,6 +49,8 @@ pub fn table(report: &Report) -> String {
             pct(s.accepted_per_s),
             s.delivered_per_s,
             pct(s.delivered_per_s),
+            per_delivery(s.cpu_seconds.herald),
+            per_delivery(s.cpu_seconds.postgres),
             s.latency.p50_ms,
             s.latency.p90_ms,
             s.latency.p99_ms,

@@ -20,6 +20,7 @@ use crate::results::{CpuSeconds, Report, ScenarioResult};
 use crate::stats::{Latency, round};
 
 mod burst_sse;
+pub mod compare;
 mod history;
 mod slow;
 mod soak;
@@ -55,7 +56,7 @@ pub struct Settings {
 /// The database `herald serve` runs on.
 const DB_NAME: &str = "herald_bench";
 
-pub async fn run(settings: Settings) -> anyhow::Result<Report> {
+pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
     let ceiling = if settings.ceiling_secs > 0 {
         let tps = pgbench_ceiling(&settings.server_url, settings.ceiling_secs)?;
         eprintln!("ceiling: pgbench, 64 clients, one-row insert per transaction: {tps:.0} tps");
@@ -67,7 +68,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     let db_url = recreate_database(&settings.server_url, DB_NAME)?;
     let mut herald = settings.start_herald(&db_url, &[], "herald.log").await?;
     let receiver = Receiver::start("127.0.0.1:0".parse()?).await?;
-    let mut run = Run::on(&settings, &herald, receiver);
+    let mut run = Run::on(settings, &herald, receiver);
 
     // `=name` selects that scenario alone; anything else, every name containing it.
     let wanted = |name: &str| {
@@ -133,10 +134,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     herald.stop();
     if history {
         let receiver = run.receiver.clone();
-        scenarios.push(history::burst_on_history(&settings, receiver, burst_rate).await?);
+        scenarios.push(history::burst_on_history(settings, receiver, burst_rate).await?);
     }
     if soak {
-        scenarios.push(soak::soak(&settings, run.receiver.clone()).await?);
+        scenarios.push(soak::soak(settings, run.receiver.clone()).await?);
     }
 
     Ok(Report {
