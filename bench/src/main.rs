@@ -83,6 +83,10 @@ enum Cmd {
         /// Rounds of the selected scenarios with each binary, the order swapped each round.
         #[arg(long, default_value_t = 2)]
         baseline_rounds: usize,
+        /// What to call this build in a comparison, when `--herald` is not this tree's
+        /// (default: this tree's commit).
+        #[arg(long)]
+        current_name: Option<String>,
     },
     /// Print the table and redraw the chart of a saved run.
     Report {
@@ -160,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
             baseline_herald,
             baseline_name,
             baseline_rounds,
+            current_name,
         } => {
             let settings = suite::Settings {
                 server_url: database_url,
@@ -176,9 +181,14 @@ async fn main() -> anyhow::Result<()> {
                 validation_rounds,
             };
             if let Some(baseline) = baseline_herald {
-                let comparison =
-                    suite::compare::compare(settings, baseline, baseline_name, baseline_rounds)
-                        .await?;
+                let comparison = suite::compare::compare(
+                    settings,
+                    baseline,
+                    baseline_name,
+                    current_name,
+                    baseline_rounds,
+                )
+                .await?;
                 let written = suite::compare::write(&comparison, &out)?;
                 for run in &comparison.runs {
                     println!("round {} {:?}:", run.round, run.side);

@@ -73,6 +73,7 @@ pub async fn compare(
     mut settings: Settings,
     baseline_bin: PathBuf,
     baseline: String,
+    current_name: Option<String>,
     rounds: usize,
 ) -> anyhow::Result<Comparison> {
     let current_bin = settings.herald_bin.clone();
@@ -98,8 +99,10 @@ pub async fn compare(
                 ceiling_tps = Some(tps);
                 settings.ceiling_secs = 0;
             }
-            if side == Side::Baseline {
-                report.commit = baseline.clone();
+            match (side, &current_name) {
+                (Side::Baseline, _) => report.commit = baseline.clone(),
+                (Side::Current, Some(name)) => report.commit = name.clone(),
+                (Side::Current, None) => {}
             }
             runs.push(SideRun {
                 round,
