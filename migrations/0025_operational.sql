@@ -126,7 +126,7 @@ create trigger operational_delivery_recovered
           and current_setting('herald.operational_app', true) <> '')
     execute function herald.operational_delivery();
 
--- An endpoint disabled (not by its removal), failing for the first time after a success,
+-- An endpoint disabled (not by its removal), failing when it was not (failing_since set),
 -- or created, changed or removed by a customer: a portal session or an API token, which
 -- Herald names in the transaction-local `herald.actor` before it makes the change.
 create function herald.operational_endpoint() returns trigger

@@ -232,7 +232,7 @@ pub fn event_types() -> Vec<(&'static str, &'static str, Value, Value)> {
         ),
         (
             "endpoint.failing",
-            "a customer's endpoint failed after succeeding (`why`: `first_failure`), or at least HERALD_OPERATIONAL_FAILING_SHARE of its attempts in the last five minutes failed (`failure_share`). Coalesced.",
+            "a customer's endpoint that was not failing failed (`why`: `first_failure`: its first failure, the first after a success, or the first after it was enabled again), or at least HERALD_OPERATIONAL_FAILING_SHARE of its attempts in the current minute and the four before failed (`failure_share`). Coalesced.",
             common(
                 {
                     let mut p = coalesced.clone();
