@@ -44,8 +44,9 @@ pub struct StreamParams {
     #[param(pattern = "^(succeeded|retrying|dead)?$")]
     outcome: Option<String>,
     /// For clients that cannot set the `Last-Event-ID` header (a page's first
-    /// `EventSource`); the header wins when both are given.
-    #[param(pattern = "^([0-9]+-[0-9]+)?$")]
+    /// `EventSource`); the header wins when both are given. Two numbers of at most 18
+    /// digits, as the stream's ids are (a longer one names no event: 400).
+    #[param(pattern = "^([0-9]{1,18}-[0-9]{1,18})?$")]
     last_event_id: Option<String>,
 }
 
@@ -57,8 +58,8 @@ pub struct StreamParams {
     tag = "feed",
     params(
         StreamParams,
-        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^([0-9]+-[0-9]+)?$",
-            description = "Resume after this event"),
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^([0-9]{1,18}-[0-9]{1,18})?$",
+            description = "Resume after this event: an `id:` of this stream, two numbers of at most 18 digits"),
     ),
     responses(
         (status = 200, description = "An endless `text/event-stream`. Each event's `data` is \
