@@ -68,6 +68,21 @@ impl Catalog {
         published
     }
 
+    /// The entry a send or a subscription names, or why it may not name it: the type is
+    /// archived, or (`required`: `HERALD_REQUIRE_EVENT_TYPES`) the catalog lacks it.
+    pub fn usable(&self, name: &str, required: bool) -> Result<Option<Arc<Entry>>, String> {
+        match self.get(name) {
+            None if required => Err(format!(
+                "event type {name:?} is not in the catalog (POST /event-types adds it)"
+            )),
+            None => Ok(None),
+            Some(entry) if entry.archived => Err(format!(
+                "event type {name:?} is archived: it is no longer sent"
+            )),
+            Some(entry) => Ok(Some(entry)),
+        }
+    }
+
     /// What the customer portal offers: the published types but Herald's own operational
     /// ones, which are the operator's (sent to the operator's application only).
     pub fn for_customers(&self) -> Vec<(String, Arc<Entry>)> {

@@ -38,7 +38,7 @@ struct UpdateApp {
     #[schema(min_length = 1, max_length = 256)]
     name: Option<String>,
     /// `null` goes back to `HERALD_PORTAL_*`.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::http::present")]
     #[schema(value_type = Option<Brand>)]
     portal_brand: Option<Option<Brand>>,
 }
@@ -182,9 +182,4 @@ async fn remove(
     let app = state.app(&app).await?;
     let removal = db::removals::queue_app(&state.pool, app.id).await?;
     super::removals::queued(&state, removal, "application")
-}
-
-/// Tells "absent" (None) from "null" (Some(None)).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Brand>>, D::Error> {
-    Option::<Brand>::deserialize(d).map(Some)
 }

@@ -6,7 +6,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -55,7 +55,7 @@ struct UpdateEventType {
     #[schema(max_length = 4096)]
     description: Option<String>,
     /// `null` removes the schema.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::http::present")]
     #[schema(schema_with = schema_value)]
     schema: Option<Option<Value>>,
     #[schema(value_type = Option<Vec<serde_json::Value>>, max_items = 20)]
@@ -74,11 +74,6 @@ pub fn schema_value() -> utoipa::openapi::schema::Object {
             Type::Null,
         ]))
         .build()
-}
-
-/// Tells "absent" (None) from "null" (Some(None)).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Value>>, D::Error> {
-    Option::<Value>::deserialize(d).map(Some)
 }
 
 /// Where in a document a validation error is, as a JSON pointer (`/` for the whole).

@@ -116,7 +116,7 @@ async fn send(
                 .map_err(|_| ApiError::Invalid("Idempotency-Key must be visible ASCII".into()))
         })
         .transpose()?;
-    let key = match (body.idempotency_key.clone(), header_key) {
+    let key = match (body.idempotency_key.as_deref(), header_key.as_deref()) {
         (Some(b), Some(h)) if b != h => {
             return Err(ApiError::Invalid(
                 "idempotency_key and the Idempotency-Key header differ".into(),
@@ -124,7 +124,7 @@ async fn send(
         }
         (b, h) => b.or(h),
     };
-    if let Some(k) = &key {
+    if let Some(k) = key {
         check_idempotency_key(k)?;
     }
     // One round trip: the application is looked up in the same statement, and endpoints
@@ -135,7 +135,7 @@ async fn send(
         checked.event_type.as_str(),
         checked.payload,
         &checked.channels,
-        key.as_deref(),
+        key,
         state.direct.offer(),
     )
     .await?
@@ -255,22 +255,11 @@ fn check_against_catalog(
     event_type: &EventType,
     payload: &str,
 ) -> ApiResult<()> {
-    let Some(entry) = state.catalog.get(event_type.as_str()) else {
-        if state.config.require_event_types {
-            return Err(ApiError::Invalid(format!(
-                "event type {:?} is not in the catalog (POST /event-types adds it)",
-                event_type.as_str()
-            )));
-        }
-        return Ok(());
-    };
-    if entry.archived {
-        return Err(ApiError::Invalid(format!(
-            "event type {:?} is archived: it is no longer sent",
-            event_type.as_str()
-        )));
-    }
-    if let Some(validator) = &entry.validator {
+    let entry = state
+        .catalog
+        .usable(event_type.as_str(), state.config.require_event_types)
+        .map_err(ApiError::Invalid)?;
+    if let Some(validator) = entry.as_ref().and_then(|e| e.validator.as_ref()) {
         let value: serde_json::Value =
             serde_json::from_str(payload).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         if let Err(e) = validator.validate(&value) {

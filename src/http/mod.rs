@@ -340,3 +340,14 @@ fn app_key(key: &str) -> ApiResult<Cow<'_, str>> {
 fn path_id<T: std::str::FromStr>(raw: &str, what: &'static str) -> ApiResult<T> {
     raw.parse().map_err(|_| ApiError::NotFound(what))
 }
+
+/// For `#[serde(default, deserialize_with = "crate::http::present")]` on an
+/// `Option<Option<T>>` field: tells a field left out (`None`) from one sent as `null`
+/// (`Some(None)`), so that an update can clear what it names and keep what it does not.
+pub(crate) fn present<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}

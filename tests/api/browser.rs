@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
-use crate::helpers::{Receiver, TOKEN, spawn_app, spawn_app_with};
+use crate::helpers::{Receiver, TOKEN, TestServer, spawn_app, spawn_app_with};
 
 /// How long the page may take to show what a step waits for.
 const UI: Duration = Duration::from_secs(10);
@@ -29,6 +29,35 @@ async fn shows(
         .for_element(locator)
         .await
         .expect(what)
+}
+
+/// Marks the page, sends a message through the API, and waits for its attempt's row in the
+/// page's `#attempts`; checks the mark survived (the row came live, without a reload) and
+/// returns the message's id and the row's text. `page` names what must not have been
+/// reloaded.
+async fn attempt_appears_live(
+    client: &Client,
+    app: &TestServer,
+    app_id: &str,
+    what: &str,
+    page: &str,
+) -> (String, String) {
+    client
+        .execute("window.heraldMarker = 'same page'; return true;", vec![])
+        .await
+        .unwrap();
+    let msg = app
+        .send(app_id, "invoice.paid", json!({"amount": 42}))
+        .await;
+    let row = format!("//table[@id='attempts']//tr[.//code[text()='{msg}']]");
+    let row = shows(client, UI, Locator::XPath(&row), what).await;
+    let text = row.text().await.unwrap();
+    let marker = client
+        .execute("return window.heraldMarker;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(marker, json!("same page"), "the {page} was reloaded");
+    (msg, text)
 }
 
 struct Driver(Child);
@@ -138,32 +167,12 @@ async fn an_attempt_appears_on_the_overview_without_a_reload() {
         "the live indicator turns on",
     )
     .await;
-    client
-        .execute("window.heraldMarker = 'same page'; return true;", vec![])
-        .await
-        .unwrap();
-
-    let msg = app
-        .send(&app_id, "invoice.paid", json!({"amount": 42}))
-        .await;
-    let row = format!("//table[@id='attempts']//tr[.//code[text()='{msg}']]");
-    let row = shows(
-        &client,
-        UI,
-        Locator::XPath(&row),
-        "the attempt shows up live",
-    )
-    .await;
-    let text = row.text().await.unwrap();
+    let (msg, text) =
+        attempt_appears_live(&client, &app, &app_id, "the attempt shows up live", "page").await;
     assert!(
         text.contains("succeeded") && text.contains("invoice.paid"),
         "{text}"
     );
-    let marker = client
-        .execute("return window.heraldMarker;", vec![])
-        .await
-        .unwrap();
-    assert_eq!(marker, json!("same page"), "the page was reloaded");
     // The chart and the hour's count took it in too (they redraw every 250 ms at most).
     shows(
         &client,
@@ -354,27 +363,15 @@ async fn the_portal_works_framed_by_another_site() {
         "the frame follows the feed",
     )
     .await;
-    client
-        .execute("window.heraldMarker = 'same page'; return true;", vec![])
-        .await
-        .unwrap();
-    let msg = app
-        .send(&app_id, "invoice.paid", json!({"amount": 42}))
-        .await;
-    let row = format!("//table[@id='attempts']//tr[.//code[text()='{msg}']]");
-    let row = shows(
+    let (msg, text) = attempt_appears_live(
         &client,
-        UI,
-        Locator::XPath(&row),
+        &app,
+        &app_id,
         "the attempt appears live in the frame",
+        "frame",
     )
     .await;
-    assert!(row.text().await.unwrap().contains("succeeded"));
-    let marker = client
-        .execute("return window.heraldMarker;", vec![])
-        .await
-        .unwrap();
-    assert_eq!(marker, json!("same page"), "the frame was reloaded");
+    assert!(text.contains("succeeded"));
     // No cookie was needed, and none was set.
     let cookies = client
         .execute("return document.cookie;", vec![])

@@ -39,13 +39,6 @@ struct MessagePage {
     flash: Option<String>,
 }
 
-/// The payload indented for reading; the receiver gets the exact bytes stored.
-fn pretty(payload: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(payload)
-        .and_then(|v| serde_json::to_string_pretty(&v))
-        .unwrap_or_else(|_| payload.to_owned())
-}
-
 async fn message(
     State(state): State<ServerState>,
     session: Session,
@@ -85,7 +78,7 @@ pub(super) async fn message_page(
         event_type: message.event_type,
         created: stamp(message.created_at),
         idempotency_key: message.idempotency_key.unwrap_or_default(),
-        payload: pretty(&message.payload),
+        payload: super::view::pretty(&message.payload),
         channels: message.channels.join(", "),
         payload_erased: message.payload_erased_at.map(stamp).unwrap_or_default(),
         deliveries: deliveries.into_iter().map(DeliveryRow::from).collect(),

@@ -238,3 +238,10 @@ impl From<DeliveryStatus> for DeliveryRow {
         }
     }
 }
+
+/// The payload indented for reading; the receiver gets the exact bytes stored.
+pub(in crate::http) fn pretty(payload: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(payload)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or_else(|_| payload.to_owned())
+}

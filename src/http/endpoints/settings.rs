@@ -28,7 +28,7 @@ pub(crate) struct EndpointSettings {
     channels: Option<Vec<String>>,
     /// A JSON object the payload must contain (PostgreSQL's `@>`: `{"region": "eu"}` takes
     /// payloads whose `region` is `"eu"`), at most 4096 bytes as JSON; `null`: none.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::http::present")]
     #[schema(value_type = Option<Object>)]
     filter: Option<Option<serde_json::Value>>,
     disabled: Option<bool>,
@@ -91,11 +91,6 @@ pub(super) struct UpdateEndpoint {
     pub(super) settings: EndpointSettings,
 }
 
-/// Tells "absent" (None) from "null" (Some(None)).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<serde_json::Value>>, D::Error> {
-    Ok(Some(Option::<serde_json::Value>::deserialize(d)?))
-}
-
 /// Tells "absent" (None) from "null" (Some(None)), for a whole number: as in JSON Schema,
 /// `119.0` is the integer 119.
 fn present_whole<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i32>>, D::Error> {
@@ -146,19 +141,7 @@ impl EndpointSettings {
             .map_err(ApiError::Invalid)?;
         if let (Some(catalog), Some(types)) = (catalog, &event_types) {
             for name in types.iter().filter(|t| !t.ends_with('*')) {
-                match catalog.get(name) {
-                    None => {
-                        return Err(ApiError::Invalid(format!(
-                            "event type {name:?} is not in the catalog (POST /event-types adds it)"
-                        )));
-                    }
-                    Some(entry) if entry.archived => {
-                        return Err(ApiError::Invalid(format!(
-                            "event type {name:?} is archived: it is no longer sent"
-                        )));
-                    }
-                    Some(_) => {}
-                }
+                catalog.usable(name, true).map_err(ApiError::Invalid)?;
             }
         }
         let channels = self

@@ -512,9 +512,7 @@ pub(super) async fn message_page(
         Ok::<_, ApiError>((message, deliveries, attempts))
     };
     let (message, deliveries, attempts) = found.await.map_err(|e| within(e.into()))?;
-    let payload = serde_json::from_str::<serde_json::Value>(&message.payload)
-        .and_then(|v| serde_json::to_string_pretty(&v))
-        .unwrap_or_else(|_| message.payload.clone());
+    let payload = crate::http::dashboard::view::pretty(&message.payload);
     render(MessagePage {
         layout: Layout::new(state, portal, message.event_type.clone(), "messages").live(""),
         id: message.id.to_string(),
