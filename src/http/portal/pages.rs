@@ -258,14 +258,19 @@ pub(super) async fn endpoint_page(
             .await?
             .ok_or(ApiError::NotFound("endpoint"))?;
         let search = crate::http::search::AttemptFilters::default().search(cursor)?;
-        let attempts = db::attempts::list(
-            &state.pool,
-            portal.app.id,
-            Of::Endpoint(id),
-            &search,
-            PAGE_ROWS + 1,
-        )
-        .await?;
+        // A link without messages:read is shown no attempts: none are read for it.
+        let attempts = if portal.allows(Scope::MessagesRead) {
+            db::attempts::list(
+                &state.pool,
+                portal.app.id,
+                Of::Endpoint(id),
+                &search,
+                PAGE_ROWS + 1,
+            )
+            .await?
+        } else {
+            vec![]
+        };
         Ok::<_, ApiError>((endpoint, attempts))
     };
     let (endpoint, mut attempts) = found.await.map_err(|e| within(e.into()))?;
