@@ -16,6 +16,7 @@
 --   herald.endpoint_routes             0023_routing
 --   herald.endpoint_set_routes         0023_routing
 --   herald.enqueue                     0023_routing (earlier versions: 0001_core, 0004_limits, 0009_idempotency_window, 0016_partitioned_history, 0019_removal)
+--   herald.enqueue_many                0026_enqueue_many
 --   herald.feed_attempt                0002_feed
 --   herald.feed_delivery_dead          0002_feed
 --   herald.feed_endpoint_disabled      0002_feed
@@ -703,6 +704,160 @@ begin
     if cardinality(pending_endpoints) > 0 then
         perform pg_notify('herald_delivery', '');
     end if;
+end
+$_$;
+
+
+--
+-- Name: enqueue_many(text[], text[], text[], text[], text[], uuid, double precision, uuid[]); Type: FUNCTION; Schema: herald; Owner: -
+--
+
+CREATE FUNCTION herald.enqueue_many(p_apps text[], p_event_types text[], p_payloads text[], p_channels text[], p_keys text[], p_worker uuid, p_lease_secs double precision, p_busy_endpoints uuid[]) RETURNS TABLE(ord integer, message herald.message, claimed json, pending_endpoints uuid[])
+    LANGUAGE plpgsql
+    SET search_path TO 'herald', 'pg_temp'
+    SET lock_timeout TO '250ms'
+    AS $_$
+#variable_conflict use_column
+declare
+    v_floor uuid;
+    v_app_ids uuid[];
+    v_notify boolean := false;
+    v_row record;
+    v_item record;
+begin
+    if cardinality(p_apps) is distinct from cardinality(p_event_types)
+       or cardinality(p_apps) is distinct from cardinality(p_payloads)
+       or cardinality(p_apps) is distinct from cardinality(p_channels)
+       or cardinality(p_apps) is distinct from cardinality(p_keys) then
+        raise exception 'herald: enqueue_many needs arrays of one length'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    select floor_id into v_floor from live_floor;
+    -- Each message's application, once: an `app_…` id or a uid, as herald.enqueue reads it.
+    select array_agg(a.app_id order by i.ord) into v_app_ids
+      from unnest(p_apps) with ordinality as i(app, ord)
+     cross join lateral (
+           select case when i.app ~ '^app_[0-9a-f]{32}$'
+                       then (select a.id from application a
+                              where a.id = substring(i.app from 5)::uuid
+                                and a.removed_at is null)
+                       else (select a.id from application a where a.uid = i.app)
+                  end as app_id) a;
+
+    -- As herald.enqueue, for every message without a key at once.
+    for v_row in
+        with item as materialized (
+            select i.ord::int as ord, herald.uuid_v7() as id, a.app_id, i.event_type,
+                   i.payload::json as payload, string_to_array(i.channels, ' ') as channels
+              from unnest(p_apps, p_event_types, p_payloads, p_channels, p_keys)
+                   with ordinality as i(app, event_type, payload, channels, key, ord)
+             cross join lateral (
+                   select case when i.app ~ '^app_[0-9a-f]{32}$'
+                               then (select a.id from application a
+                                      where a.id = substring(i.app from 5)::uuid
+                                        and a.removed_at is null)
+                               else (select a.id from application a where a.uid = i.app)
+                          end as app_id) a
+             where i.key is null
+        ),
+        stored as (
+            insert into message (id, app_id, event_type, payload, idempotency_key, channels)
+            select i.id, i.app_id, i.event_type, i.payload, null, nullif(i.channels, '{}')
+              from item i
+             where i.app_id is not null
+             order by i.ord
+            returning *
+        ),
+        inserted as (
+            insert into delivery (id, message_id, endpoint_id, state, attempt_count, locked_by,
+                                  lease_expires_at)
+            select herald.uuid_v7_at(m.id), m.id, e.id,
+                   case when x.direct then 'in_flight' else 'pending' end::delivery_state,
+                   case when x.direct then 1 else 0 end,
+                   case when x.direct then p_worker end,
+                   case when x.direct then now() + make_interval(secs => p_lease_secs) end
+              from stored m
+             cross join lateral (
+                   select herald.type_routes(m.app_id, m.event_type) as types,
+                          herald.channel_routes(m.app_id, coalesce(m.channels, '{}')) as channels
+                   offset 0) k
+             cross join lateral (
+                   select e.id, e.max_in_flight, e.rate_limit
+                     from endpoint e
+                    where e.app_id = m.app_id
+                      and not e.disabled
+                      and e.routes && k.types
+                      and e.routes && k.channels
+                      and (e.filter is null
+                           or e.filter <@ (select herald.jsonb_or_null(m.payload)))) e
+             cross join lateral (
+                   select p_worker is not null
+                          and e.id <> all (p_busy_endpoints)
+                          and e.max_in_flight is null
+                          and e.rate_limit is null
+                          and not exists (select 1 from delivery q
+                                           where q.endpoint_id = e.id and q.state = 'pending'
+                                             and q.next_attempt_at <= now()
+                                             and q.id >= v_floor) as direct
+                   offset 0) x
+            returning id, message_id, endpoint_id, state
+        ),
+        per_message as (
+            select i.message_id,
+                   coalesce(array_agg(i.endpoint_id) filter (where i.state = 'pending'), '{}')
+                       as pending_endpoints,
+                   coalesce(json_agg(json_build_object(
+                                'id', i.id, 'endpoint_id', i.endpoint_id, 'url', e.url,
+                                'headers', e.headers, 'secrets', e.secrets,
+                                'max_in_flight', e.max_in_flight))
+                            filter (where i.state = 'in_flight'), '[]') as claimed
+              from inserted i
+             cross join lateral (
+                   select e.url, e.headers, e.max_in_flight,
+                          array(select s.secret from endpoint_secret s
+                                 where s.endpoint_id = e.id
+                                   and (s.expires_at is null or s.expires_at > now())
+                                 order by s.created_at desc) as secrets
+                     from endpoint e where e.id = i.endpoint_id offset 0) e
+             group by i.message_id
+        )
+        select i.ord, m::herald.message as message, coalesce(p.claimed, '[]') as claimed,
+               coalesce(p.pending_endpoints, '{}') as pending_endpoints
+          from item i
+          join stored m on m.id = i.id
+          left join per_message p on p.message_id = m.id
+         order by i.ord
+    loop
+        ord := v_row.ord;
+        message := v_row.message;
+        claimed := v_row.claimed;
+        pending_endpoints := v_row.pending_endpoints;
+        v_notify := v_notify or cardinality(pending_endpoints) > 0;
+        return next;
+    end loop;
+    if v_notify then
+        perform pg_notify('herald_delivery', '');
+    end if;
+
+    -- Messages with a key, one at a time. Those of an unknown application are left out
+    -- first, so that herald.enqueue's refusal cannot fail the batch.
+    for v_item in
+        select i.ord::int as ord, i.app, i.event_type, i.payload, i.channels, i.key
+          from unnest(p_apps, v_app_ids, p_event_types, p_payloads, p_channels, p_keys)
+               with ordinality as i(app, app_id, event_type, payload, channels, key, ord)
+         where i.key is not null and i.app_id is not null
+         order by i.app_id, i.key, i.ord
+    loop
+        ord := v_item.ord;
+        select q.message, q.claimed, q.pending_endpoints into v_row
+          from herald.enqueue(v_item.app, v_item.event_type, v_item.payload::json, v_item.key,
+                              p_worker, p_lease_secs, p_busy_endpoints,
+                              string_to_array(v_item.channels, ' ')) q;
+        message := v_row.message;
+        claimed := v_row.claimed;
+        pending_endpoints := v_row.pending_endpoints;
+        return next;
+    end loop;
 end
 $_$;
 

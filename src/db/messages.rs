@@ -58,6 +58,20 @@ pub struct DirectOffer {
     pub busy_endpoints: Vec<EndpointId>,
 }
 
+impl DirectOffer {
+    /// `herald.enqueue`'s worker, lease and busy endpoints.
+    fn binds(offer: Option<Self>) -> (Option<Uuid>, Option<f64>, Vec<EndpointId>) {
+        match offer {
+            Some(d) => (
+                Some(d.worker),
+                Some(d.lease.as_secs_f64()),
+                d.busy_endpoints,
+            ),
+            None => (None, None, Vec::new()),
+        }
+    }
+}
+
 /// A delivery `send` inserted already claimed, with what sending it needs beyond the
 /// message itself.
 #[derive(Debug, Deserialize)]
@@ -76,6 +90,17 @@ struct Enqueued {
     message: Message,
     claimed: Json<Vec<DirectDelivery>>,
     pending_endpoints: Vec<Uuid>,
+}
+
+impl Enqueued {
+    fn sent(self, offered_at: Option<Instant>) -> Sent {
+        Sent {
+            message: self.message,
+            claimed: self.claimed.0,
+            offered_at,
+            queued_for: self.pending_endpoints.into_iter().map(EndpointId).collect(),
+        }
+    }
 }
 
 /// What `send` stored: the message, the deliveries claimed for this process, and the
@@ -103,14 +128,7 @@ pub async fn send(
     direct: Option<DirectOffer>,
 ) -> sqlx::Result<Option<Sent>> {
     let offered_at = direct.as_ref().map(|d| d.made_at);
-    let (worker, lease, busy_endpoints) = match direct {
-        Some(d) => (
-            Some(d.worker),
-            Some(d.lease.as_secs_f64()),
-            d.busy_endpoints,
-        ),
-        None => (None, None, Vec::new()),
-    };
+    let (worker, lease, busy_endpoints) = DirectOffer::binds(direct);
     sqlx::query_as::<_, Enqueued>(
         "select (q.message).id, (q.message).app_id, (q.message).event_type,
                 coalesce((q.message).channels, '{}') as channels,
@@ -129,19 +147,85 @@ pub async fn send(
     .bind(channels)
     .fetch_one(db)
     .await
-    .map(|e| {
-        Some(Sent {
-            message: e.message,
-            claimed: e.claimed.0,
-            offered_at,
-            queued_for: e.pending_endpoints.into_iter().map(EndpointId).collect(),
-        })
-    })
+    .map(|e| Some(e.sent(offered_at)))
     .or_else(|e| match &e {
         // herald.enqueue raises no_data_found for an unknown application.
         sqlx::Error::Database(db) if db.code().as_deref() == Some("P0002") => Ok(None),
         _ => Err(e),
     })
+}
+
+/// One message of `send_many`'s batch: what `send` takes for one.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// An application id or uid.
+    pub app: String,
+    pub event_type: String,
+    pub payload: String,
+    pub channels: Vec<String>,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct EnqueuedOne {
+    ord: i32,
+    #[sqlx(flatten)]
+    enqueued: Enqueued,
+}
+
+/// `send` for many messages in one statement, so one transaction (`herald.enqueue_many`):
+/// each gets what `send` would give it alone, in the order given, and `None` where its
+/// application does not exist. The direct offer is shared: the deliveries it claims all go
+/// to this process's workers.
+pub async fn send_many<'a>(
+    db: impl PgExecutor<'_>,
+    batch: impl ExactSizeIterator<Item = &'a Outgoing>,
+    direct: Option<DirectOffer>,
+) -> sqlx::Result<Vec<Option<Sent>>> {
+    let offered_at = direct.as_ref().map(|d| d.made_at);
+    let (worker, lease, busy_endpoints) = DirectOffer::binds(direct);
+    let len = batch.len();
+    let mut apps = Vec::with_capacity(len);
+    let mut event_types = Vec::with_capacity(len);
+    let mut payloads = Vec::with_capacity(len);
+    let mut channels = Vec::with_capacity(len);
+    let mut keys = Vec::with_capacity(len);
+    for m in batch {
+        apps.push(m.app.as_str());
+        event_types.push(m.event_type.as_str());
+        payloads.push(m.payload.as_str());
+        // A channel has no spaces (`routing::channels`).
+        channels.push(m.channels.join(" "));
+        keys.push(m.idempotency_key.as_deref());
+    }
+    let rows = sqlx::query_as::<_, EnqueuedOne>(
+        "select q.ord, (q.message).id, (q.message).app_id, (q.message).event_type,
+                coalesce((q.message).channels, '{}') as channels,
+                (q.message).payload::text as payload, (q.message).idempotency_key,
+                (q.message).created_at, (q.message).payload_erased_at, q.claimed,
+                q.pending_endpoints
+           from herald.enqueue_many($1, $2, $3, $4, $5, $6, $7, $8) q",
+    )
+    .bind(apps)
+    .bind(event_types)
+    .bind(payloads)
+    .bind(channels)
+    .bind(keys)
+    .bind(worker)
+    .bind(lease)
+    .bind(busy_endpoints)
+    .fetch_all(db)
+    .await?;
+    let mut sent: Vec<Option<Sent>> = std::iter::repeat_with(|| None).take(len).collect();
+    for row in rows {
+        let at = usize::try_from(row.ord - 1)
+            .ok()
+            .and_then(|i| sent.get_mut(i));
+        if let Some(slot) = at {
+            *slot = Some(row.enqueued.sent(offered_at));
+        }
+    }
+    Ok(sent)
 }
 
 /// The event type of a test event (`send_test`).

@@ -127,19 +127,20 @@ async fn send(
     if let Some(k) = key {
         check_idempotency_key(k)?;
     }
-    // One round trip: the application is looked up in the same statement, and endpoints
-    // with no backlog get their delivery claimed by this process's workers right there.
-    let sent = db::messages::send(
-        &state.pool,
-        &super::app_key(&app)?,
-        checked.event_type.as_str(),
-        checked.payload,
-        &checked.channels,
-        key,
-        state.direct.offer(),
-    )
-    .await?
-    .ok_or(ApiError::NotFound("application"))?;
+    // Stored with the sends that arrive meanwhile, in one statement: the application is
+    // looked up in it, and endpoints with no backlog get their delivery claimed by this
+    // process's workers right there.
+    let sent = state
+        .sends
+        .send(db::messages::Outgoing {
+            app: super::app_key(&app)?.into_owned(),
+            event_type: checked.event_type.as_str().to_owned(),
+            payload: checked.payload.to_owned(),
+            channels: checked.channels,
+            idempotency_key: key.map(str::to_owned),
+        })
+        .await?
+        .ok_or(ApiError::NotFound("application"))?;
     // Committed: from here on nothing is lost, even if this process dies.
     state.direct.dispatch(&sent);
     state.feed.poke();

@@ -14,6 +14,7 @@ mod paging;
 pub mod portal;
 mod removals;
 mod search;
+mod sends;
 mod stats;
 mod stream;
 mod throttle;
@@ -67,6 +68,8 @@ pub struct Inner {
     pub probe: Probe,
     /// The event-type catalog, to check sends against.
     pub catalog: Arc<crate::catalog::Catalog>,
+    /// Stores sends in batches (group commit).
+    pub sends: sends::Sends,
 }
 
 impl std::ops::Deref for ServerState {
@@ -99,6 +102,7 @@ impl ServerState {
         let auth_throttle =
             throttle::AuthThrottle::new(config.auth_failure_limit, config.auth_failure_window);
         let revoked_sessions = Arc::new(session::Revoked::default());
+        let sends = sends::Sends::start(pool.clone(), direct.clone());
         tokio::spawn(session::follow_revocations(
             config.database_url.expose().to_owned(),
             pool.clone(),
@@ -115,6 +119,7 @@ impl ServerState {
             removals,
             probe,
             catalog,
+            sends,
         }))
     }
 

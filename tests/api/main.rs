@@ -19,6 +19,7 @@ mod endpoints;
 mod erasure;
 mod event_types;
 mod fuzz;
+mod group_commit;
 mod idempotency;
 mod inbound;
 mod lifecycle;
