@@ -812,13 +812,15 @@ begin
                                 'max_in_flight', e.max_in_flight))
                             filter (where i.state = 'in_flight'), '[]') as claimed
               from inserted i
-             cross join lateral (
+             -- What sending needs, read for the deliveries claimed here only.
+             left join lateral (
                    select e.url, e.headers, e.max_in_flight,
                           array(select s.secret from endpoint_secret s
                                  where s.endpoint_id = e.id
                                    and (s.expires_at is null or s.expires_at > now())
                                  order by s.created_at desc) as secrets
-                     from endpoint e where e.id = i.endpoint_id offset 0) e
+                     from endpoint e
+                    where e.id = i.endpoint_id and i.state = 'in_flight' offset 0) e on true
              group by i.message_id
         )
         select i.ord, m::herald.message as message, coalesce(p.claimed, '[]') as claimed,
