@@ -768,28 +768,25 @@ begin
              order by i.ord
             returning *
         ),
-        inserted as (
-            insert into delivery (id, message_id, endpoint_id, state, attempt_count, locked_by,
-                                  lease_expires_at)
-            select herald.uuid_v7_at(m.id), m.id, e.id,
-                   case when x.direct then 'in_flight' else 'pending' end::delivery_state,
-                   case when x.direct then 1 else 0 end,
-                   case when x.direct then p_worker end,
-                   case when x.direct then now() + make_interval(secs => p_lease_secs) end
-              from stored m
+        route as (
+            -- The endpoints each kind of message in the batch reaches (its application, type
+            -- and channels), and whether each is sent to directly: looked up once per kind,
+            -- however many of the batch's messages are of it. A filter is the payload's to
+            -- meet, below.
+            select k.app_id, k.event_type, k.channels, e.id as endpoint_id, e.filter, x.direct
+              from (select distinct i.app_id, i.event_type, i.channels
+                      from item i where i.app_id is not null) k
              cross join lateral (
-                   select herald.type_routes(m.app_id, m.event_type) as types,
-                          herald.channel_routes(m.app_id, coalesce(m.channels, '{}')) as channels
-                   offset 0) k
+                   select herald.type_routes(k.app_id, k.event_type) as types,
+                          herald.channel_routes(k.app_id, k.channels) as channels
+                   offset 0) r
              cross join lateral (
-                   select e.id, e.max_in_flight, e.rate_limit
+                   select e.id, e.max_in_flight, e.rate_limit, e.filter
                      from endpoint e
-                    where e.app_id = m.app_id
+                    where e.app_id = k.app_id
                       and not e.disabled
-                      and e.routes && k.types
-                      and e.routes && k.channels
-                      and (e.filter is null
-                           or e.filter <@ (select herald.jsonb_or_null(m.payload)))) e
+                      and e.routes && r.types
+                      and e.routes && r.channels) e
              cross join lateral (
                    select p_worker is not null
                           and e.id <> all (p_busy_endpoints)
@@ -800,6 +797,21 @@ begin
                                              and q.next_attempt_at <= now()
                                              and q.id >= v_floor) as direct
                    offset 0) x
+        ),
+        inserted as (
+            insert into delivery (id, message_id, endpoint_id, state, attempt_count, locked_by,
+                                  lease_expires_at)
+            select herald.uuid_v7_at(m.id), m.id, r.endpoint_id,
+                   case when r.direct then 'in_flight' else 'pending' end::delivery_state,
+                   case when r.direct then 1 else 0 end,
+                   case when r.direct then p_worker end,
+                   case when r.direct then now() + make_interval(secs => p_lease_secs) end
+              from stored m
+              join route r
+                on r.app_id = m.app_id and r.event_type = m.event_type
+               and r.channels = coalesce(m.channels, '{}')
+             where r.filter is null
+                or r.filter <@ (select herald.jsonb_or_null(m.payload))
             returning id, message_id, endpoint_id, state
         ),
         per_message as (
