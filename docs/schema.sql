@@ -709,10 +709,10 @@ $_$;
 
 
 --
--- Name: enqueue_many(text[], text[], text[], text[], text[], uuid, double precision, uuid[]); Type: FUNCTION; Schema: herald; Owner: -
+-- Name: enqueue_many(text[], text[], text[], text[], text[], uuid, double precision, integer, uuid[], integer[]); Type: FUNCTION; Schema: herald; Owner: -
 --
 
-CREATE FUNCTION herald.enqueue_many(p_apps text[], p_event_types text[], p_payloads text[], p_channels text[], p_keys text[], p_worker uuid, p_lease_secs double precision, p_busy_endpoints uuid[]) RETURNS TABLE(ord integer, message herald.message, claimed json, pending_endpoints uuid[])
+CREATE FUNCTION herald.enqueue_many(p_apps text[], p_event_types text[], p_payloads text[], p_channels text[], p_keys text[], p_worker uuid, p_lease_secs double precision, p_room integer, p_room_endpoints uuid[], p_rooms integer[]) RETURNS TABLE(ord integer, message herald.message, claimed json, pending_endpoints uuid[])
     LANGUAGE plpgsql
     SET search_path TO 'herald', 'pg_temp'
     SET lock_timeout TO '250ms'
@@ -748,7 +748,8 @@ begin
     for v_row in
         with item as materialized (
             select i.ord::int as ord, herald.uuid_v7() as id, a.app_id, i.event_type,
-                   i.payload::json as payload, string_to_array(i.channels, ' ') as channels
+                   i.payload::json as payload,
+                   coalesce(string_to_array(i.channels, ' '), '{}') as channels
               from unnest(p_apps, p_event_types, p_payloads, p_channels, p_keys)
                    with ordinality as i(app, event_type, payload, channels, key, ord)
              cross join lateral (
@@ -773,7 +774,8 @@ begin
             -- and channels), and whether each is sent to directly: looked up once per kind,
             -- however many of the batch's messages are of it. A filter is the payload's to
             -- meet, below.
-            select k.app_id, k.event_type, k.channels, e.id as endpoint_id, e.filter, x.direct
+            select k.app_id, k.event_type, k.channels, e.id as endpoint_id, e.filter, x.direct,
+                   x.room
               from (select distinct i.app_id, i.event_type, i.channels
                       from item i where i.app_id is not null) k
              cross join lateral (
@@ -789,29 +791,39 @@ begin
                       and e.routes && r.channels) e
              cross join lateral (
                    select p_worker is not null
-                          and e.id <> all (p_busy_endpoints)
                           and e.max_in_flight is null
                           and e.rate_limit is null
                           and not exists (select 1 from delivery q
                                            where q.endpoint_id = e.id and q.state = 'pending'
                                              and q.next_attempt_at <= now()
-                                             and q.id >= v_floor) as direct
+                                             and q.id >= v_floor) as direct,
+                          coalesce((select r.room
+                                      from unnest(p_room_endpoints, p_rooms)
+                                           as r(endpoint_id, room)
+                                     where r.endpoint_id = e.id), p_room) as room
                    offset 0) x
         ),
         inserted as (
             insert into delivery (id, message_id, endpoint_id, state, attempt_count, locked_by,
                                   lease_expires_at)
-            select herald.uuid_v7_at(m.id), m.id, r.endpoint_id,
-                   case when r.direct then 'in_flight' else 'pending' end::delivery_state,
-                   case when r.direct then 1 else 0 end,
-                   case when r.direct then p_worker end,
-                   case when r.direct then now() + make_interval(secs => p_lease_secs) end
-              from stored m
-              join route r
-                on r.app_id = m.app_id and r.event_type = m.event_type
-               and r.channels = coalesce(m.channels, '{}')
-             where r.filter is null
-                or r.filter <@ (select herald.jsonb_or_null(m.payload))
+            select herald.uuid_v7_at(c.message_id), c.message_id, c.endpoint_id,
+                   case when c.direct then 'in_flight' else 'pending' end::delivery_state,
+                   case when c.direct then 1 else 0 end,
+                   case when c.direct then p_worker end,
+                   case when c.direct then now() + make_interval(secs => p_lease_secs) end
+              from (
+                   -- An endpoint gets no more direct deliveries from the batch than the
+                   -- offering process has room for there; the rest of the batch's are queued.
+                   select m.id as message_id, r.endpoint_id,
+                          r.direct
+                          and row_number() over (partition by r.endpoint_id order by m.id)
+                              <= r.room as direct
+                     from stored m
+                     join route r
+                       on r.app_id = m.app_id and r.event_type = m.event_type
+                      and r.channels = coalesce(m.channels, '{}')
+                    where r.filter is null
+                       or r.filter <@ (select herald.jsonb_or_null(m.payload))) c
             returning id, message_id, endpoint_id, state
         ),
         per_message as (
@@ -865,8 +877,12 @@ begin
         ord := v_item.ord;
         select q.message, q.claimed, q.pending_endpoints into v_row
           from herald.enqueue(v_item.app, v_item.event_type, v_item.payload::json, v_item.key,
-                              p_worker, p_lease_secs, p_busy_endpoints,
-                              string_to_array(v_item.channels, ' ')) q;
+                              p_worker, p_lease_secs,
+                              array(select r.endpoint_id
+                                      from unnest(p_room_endpoints, p_rooms)
+                                           as r(endpoint_id, room)
+                                     where r.room <= 0),
+                              coalesce(string_to_array(v_item.channels, ' '), '{}')) q;
         message := v_row.message;
         claimed := v_row.claimed;
         pending_endpoints := v_row.pending_endpoints;

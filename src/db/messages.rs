@@ -56,6 +56,11 @@ pub struct DirectOffer {
     pub lease: Duration,
     /// Endpoints where this process already has as many requests in flight as their cap.
     pub busy_endpoints: Vec<EndpointId>,
+    /// How many deliveries this process can take at an endpoint it holds none of: its free
+    /// workers, at most the endpoint cap (`send_many`'s limit per endpoint).
+    pub room: i32,
+    /// The endpoints it holds deliveries of, with the room left there (busy ones at 0).
+    pub rooms: Vec<(EndpointId, i32)>,
 }
 
 impl DirectOffer {
@@ -176,14 +181,19 @@ struct EnqueuedOne {
 /// `send` for many messages in one statement, so one transaction (`herald.enqueue_many`):
 /// each gets what `send` would give it alone, in the order given, and `None` where its
 /// application does not exist. The direct offer is shared: the deliveries it claims all go
-/// to this process's workers.
+/// to this process's workers, no more at an endpoint than the offer has room for there.
 pub async fn send_many<'a>(
     db: impl PgExecutor<'_>,
     batch: impl ExactSizeIterator<Item = &'a Outgoing>,
     direct: Option<DirectOffer>,
 ) -> sqlx::Result<Vec<Option<Sent>>> {
     let offered_at = direct.as_ref().map(|d| d.made_at);
-    let (worker, lease, busy_endpoints) = DirectOffer::binds(direct);
+    let (room, rooms) = match &direct {
+        Some(d) => (d.room, d.rooms.clone()),
+        None => (0, Vec::new()),
+    };
+    let (room_endpoints, rooms): (Vec<EndpointId>, Vec<i32>) = rooms.into_iter().unzip();
+    let (worker, lease, _) = DirectOffer::binds(direct);
     let len = batch.len();
     let mut apps = Vec::with_capacity(len);
     let mut event_types = Vec::with_capacity(len);
@@ -204,7 +214,7 @@ pub async fn send_many<'a>(
                 (q.message).payload::text as payload, (q.message).idempotency_key,
                 (q.message).created_at, (q.message).payload_erased_at, q.claimed,
                 q.pending_endpoints
-           from herald.enqueue_many($1, $2, $3, $4, $5, $6, $7, $8) q",
+           from herald.enqueue_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) q",
     )
     .bind(apps)
     .bind(event_types)
@@ -213,7 +223,9 @@ pub async fn send_many<'a>(
     .bind(keys)
     .bind(worker)
     .bind(lease)
-    .bind(busy_endpoints)
+    .bind(room)
+    .bind(room_endpoints)
+    .bind(rooms)
     .fetch_all(db)
     .await?;
     let mut sent: Vec<Option<Sent>> = std::iter::repeat_with(|| None).take(len).collect();

@@ -59,6 +59,12 @@ fn check_idempotency_key(key: &str) -> ApiResult<()> {
             "idempotency key must be 1 to 256 characters".into(),
         ));
     }
+    // PostgreSQL's text cannot hold it; refused here, it fails no batch of sends.
+    if key.contains('\0') {
+        return Err(ApiError::Invalid(
+            "idempotency key must not contain NUL".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -107,7 +113,12 @@ async fn send(
     headers: HeaderMap,
     Json(body): Json<SendMessage>,
 ) -> ApiResult<(StatusCode, Json<Message>)> {
-    let checked = check(&state, &body)?;
+    // What is checked is kept; the payload is moved out of the body below, not copied.
+    let Checked {
+        event_type,
+        channels,
+        ..
+    } = check(&state, &body)?;
     let header_key = headers
         .get("idempotency-key")
         .map(|v| {
@@ -116,7 +127,7 @@ async fn send(
                 .map_err(|_| ApiError::Invalid("Idempotency-Key must be visible ASCII".into()))
         })
         .transpose()?;
-    let key = match (body.idempotency_key.as_deref(), header_key.as_deref()) {
+    let key = match (body.idempotency_key, header_key) {
         (Some(b), Some(h)) if b != h => {
             return Err(ApiError::Invalid(
                 "idempotency_key and the Idempotency-Key header differ".into(),
@@ -124,25 +135,26 @@ async fn send(
         }
         (b, h) => b.or(h),
     };
-    if let Some(k) = key {
+    if let Some(k) = &key {
         check_idempotency_key(k)?;
     }
     // Stored with the sends that arrive meanwhile, in one statement: the application is
     // looked up in it, and endpoints with no backlog get their delivery claimed by this
     // process's workers right there.
+    // The deliveries claimed for this process are handed to its workers by the batch's
+    // writer, right after the commit, whether or not this request is still waiting.
     let sent = state
         .sends
         .send(db::messages::Outgoing {
             app: super::app_key(&app)?.into_owned(),
-            event_type: checked.event_type.as_str().to_owned(),
-            payload: checked.payload.to_owned(),
-            channels: checked.channels,
-            idempotency_key: key.map(str::to_owned),
+            event_type: event_type.as_str().to_owned(),
+            payload: Box::<str>::from(body.payload).into(),
+            channels,
+            idempotency_key: key,
         })
         .await?
         .ok_or(ApiError::NotFound("application"))?;
     // Committed: from here on nothing is lost, even if this process dies.
-    state.direct.dispatch(&sent);
     state.feed.poke();
     Ok((StatusCode::ACCEPTED, Json(sent.message)))
 }

@@ -7,15 +7,21 @@
 //! is written at once, and batches grow only with the load, while the writers are busy.
 //!
 //! One request's failure is its own. An unknown application is answered by the batch
-//! itself. Any other error that PostgreSQL reports for the batch (a payload it will not
-//! take, a key held by another transaction for longer than the batch may wait) rolled all of
-//! it back, so each request is then sent again alone, as before there were batches, and
-//! gets its own answer.
+//! itself. An error PostgreSQL reports about the batch's data or locks (a value it will not
+//! take, a key held by another transaction for longer than the batch may wait, a deadlock)
+//! rolled all of it back, so each request is then sent again alone, as before there were
+//! batches, and gets its own answer.
+//!
+//! One tenant's batch does not hold up the others for long: a batch stops growing at
+//! [`MAX_DELIVERIES`] deliveries, estimated from what each application's last message
+//! reached, so an application with a thousand endpoints gets a few messages a batch, not
+//! hundreds of thousands of deliveries in one statement.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as SyncMutex};
 
 use sqlx::PgPool;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 
 use crate::db::messages::{self, Outgoing, Sent};
 use crate::delivery::Direct;
@@ -25,10 +31,17 @@ use crate::delivery::Direct;
 const WRITERS: usize = 2;
 /// A batch holds at most this many messages...
 const MAX_MESSAGES: usize = 256;
-/// ...and stops growing once its payloads reach this many bytes.
+/// ...and stops growing once its payloads reach this many bytes...
 const MAX_BYTES: usize = 4 << 20;
+/// ...or its deliveries, as estimated, this many.
+const MAX_DELIVERIES: usize = 4096;
 /// Requests waiting for a writer; more wait for room (the server bounds its requests).
 const QUEUE: usize = 1024;
+/// Sends of a refused batch, resent alone, that may hold a database connection at once:
+/// one waiting long on a held key must not take the whole pool.
+const ALONE: usize = 4;
+/// Applications whose last fan-out is remembered; past it the estimates start over.
+const ESTIMATES: usize = 10_000;
 
 type Answer = sqlx::Result<Option<Sent>>;
 
@@ -42,19 +55,36 @@ pub struct Sends {
     queue: mpsc::Sender<Queued>,
 }
 
+/// What the writers share.
+struct Writer {
+    waiting: Mutex<mpsc::Receiver<Queued>>,
+    pool: PgPool,
+    direct: Direct,
+    /// Deliveries each application's last stored message got.
+    fan_out: SyncMutex<HashMap<String, usize>>,
+    alone: Arc<Semaphore>,
+}
+
 impl Sends {
     /// Starts the writers; they stop when the last handle is dropped.
     pub fn start(pool: PgPool, direct: Direct) -> Self {
         let (queue, waiting) = mpsc::channel(QUEUE);
-        let waiting = Arc::new(Mutex::new(waiting));
+        let writer = Arc::new(Writer {
+            waiting: Mutex::new(waiting),
+            pool,
+            direct,
+            fan_out: SyncMutex::new(HashMap::new()),
+            alone: Arc::new(Semaphore::new(ALONE)),
+        });
         for _ in 0..WRITERS {
-            tokio::spawn(write(waiting.clone(), pool.clone(), direct.clone()));
+            tokio::spawn(writer.clone().write());
         }
         Self { queue }
     }
 
-    /// Stores the message and its deliveries, as `db::messages::send` does; `None` when the
-    /// application does not exist.
+    /// Stores the message and its deliveries, as `db::messages::send` does, and hands the
+    /// deliveries claimed for this process to its workers; `None` when the application
+    /// does not exist.
     pub async fn send(&self, message: Outgoing) -> Answer {
         let (answer, answered) = oneshot::channel();
         self.queue
@@ -65,63 +95,128 @@ impl Sends {
     }
 }
 
-async fn write(waiting: Arc<Mutex<mpsc::Receiver<Queued>>>, pool: PgPool, direct: Direct) {
-    let mut batch = Vec::new();
-    loop {
-        {
-            let mut waiting = waiting.lock().await;
-            let Some(first) = waiting.recv().await else {
-                return;
-            };
-            let mut bytes = first.message.payload.len();
-            batch.push(first);
-            while batch.len() < MAX_MESSAGES && bytes < MAX_BYTES {
-                let Ok(next) = waiting.try_recv() else { break };
-                bytes += next.message.payload.len();
-                batch.push(next);
+impl Writer {
+    async fn write(self: Arc<Self>) {
+        let mut batch = Vec::new();
+        // What did not fit in the last batch: the first of the next.
+        let mut next: Option<Queued> = None;
+        loop {
+            {
+                let mut waiting = self.waiting.lock().await;
+                let (mut bytes, mut deliveries) = (0, 0);
+                loop {
+                    let item = match next.take() {
+                        Some(item) => item,
+                        None if batch.is_empty() => match waiting.recv().await {
+                            Some(item) => item,
+                            None => return,
+                        },
+                        None => match waiting.try_recv() {
+                            Ok(item) => item,
+                            Err(_) => break,
+                        },
+                    };
+                    // Its request is gone (the client left, or timed out): it was never
+                    // answered, so it is not stored either.
+                    if item.answer.is_closed() {
+                        continue;
+                    }
+                    let size = item.message.payload.len();
+                    let reach = self.estimate(&item.message.app);
+                    if !batch.is_empty()
+                        && (bytes + size > MAX_BYTES || deliveries + reach > MAX_DELIVERIES)
+                    {
+                        next = Some(item);
+                        break;
+                    }
+                    bytes += size;
+                    deliveries += reach;
+                    batch.push(item);
+                    if batch.len() == MAX_MESSAGES {
+                        break;
+                    }
+                }
+            }
+            self.flush(&mut batch).await;
+        }
+    }
+
+    /// Deliveries a message of `app` is expected to make (1 for an application not seen).
+    fn estimate(&self, app: &str) -> usize {
+        let fan_out = self.fan_out.lock().expect("fan-out estimates poisoned");
+        fan_out.get(app).copied().unwrap_or(1).max(1)
+    }
+
+    fn learn(&self, app: &str, sent: &Sent) {
+        let mut fan_out = self.fan_out.lock().expect("fan-out estimates poisoned");
+        if fan_out.len() >= ESTIMATES && !fan_out.contains_key(app) {
+            fan_out.clear();
+        }
+        fan_out.insert(app.to_owned(), sent.claimed.len() + sent.queued_for.len());
+    }
+
+    async fn flush(&self, batch: &mut Vec<Queued>) {
+        let messages = batch.iter().map(|q| &q.message);
+        match messages::send_many(&self.pool, messages, self.direct.offer()).await {
+            Ok(sent) => {
+                for (q, sent) in batch.drain(..).zip(sent) {
+                    if let Some(sent) = &sent {
+                        // Committed: the claimed deliveries go to the workers now.
+                        self.direct.dispatch(sent);
+                        self.learn(&q.message.app, sent);
+                    }
+                    let _ = q.answer.send(Ok(sent));
+                }
+            }
+            // PostgreSQL refused the batch over its data or its locks, so none of it was
+            // stored: each on its own, and not waited for here, so that one that waits long
+            // (a held key) holds up no other batch.
+            Err(sqlx::Error::Database(e)) if resend_alone(e.code().as_deref()) => {
+                for q in batch.drain(..) {
+                    let (pool, direct, alone) =
+                        (self.pool.clone(), self.direct.clone(), self.alone.clone());
+                    tokio::spawn(async move {
+                        let Ok(_turn) = alone.acquire().await else {
+                            return;
+                        };
+                        let m = &q.message;
+                        let sent = messages::send(
+                            &pool,
+                            &m.app,
+                            &m.event_type,
+                            &m.payload,
+                            &m.channels,
+                            m.idempotency_key.as_deref(),
+                            direct.offer(),
+                        )
+                        .await;
+                        if let Ok(Some(sent)) = &sent {
+                            direct.dispatch(sent);
+                        }
+                        let _ = q.answer.send(sent);
+                    });
+                }
+            }
+            // Not known to be stored or not (the connection broke), or the database is
+            // unavailable: each request is told, as a lone send would be.
+            Err(e) => {
+                for q in batch.drain(..) {
+                    let _ = q.answer.send(Err(copy(&e)));
+                }
             }
         }
-        flush(&pool, &direct, &mut batch).await;
     }
 }
 
-async fn flush(pool: &PgPool, direct: &Direct, batch: &mut Vec<Queued>) {
-    let messages = batch.iter().map(|q| &q.message);
-    match messages::send_many(pool, messages, direct.offer()).await {
-        Ok(sent) => {
-            for (q, sent) in batch.drain(..).zip(sent) {
-                let _ = q.answer.send(Ok(sent));
-            }
-        }
-        // PostgreSQL refused the batch, so none of it was stored: each on its own, and
-        // not waited for here, so that one that waits long (a held key) holds up no other
-        // batch.
-        Err(sqlx::Error::Database(_)) => {
-            for q in batch.drain(..) {
-                let (pool, direct) = (pool.clone(), direct.clone());
-                tokio::spawn(async move {
-                    let m = &q.message;
-                    let sent = messages::send(
-                        &pool,
-                        &m.app,
-                        &m.event_type,
-                        &m.payload,
-                        &m.channels,
-                        m.idempotency_key.as_deref(),
-                        direct.offer(),
-                    )
-                    .await;
-                    let _ = q.answer.send(sent);
-                });
-            }
-        }
-        // Not known to be stored or not: each request is told, as a lone send would be.
-        Err(e) => {
-            for q in batch.drain(..) {
-                let _ = q.answer.send(Err(copy(&e)));
-            }
-        }
-    }
+/// The SQLSTATE classes of a batch that is worth sending again message by message: data
+/// exceptions (22), integrity constraints (23), transaction rollbacks such as deadlocks
+/// (40), lock timeouts (55) and a PL/pgSQL exception (P0). Not a database going away.
+fn resend_alone(code: Option<&str>) -> bool {
+    code.is_some_and(|c| {
+        ["22", "23", "40", "55", "P0"]
+            .iter()
+            .any(|k| c.starts_with(k))
+    })
 }
 
 /// sqlx's errors are not `Clone`: what each request of a failed batch is told.
@@ -130,5 +225,21 @@ fn copy(e: &sqlx::Error) -> sqlx::Error {
         sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
         sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
         other => sqlx::Error::Io(std::io::Error::other(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resend_alone;
+
+    #[test]
+    fn only_data_and_lock_errors_are_sent_again_alone() {
+        for code in ["22021", "23505", "40P01", "55P03", "P0001"] {
+            assert!(resend_alone(Some(code)), "{code}");
+        }
+        for code in ["57P01", "08006", "53300", "XX000"] {
+            assert!(!resend_alone(Some(code)), "{code}");
+        }
+        assert!(!resend_alone(None));
     }
 }

@@ -180,3 +180,215 @@ async fn a_held_key_holds_up_its_own_send_and_no_other() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.count(), 61);
 }
+
+/// The endpoints of the twin applications: (description, settings).
+fn twin_endpoints() -> Vec<(&'static str, Value)> {
+    vec![
+        ("all", json!({})),
+        ("invoices", json!({"event_types": ["invoice.*"]})),
+        ("orders", json!({"event_types": ["order.paid"]})),
+        ("eu", json!({"channels": ["eu"]})),
+        ("gold", json!({"filter": {"tier": "gold"}})),
+        (
+            "gold-eu-invoices",
+            json!({"filter": {"tier": "gold"}, "channels": ["eu"],
+                   "event_types": ["invoice.*"]}),
+        ),
+        ("off", json!({"disabled": true})),
+    ]
+}
+
+/// Which of its application's endpoints (by description) each message got a delivery to.
+async fn reached(pool: &sqlx::PgPool, message: uuid::Uuid) -> Vec<String> {
+    sqlx::query_scalar(
+        "select e.description from herald.delivery d
+           join herald.endpoint e on e.id = d.endpoint_id
+          where d.message_id = $1 order by e.description",
+    )
+    .bind(message)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// (application, event type, payload, channels, key)
+type Case<'a> = (&'a str, &'a str, &'a str, &'a str, Option<&'a str>);
+
+/// One batch gives every message what `herald.enqueue` gives it alone: messages of one kind
+/// with different payloads (filters), several kinds, channels, a key repeated within the
+/// batch, and applications that do not exist or were removed, side by side.
+#[tokio::test]
+async fn a_batch_gives_each_message_what_it_would_get_alone() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let mut apps = Vec::new();
+    for name in ["batched", "alone"] {
+        let (_, created) = app.post("/apps", json!({"name": name, "uid": name})).await;
+        let id = created["id"].as_str().unwrap().to_owned();
+        for (description, settings) in twin_endpoints() {
+            let mut body = settings;
+            body["url"] = json!(receiver.url());
+            body["description"] = json!(description);
+            app.create_endpoint(&id, body).await;
+        }
+        apps.push(id);
+    }
+    let removed = app.create_app().await;
+    let (status, _) = app.delete(&format!("/apps/{removed}")).await;
+    assert!(status.is_success(), "{status}");
+
+    let batch: Vec<Case> = vec![
+        ("batched", "invoice.paid", r#"{"tier":"gold"}"#, "", None),
+        ("batched", "invoice.paid", r#"{"tier":"silver"}"#, "", None),
+        (
+            "batched",
+            "invoice.paid",
+            r#"{"tier":"gold","n":1}"#,
+            "eu",
+            None,
+        ),
+        ("nope", "invoice.paid", "{}", "", None),
+        ("batched", "order.paid", r#"{"tier":"gold"}"#, "eu us", None),
+        (&removed, "invoice.paid", "{}", "", None),
+        ("batched", "order.paid", "[1]", "", Some("k")),
+        (
+            "batched",
+            "invoice.paid",
+            r#"{"tier":"silver"}"#,
+            "eu",
+            None,
+        ),
+        ("batched", "order.paid", "[2]", "", Some("k")),
+        (
+            "batched",
+            "customer.created",
+            r#"{"tier":"gold"}"#,
+            "",
+            None,
+        ),
+    ];
+    let column =
+        |f: fn(&Case) -> Option<String>| batch.iter().map(f).collect::<Vec<Option<String>>>();
+    let rows: Vec<(i32, uuid::Uuid)> = sqlx::query_as(
+        "select ord, (message).id
+           from herald.enqueue_many($1, $2, $3, $4, $5, null, null, 0, '{}', '{}')
+          order by ord",
+    )
+    .bind(column(|m| Some(m.0.to_owned())))
+    .bind(column(|m| Some(m.1.to_owned())))
+    .bind(column(|m| Some(m.2.to_owned())))
+    .bind(column(|m| Some(m.3.to_owned())))
+    .bind(column(|m| m.4.map(str::to_owned)))
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let ords: Vec<i32> = rows.iter().map(|(ord, _)| *ord).collect();
+    // No answer for the unknown application (4) and the removed one (6).
+    assert_eq!(ords, vec![1, 2, 3, 5, 7, 8, 9, 10]);
+    let by_ord: std::collections::HashMap<i32, uuid::Uuid> = rows.into_iter().collect();
+    // The repeated key answered its first message.
+    assert_eq!(by_ord[&7], by_ord[&9]);
+
+    let mut reached_any = 0;
+    for (ord, m) in batch.iter().enumerate() {
+        let Some(&batched) = by_ord.get(&(ord as i32 + 1)) else {
+            continue;
+        };
+        if ord == 8 {
+            continue; // the repeat: no message of its own
+        }
+        let channels: Vec<String> = m.3.split_whitespace().map(str::to_owned).collect();
+        let alone: uuid::Uuid = sqlx::query_scalar(
+            "select (q.message).id
+               from herald.enqueue('alone', $1, $2::json, $3, null, null, '{}', $4) q",
+        )
+        .bind(m.1)
+        .bind(m.2)
+        .bind(m.4)
+        .bind(&channels)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        let (batched, alone) = (
+            reached(&app.pool, batched).await,
+            reached(&app.pool, alone).await,
+        );
+        assert_eq!(batched, alone, "{m:?}");
+        reached_any += batched.len();
+    }
+    assert!(reached_any > 10, "the cases reach endpoints");
+    let keyed: i64 =
+        sqlx::query_scalar("select count(*) from herald.message where idempotency_key = 'k'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(keyed, 2, "one per application");
+}
+
+/// A batch claims directly no more deliveries at an endpoint than the offering process has
+/// room for there; the rest are queued, and announced.
+#[tokio::test]
+async fn a_batch_claims_directly_within_the_room_it_is_offered() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let app_id = app.create_app().await;
+    let mut endpoints = Vec::new();
+    for _ in 0..3 {
+        let (id, _) = app
+            .create_endpoint(&app_id, json!({"url": receiver.url()}))
+            .await;
+        endpoints.push(uuid::Uuid::parse_str(id.strip_prefix("ep_").unwrap()).unwrap());
+    }
+    // The first endpoint is full here, the second has room for one, the third for the
+    // default two.
+    let n: i32 = 5;
+    let worker = uuid::Uuid::now_v7();
+    let pending: Vec<Vec<uuid::Uuid>> = sqlx::query_scalar(
+        "select pending_endpoints
+           from herald.enqueue_many(array_fill($1::text, array[$2]),
+                                    array_fill('invoice.paid'::text, array[$2]),
+                                    array_fill('{}'::text, array[$2]),
+                                    array_fill(''::text, array[$2]),
+                                    array_fill(null::text, array[$2]),
+                                    $4, 30, 2, $3, array[0, 1])",
+    )
+    .bind(&app_id)
+    .bind(n)
+    .bind(&endpoints[..2])
+    .bind(worker)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(pending.len(), n as usize);
+    let queued = |e: uuid::Uuid| pending.iter().filter(|p| p.contains(&e)).count();
+    assert_eq!(queued(endpoints[0]), 5);
+    assert_eq!(queued(endpoints[1]), 4);
+    assert_eq!(queued(endpoints[2]), 3);
+    let in_flight: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
+        "select endpoint_id, count(*) from herald.delivery
+          where state = 'in_flight' and locked_by = $1
+          group by endpoint_id order by endpoint_id",
+    )
+    .bind(worker)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let mut expected = vec![(endpoints[1], 1), (endpoints[2], 2)];
+    expected.sort();
+    assert_eq!(in_flight, expected);
+}
+
+/// A key PostgreSQL could not store is refused before it reaches a batch.
+#[tokio::test]
+async fn a_key_with_nul_is_refused_before_it_joins_a_batch() {
+    let app = spawn_app().await;
+    let app_id = app.create_app().await;
+    let (status, body) = app
+        .post(
+            &format!("/apps/{app_id}/messages"),
+            json!({"event_type": "invoice.paid", "payload": {}, "idempotency_key": "a\u{0}b"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["code"], "invalid", "{body}");
+}

@@ -77,13 +77,14 @@ impl Capacity {
     }
 
     /// Endpoints where this process holds as many deliveries as their cap.
-    pub(super) fn busy_endpoints(&self) -> Vec<EndpointId> {
+    /// Each endpoint this process holds deliveries of, with the room left under its cap
+    /// (none left: the endpoint is busy).
+    pub(super) fn rooms(&self) -> Vec<(EndpointId, i32)> {
         self.in_flight
             .lock()
             .expect("in-flight map poisoned")
             .iter()
-            .filter(|(_, (n, cap))| n >= cap)
-            .map(|(endpoint, _)| *endpoint)
+            .map(|(endpoint, (n, cap))| (*endpoint, (cap - n).max(0)))
             .collect()
     }
 

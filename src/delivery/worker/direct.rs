@@ -24,12 +24,25 @@ impl Direct {
     /// through the queue like any other.
     pub fn offer(&self) -> Option<DirectOffer> {
         let shared = &self.0;
-        if shared.cancel.is_cancelled()
-            || shared.permits.available_permits() <= shared.direct_waiting.load(Ordering::Acquire)
-        {
+        let free = shared
+            .permits
+            .available_permits()
+            .saturating_sub(shared.direct_waiting.load(Ordering::Acquire));
+        if shared.cancel.is_cancelled() || free == 0 {
             return None;
         }
-        let busy_endpoints = shared.capacity.busy_endpoints();
+        let free = i32::try_from(free).unwrap_or(i32::MAX);
+        let rooms: Vec<(EndpointId, i32)> = shared
+            .capacity
+            .rooms()
+            .into_iter()
+            .map(|(endpoint, room)| (endpoint, room.min(free)))
+            .collect();
+        let busy_endpoints: Vec<EndpointId> = rooms
+            .iter()
+            .filter(|(_, room)| *room == 0)
+            .map(|(endpoint, _)| *endpoint)
+            .collect();
         // What is sent to a full endpoint is queued, and only a completion there can make
         // room for it. Mark it before the send commits: marked after, a completion landing
         // in between would find nothing to wake for, and the delivery would wait for the
@@ -40,6 +53,8 @@ impl Direct {
             worker: shared.worker_id,
             lease: shared.settings.lease,
             busy_endpoints,
+            room: shared.settings.endpoint_concurrency.min(free),
+            rooms,
         })
     }
 
