@@ -747,18 +747,11 @@ begin
     -- As herald.enqueue, for every message without a key at once.
     for v_row in
         with item as materialized (
-            select i.ord::int as ord, herald.uuid_v7() as id, a.app_id, i.event_type,
+            select i.ord::int as ord, herald.uuid_v7() as id, i.app_id, i.event_type,
                    i.payload::json as payload,
                    coalesce(string_to_array(i.channels, ' '), '{}') as channels
-              from unnest(p_apps, p_event_types, p_payloads, p_channels, p_keys)
-                   with ordinality as i(app, event_type, payload, channels, key, ord)
-             cross join lateral (
-                   select case when i.app ~ '^app_[0-9a-f]{32}$'
-                               then (select a.id from application a
-                                      where a.id = substring(i.app from 5)::uuid
-                                        and a.removed_at is null)
-                               else (select a.id from application a where a.uid = i.app)
-                          end as app_id) a
+              from unnest(v_app_ids, p_event_types, p_payloads, p_channels, p_keys)
+                   with ordinality as i(app_id, event_type, payload, channels, key, ord)
              where i.key is null
         ),
         stored as (

@@ -54,26 +54,29 @@ pub struct DirectOffer {
     pub made_at: Instant,
     pub worker: Uuid,
     pub lease: Duration,
-    /// Endpoints where this process already has as many requests in flight as their cap.
-    pub busy_endpoints: Vec<EndpointId>,
     /// How many deliveries this process can take at an endpoint it holds none of: its free
     /// workers, at most the endpoint cap (`send_many`'s limit per endpoint).
     pub room: i32,
-    /// The endpoints it holds deliveries of, with the room left there (busy ones at 0).
+    /// The endpoints it holds deliveries of, with the room left there (none: busy).
     pub rooms: Vec<(EndpointId, i32)>,
 }
 
 impl DirectOffer {
-    /// `herald.enqueue`'s worker, lease and busy endpoints.
-    fn binds(offer: Option<Self>) -> (Option<Uuid>, Option<f64>, Vec<EndpointId>) {
-        match offer {
-            Some(d) => (
-                Some(d.worker),
-                Some(d.lease.as_secs_f64()),
-                d.busy_endpoints,
-            ),
-            None => (None, None, Vec::new()),
-        }
+    /// Endpoints where this process already has as many requests in flight as their cap.
+    pub fn busy_endpoints(&self) -> Vec<EndpointId> {
+        self.rooms
+            .iter()
+            .filter(|(_, room)| *room <= 0)
+            .map(|(endpoint, _)| *endpoint)
+            .collect()
+    }
+
+    /// The worker and lease seconds `herald.enqueue` and `herald.enqueue_many` take; both
+    /// null without an offer.
+    fn lease(offer: Option<&Self>) -> (Option<Uuid>, Option<f64>) {
+        offer.map_or((None, None), |d| {
+            (Some(d.worker), Some(d.lease.as_secs_f64()))
+        })
     }
 }
 
@@ -133,7 +136,11 @@ pub async fn send(
     direct: Option<DirectOffer>,
 ) -> sqlx::Result<Option<Sent>> {
     let offered_at = direct.as_ref().map(|d| d.made_at);
-    let (worker, lease, busy_endpoints) = DirectOffer::binds(direct);
+    let (worker, lease) = DirectOffer::lease(direct.as_ref());
+    let busy_endpoints = direct
+        .as_ref()
+        .map(DirectOffer::busy_endpoints)
+        .unwrap_or_default();
     sqlx::query_as::<_, Enqueued>(
         "select (q.message).id, (q.message).app_id, (q.message).event_type,
                 coalesce((q.message).channels, '{}') as channels,
@@ -161,7 +168,7 @@ pub async fn send(
 }
 
 /// One message of `send_many`'s batch: what `send` takes for one.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Outgoing {
     /// An application id or uid.
     pub app: String,
@@ -188,12 +195,10 @@ pub async fn send_many<'a>(
     direct: Option<DirectOffer>,
 ) -> sqlx::Result<Vec<Option<Sent>>> {
     let offered_at = direct.as_ref().map(|d| d.made_at);
-    let (room, rooms) = match &direct {
-        Some(d) => (d.room, d.rooms.clone()),
-        None => (0, Vec::new()),
-    };
-    let (room_endpoints, rooms): (Vec<EndpointId>, Vec<i32>) = rooms.into_iter().unzip();
-    let (worker, lease, _) = DirectOffer::binds(direct);
+    let (worker, lease) = DirectOffer::lease(direct.as_ref());
+    let room = direct.as_ref().map_or(0, |d| d.room);
+    let (room_endpoints, rooms): (Vec<EndpointId>, Vec<i32>) =
+        direct.into_iter().flat_map(|d| d.rooms).unzip();
     let len = batch.len();
     let mut apps = Vec::with_capacity(len);
     let mut event_types = Vec::with_capacity(len);

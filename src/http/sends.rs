@@ -39,7 +39,7 @@ const MAX_DELIVERIES: usize = 4096;
 const QUEUE: usize = 1024;
 /// Sends of a refused batch, resent alone, that may hold a database connection at once:
 /// one waiting long on a held key must not take the whole pool.
-const ALONE: usize = 4;
+const RESENDS: usize = 4;
 /// Applications whose last fan-out is remembered; past it the estimates start over.
 const ESTIMATES: usize = 10_000;
 
@@ -62,7 +62,7 @@ struct Writer {
     direct: Direct,
     /// Deliveries each application's last stored message got.
     fan_out: SyncMutex<HashMap<String, usize>>,
-    alone: Arc<Semaphore>,
+    resends: Arc<Semaphore>,
 }
 
 impl Sends {
@@ -74,7 +74,7 @@ impl Sends {
             pool,
             direct,
             fan_out: SyncMutex::new(HashMap::new()),
-            alone: Arc::new(Semaphore::new(ALONE)),
+            resends: Arc::new(Semaphore::new(RESENDS)),
         });
         for _ in 0..WRITERS {
             tokio::spawn(writer.clone().write());
@@ -148,11 +148,17 @@ impl Writer {
     }
 
     fn learn(&self, app: &str, sent: &Sent) {
+        let reached = sent.claimed.len() + sent.queued_for.len();
         let mut fan_out = self.fan_out.lock().expect("fan-out estimates poisoned");
-        if fan_out.len() >= ESTIMATES && !fan_out.contains_key(app) {
+        // Allocates only for an application not seen before.
+        if let Some(known) = fan_out.get_mut(app) {
+            *known = reached;
+            return;
+        }
+        if fan_out.len() >= ESTIMATES {
             fan_out.clear();
         }
-        fan_out.insert(app.to_owned(), sent.claimed.len() + sent.queued_for.len());
+        fan_out.insert(app.to_owned(), reached);
     }
 
     async fn flush(&self, batch: &mut Vec<Queued>) {
@@ -164,20 +170,9 @@ impl Writer {
             && only.message.idempotency_key.is_none()
             && let Some(q) = batch.pop()
         {
-            let m = &q.message;
-            let sent = messages::send(
-                &self.pool,
-                &m.app,
-                &m.event_type,
-                &m.payload,
-                &m.channels,
-                m.idempotency_key.as_deref(),
-                self.direct.offer(),
-            )
-            .await;
+            let sent = alone(&self.pool, &self.direct, &q.message).await;
             if let Ok(Some(sent)) = &sent {
-                self.direct.dispatch(sent);
-                self.learn(&m.app, sent);
+                self.learn(&q.message.app, sent);
             }
             let _ = q.answer.send(sent);
             return;
@@ -205,27 +200,13 @@ impl Writer {
             // (a held key) holds up no other batch.
             Err(sqlx::Error::Database(e)) if resend_alone(e.code().as_deref()) => {
                 for q in batch.drain(..) {
-                    let (pool, direct, alone) =
-                        (self.pool.clone(), self.direct.clone(), self.alone.clone());
+                    let (pool, direct, resends) =
+                        (self.pool.clone(), self.direct.clone(), self.resends.clone());
                     tokio::spawn(async move {
-                        let Ok(_turn) = alone.acquire().await else {
+                        let Ok(_turn) = resends.acquire().await else {
                             return;
                         };
-                        let m = &q.message;
-                        let sent = messages::send(
-                            &pool,
-                            &m.app,
-                            &m.event_type,
-                            &m.payload,
-                            &m.channels,
-                            m.idempotency_key.as_deref(),
-                            direct.offer(),
-                        )
-                        .await;
-                        if let Ok(Some(sent)) = &sent {
-                            direct.dispatch(sent);
-                        }
-                        let _ = q.answer.send(sent);
+                        let _ = q.answer.send(alone(&pool, &direct, &q.message).await);
                     });
                 }
             }
@@ -238,6 +219,25 @@ impl Writer {
             }
         }
     }
+}
+
+/// One message stored on its own, as before there were batches (`herald.enqueue`), and its
+/// claimed deliveries handed to the workers.
+async fn alone(pool: &PgPool, direct: &Direct, m: &Outgoing) -> Answer {
+    let sent = messages::send(
+        pool,
+        &m.app,
+        &m.event_type,
+        &m.payload,
+        &m.channels,
+        m.idempotency_key.as_deref(),
+        direct.offer(),
+    )
+    .await;
+    if let Ok(Some(sent)) = &sent {
+        direct.dispatch(sent);
+    }
+    sent
 }
 
 /// The SQLSTATE classes of a batch that is worth sending again message by message: data

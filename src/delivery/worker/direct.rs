@@ -38,24 +38,19 @@ impl Direct {
             .into_iter()
             .map(|(endpoint, room)| (endpoint, room.min(free)))
             .collect();
-        let busy_endpoints: Vec<EndpointId> = rooms
-            .iter()
-            .filter(|(_, room)| *room == 0)
-            .map(|(endpoint, _)| *endpoint)
-            .collect();
+        let offer = DirectOffer {
+            made_at: Instant::now(),
+            worker: shared.worker_id,
+            lease: shared.settings.lease,
+            room: shared.settings.endpoint_concurrency.min(free),
+            rooms,
+        };
         // What is sent to a full endpoint is queued, and only a completion there can make
         // room for it. Mark it before the send commits: marked after, a completion landing
         // in between would find nothing to wake for, and the delivery would wait for the
         // poll.
-        shared.capacity.mark_capped(&busy_endpoints);
-        Some(DirectOffer {
-            made_at: Instant::now(),
-            worker: shared.worker_id,
-            lease: shared.settings.lease,
-            busy_endpoints,
-            room: shared.settings.endpoint_concurrency.min(free),
-            rooms,
-        })
+        shared.capacity.mark_capped(&offer.busy_endpoints());
+        Some(offer)
     }
 
     /// Requests this process's workers have in flight (permits taken).
