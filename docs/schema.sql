@@ -16,7 +16,7 @@
 --   herald.endpoint_routes             0023_routing
 --   herald.endpoint_set_routes         0023_routing
 --   herald.enqueue                     0023_routing (earlier versions: 0001_core, 0004_limits, 0009_idempotency_window, 0016_partitioned_history, 0019_removal)
---   herald.enqueue_many                0026_enqueue_many
+--   herald.enqueue_many                0028_keyed_room (earlier versions: 0026_enqueue_many)
 --   herald.feed_attempt                0002_feed
 --   herald.feed_delivery_dead          0002_feed
 --   herald.feed_endpoint_disabled      0002_feed
@@ -748,6 +748,9 @@ declare
     v_notify boolean := false;
     v_row record;
     v_item record;
+    -- With keys in the batch: the endpoints claimed directly so far, once per delivery.
+    v_keyed boolean := exists (select 1 from unnest(p_keys) k where k is not null);
+    v_claimed uuid[] := '{}';
 begin
     if cardinality(p_apps) is distinct from cardinality(p_event_types)
        or cardinality(p_apps) is distinct from cardinality(p_payloads)
@@ -876,6 +879,10 @@ begin
         claimed := v_row.claimed;
         pending_endpoints := v_row.pending_endpoints;
         v_notify := v_notify or cardinality(pending_endpoints) > 0;
+        if v_keyed then
+            v_claimed := v_claimed || array(select (c->>'endpoint_id')::uuid
+                                              from json_array_elements(claimed) c);
+        end if;
         return next;
     end loop;
     if v_notify then
@@ -895,14 +902,28 @@ begin
         select q.message, q.claimed, q.pending_endpoints into v_row
           from herald.enqueue(v_item.app, v_item.event_type, v_item.payload::json, v_item.key,
                               p_worker, p_lease_secs,
+                              -- Busy: no room left, counting what the batch already
+                              -- claimed there.
                               array(select r.endpoint_id
                                       from unnest(p_room_endpoints, p_rooms)
                                            as r(endpoint_id, room)
-                                     where r.room <= 0),
+                                     where r.room <= 0
+                                    union
+                                    select c.endpoint_id
+                                      from unnest(v_claimed) as c(endpoint_id)
+                                     group by c.endpoint_id
+                                    having count(*) >= coalesce(
+                                               (select r.room
+                                                  from unnest(p_room_endpoints, p_rooms)
+                                                       as r(endpoint_id, room)
+                                                 where r.endpoint_id = c.endpoint_id),
+                                               p_room)),
                               coalesce(string_to_array(v_item.channels, ' '), '{}')) q;
         message := v_row.message;
         claimed := v_row.claimed;
         pending_endpoints := v_row.pending_endpoints;
+        v_claimed := v_claimed || array(select (c->>'endpoint_id')::uuid
+                                          from json_array_elements(claimed) c);
         return next;
     end loop;
 end

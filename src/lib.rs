@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod operational;
 pub mod probe;
 pub mod removal;
+pub mod respawn;
 pub mod retention;
 pub mod server;
 pub mod telemetry;

@@ -25,6 +25,7 @@ use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 
 use crate::db::messages::{self, Outgoing, Sent};
 use crate::delivery::Direct;
+use crate::respawn::respawning;
 
 /// Batches written at once. Measured (bench/README.md): one and two alike in the burst, two
 /// a little ahead in fan-out, four behind in both (smaller batches, more transactions).
@@ -77,7 +78,11 @@ impl Sends {
             resends: Arc::new(Semaphore::new(RESENDS)),
         });
         for _ in 0..WRITERS {
-            tokio::spawn(writer.clone().write());
+            // A writer that panics loses only its batch: those requests get an error, stored
+            // or not, as a broken connection would leave them. The queue and the other
+            // writer go on, and this one is started again.
+            let writer = writer.clone();
+            tokio::spawn(respawning("send writer", move || writer.clone().write()));
         }
         Self { queue }
     }

@@ -326,9 +326,17 @@ async fn a_batch_gives_each_message_what_it_would_get_alone() {
 }
 
 /// A batch claims directly no more deliveries at an endpoint than the offering process has
-/// room for there; the rest are queued, and announced.
+/// room for there; the rest are queued, and announced. So do its messages with a key,
+/// counting what the batch claimed before them.
 #[tokio::test]
 async fn a_batch_claims_directly_within_the_room_it_is_offered() {
+    // No keys; every other message with one; all with one.
+    for keyed in [|_| false, |i| i % 2 == 1, |_| true] {
+        batch_within_room(keyed).await;
+    }
+}
+
+async fn batch_within_room(keyed: fn(i32) -> bool) {
     let app = spawn_app().await;
     let receiver = Receiver::start().await;
     let app_id = app.create_app().await;
@@ -343,27 +351,29 @@ async fn a_batch_claims_directly_within_the_room_it_is_offered() {
     // default two.
     let n: i32 = 5;
     let worker = uuid::Uuid::now_v7();
+    let keys: Vec<Option<String>> = (0..n).map(|i| keyed(i).then(|| format!("k{i}"))).collect();
     let pending: Vec<Vec<uuid::Uuid>> = sqlx::query_scalar(
         "select pending_endpoints
            from herald.enqueue_many(array_fill($1::text, array[$2]),
                                     array_fill('invoice.paid'::text, array[$2]),
                                     array_fill('{}'::text, array[$2]),
                                     array_fill(''::text, array[$2]),
-                                    array_fill(null::text, array[$2]),
+                                    $5,
                                     $4, 30, 2, $3, array[0, 1])",
     )
     .bind(&app_id)
     .bind(n)
     .bind(&endpoints[..2])
     .bind(worker)
+    .bind(&keys)
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    assert_eq!(pending.len(), n as usize);
+    assert_eq!(pending.len(), n as usize, "keys: {keys:?}");
     let queued = |e: uuid::Uuid| pending.iter().filter(|p| p.contains(&e)).count();
-    assert_eq!(queued(endpoints[0]), 5);
-    assert_eq!(queued(endpoints[1]), 4);
-    assert_eq!(queued(endpoints[2]), 3);
+    assert_eq!(queued(endpoints[0]), 5, "keys: {keys:?}");
+    assert_eq!(queued(endpoints[1]), 4, "keys: {keys:?}");
+    assert_eq!(queued(endpoints[2]), 3, "keys: {keys:?}");
     let in_flight: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
         "select endpoint_id, count(*) from herald.delivery
           where state = 'in_flight' and locked_by = $1
@@ -375,7 +385,7 @@ async fn a_batch_claims_directly_within_the_room_it_is_offered() {
     .unwrap();
     let mut expected = vec![(endpoints[1], 1), (endpoints[2], 2)];
     expected.sort();
-    assert_eq!(in_flight, expected);
+    assert_eq!(in_flight, expected, "keys: {keys:?}");
 }
 
 /// A key PostgreSQL could not store is refused before it reaches a batch.
