@@ -67,7 +67,11 @@ impl Server {
             // only known now when the port was 0.
             config.public_url = format!("http://{}", listener.local_addr()?);
         }
-        let client = client::build(config.request_timeout, config.allow_private_targets)?;
+        let client = client::build(
+            config.request_timeout,
+            config.allow_private_targets,
+            config.worker_concurrency,
+        )?;
         let cancel = CancellationToken::new();
         let workers = WorkerPool::spawn(
             pool.clone(),
