@@ -1630,6 +1630,7 @@ CREATE TABLE herald.application (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     removed_at timestamp with time zone,
     portal_brand jsonb,
+    portal_revoked_at timestamp with time zone,
     CONSTRAINT application_name_check CHECK (((length(name) >= 1) AND (length(name) <= 256))),
     CONSTRAINT application_uid_check CHECK (((uid ~ '^[A-Za-z0-9_.:-]+$'::text) AND (length(uid) <= 256)))
 );

@@ -16,6 +16,10 @@ pub struct Application {
     pub portal_brand: Option<Json<Brand>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Portal links made until then are refused (`DELETE /apps/{app}/portal`).
+    #[serde(skip)]
+    #[sqlx(default)]
+    pub portal_revoked_at: Option<DateTime<Utc>>,
 }
 
 pub async fn create(
@@ -69,6 +73,41 @@ pub async fn find(db: impl PgExecutor<'_>, key: &str) -> sqlx::Result<Option<App
     .bind(key)
     .fetch_optional(db)
     .await
+}
+
+/// Ends every portal link of `app` made until `at`; false when there is no such application.
+pub async fn revoke_portal(
+    db: impl PgExecutor<'_>,
+    app: AppId,
+    at: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "update application set portal_revoked_at = greatest(portal_revoked_at, $2)
+          where id = $1 and removed_at is null",
+    )
+    .bind(app)
+    .bind(at)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Whether a portal link of `app` made at `issued_at` no longer stands: its links were
+/// revoked since, or the application was removed.
+pub async fn portal_ended(
+    db: impl PgExecutor<'_>,
+    app: AppId,
+    issued_at: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    let stands: Option<bool> = sqlx::query_scalar(
+        "select removed_at is null and (portal_revoked_at is null or portal_revoked_at < $2)
+           from application where id = $1",
+    )
+    .bind(app)
+    .bind(issued_at)
+    .fetch_optional(db)
+    .await?;
+    Ok(stands != Some(true))
 }
 
 /// Applications after `after`, oldest first; with `only`, that one at most.

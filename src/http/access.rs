@@ -93,13 +93,16 @@ pub struct Access {
     /// The API token it is, if it is one: a long-lived stream checks now and then that it
     /// has not been revoked.
     token: Option<TokenId>,
+    /// For a portal link, when it was made: a long-lived stream checks now and then that
+    /// the application's links were not revoked since.
+    portal_issued: Option<DateTime<Utc>>,
 }
 
 /// The actor of changes made in the customer portal.
 pub const PORTAL_ACTOR: &str = "portal";
 
-/// How often a stream or channel opened with an API token checks that the token still
-/// stands.
+/// How often a stream or channel opened with an API token or a portal link checks that it
+/// still stands.
 const RECHECK: Duration = Duration::from_secs(30);
 
 impl Access {
@@ -111,6 +114,7 @@ impl Access {
             app: None,
             expires_at: None,
             token: None,
+            portal_issued: None,
         }
     }
 
@@ -122,6 +126,7 @@ impl Access {
             app,
             expires_at: None,
             token: None,
+            portal_issued: None,
         }
     }
 
@@ -131,26 +136,33 @@ impl Access {
         self
     }
 
+    /// The same credential, as a portal link made at `at`.
+    pub fn portal_link(mut self, at: DateTime<Utc>) -> Self {
+        self.portal_issued = Some(at);
+        self
+    }
+
     /// The same credential, as the API token `id`.
     pub fn token(mut self, id: TokenId) -> Self {
         self.token = Some(id);
         self
     }
 
-    /// Resolves when the credential stops being valid: at its expiry, or (for an API token)
-    /// within [`RECHECK`] of its revocation. Never, for the admin token and the dashboard's
-    /// session. A stream or channel that outlives its request ends with it.
+    /// Resolves when the credential stops being valid: at its expiry, or (for an API token
+    /// or a portal link) within [`RECHECK`] of its revocation. Never, for the admin token and
+    /// the dashboard's session. A stream or channel that outlives its request ends with it.
     pub async fn ended(&self, pool: &PgPool) {
-        if self.expires_at.is_none() && self.token.is_none() {
+        let revocable = self.token.is_some() || self.portal_issued.is_some();
+        if self.expires_at.is_none() && !revocable {
             return std::future::pending().await;
         }
         loop {
             let left = self
                 .expires_at
                 .map(|at| (at - Utc::now()).to_std().unwrap_or_default());
-            let wait = match (left, self.token) {
-                (Some(left), Some(_)) => left.min(RECHECK),
-                (Some(left), None) => left,
+            let wait = match (left, revocable) {
+                (Some(left), true) => left.min(RECHECK),
+                (Some(left), false) => left,
                 (None, _) => RECHECK,
             };
             tokio::time::sleep(wait).await;
@@ -159,6 +171,11 @@ impl Access {
             }
             if let Some(id) = self.token
                 && matches!(db::tokens::stands(pool, id).await, Ok(false))
+            {
+                return;
+            }
+            if let (Some(issued), Some(app)) = (self.portal_issued, &self.app)
+                && matches!(db::apps::portal_ended(pool, app.id, issued).await, Ok(true))
             {
                 return;
             }
@@ -275,6 +292,11 @@ pub const ROUTES: &[(Method, &str, Need)] = &[
     (Method::DELETE, "/apps/{app}", in_app(Scope::Admin)),
     (
         Method::POST,
+        "/apps/{app}/portal",
+        in_app(Scope::EndpointsManage),
+    ),
+    (
+        Method::DELETE,
         "/apps/{app}/portal",
         in_app(Scope::EndpointsManage),
     ),

@@ -68,6 +68,7 @@ const EXPECTED: &[(&str, &str, &str, &str)] = &[
     ("PATCH", "/apps/{app}", "admin", "path"),
     ("DELETE", "/apps/{app}", "admin", "path"),
     ("POST", "/apps/{app}/portal", "endpoints:manage", "path"),
+    ("DELETE", "/apps/{app}/portal", "endpoints:manage", "path"),
     ("POST", "/apps/{app}/messages", "messages:send", "path"),
     // It shows the application's endpoints.
     (

@@ -23,6 +23,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/apps/{app}"),
     ("patch", "/api/v1/apps/{app}"),
     ("post", "/api/v1/apps/{app}/portal"),
+    ("delete", "/api/v1/apps/{app}/portal"),
     ("post", "/api/v1/apps/{app}/endpoints"),
     ("get", "/api/v1/apps/{app}/endpoints"),
     ("get", "/api/v1/apps/{app}/endpoints/{ep}"),

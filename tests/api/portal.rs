@@ -1072,3 +1072,81 @@ async fn many_event_types_come_in_pages() {
     );
     server.stop().await;
 }
+
+/// `DELETE /apps/{app}/portal` ends every link of the application made until then (pages,
+/// forms, the feed and the channel alike); links made afterwards and other applications'
+/// links still work; it needs what making a link needs.
+#[tokio::test]
+async fn revoking_an_applications_links_ends_those_made_until_then() {
+    let server = spawn_app_with(&[]).await;
+    let a = server.create_app().await;
+    let b = server.create_app().await;
+    let old = PortalClient::open(&server, &a).await;
+    let other = PortalClient::open(&server, &b).await;
+    assert_eq!(old.get("/").await.0, StatusCode::OK);
+
+    // A token of the application that may read messages but not manage endpoints may not.
+    let (_, reader) = server
+        .post(
+            "/tokens",
+            json!({"name": "r", "app": a, "scopes": ["messages:read"]}),
+        )
+        .await;
+    let (status, body) = answer(
+        server
+            .http
+            .delete(server.url(&format!("/apps/{a}/portal")))
+            .bearer_auth(reader["token"].as_str().unwrap())
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(old.get("/").await.0, StatusCode::OK, "still open");
+
+    let (status, body) = server.delete(&format!("/apps/{a}/portal")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, page) = old.get("/").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(page.contains("withdrawn"), "{page}");
+    let (status, _) = old
+        .post_raw("/endpoints", &[("url", "https://x.example")], None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(old.get("/stream").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(old.get("/ws").await.0, StatusCode::UNAUTHORIZED);
+
+    // A link made afterwards opens; another application's was never touched.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let fresh = PortalClient::open(&server, &a).await;
+    assert_eq!(fresh.get("/").await.0, StatusCode::OK);
+    assert_eq!(other.get("/").await.0, StatusCode::OK);
+
+    let (status, body) = server
+        .delete("/apps/app_00000000000000000000000000000000/portal")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["code"], "not_found");
+    server.stop().await;
+}
+
+/// A portal's live feed, opened before its application's links were ended, closes soon
+/// after (a stream checks every 30 seconds that its credential still stands).
+#[tokio::test]
+async fn the_live_feed_of_a_portal_ends_when_its_links_are_revoked() {
+    let server = spawn_app_with(&[("HERALD_SSE_KEEP_ALIVE", "1s")]).await;
+    let app = server.create_app().await;
+    let portal = PortalClient::open(&server, &app).await;
+    let mut response = reqwest::get(format!("{}/stream", portal.base))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let (status, body) = server.delete(&format!("/apps/{app}/portal")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let ended = tokio::time::timeout(Duration::from_secs(45), async {
+        while let Ok(Some(_)) = response.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its revoked link");
+    server.stop().await;
+}

@@ -1,9 +1,13 @@
 //! Portal links: `POST /apps/{app}/portal` signs one, every portal request checks it.
 //!
 //! A link is `/portal/<session>/`, where the session is
-//! `<app id>.<expiry>.<nonce>.<scopes>.<return URL, base64url>.<HMAC>`, keyed by the admin token like
-//! the dashboard's sessions: nothing is stored, every process behind a load balancer
-//! accepts it, and rotating the admin token ends every portal session at once. The session
+//! `<app id>.<expiry>.<nonce>.<scopes>.<return URL, base64url>.<made at, ms>.<HMAC>`, keyed by
+//! the admin token like the dashboard's sessions: nothing is stored per link, every process
+//! behind a load balancer accepts it, and rotating the admin token ends every portal session
+//! at once. `DELETE /apps/{app}/portal` ends one application's: the links made until then
+//! (the application row keeps the moment, which every portal request reads anyway). A link
+//! signed before links carried the time they were made counts as made at its expiry less
+//! the longest lifetime, the earliest it can have been. The session
 //! travels in the URL, not in a cookie, so a portal framed by another site works in
 //! browsers that refuse third-party cookies; pages send no referrer, so it does not leak to
 //! the sites they link to (`Referrer-Policy: same-origin`).
@@ -47,6 +51,8 @@ pub struct Link {
     /// Of [`GRANTABLE`]; always `endpoints:manage`.
     pub scopes: Vec<Scope>,
     pub expires_at: DateTime<Utc>,
+    /// When it was made: a revocation of the application's links since ends it.
+    pub issued_at: DateTime<Utc>,
     /// Where "Back to …" leads (the SaaS's own page), if the link was made with one.
     pub return_url: Option<String>,
 }
@@ -79,7 +85,11 @@ pub fn sign(
         .map(|b| format!("{b:02x}"))
         .collect();
     let ret = URL_SAFE_NO_PAD.encode(return_url.unwrap_or("").as_bytes());
-    let body = format!("{app}.{}.{nonce}.{mask}.{ret}", expires_at.timestamp());
+    let body = format!(
+        "{app}.{}.{nonce}.{mask}.{ret}.{}",
+        expires_at.timestamp(),
+        Utc::now().timestamp_millis()
+    );
     let tag = mac(config, "portal", &body);
     format!("{body}.{tag}")
 }
@@ -90,7 +100,8 @@ pub fn verify(config: &Config, session: &str) -> Result<Link, Refusal> {
         return Err(Refusal::Invalid);
     }
     let mut parts = body.split('.');
-    let (Some(app), Some(expires), Some(_nonce), Some(mask), Some(ret), None) = (
+    let (Some(app), Some(expires), Some(_nonce), Some(mask), Some(ret), issued, None) = (
+        parts.next(),
         parts.next(),
         parts.next(),
         parts.next(),
@@ -109,6 +120,14 @@ pub fn verify(config: &Config, session: &str) -> Result<Link, Refusal> {
     if expires_at <= Utc::now() {
         return Err(Refusal::Expired);
     }
+    let issued_at = match issued {
+        Some(ms) => ms
+            .parse::<i64>()
+            .ok()
+            .and_then(DateTime::from_timestamp_millis)
+            .ok_or(Refusal::Invalid)?,
+        None => expires_at - chrono::TimeDelta::seconds(MAX_LIFETIME.as_secs() as i64),
+    };
     let return_url = URL_SAFE_NO_PAD
         .decode(ret)
         .ok()
@@ -125,12 +144,13 @@ pub fn verify(config: &Config, session: &str) -> Result<Link, Refusal> {
         app,
         scopes,
         expires_at,
+        issued_at,
         return_url: Some(return_url).filter(|u| !u.is_empty()),
     })
 }
 
 pub fn routes() -> OpenApiRouter<ServerState> {
-    OpenApiRouter::new().routes(routes!(create))
+    OpenApiRouter::new().routes(routes!(create, revoke))
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -213,6 +233,28 @@ async fn create(
     ))
 }
 
+/// Ends every portal link made for this application until now, before it expires: a
+/// page, form, live feed or channel opened with one is refused from then on (a feed or
+/// channel already open ends within 30 seconds). Links made afterwards work.
+#[utoipa::path(
+    delete,
+    path = "/apps/{app}/portal",
+    tag = "portal",
+    params(AppParam),
+    responses((status = 204, description = "Every link made until now is ended."))
+)]
+async fn revoke(
+    State(state): State<ServerState>,
+    Path(app): Path<String>,
+) -> ApiResult<StatusCode> {
+    let app = state.app_id(&app).await?;
+    if !crate::db::apps::revoke_portal(&state.pool, app, Utc::now()).await? {
+        return Err(ApiError::NotFound("application"));
+    }
+    tracing::info!(%app, "portal links revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +266,27 @@ mod tests {
             _ => None,
         })
         .unwrap()
+    }
+
+    /// A link signed before links carried the moment they were made counts as made as
+    /// early as it can have been: a revocation since its expiry less the longest lifetime
+    /// ends it.
+    #[test]
+    fn a_link_without_the_moment_it_was_made_counts_as_made_at_the_earliest() {
+        let config = config();
+        let app = AppId::new();
+        let later = Utc::now() + chrono::Duration::hours(1);
+        let body = format!("{app}.{}.00ff.1.", later.timestamp());
+        let session = format!("{body}.{}", mac(&config, "portal", &body));
+        let link = verify(&config, &session).unwrap();
+        assert_eq!(
+            link.issued_at.timestamp(),
+            later.timestamp() - 7 * 24 * 3600
+        );
+
+        let new = verify(&config, &sign(&config, app, &[], later, None)).unwrap();
+        let made = (Utc::now() - new.issued_at).num_milliseconds();
+        assert!((0..5_000).contains(&made), "made {made} ms ago");
     }
 
     #[test]

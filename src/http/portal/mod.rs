@@ -116,6 +116,7 @@ impl Portal {
             }),
         )
         .until(Some(self.link.expires_at))
+        .portal_link(self.link.issued_at)
     }
 
     /// Whether a form is this session's own, from this origin.
@@ -123,6 +124,10 @@ impl Portal {
         csrf_ok(&state.config, headers, &csrf_subject(&self.session), token)
     }
 }
+
+/// The page for a link whose application's links were ended since it was made.
+const REVOKED: &str =
+    "This link has been withdrawn. Open the page you came from again to get a new one.";
 
 fn csrf_subject(session: &str) -> String {
     format!("portal:{session}")
@@ -159,6 +164,10 @@ impl FromRequestParts<ServerState> for Portal {
                 let message = "The account this link was made for no longer exists.";
                 Failed(PageError(StatusCode::UNAUTHORIZED, message.into()), None).into_response()
             })?;
+        if app.portal_revoked_at.is_some_and(|at| link.issued_at <= at) {
+            let refused = PageError(StatusCode::UNAUTHORIZED, REVOKED.into());
+            return Err(Failed(refused, None).into_response());
+        }
         let brand = app.portal_brand.as_ref().map_or_else(
             || state.config.portal_brand.clone(),
             |b| b.0.or(&state.config.portal_brand),
