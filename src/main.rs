@@ -24,7 +24,8 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
-    /// Print the API's OpenAPI document (what `GET /api/v1/openapi.json` serves).
+    /// Print the API's OpenAPI document: the routes `GET /api/v1/openapi.json` serves, without
+    /// the catalog's `webhooks` (those are read from the database, which this does not open).
     Openapi,
     /// Check the Standard Webhooks signature of a received request.
     Verify {
@@ -93,8 +94,18 @@ async fn main() -> ExitCode {
 }
 
 async fn serve() -> anyhow::Result<()> {
+    // Before the configuration, whose default for inbound connections is what this limit
+    // leaves.
+    let raised = herald::config::raise_open_files_limit();
     let config = Config::from_env()?;
     telemetry::init(config.log_format);
+    if let Some((before, after)) = raised {
+        tracing::info!(
+            before,
+            after,
+            "raised the open-files limit to the hard limit"
+        );
+    }
     let server = Server::build(config).await?;
     let cancel = server.cancel_token();
     tokio::spawn(async move {

@@ -4,6 +4,7 @@
 //! `units`; how many inbound connections fit beside the workers is `descriptors`.
 
 mod descriptors;
+pub use descriptors::raise_open_files_limit;
 mod units;
 
 use std::fmt;
