@@ -47,6 +47,8 @@ pub struct Config {
     pub worker_concurrency: usize,
     /// Default cap on concurrent requests to one endpoint (an endpoint may set its own).
     pub endpoint_concurrency: i32,
+    /// Most endpoints one application may have: what one message fans out to at most.
+    pub max_endpoints_per_app: i64,
     pub request_timeout: Duration,
     pub retry_schedule: RetrySchedule,
     /// How long a rotated-out signing secret keeps signing.
@@ -205,6 +207,10 @@ impl Config {
         if !(1..=1000).contains(&endpoint_concurrency) {
             bail!("HERALD_ENDPOINT_CONCURRENCY must be between 1 and 1000");
         }
+        let max_endpoints_per_app = number("HERALD_MAX_ENDPOINTS_PER_APP", "1000")?;
+        if !(1..=1_000_000).contains(&max_endpoints_per_app) {
+            bail!("HERALD_MAX_ENDPOINTS_PER_APP must be between 1 and 1000000");
+        }
         let feed_client_buffer = number("HERALD_FEED_CLIENT_BUFFER_BYTES", "4194304")?;
         if feed_client_buffer < 65536 {
             bail!("HERALD_FEED_CLIENT_BUFFER_BYTES must be at least 65536");
@@ -309,6 +315,7 @@ impl Config {
             portal_brand,
             worker_concurrency,
             endpoint_concurrency: endpoint_concurrency as i32,
+            max_endpoints_per_app: max_endpoints_per_app as i64,
             request_timeout,
             retry_schedule,
             secret_grace_period: duration("HERALD_SECRET_GRACE_PERIOD", "24h")?,

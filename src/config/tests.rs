@@ -27,6 +27,7 @@ fn defaults_follow_the_design() {
     assert_eq!(c.max_payload_bytes, 1 << 20);
     assert_eq!(c.retry_schedule.max_attempts(), 10);
     assert_eq!((c.worker_concurrency, c.endpoint_concurrency), (256, 128));
+    assert_eq!(c.max_endpoints_per_app, 1000);
     assert!(c.lease() > c.request_timeout);
     assert_eq!(c.metrics_interval, Duration::from_secs(5));
     assert_eq!(c.header_timeout, Duration::from_secs(10));
@@ -49,6 +50,8 @@ fn refuses_bad_values() {
     assert!(with("HERALD_WORKER_CONCURRENCY", "0").is_err());
     assert!(with("HERALD_ADMIN_TOKEN", "short").is_err());
     assert!(with("HERALD_FEED_CLIENT_BUFFER_BYTES", "1024").is_err());
+    assert!(with("HERALD_MAX_ENDPOINTS_PER_APP", "0").is_err());
+    assert!(with("HERALD_MAX_ENDPOINTS_PER_APP", "1000001").is_err());
     assert!(with("HERALD_HEADER_TIMEOUT", "0s").is_err());
     assert!(with("HERALD_MAX_CONNECTIONS", "0").is_err());
     assert!(with("HERALD_MAX_CONNECTIONS", "many").is_err());

@@ -71,6 +71,24 @@ macro_rules! endpoint_columns {
     };
 }
 
+/// Whether `app` may have one more endpoint under `max`. Holds the application's row until
+/// the transaction ends, so that concurrent creations count one after the other (a lock
+/// that sends, which only take the row's key share, do not wait for).
+pub async fn room_for_one(tx: &mut PgConnection, app: AppId, max: i64) -> sqlx::Result<bool> {
+    sqlx::query("select 1 from application where id = $1 for no key update")
+        .bind(app)
+        .execute(&mut *tx)
+        .await?;
+    // A statement of its own: its snapshot sees what the lock's previous holder committed.
+    let count: i64 = sqlx::query_scalar(
+        "select count(*) from endpoint where app_id = $1 and removed_at is null",
+    )
+    .bind(app)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(count < max)
+}
+
 pub async fn create(
     tx: &mut PgConnection,
     app_id: AppId,

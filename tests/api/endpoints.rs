@@ -248,3 +248,54 @@ async fn a_rest_patch_that_disables_an_endpoint_is_announced_on_the_feed_promptl
     assert_eq!(disabled["disabled"], true);
     assert_eq!(disabled["disabled_reason"], "disabled by an operator");
 }
+
+/// An application has at most `HERALD_MAX_ENDPOINTS_PER_APP` endpoints, however many are
+/// asked for at once; removing one makes room; other applications are not held to its count.
+#[tokio::test]
+async fn an_application_has_at_most_the_endpoints_the_limit_allows() {
+    let app = spawn_app_with(&[("HERALD_MAX_ENDPOINTS_PER_APP", "3")]).await;
+    let a = app.create_app().await;
+    let b = app.create_app().await;
+    let base = format!("/apps/{a}/endpoints");
+
+    // Ten at once: three are created, the rest refused.
+    let attempts = (0..10).map(|i| {
+        app.post(
+            &base,
+            json!({"url": format!("https://example.com/hook/{i}")}),
+        )
+    });
+    let answers = futures_util::future::join_all(attempts).await;
+    let created: Vec<&serde_json::Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(created.len(), 3, "{answers:?}");
+    for (status, body) in answers.iter().filter(|(s, _)| *s != StatusCode::CREATED) {
+        assert_eq!(*status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["code"], "endpoint_limit");
+        assert!(body["message"].as_str().unwrap().contains("3 endpoints"));
+    }
+    let (_, listed) = app.get(&base).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 3);
+
+    // Another application has its own three.
+    for i in 0..3 {
+        app.create_endpoint(&b, json!({"url": format!("https://example.com/b/{i}")}))
+            .await;
+    }
+
+    // Removing one makes room for one.
+    let gone = created[0]["id"].as_str().unwrap();
+    let (status, body) = app.delete(&format!("{base}/{gone}")).await;
+    assert!(status.is_success(), "{status} {body}");
+    let (status, body) = app
+        .post(&base, json!({"url": "https://example.com/again"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = app
+        .post(&base, json!({"url": "https://example.com/one-more"}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}

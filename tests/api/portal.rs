@@ -1150,3 +1150,23 @@ async fn the_live_feed_of_a_portal_ends_when_its_links_are_revoked() {
     assert!(ended.is_ok(), "the stream outlived its revoked link");
     server.stop().await;
 }
+
+/// A customer adding endpoints in the portal meets the same limit, told in their words.
+#[tokio::test]
+async fn the_portal_adds_no_endpoint_past_the_applications_limit() {
+    let server = spawn_app_with(&[("HERALD_MAX_ENDPOINTS_PER_APP", "1")]).await;
+    let app = server.create_app().await;
+    let portal = PortalClient::open(&server, &app).await;
+    let (status, page) = portal
+        .post("/endpoints", &[("url", "https://one.example/hook")])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let (status, page) = portal
+        .post("/endpoints", &[("url", "https://two.example/hook")])
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{page}");
+    assert!(page.contains("the most allowed"), "{page}");
+    let (_, listed) = server.get(&format!("/apps/{app}/endpoints")).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    server.stop().await;
+}

@@ -51,7 +51,11 @@ struct WithSecret {
     tag = "endpoints",
     params(AppParam),
     request_body = CreateEndpoint,
-    responses((status = 201, body = WithSecret))
+    responses(
+        (status = 201, body = WithSecret),
+        (status = 409, body = ErrorBody, description = "`endpoint_limit`: the application has \
+            as many endpoints as `HERALD_MAX_ENDPOINTS_PER_APP` allows; remove one first."),
+    )
 )]
 async fn create(
     State(state): State<ServerState>,
@@ -73,6 +77,10 @@ async fn create(
     if let Some(actor) = access.actor() {
         db::operational::act_as(&mut tx, &actor).await?;
     }
+    let max = state.config.max_endpoints_per_app;
+    if !db::endpoints::room_for_one(&mut tx, app_id, max).await? {
+        return Err(too_many_endpoints(max));
+    }
     let endpoint = db::endpoints::create(&mut tx, app_id, fields, &secret).await?;
     tx.commit().await?;
     Ok((
@@ -82,6 +90,17 @@ async fn create(
             secret: secret.expose().to_owned(),
         }),
     ))
+}
+
+/// The refusal of an endpoint past the application's limit.
+pub(crate) fn too_many_endpoints(max: i64) -> ApiError {
+    ApiError::Refused(
+        "endpoint_limit",
+        format!(
+            "this application already has {max} endpoints, the most allowed \
+             (HERALD_MAX_ENDPOINTS_PER_APP); remove one first"
+        ),
+    )
 }
 
 /// Lists an application's endpoints, oldest first.

@@ -205,12 +205,19 @@ pub(super) async fn create_endpoint(
     let secret = SigningSecret::generate();
     let created = async {
         let mut tx = state.pool.begin().await?;
+        let max = state.config.max_endpoints_per_app;
+        if !db::endpoints::room_for_one(&mut tx, portal.app.id, max).await? {
+            return Err(ApiError::Refused(
+                "endpoint_limit",
+                format!("You have {max} endpoints, the most allowed: remove one to add another."),
+            ));
+        }
         db::operational::act_as(&mut tx, PORTAL_ACTOR).await?;
         let endpoint = db::endpoints::create(&mut tx, portal.app.id, fields, &secret).await?;
         tx.commit().await?;
-        Ok::<_, sqlx::Error>(endpoint)
+        Ok::<_, ApiError>(endpoint)
     };
-    let endpoint = created.await.map_err(|e| failed(&portal)(e.into()))?;
+    let endpoint = created.await.map_err(failed(&portal))?;
     tracing::info!(app = %portal.app.id, endpoint = %endpoint.id, "endpoint created in the portal");
     let shown = Shown {
         secret: Some(secret.expose().to_owned()),
