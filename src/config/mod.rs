@@ -106,6 +106,9 @@ pub struct Config {
     /// Failed tokens (bearer or login) one address may present per window; 0 = no limit.
     pub auth_failure_limit: u32,
     pub auth_failure_window: Duration,
+    /// Changes one application's customer portal may make per minute in this process;
+    /// 0 = no limit.
+    pub portal_write_limit: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -350,6 +353,8 @@ impl Config {
                 .context("HERALD_AUTH_FAILURE_LIMIT is too large")?,
             auth_failure_window: duration("HERALD_AUTH_FAILURE_WINDOW", "5m")?
                 .max(Duration::from_secs(1)),
+            portal_write_limit: u32::try_from(number("HERALD_PORTAL_WRITE_LIMIT", "120")?)
+                .context("HERALD_PORTAL_WRITE_LIMIT is too large")?,
         })
     }
 

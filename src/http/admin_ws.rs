@@ -271,6 +271,18 @@ async fn command(
         (Some(bound), _) => Some(bound),
         (None, asked) => asked,
     };
+    // A portal's commands are changes made through it, and count against its limit.
+    if access.by == AuthBy::Portal
+        && matches!(op, "replay" | "retry" | "recover")
+        && let Some(app) = app
+        && let Err(blocked) = state.portal_writes.spend(app)
+    {
+        let secs = blocked.retry_after_secs();
+        return fail(
+            "too_many_requests",
+            format!("too many changes in a short time; retry after {secs} s"),
+        );
+    }
 
     match op {
         "replay" => {

@@ -62,6 +62,8 @@ pub struct Inner {
     pub removals: Removals,
     /// Failed tokens per client address.
     pub auth_throttle: throttle::AuthThrottle,
+    /// Changes made through each application's portal, per minute.
+    pub portal_writes: throttle::PortalWrites,
     /// Dashboard sessions logged out here or in another process.
     pub revoked_sessions: Arc<session::Revoked>,
     /// What `/readyz` and `/metrics` report, read in the background.
@@ -101,6 +103,10 @@ impl ServerState {
         } = services;
         let auth_throttle =
             throttle::AuthThrottle::new(config.auth_failure_limit, config.auth_failure_window);
+        let portal_writes = throttle::PortalWrites::new(
+            config.portal_write_limit,
+            std::time::Duration::from_secs(60),
+        );
         let revoked_sessions = Arc::new(session::Revoked::default());
         let sends = sends::Sends::start(pool.clone(), direct.clone());
         tokio::spawn(session::follow_revocations(
@@ -112,6 +118,7 @@ impl ServerState {
             pool,
             config,
             auth_throttle,
+            portal_writes,
             revoked_sessions,
             direct,
             feed,

@@ -4,12 +4,16 @@
 //! 429 until the window ends. Refusing the right token too is what makes the limit bind:
 //! otherwise a guesser would learn the token the moment it found it, at any rate.
 //!
+//! The same counter, keyed by application, bounds the writes of each application's customer
+//! portal ([`PortalWrites`]).
+//!
 //! The counts live in this process's memory only (no migration, nothing to clean up):
 //! behind a load balancer each process counts on its own, so the limit an attacker meets is
 //! the configured one times the number of processes.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -77,12 +81,22 @@ struct Failures {
     count: u32,
 }
 
-pub struct AuthThrottle {
-    /// Failures allowed per window; 0 turns throttling off.
+/// Events counted per key in fixed windows: failed tokens per address, portal writes per
+/// application.
+pub struct Throttle<K> {
+    /// Events allowed per window; 0 turns throttling off.
     limit: u32,
     window: Duration,
-    failures: Mutex<HashMap<ClientAddr, Failures>>,
+    failures: Mutex<HashMap<K, Failures>>,
 }
+
+/// Failed authentication per client address.
+pub type AuthThrottle = Throttle<ClientAddr>;
+
+/// Changes made through each application's customer portal (its forms): a customer, or a
+/// leaked link, cannot make one application's portal a load on everyone's database and
+/// workers.
+pub type PortalWrites = Throttle<crate::domain::AppId>;
 
 /// The address is over its limit: try again after this long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +110,7 @@ impl Blocked {
     }
 }
 
-impl AuthThrottle {
+impl<K: Copy + Eq + Hash> Throttle<K> {
     pub fn new(limit: u32, window: Duration) -> Self {
         Self {
             limit,
@@ -106,16 +120,29 @@ impl AuthThrottle {
     }
 
     /// Whether a request from `addr` that presents a token may have it checked.
-    pub fn check(&self, addr: ClientAddr) -> Result<(), Blocked> {
+    pub fn check(&self, addr: K) -> Result<(), Blocked> {
         self.check_at(addr, Instant::now())
     }
 
     /// Counts a token that did not match; `Err` when this failure used up the budget.
-    pub fn failed(&self, addr: ClientAddr) -> Result<(), Blocked> {
+    pub fn failed(&self, addr: K) -> Result<(), Blocked> {
         self.failed_at(addr, Instant::now())
     }
 
-    fn check_at(&self, addr: ClientAddr, now: Instant) -> Result<(), Blocked> {
+    /// Counts one event of `key` if its window has room for it: `limit` a window pass, the
+    /// next is refused until the window ends.
+    pub fn spend(&self, key: K) -> Result<(), Blocked> {
+        self.spend_at(key, Instant::now())
+    }
+
+    fn spend_at(&self, key: K, now: Instant) -> Result<(), Blocked> {
+        self.check_at(key, now)?;
+        // The event that uses up the budget still passes.
+        let _ = self.failed_at(key, now);
+        Ok(())
+    }
+
+    fn check_at(&self, addr: K, now: Instant) -> Result<(), Blocked> {
         if self.limit == 0 {
             return Ok(());
         }
@@ -133,7 +160,7 @@ impl AuthThrottle {
         }
     }
 
-    fn failed_at(&self, addr: ClientAddr, now: Instant) -> Result<(), Blocked> {
+    fn failed_at(&self, addr: K, now: Instant) -> Result<(), Blocked> {
         if self.limit == 0 {
             return Ok(());
         }
@@ -144,7 +171,7 @@ impl AuthThrottle {
             if failures.len() >= MAX_TRACKED {
                 // An eighth at a time, so that a flood pays for this scan once per
                 // MAX_TRACKED / 8 new addresses, not on every one.
-                let mut by_age: Vec<(Instant, ClientAddr)> =
+                let mut by_age: Vec<(Instant, K)> =
                     failures.iter().map(|(addr, f)| (f.since, *addr)).collect();
                 let evict = MAX_TRACKED / 8;
                 by_age.select_nth_unstable_by_key(evict, |(since, _)| *since);
@@ -183,6 +210,22 @@ mod tests {
 
     fn v4(last: u8) -> ClientAddr {
         ClientAddr(Some(key(IpAddr::from([192, 0, 2, last]))))
+    }
+
+    #[test]
+    fn spending_passes_the_limit_a_window_and_refuses_the_next_until_it_ends() {
+        let t: Throttle<u8> = Throttle::new(2, Duration::from_secs(60));
+        let start = Instant::now();
+        assert_eq!(t.spend_at(1, start), Ok(()));
+        assert_eq!(t.spend_at(1, start), Ok(()));
+        let later = start + Duration::from_secs(15);
+        assert_eq!(t.spend_at(1, later), Err(Blocked(Duration::from_secs(45))));
+        assert_eq!(t.spend_at(2, later), Ok(()), "another key has its own");
+        assert_eq!(t.spend_at(1, start + Duration::from_secs(60)), Ok(()));
+        let off: Throttle<u8> = Throttle::new(0, Duration::from_secs(60));
+        for _ in 0..100 {
+            assert_eq!(off.spend_at(1, start), Ok(()));
+        }
     }
 
     #[test]

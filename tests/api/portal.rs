@@ -1170,3 +1170,38 @@ async fn the_portal_adds_no_endpoint_past_the_applications_limit() {
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
     server.stop().await;
 }
+
+/// One application's portal may make `HERALD_PORTAL_WRITE_LIMIT` changes a minute; the next
+/// is refused with a page that says when to try again, and other portals are not held up.
+#[tokio::test]
+async fn a_portal_makes_no_more_changes_a_minute_than_the_limit() {
+    let server = spawn_app_with(&[("HERALD_PORTAL_WRITE_LIMIT", "3")]).await;
+    let a = server.create_app().await;
+    let b = server.create_app().await;
+    let portal = PortalClient::open(&server, &a).await;
+    for i in 0..3 {
+        let (status, page) = portal
+            .post(
+                "/endpoints",
+                &[("url", &format!("https://{i}.example/hook"))],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+    }
+    let (status, page) = portal
+        .post("/endpoints", &[("url", "https://more.example/hook")])
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{page}");
+    assert!(page.contains("Too many changes"), "{page}");
+    // Reading is not a change.
+    assert_eq!(portal.get("/").await.0, StatusCode::OK);
+    let (_, listed) = server.get(&format!("/apps/{a}/endpoints")).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 3);
+
+    let other = PortalClient::open(&server, &b).await;
+    let (status, page) = other
+        .post("/endpoints", &[("url", "https://b.example/hook")])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    server.stop().await;
+}

@@ -58,6 +58,20 @@ impl<F: PortalForm> FromRequest<ServerState> for Posted<F> {
             )
             .into_response());
         }
+        if let Err(blocked) = state.portal_writes.spend(portal.app.id) {
+            let secs = blocked.retry_after_secs();
+            let message =
+                format!("Too many changes in a short time. Wait {secs} seconds, then try again.");
+            let mut refused = Failed(
+                PageError(StatusCode::TOO_MANY_REQUESTS, message),
+                Some(portal.base.clone()),
+            )
+            .into_response();
+            refused
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+            return Err(refused);
+        }
         Ok(Self { portal, form })
     }
 }
