@@ -161,15 +161,26 @@ impl WorkerPool {
     }
 }
 
-/// The dispatcher: sweeps expired leases, claims due rows while workers are free
-/// (round-robin over the endpoints) and hands each to a worker; rests, until a wake-up, the
-/// poll or a rate-limited endpoint's next token, once every endpoint with due rows has been
-/// looked at; at shutdown, drains the sends in flight and stops the completer.
+/// The dispatcher: claims (`claim_loop`, started again should it panic) until shutdown,
+/// then drains the sends in flight and stops the completer.
 async fn dispatch(
     shared: Arc<Shared>,
     cancel: CancellationToken,
     completer: tokio::task::JoinHandle<()>,
 ) {
+    let looping = shared.clone();
+    crate::respawn::respawning("worker dispatcher", move || {
+        claim_loop(looping.clone(), cancel.clone())
+    })
+    .await;
+    drain(&shared, completer).await;
+}
+
+/// Sweeps expired leases, claims due rows while workers are free (round-robin over the
+/// endpoints) and hands each to a worker; rests, until a wake-up, the poll or a
+/// rate-limited endpoint's next token, once every endpoint with due rows has been looked
+/// at. Returns at shutdown.
+async fn claim_loop(shared: Arc<Shared>, cancel: CancellationToken) {
     let permits = shared.permits.clone();
     let mut cursor: ClaimCursor = None;
     // Whether the claims since the last full batch began at the first endpoint: only then
@@ -280,9 +291,11 @@ async fn dispatch(
             rate_wake = None;
         }
     }
+}
 
-    // Stop claiming; give in-flight sends a bounded time to finish. Whatever is cut off
-    // keeps its lease, which expires and lets another worker try again.
+/// Stops claiming; gives in-flight sends a bounded time to finish. Whatever is cut off
+/// keeps its lease, which expires and lets another worker try again.
+async fn drain(shared: &Shared, completer: tokio::task::JoinHandle<()>) {
     shared.tasks.close();
     let in_flight = shared.tasks.len();
     if in_flight > 0 {
