@@ -80,13 +80,16 @@ pub async fn room_for_one(tx: &mut PgConnection, app: AppId, max: i64) -> sqlx::
         .execute(&mut *tx)
         .await?;
     // A statement of its own: its snapshot sees what the lock's previous holder committed.
-    let count: i64 = sqlx::query_scalar(
-        "select count(*) from endpoint where app_id = $1 and removed_at is null",
+    // Counts no further than the limit: an application's check costs at most `max` rows.
+    let under: bool = sqlx::query_scalar(
+        "select count(*) < $2
+           from (select 1 from endpoint where app_id = $1 and removed_at is null limit $2) e",
     )
     .bind(app)
+    .bind(max)
     .fetch_one(&mut *tx)
     .await?;
-    Ok(count < max)
+    Ok(under)
 }
 
 pub async fn create(

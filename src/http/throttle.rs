@@ -119,12 +119,14 @@ impl<K: Copy + Eq + Hash> Throttle<K> {
         }
     }
 
-    /// Whether a request from `addr` that presents a token may have it checked.
+    /// Whether `addr` is within its limit (for the auth throttle: whether a request that
+    /// presents a token may have it checked).
     pub fn check(&self, addr: K) -> Result<(), Blocked> {
         self.check_at(addr, Instant::now())
     }
 
-    /// Counts a token that did not match; `Err` when this failure used up the budget.
+    /// Counts one event of `addr` (a token that did not match); `Err` when this one used up
+    /// the budget.
     pub fn failed(&self, addr: K) -> Result<(), Blocked> {
         self.failed_at(addr, Instant::now())
     }
