@@ -10,7 +10,7 @@
 --
 --   herald.channel_routes              0023_routing
 --   herald.claim                       0004_limits
---   herald.claim_next                  0030_claim_as_0018 (earlier versions: 0005_claim_walk, 0018_live_floor, 0027_claim_per_endpoint)
+--   herald.claim_next                  0031_claim_per_endpoint_again (earlier versions: 0005_claim_walk, 0018_live_floor, 0027_claim_per_endpoint, 0030_claim_as_0018)
 --   herald.create_history_partition    0016_partitioned_history
 --   herald.drop_history_partition      0016_partitioned_history
 --   herald.endpoint_routes             0023_routing
@@ -309,20 +309,40 @@ begin
                      from endpoint e
                     where e.id = de.endpoint_id
                    offset 0) l
+        ), walk as (
+            -- Endpoint by endpoint in walk order, each one's due rows, oldest first, as
+            -- many as its room allows and the claim still needs, read but not locked:
+            -- the walk stops once it has p_limit rows, and reads no row beyond them.
+            with recursive step(n, taken, ids) as (
+                select 0::bigint, 0::bigint, '{}'::uuid[]
+                union all
+                select s.n + 1, s.taken + cardinality(x.ids), x.ids
+                  from step s
+                  join room r on r.n = s.n + 1
+                 cross join lateral (
+                       select array(
+                           select d.id
+                             from delivery d
+                            where d.endpoint_id = r.endpoint_id
+                              and d.state = 'pending' and d.next_attempt_at <= now()
+                              and d.id >= v_floor
+                            order by d.next_attempt_at
+                            limit greatest(least(r.free,
+                                                 coalesce(floor(r.tokens)::bigint, r.free),
+                                                 p_limit - s.taken), 0)) as ids) x
+                 where s.taken < p_limit
+            )
+            select unnest(step.ids) as id from step
         ), picked as (
-            select rows.id, r.free, r.endpoint_id
-              from room r
-             cross join lateral (
-                   select d.id
-                     from delivery d
-                    where d.endpoint_id = r.endpoint_id
-                      and d.state = 'pending' and d.next_attempt_at <= now()
-                      and d.id >= v_floor
-                    order by d.next_attempt_at
-                    limit greatest(least(r.free, coalesce(floor(r.tokens)::bigint, r.free)), 0)
-                      for update of d skip locked) rows
-             order by r.n
-             limit p_limit
+            -- Locked only now, and only the rows the claim takes: locked endpoint by
+            -- endpoint, before the limit, a claim at ten endpoints locked up to ten times
+            -- the rows it took. A row another transaction changed since is checked again
+            -- (still pending, still due), and one it holds is skipped.
+            select d.id, d.endpoint_id
+              from delivery d
+             where d.id = any (array(select w.id from walk w))
+               and d.state = 'pending' and d.next_attempt_at <= now()
+               for update of d skip locked
         ), spent as (
             -- Each claimed request spends a token. A claim must never move the clock back,
             -- or the time in between would be refilled twice.
@@ -345,26 +365,30 @@ begin
              where d.id = any (array(select p.id from picked p))
             returning d.id, d.attempt_count, d.trigger, d.retry_base, d.message_id,
                       d.endpoint_id
+        ), sent_to as materialized (
+            -- What a claimed row is sent with, read once per endpoint that got rows, not
+            -- once per row (materialized: inlined, its secrets would be read per row).
+            select e.id, r.free, e.url, e.headers, e.disabled, e.disabled_reason,
+                   coalesce(e.max_in_flight, p_default_cap) as max_in_flight, e.rate_limit,
+                   array(select s.secret from endpoint_secret s
+                          where s.endpoint_id = e.id
+                            and (s.expires_at is null or s.expires_at > now())
+                          order by s.created_at desc) as secrets
+              from endpoint e
+              join room r on r.endpoint_id = e.id
+             where e.id = any (array(select distinct c.endpoint_id from claimed c))
         )
-        -- Lateral lookups (`offset 0` keeps them from being flattened into joins), for the
-        -- same reason: one index probe per claimed row.
+        -- The message by a lateral lookup (`offset 0` keeps it from being flattened into a
+        -- join), for the same reason: one index probe per claimed row.
         select c.id, c.attempt_count, c.trigger::text, c.retry_base, c.message_id,
-               m.app_id, m.event_type, m.payload, m.created_at, c.endpoint_id, e.url,
-               e.headers, e.disabled, e.disabled_reason, e.secrets,
-               (select p.free from picked p where p.id = c.id), e.max_in_flight,
-               e.rate_limit, v_walk_end
+               m.app_id, m.event_type, m.payload, m.created_at, c.endpoint_id, t.url,
+               t.headers, t.disabled, t.disabled_reason, t.secrets, t.free,
+               t.max_in_flight, t.rate_limit, v_walk_end
           from claimed c
+          join sent_to t on t.id = c.endpoint_id
          cross join lateral (
                select m.app_id, m.event_type, m.payload::text as payload, m.created_at
-                 from message m where m.id = c.message_id offset 0) m
-         cross join lateral (
-               select e.url, e.headers, e.disabled, e.disabled_reason,
-                      coalesce(e.max_in_flight, p_default_cap) as max_in_flight, e.rate_limit,
-                      array(select s.secret from endpoint_secret s
-                             where s.endpoint_id = e.id
-                               and (s.expires_at is null or s.expires_at > now())
-                             order by s.created_at desc) as secrets
-                 from endpoint e where e.id = c.endpoint_id offset 0) e;
+                 from message m where m.id = c.message_id offset 0) m;
         if found then
             return;
         end if;

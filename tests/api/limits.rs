@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use serde_json::json;
 
@@ -21,6 +22,7 @@ async fn a_rate_limit_and_a_cap_hold_under_load_across_two_processes() {
     let capped = Receiver::slow(HOLD).await;
     let free = Receiver::start().await;
     let app_id = a.create_app().await;
+    let mut limited_id = String::new();
     for (receiver, event, limits) in [
         (&limited, "limited", json!({"rate_limit": RATE})),
         (&capped, "capped", json!({"max_in_flight": CAP})),
@@ -29,7 +31,10 @@ async fn a_rate_limit_and_a_cap_hold_under_load_across_two_processes() {
         let mut body = limits;
         body["url"] = json!(receiver.url());
         body["event_types"] = json!([event]);
-        a.create_endpoint(&app_id, body).await;
+        let (id, _) = a.create_endpoint(&app_id, body).await;
+        if event == "limited" {
+            limited_id = id;
+        }
     }
 
     // Everything at once, half through each process.
@@ -54,16 +59,23 @@ async fn a_rate_limit_and_a_cap_hold_under_load_across_two_processes() {
     let limited_done = started.elapsed();
 
     // The rate limit: a bucket of one second's worth, refilled at RATE per second, so by
-    // any time t after the first request at most RATE * (1 + t) have arrived, and no
-    // second holds more than 2 * RATE.
-    let mut at: Vec<Duration> = arrivals.iter().map(|r| r.at - arrivals[0].at).collect();
-    at.sort();
-    let span = *at.last().unwrap();
+    // any time t after the first request at most RATE * (1 + t) have been sent, and no
+    // second holds more than 2 * RATE. Checked on when Herald started each request (its
+    // attempt's `created_at`), not on when it arrived: the first requests open connections
+    // and can take tens of milliseconds longer to arrive than the ones after them, which
+    // then seem closer together than they were sent (seen: 4 sent at 0 ms took 73 ms, and
+    // the next ones, sent from 123 ms on, took 3 ms).
+    let started_at = attempt_starts(&a.pool, &limited_id, arrivals.len()).await;
+    let first = started_at[0];
+    let at: Vec<Duration> = started_at
+        .iter()
+        .map(|t| (*t - first).to_std().unwrap())
+        .collect();
     for (n, t) in at.iter().enumerate() {
         let allowed = RATE as f64 * (1.0 + t.as_secs_f64()) + 2.0;
         assert!(
             (n + 1) as f64 <= allowed,
-            "request {} arrived {t:?} after the first: over {RATE}/s",
+            "request {} was sent {t:?} after the first: over {RATE}/s",
             n + 1
         );
     }
@@ -80,7 +92,10 @@ async fn a_rate_limit_and_a_cap_hold_under_load_across_two_processes() {
         busiest_second <= 2 * RATE + 2,
         "{busiest_second} in one second"
     );
-    // 100 requests at 20/s with 20 in the bucket take at least 4 s; it is not starved.
+    // 100 requests at 20/s with 20 in the bucket take at least 4 s; it is not starved. On
+    // arrivals, as the receiver saw them.
+    let span =
+        arrivals.iter().map(|r| r.at).max().unwrap() - arrivals.iter().map(|r| r.at).min().unwrap();
     assert!(
         span >= Duration::from_millis(3500),
         "100 requests in {span:?}"
@@ -112,6 +127,30 @@ async fn a_rate_limit_and_a_cap_hold_under_load_across_two_processes() {
         free_done < Duration::from_secs(4),
         "the unlimited endpoint waited {free_done:?}"
     );
+}
+
+/// When each of `endpoint`'s attempts was started, oldest first, once `n` are recorded (the
+/// completer writes them shortly after the responses).
+async fn attempt_starts(pool: &sqlx::PgPool, endpoint: &str, n: usize) -> Vec<DateTime<Utc>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let starts: Vec<DateTime<Utc>> = sqlx::query_scalar(
+            "select created_at from herald.attempt where endpoint_id = $1::uuid order by created_at",
+        )
+        .bind(endpoint.trim_start_matches("ep_"))
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        if starts.len() >= n {
+            return starts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} attempts recorded",
+            starts.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// One claim walks at most 128 endpoints with due rows. With more than that at their limit
