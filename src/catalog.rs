@@ -58,12 +58,13 @@ impl Catalog {
 
     /// Every type that is not archived, by name: what customers are told they may receive.
     pub fn published(&self) -> Vec<(String, Arc<Entry>)> {
-        let entries = self.entries.read().expect("catalog lock").clone();
+        let entries = self.entries.read().expect("catalog lock");
         let mut published: Vec<_> = entries
             .iter()
             .filter(|(_, entry)| !entry.archived)
             .map(|(name, entry)| (name.clone(), entry.clone()))
             .collect();
+        drop(entries);
         published.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         published
     }

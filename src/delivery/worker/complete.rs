@@ -2,9 +2,11 @@
 //! and wakes the dispatcher when they made room at a full endpoint.
 
 use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::mpsc;
 use tracing::{error, warn};
@@ -38,7 +40,20 @@ pub(super) async fn complete(shared: Arc<Shared>, mut done: mpsc::Receiver<Compl
         // and its queue would wait for the poll. Every claim from the commit on sees the
         // room made, and marks what it fills; the wake below makes sure one runs.
         let room_made = shared.capacity.uncap(&batch);
-        write_completions(&shared, &mut conn, &batch).await;
+        // A bug in the write must not stop the completer, or no attempt of this process
+        // would be recorded again while it goes on sending: the batch is logged and left
+        // to its leases (retried when they expire), and the next batch starts on a new
+        // connection.
+        let written = AssertUnwindSafe(write_completions(&shared, &mut conn, &batch))
+            .catch_unwind()
+            .await;
+        if written.is_err() {
+            error!(
+                count = batch.len(),
+                "writing completions panicked; these deliveries will be retried after their lease"
+            );
+            conn = None;
+        }
         if room_made {
             // Room was made at a full endpoint: rows held back by its cap can go now.
             shared.wake.notify_one();
