@@ -22,6 +22,14 @@ pub struct Application {
     pub portal_revoked_at: Option<DateTime<Utc>>,
 }
 
+impl Application {
+    /// Whether a portal link made at `issued_at` was revoked since (`DELETE
+    /// /apps/{app}/portal` ends the links made until then).
+    pub fn portal_link_revoked(&self, issued_at: DateTime<Utc>) -> bool {
+        self.portal_revoked_at.is_some_and(|at| issued_at <= at)
+    }
+}
+
 pub async fn create(
     db: impl PgExecutor<'_>,
     name: &str,
@@ -99,15 +107,8 @@ pub async fn portal_ended(
     app: AppId,
     issued_at: DateTime<Utc>,
 ) -> sqlx::Result<bool> {
-    let stands: Option<bool> = sqlx::query_scalar(
-        "select removed_at is null and (portal_revoked_at is null or portal_revoked_at < $2)
-           from application where id = $1",
-    )
-    .bind(app)
-    .bind(issued_at)
-    .fetch_optional(db)
-    .await?;
-    Ok(stands != Some(true))
+    let found = find(db, &app.to_string()).await?;
+    Ok(found.is_none_or(|a| a.portal_link_revoked(issued_at)))
 }
 
 /// Applications after `after`, oldest first; with `only`, that one at most.

@@ -164,7 +164,7 @@ impl FromRequestParts<ServerState> for Portal {
                 let message = "The account this link was made for no longer exists.";
                 Failed(PageError(StatusCode::UNAUTHORIZED, message.into()), None).into_response()
             })?;
-        if app.portal_revoked_at.is_some_and(|at| link.issued_at <= at) {
+        if app.portal_link_revoked(link.issued_at) {
             let refused = PageError(StatusCode::UNAUTHORIZED, REVOKED.into());
             return Err(Failed(refused, None).into_response());
         }
