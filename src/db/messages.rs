@@ -178,14 +178,37 @@ pub struct Outgoing {
     pub idempotency_key: Option<String>,
 }
 
+/// One row of `herald.enqueue_batch`'s answer: a message's own (no endpoint), or one of
+/// its deliveries.
 #[derive(sqlx::FromRow)]
-struct EnqueuedOne {
+struct BatchRow {
+    /// The message's place in the batch, from 1.
     ord: i32,
+    message_id: MessageId,
+    app_id: Option<AppId>,
+    created_at: Option<DateTime<Utc>>,
+    /// A message with a key, whole: it may be an earlier one with that key.
     #[sqlx(flatten)]
-    enqueued: Enqueued,
+    keyed: KeyedColumns,
+    endpoint_id: Option<Uuid>,
+    direct: Option<bool>,
+    delivery_id: Option<Uuid>,
+    url: Option<String>,
+    headers: Option<Json<BTreeMap<String, String>>>,
+    secrets: Option<Vec<String>>,
+    max_in_flight: Option<i32>,
 }
 
-/// `send` for many messages in one statement, so one transaction (`herald.enqueue_many`):
+#[derive(sqlx::FromRow)]
+struct KeyedColumns {
+    event_type: Option<String>,
+    channels: Option<Vec<String>>,
+    payload: Option<String>,
+    idempotency_key: Option<String>,
+    payload_erased_at: Option<DateTime<Utc>>,
+}
+
+/// `send` for many messages in one statement, so one transaction (`herald.enqueue_batch`):
 /// each gets what `send` would give it alone, in the order given, and `None` where its
 /// application does not exist. The direct offer is shared: the deliveries it claims all go
 /// to this process's workers, no more at an endpoint than the offer has room for there.
@@ -194,6 +217,7 @@ pub async fn send_many<'a>(
     batch: impl ExactSizeIterator<Item = &'a Outgoing>,
     direct: Option<DirectOffer>,
 ) -> sqlx::Result<Vec<Option<Sent>>> {
+    let batch: Vec<&Outgoing> = batch.collect();
     let offered_at = direct.as_ref().map(|d| d.made_at);
     let (worker, lease) = DirectOffer::lease(direct.as_ref());
     let room = direct.as_ref().map_or(0, |d| d.room);
@@ -205,7 +229,7 @@ pub async fn send_many<'a>(
     let mut payloads = Vec::with_capacity(len);
     let mut channels = Vec::with_capacity(len);
     let mut keys = Vec::with_capacity(len);
-    for m in batch {
+    for m in &batch {
         apps.push(m.app.as_str());
         event_types.push(m.event_type.as_str());
         payloads.push(m.payload.as_str());
@@ -213,13 +237,13 @@ pub async fn send_many<'a>(
         channels.push(m.channels.join(" "));
         keys.push(m.idempotency_key.as_deref());
     }
-    let rows = sqlx::query_as::<_, EnqueuedOne>(
-        "select q.ord, (q.message).id, (q.message).app_id, (q.message).event_type,
-                coalesce((q.message).channels, '{}') as channels,
-                (q.message).payload::text as payload, (q.message).idempotency_key,
-                (q.message).created_at, (q.message).payload_erased_at, q.claimed,
-                q.pending_endpoints
-           from herald.enqueue_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) q",
+    let rows = sqlx::query_as::<_, BatchRow>(
+        "select q.ord, q.message_id, q.app_id, q.created_at, (q.keyed).event_type,
+                coalesce((q.keyed).channels, '{}') as channels,
+                (q.keyed).payload::text as payload, (q.keyed).idempotency_key,
+                (q.keyed).payload_erased_at, q.endpoint_id, q.direct, q.delivery_id, q.url,
+                q.headers, q.secrets, q.max_in_flight
+           from herald.enqueue_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) q",
     )
     .bind(apps)
     .bind(event_types)
@@ -234,15 +258,89 @@ pub async fn send_many<'a>(
     .fetch_all(db)
     .await?;
     let mut sent: Vec<Option<Sent>> = std::iter::repeat_with(|| None).take(len).collect();
+    // A message's deliveries may come before its own row: kept until it does.
+    let mut early: Vec<BatchRow> = Vec::new();
     for row in rows {
-        let at = usize::try_from(row.ord - 1)
+        let Some(i) = usize::try_from(row.ord - 1).ok().filter(|i| *i < len) else {
+            continue;
+        };
+        if row.endpoint_id.is_some() {
+            match &mut sent[i] {
+                Some(s) => s.add(row),
+                None => early.push(row),
+            }
+            continue;
+        }
+        let (Some(app_id), Some(created_at)) = (row.app_id, row.created_at) else {
+            continue;
+        };
+        let k = row.keyed;
+        let message = match k.payload {
+            Some(payload) => Message {
+                id: row.message_id,
+                app_id,
+                event_type: k.event_type.unwrap_or_default(),
+                channels: k.channels.unwrap_or_default(),
+                payload,
+                idempotency_key: k.idempotency_key,
+                created_at,
+                payload_erased_at: k.payload_erased_at,
+            },
+            None => {
+                let m = batch[i];
+                Message {
+                    id: row.message_id,
+                    app_id,
+                    event_type: m.event_type.clone(),
+                    channels: m.channels.clone(),
+                    payload: m.payload.clone(),
+                    idempotency_key: None,
+                    created_at,
+                    payload_erased_at: None,
+                }
+            }
+        };
+        sent[i] = Some(Sent {
+            message,
+            claimed: Vec::new(),
+            offered_at,
+            queued_for: Vec::new(),
+        });
+    }
+    for row in early {
+        if let Some(s) = usize::try_from(row.ord - 1)
             .ok()
-            .and_then(|i| sent.get_mut(i));
-        if let Some(slot) = at {
-            *slot = Some(row.enqueued.sent(offered_at));
+            .and_then(|i| sent.get_mut(i))
+            .and_then(Option::as_mut)
+        {
+            s.add(row);
         }
     }
     Ok(sent)
+}
+
+impl Sent {
+    /// One of `send_many`'s delivery rows: claimed for this process, or queued.
+    fn add(&mut self, row: BatchRow) {
+        let Some(endpoint_id) = row.endpoint_id else {
+            return;
+        };
+        if row.direct != Some(true) {
+            self.queued_for.push(EndpointId(endpoint_id));
+            return;
+        }
+        let (Some(id), Some(url)) = (row.delivery_id, row.url) else {
+            return;
+        };
+        self.claimed.push(DirectDelivery {
+            id,
+            endpoint_id,
+            url,
+            headers: row.headers.map(|h| h.0).unwrap_or_default(),
+            secrets: row.secrets.unwrap_or_default(),
+            max_in_flight: row.max_in_flight,
+        });
+    }
 }
 
 /// The event type of a test event (`send_test`).

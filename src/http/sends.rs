@@ -1,6 +1,6 @@
 //! Group commit for sends (issue 18): the `POST /messages` requests that arrive while a
 //! batch is being written wait for each other, and are then stored together, in one
-//! transaction by one statement (`herald.enqueue_many`). Each request gets its answer only
+//! transaction by one statement (`herald.enqueue_batch`). Each request gets its answer only
 //! after that commit, so a 202 still means stored.
 //!
 //! Nothing waits on purpose: a writer takes what is queued when it is free, so a lone send

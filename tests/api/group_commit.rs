@@ -270,8 +270,9 @@ async fn a_batch_gives_each_message_what_it_would_get_alone() {
     let column =
         |f: fn(&Case) -> Option<String>| batch.iter().map(f).collect::<Vec<Option<String>>>();
     let rows: Vec<(i32, uuid::Uuid)> = sqlx::query_as(
-        "select ord, (message).id
-           from herald.enqueue_many($1, $2, $3, $4, $5, null, null, 0, '{}', '{}')
+        "select ord, message_id
+           from herald.enqueue_batch($1, $2, $3, $4, $5, null, null, 0, '{}', '{}')
+          where endpoint_id is null
           order by ord",
     )
     .bind(column(|m| Some(m.0.to_owned())))
@@ -352,14 +353,19 @@ async fn batch_within_room(keyed: fn(i32) -> bool) {
     let n: i32 = 5;
     let worker = uuid::Uuid::now_v7();
     let keys: Vec<Option<String>> = (0..n).map(|i| keyed(i).then(|| format!("k{i}"))).collect();
-    let pending: Vec<Vec<uuid::Uuid>> = sqlx::query_scalar(
-        "select pending_endpoints
-           from herald.enqueue_many(array_fill($1::text, array[$2]),
-                                    array_fill('invoice.paid'::text, array[$2]),
-                                    array_fill('{}'::text, array[$2]),
-                                    array_fill(''::text, array[$2]),
-                                    $5,
-                                    $4, 30, 2, $3, array[0, 1])",
+    let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool)
+        .await
+        .unwrap();
+    listener.listen("herald_delivery").await.unwrap();
+    // One row per message (no endpoint), one per delivery.
+    let rows: Vec<(i32, Option<uuid::Uuid>, Option<bool>)> = sqlx::query_as(
+        "select ord, endpoint_id, direct
+           from herald.enqueue_batch(array_fill($1::text, array[$2]),
+                                     array_fill('invoice.paid'::text, array[$2]),
+                                     array_fill('{}'::text, array[$2]),
+                                     array_fill(''::text, array[$2]),
+                                     $5,
+                                     $4, 30, 2, $3, array[0, 1])",
     )
     .bind(&app_id)
     .bind(n)
@@ -369,11 +375,24 @@ async fn batch_within_room(keyed: fn(i32) -> bool) {
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    assert_eq!(pending.len(), n as usize, "keys: {keys:?}");
-    let queued = |e: uuid::Uuid| pending.iter().filter(|p| p.contains(&e)).count();
+    let mut messages: Vec<i32> = rows.iter().filter(|r| r.1.is_none()).map(|r| r.0).collect();
+    messages.sort();
+    assert_eq!(messages, (1..=n).collect::<Vec<_>>(), "keys: {keys:?}");
+    let queued = |e: uuid::Uuid| {
+        rows.iter()
+            .filter(|r| r.1 == Some(e) && r.2 == Some(false))
+            .count()
+    };
     assert_eq!(queued(endpoints[0]), 5, "keys: {keys:?}");
     assert_eq!(queued(endpoints[1]), 4, "keys: {keys:?}");
     assert_eq!(queued(endpoints[2]), 3, "keys: {keys:?}");
+    let claimed = rows.iter().filter(|r| r.2 == Some(true)).count();
+    assert_eq!(claimed, 3, "keys: {keys:?}");
+    let announced = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
+    assert!(
+        matches!(announced, Ok(Ok(_))),
+        "the queued deliveries are announced; keys: {keys:?}"
+    );
     let in_flight: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
         "select endpoint_id, count(*) from herald.delivery
           where state = 'in_flight' and locked_by = $1
