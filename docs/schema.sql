@@ -10,7 +10,7 @@
 --
 --   herald.channel_routes              0023_routing
 --   herald.claim                       0004_limits
---   herald.claim_next                  0031_claim_per_endpoint_again (earlier versions: 0005_claim_walk, 0018_live_floor, 0027_claim_per_endpoint, 0030_claim_as_0018)
+--   herald.claim_next                  0033_claim_by_id (earlier versions: 0005_claim_walk, 0018_live_floor, 0027_claim_per_endpoint, 0030_claim_as_0018, 0031_claim_per_endpoint_again)
 --   herald.create_history_partition    0016_partitioned_history
 --   herald.drop_history_partition      0016_partitioned_history
 --   herald.endpoint_routes             0023_routing
@@ -338,11 +338,13 @@ begin
             -- Locked only now, and only the rows the claim takes: locked endpoint by
             -- endpoint, before the limit, a claim at ten endpoints locked up to ten times
             -- the rows it took. A row another transaction changed since is checked again
-            -- (still pending, still due), and one it holds is skipped.
+            -- (still pending, still due), and one it holds is skipped. Found by id: the
+            -- state is tested as `(…) is true` so that the planner cannot use it to reach
+            -- for the pending index, whose every due row it would then read to find these.
             select d.id, d.endpoint_id
               from delivery d
              where d.id = any (array(select w.id from walk w))
-               and d.state = 'pending' and d.next_attempt_at <= now()
+               and (d.state = 'pending') is true and d.next_attempt_at <= now()
                for update of d skip locked
         ), spent as (
             -- Each claimed request spends a token. A claim must never move the clock back,

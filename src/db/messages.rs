@@ -559,9 +559,12 @@ pub async fn erase_payload(
         .execute(&mut *tx)
         .await?;
     let stopped = sqlx::query(
+        // `(…) is true`: a test the planner cannot match against the pending index's
+        // predicate, so the rows are found by their message, never by reading every pending
+        // row (migration 0033 says why).
         "update delivery
             set state = 'dead', last_error = $2, updated_at = now()
-          where message_id = $1 and state = 'pending'",
+          where message_id = $1 and (state = 'pending') is true",
     )
     .bind(id)
     .bind(PAYLOAD_ERASED)
