@@ -873,12 +873,15 @@ begin
            null::int
       from stored m
     union all
-    select array_position(v_ids, d.message_id), d.message_id, null, null, null,
+    -- A delivery's message by its id, not its place (which the caller has from the
+    -- message's row): a place found by array_position would cost the batch's length per
+    -- delivery.
+    select null::int, d.message_id, null, null, null,
            d.endpoint_id, d.state = 'in_flight', d.id, s.url, s.headers, s.secrets,
            s.max_in_flight
       from inserted d
       left join sending s on s.id = d.endpoint_id and d.state = 'in_flight'
-     -- Evaluated once, with the first delivery: what makes `announced` run.
+     -- Always true, and evaluated once (a one-time filter): what makes `announced` run.
      where (select count(*) from announced) >= 0;
 
     if not exists (select 1 from unnest(p_keys) k where k is not null) then

@@ -8,11 +8,14 @@
 -- PL/pgSQL loop that built a JSON object per claimed delivery. Here the routes and what
 -- sending to an endpoint needs are each read once per batch (materialized), and the answer
 -- is one row per message and one per delivery, straight from what the statement inserted.
+-- A message's place is found again from its id by array_position over the batch's ids (a
+-- scan, but of at most the writer's 256 messages, once per message, not per delivery).
 --
 -- The answer: for each message stored (or, for one with a key, found), a row with its place
 -- in the batch (`ord`, from 1), id, application and created_at, and no endpoint; for each of
--- its deliveries, a row with the message's ord and id and the delivery's endpoint, whether
--- it was claimed for p_worker (`direct`) and, if so, its id and what sending it needs. A
+-- its deliveries, a row with the message's id (and, for a message with a key, its ord: an
+-- earlier message may answer two of them) and the delivery's endpoint, whether it was
+-- claimed for p_worker (`direct`) and, if so, its id and what sending it needs. A
 -- message without a key is the caller's own: its type, channels and payload are not sent
 -- back. One with a key may be an earlier message: it comes whole, as `keyed`.
 --
@@ -167,12 +170,15 @@ begin
            null::int
       from stored m
     union all
-    select array_position(v_ids, d.message_id), d.message_id, null, null, null,
+    -- A delivery's message by its id, not its place (which the caller has from the
+    -- message's row): a place found by array_position would cost the batch's length per
+    -- delivery.
+    select null::int, d.message_id, null, null, null,
            d.endpoint_id, d.state = 'in_flight', d.id, s.url, s.headers, s.secrets,
            s.max_in_flight
       from inserted d
       left join sending s on s.id = d.endpoint_id and d.state = 'in_flight'
-     -- Evaluated once, with the first delivery: what makes `announced` run.
+     -- Always true, and evaluated once (a one-time filter): what makes `announced` run.
      where (select count(*) from announced) >= 0;
 
     if not exists (select 1 from unnest(p_keys) k where k is not null) then

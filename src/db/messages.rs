@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -182,8 +182,9 @@ pub struct Outgoing {
 /// its deliveries.
 #[derive(sqlx::FromRow)]
 struct BatchRow {
-    /// The message's place in the batch, from 1.
-    ord: i32,
+    /// The message's place in the batch, from 1: on a message's own row, and on the
+    /// deliveries of a message with a key.
+    ord: Option<i32>,
     message_id: MessageId,
     app_id: Option<AppId>,
     created_at: Option<DateTime<Utc>>,
@@ -258,19 +259,21 @@ pub async fn send_many<'a>(
     .fetch_all(db)
     .await?;
     let mut sent: Vec<Option<Sent>> = std::iter::repeat_with(|| None).take(len).collect();
-    // A message's deliveries may come before its own row: kept until it does.
-    let mut early: Vec<BatchRow> = Vec::new();
+    // Each message's place by its id, for the deliveries that come with the id only.
+    let mut places: HashMap<MessageId, usize> = HashMap::with_capacity(len);
+    let mut deliveries: Vec<BatchRow> = Vec::new();
     for row in rows {
-        let Some(i) = usize::try_from(row.ord - 1).ok().filter(|i| *i < len) else {
-            continue;
-        };
         if row.endpoint_id.is_some() {
-            match &mut sent[i] {
-                Some(s) => s.add(row),
-                None => early.push(row),
-            }
+            deliveries.push(row);
             continue;
         }
+        let Some(i) = row
+            .ord
+            .and_then(|o| usize::try_from(o - 1).ok())
+            .filter(|i| *i < len)
+        else {
+            continue;
+        };
         let (Some(app_id), Some(created_at)) = (row.app_id, row.created_at) else {
             continue;
         };
@@ -300,6 +303,7 @@ pub async fn send_many<'a>(
                 }
             }
         };
+        places.insert(row.message_id, i);
         sent[i] = Some(Sent {
             message,
             claimed: Vec::new(),
@@ -307,12 +311,12 @@ pub async fn send_many<'a>(
             queued_for: Vec::new(),
         });
     }
-    for row in early {
-        if let Some(s) = usize::try_from(row.ord - 1)
-            .ok()
-            .and_then(|i| sent.get_mut(i))
-            .and_then(Option::as_mut)
-        {
+    for row in deliveries {
+        let place = match row.ord {
+            Some(o) => usize::try_from(o - 1).ok(),
+            None => places.get(&row.message_id).copied(),
+        };
+        if let Some(s) = place.and_then(|i| sent.get_mut(i)).and_then(Option::as_mut) {
             s.add(row);
         }
     }
@@ -330,6 +334,9 @@ impl Sent {
             return;
         }
         let (Some(id), Some(url)) = (row.delivery_id, row.url) else {
+            // Not expected (the statement reads both for every delivery it claims). Claimed
+            // and leased, it is sent once its lease runs out; said, not hidden.
+            tracing::error!(%endpoint_id, "a delivery claimed by a batch came without its id or URL");
             return;
         };
         self.claimed.push(DirectDelivery {

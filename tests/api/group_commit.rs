@@ -358,7 +358,7 @@ async fn batch_within_room(keyed: fn(i32) -> bool) {
         .unwrap();
     listener.listen("herald_delivery").await.unwrap();
     // One row per message (no endpoint), one per delivery.
-    let rows: Vec<(i32, Option<uuid::Uuid>, Option<bool>)> = sqlx::query_as(
+    let rows: Vec<(Option<i32>, Option<uuid::Uuid>, Option<bool>)> = sqlx::query_as(
         "select ord, endpoint_id, direct
            from herald.enqueue_batch(array_fill($1::text, array[$2]),
                                      array_fill('invoice.paid'::text, array[$2]),
@@ -375,7 +375,11 @@ async fn batch_within_room(keyed: fn(i32) -> bool) {
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    let mut messages: Vec<i32> = rows.iter().filter(|r| r.1.is_none()).map(|r| r.0).collect();
+    let mut messages: Vec<i32> = rows
+        .iter()
+        .filter(|r| r.1.is_none())
+        .filter_map(|r| r.0)
+        .collect();
     messages.sort();
     assert_eq!(messages, (1..=n).collect::<Vec<_>>(), "keys: {keys:?}");
     let queued = |e: uuid::Uuid| {
