@@ -242,6 +242,7 @@ $$;
 CREATE FUNCTION herald.claim_next(p_worker uuid, p_lease_secs double precision, p_limit bigint, p_default_cap integer, p_endpoints bigint, p_after uuid) RETURNS TABLE(id uuid, attempt_count integer, trigger text, retry_base integer, message_id uuid, app_id uuid, event_type text, payload text, message_created_at timestamp with time zone, endpoint_id uuid, url text, headers jsonb, disabled boolean, disabled_reason text, secrets text[], room bigint, max_in_flight integer, rate_limit integer, walk_end uuid)
     LANGUAGE plpgsql
     SET search_path TO 'herald', 'pg_temp'
+    SET enable_seqscan TO 'off'
     AS $$
 #variable_conflict use_column
 declare

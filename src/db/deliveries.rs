@@ -304,6 +304,10 @@ async fn insert_attempts(tx: &mut PgConnection, fenced: &[&Completion]) -> sqlx:
     for (c, a) in with_attempt {
         cols.push(c, a);
     }
+    let (oldest, newest) = match (cols.message_id.iter().min(), cols.message_id.iter().max()) {
+        (Some(oldest), Some(newest)) => (*oldest, *newest),
+        _ => return Ok(()),
+    };
     // An attempt in flight while its message's payload was erased ends here: it is
     // recorded without the response body, and is not retried (the delivery is dead). The
     // delivery rows are locked by now (the fenced update), and the erasure waits for those
@@ -311,14 +315,26 @@ async fn insert_attempts(tx: &mut PgConnection, fenced: &[&Completion]) -> sqlx:
     // stopping deliveries yet and will see this attempt and this state.
     sqlx::query(
         "with erased as (
+             -- The bounds are the batch's own: they prune the partitions (every one of
+             -- them would be probed for every id) down to the few its messages are in.
              select m.id from message m
-              where m.id = any($3::uuid[]) and m.payload_erased_at is not null
+              where m.id = any($3::uuid[]) and m.id between $17 and $18
+                and m.payload_erased_at is not null
          ), stopped as (
+             -- Almost always none are erased: the first test, which reads no row, is then
+             -- a one-time filter and nothing below runs. Otherwise only the erased
+             -- messages' deliveries are looked up, by id; `(…) is true` keeps the planner
+             -- off the pending index (0033). (Testing the batch's every id against the
+             -- state made this a scan of the whole partition whenever its statistics were
+             -- older than its rows: 20 ms a batch in a fan-out.)
              update delivery d
                 set state = 'dead', last_error = $16, updated_at = now()
-              -- By id: `(…) is true` keeps the planner off the pending index (0033).
-              where d.id = any($2::uuid[]) and (d.state = 'pending') is true
-                and d.message_id in (select id from erased)
+              where exists (select 1 from erased)
+                and d.id = any (array(select u.delivery_id
+                                        from unnest($2::uuid[], $3::uuid[])
+                                             as u(delivery_id, message_id)
+                                       where u.message_id in (select id from erased)))
+                and (d.state = 'pending') is true
          )
          insert into attempt (id, delivery_id, message_id, endpoint_id, app_id, attempt, trigger,
                               outcome, response_status, response_body, error_kind, error,
@@ -355,6 +371,8 @@ async fn insert_attempts(tx: &mut PgConnection, fenced: &[&Completion]) -> sqlx:
     .bind(cols.created_at)
     .bind(cols.next_attempt_at)
     .bind(crate::db::messages::PAYLOAD_ERASED)
+    .bind(oldest)
+    .bind(newest)
     .execute(&mut *tx)
     .await?;
     Ok(())
