@@ -10,7 +10,7 @@
 --
 --   herald.channel_routes              0023_routing
 --   herald.claim                       0004_limits
---   herald.claim_next                  0033_claim_by_id (earlier versions: 0005_claim_walk, 0018_live_floor, 0027_claim_per_endpoint, 0030_claim_as_0018, 0031_claim_per_endpoint_again)
+--   herald.claim_next                  0034_claim_in_its_partitions (earlier versions: 0005_claim_walk, 0018_live_floor, 0027_claim_per_endpoint, 0030_claim_as_0018, 0031_claim_per_endpoint_again, 0033_claim_by_id)
 --   herald.create_history_partition    0016_partitioned_history
 --   herald.drop_history_partition      0016_partitioned_history
 --   herald.endpoint_routes             0023_routing
@@ -243,6 +243,7 @@ CREATE FUNCTION herald.claim_next(p_worker uuid, p_lease_secs double precision, 
     LANGUAGE plpgsql
     SET search_path TO 'herald', 'pg_temp'
     SET enable_seqscan TO 'off'
+    SET jit TO 'off'
     AS $$
 #variable_conflict use_column
 declare
@@ -342,9 +343,13 @@ begin
             -- (still pending, still due), and one it holds is skipped. Found by id: the
             -- state is tested as `(…) is true` so that the planner cannot use it to reach
             -- for the pending index, whose every due row it would then read to find these.
+            -- Between the lowest and highest of them: only the partitions they are in
+            -- are read (`= any` of an array prunes none).
             select d.id, d.endpoint_id
               from delivery d
              where d.id = any (array(select w.id from walk w))
+               and d.id >= (select w.id from walk w order by w.id limit 1)
+               and d.id <= (select w.id from walk w order by w.id desc limit 1)
                and (d.state = 'pending') is true and d.next_attempt_at <= now()
                for update of d skip locked
         ), spent as (
@@ -367,6 +372,8 @@ begin
                    attempt_count = d.attempt_count + 1,
                    updated_at = now()
              where d.id = any (array(select p.id from picked p))
+               and d.id >= (select p.id from picked p order by p.id limit 1)
+               and d.id <= (select p.id from picked p order by p.id desc limit 1)
             returning d.id, d.attempt_count, d.trigger, d.retry_base, d.message_id,
                       d.endpoint_id
         ), sent_to as materialized (

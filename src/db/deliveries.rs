@@ -258,6 +258,9 @@ pub async fn complete(
         next_at.push(c.next_attempt_at);
         errors.push(c.last_error.as_deref());
     }
+    let (Some(&oldest), Some(&newest)) = (ids.first(), ids.last()) else {
+        return Ok(Vec::new());
+    };
     let completed: Vec<DeliveryId> = sqlx::query_scalar(
         "update delivery d
             set state = u.state,
@@ -271,6 +274,8 @@ pub async fn complete(
                 as u(id, attempt_count, state, next_attempt_at, last_error)
           where d.id = u.id and d.locked_by = $1 and d.attempt_count = u.attempt_count
             and d.state = 'in_flight'
+            -- The batch's own bounds: only the partitions its rows are in are read.
+            and d.id between $7 and $8
          returning d.id",
     )
     .bind(worker)
@@ -279,6 +284,8 @@ pub async fn complete(
     .bind(&states)
     .bind(&next_at)
     .bind(&errors)
+    .bind(oldest)
+    .bind(newest)
     .fetch_all(&mut *tx)
     .await?;
 
