@@ -10,7 +10,7 @@
 --
 --   herald.channel_routes              0023_routing
 --   herald.claim                       0004_limits
---   herald.claim_next                  0034_claim_in_its_partitions (earlier versions: 0005_claim_walk, 0018_live_floor, 0027_claim_per_endpoint, 0030_claim_as_0018, 0031_claim_per_endpoint_again, 0033_claim_by_id)
+--   herald.claim_next                  0034_claim_in_its_partitions (earlier versions: 0005_claim_walk, 0018_live_floor, 0027_claim_per_endpoint, 0030_claim_as_0018, 0031_claim_per_endpoint_again, 0033_claim_by_id, 0034_claim_in_its_partitions)
 --   herald.create_history_partition    0016_partitioned_history
 --   herald.drop_history_partition      0016_partitioned_history
 --   herald.endpoint_routes             0023_routing
@@ -240,6 +240,19 @@ $$;
 --
 
 CREATE FUNCTION herald.claim_next(p_worker uuid, p_lease_secs double precision, p_limit bigint, p_default_cap integer, p_endpoints bigint, p_after uuid) RETURNS TABLE(id uuid, attempt_count integer, trigger text, retry_base integer, message_id uuid, app_id uuid, event_type text, payload text, message_created_at timestamp with time zone, endpoint_id uuid, url text, headers jsonb, disabled boolean, disabled_reason text, secrets text[], room bigint, max_in_flight integer, rate_limit integer, walk_end uuid)
+    LANGUAGE sql
+    SET search_path TO 'herald', 'pg_temp'
+    AS $$
+    select * from herald.claim_next(p_worker, p_lease_secs, p_limit, p_default_cap,
+                                    p_endpoints, p_after, '{}'::uuid[])
+$$;
+
+
+--
+-- Name: claim_next(uuid, double precision, bigint, integer, bigint, uuid, uuid[]); Type: FUNCTION; Schema: herald; Owner: -
+--
+
+CREATE FUNCTION herald.claim_next(p_worker uuid, p_lease_secs double precision, p_limit bigint, p_default_cap integer, p_endpoints bigint, p_after uuid, p_finished uuid[]) RETURNS TABLE(id uuid, attempt_count integer, trigger text, retry_base integer, message_id uuid, app_id uuid, event_type text, payload text, message_created_at timestamp with time zone, endpoint_id uuid, url text, headers jsonb, disabled boolean, disabled_reason text, secrets text[], room bigint, max_in_flight integer, rate_limit integer, walk_end uuid)
     LANGUAGE plpgsql
     SET search_path TO 'herald', 'pg_temp'
     SET enable_seqscan TO 'off'
@@ -252,6 +265,9 @@ declare
     v_walk uuid[];
     v_walk_end uuid;
     v_endpoints uuid[];
+    -- The bounds of p_finished, so that only their partitions are read.
+    v_finished_lo uuid := (select f from unnest(p_finished) f order by f limit 1);
+    v_finished_hi uuid := (select f from unnest(p_finished) f order by f desc limit 1);
 begin
     -- The endpoints with due rows, in id order: a loose index scan over
     -- delivery_endpoint_pending, one probe per endpoint.
@@ -295,7 +311,18 @@ begin
         -- A statement of its own, so its snapshot sees what the endpoints' previous lock
         -- holders committed: the room is exact.
         return query
-        with room as (
+        with finished as materialized (
+            -- The caller's deliveries whose request is over but whose completion it has
+            -- not written yet: in flight in the table, no longer at the endpoint. Only
+            -- those still in flight in this statement's snapshot count, the snapshot the
+            -- room below counts in, so a completion committed meanwhile counts once.
+            select f.endpoint_id, count(*) as n
+              from delivery f
+             where f.id = any (p_finished)
+               and f.id >= v_finished_lo and f.id <= v_finished_hi
+               and f.state = 'in_flight' and f.locked_by = p_worker
+             group by f.endpoint_id
+        ), room as (
             -- Room under the cap and, for a rate-limited endpoint, the tokens its bucket
             -- holds now (refilled at rate_limit per second, up to one second's worth).
             select de.endpoint_id, de.n, l.free, l.tokens
@@ -304,7 +331,9 @@ begin
                    select coalesce(e.max_in_flight, p_default_cap)
                             - (select count(*) from delivery f
                                 where f.state = 'in_flight' and f.endpoint_id = e.id
-                                  and f.id >= v_floor) as free,
+                                  and f.id >= v_floor)
+                            + coalesce((select x.n from finished x
+                                         where x.endpoint_id = e.id), 0) as free,
                           least(e.rate_limit::float8,
                                 e.rate_tokens
                                 + greatest(extract(epoch from now() - e.rate_at)::float8, 0)

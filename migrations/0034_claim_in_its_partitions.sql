@@ -19,15 +19,26 @@
 --    that statement just in time at every call (70 ms, seen on this machine): hence
 --    `jit = off` too, which no statement of a claim could gain from.
 --
+-- 3. A request that is over does not hold room at its endpoint. The cap is on requests in
+--    flight, but a delivery stays `in_flight` in the table until its completion commits,
+--    so with slow commits an endpoint's room stayed taken by requests long over (one
+--    endpoint under a steady 1,000 msg/s while commits stalled: a claim had to wait for
+--    the completion's commit before it could take the next rows, and a backlog drained at
+--    half the rate). The caller now passes its own deliveries whose request is over and
+--    whose completion is not written yet (`p_finished`), and the room counts them out.
+--    That is a new argument: the six-argument claim_next stays for the previous release's
+--    processes, and counts nothing out.
+--
 -- A later `create or replace` of claim_next must restate both settings.
 
-create or replace function herald.claim_next(
+create function herald.claim_next(
     p_worker uuid,
     p_lease_secs float8,
     p_limit bigint,
     p_default_cap integer,
     p_endpoints bigint,
-    p_after uuid
+    p_after uuid,
+    p_finished uuid[]
 )
 returns table (
     id uuid, attempt_count integer, trigger text, retry_base integer, message_id uuid,
@@ -47,6 +58,9 @@ declare
     v_walk uuid[];
     v_walk_end uuid;
     v_endpoints uuid[];
+    -- The bounds of p_finished, so that only their partitions are read.
+    v_finished_lo uuid := (select f from unnest(p_finished) f order by f limit 1);
+    v_finished_hi uuid := (select f from unnest(p_finished) f order by f desc limit 1);
 begin
     -- The endpoints with due rows, in id order: a loose index scan over
     -- delivery_endpoint_pending, one probe per endpoint.
@@ -90,7 +104,18 @@ begin
         -- A statement of its own, so its snapshot sees what the endpoints' previous lock
         -- holders committed: the room is exact.
         return query
-        with room as (
+        with finished as materialized (
+            -- The caller's deliveries whose request is over but whose completion it has
+            -- not written yet: in flight in the table, no longer at the endpoint. Only
+            -- those still in flight in this statement's snapshot count, the snapshot the
+            -- room below counts in, so a completion committed meanwhile counts once.
+            select f.endpoint_id, count(*) as n
+              from delivery f
+             where f.id = any (p_finished)
+               and f.id >= v_finished_lo and f.id <= v_finished_hi
+               and f.state = 'in_flight' and f.locked_by = p_worker
+             group by f.endpoint_id
+        ), room as (
             -- Room under the cap and, for a rate-limited endpoint, the tokens its bucket
             -- holds now (refilled at rate_limit per second, up to one second's worth).
             select de.endpoint_id, de.n, l.free, l.tokens
@@ -99,7 +124,9 @@ begin
                    select coalesce(e.max_in_flight, p_default_cap)
                             - (select count(*) from delivery f
                                 where f.state = 'in_flight' and f.endpoint_id = e.id
-                                  and f.id >= v_floor) as free,
+                                  and f.id >= v_floor)
+                            + coalesce((select x.n from finished x
+                                         where x.endpoint_id = e.id), 0) as free,
                           least(e.rate_limit::float8,
                                 e.rate_tokens
                                 + greatest(extract(epoch from now() - e.rate_at)::float8, 0)
@@ -209,4 +236,26 @@ begin
                null::integer, null::integer, v_walk_end;
     end if;
 end
+$$;
+
+-- The previous release's call: nothing it holds is counted as finished.
+create or replace function herald.claim_next(
+    p_worker uuid,
+    p_lease_secs float8,
+    p_limit bigint,
+    p_default_cap integer,
+    p_endpoints bigint,
+    p_after uuid
+)
+returns table (
+    id uuid, attempt_count integer, trigger text, retry_base integer, message_id uuid,
+    app_id uuid, event_type text, payload text, message_created_at timestamptz,
+    endpoint_id uuid, url text, headers jsonb, disabled boolean, disabled_reason text,
+    secrets text[], room bigint, max_in_flight integer, rate_limit integer, walk_end uuid
+)
+language sql
+set search_path = herald, pg_temp
+as $$
+    select * from herald.claim_next(p_worker, p_lease_secs, p_limit, p_default_cap,
+                                    p_endpoints, p_after, '{}'::uuid[])
 $$;

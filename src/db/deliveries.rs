@@ -65,11 +65,13 @@ pub struct ClaimBatch {
 }
 
 /// Claims up to `limit` due deliveries, endpoint by endpoint (`herald.claim_next`,
-/// migration 0005): it walks the endpoints that have due rows (in id order from `after`, a loose index
+/// migrations 0005 to 0034): it walks the endpoints that have due rows (in id order from `after`, a loose index
 /// scan, at most [`ENDPOINTS_PER_CLAIM`] of them), gives each no more rows than its cap
 /// leaves room for (counting what every worker has in flight there, under a lock on the
 /// endpoint) and its rate limit has tokens for, and takes its oldest due rows first. Rows
-/// and endpoints other workers hold are skipped, never waited for.
+/// and endpoints other workers hold are skipped, never waited for. `finished` are the
+/// worker's deliveries whose request is over but whose completion is not written yet:
+/// still in flight in the table, they take no room at their endpoint (migration 0034).
 pub async fn claim(
     db: &PgPool,
     worker: Uuid,
@@ -77,14 +79,16 @@ pub async fn claim(
     limit: i64,
     default_max_in_flight: i32,
     after: ClaimCursor,
+    finished: &[DeliveryId],
 ) -> sqlx::Result<ClaimBatch> {
-    let rows = sqlx::query("select * from herald.claim_next($1, $2, $3, $4, $5, $6)")
+    let rows = sqlx::query("select * from herald.claim_next($1, $2, $3, $4, $5, $6, $7)")
         .bind(worker)
         .bind(lease.as_secs_f64())
         .bind(limit)
         .bind(default_max_in_flight)
         .bind(ENDPOINTS_PER_CLAIM)
         .bind(after.map_or(Uuid::nil(), |e| e.0))
+        .bind(finished)
         .fetch_all(db)
         .await?;
     let mut batch = ClaimBatch::default();

@@ -327,7 +327,7 @@ async fn a_failed_attempt_logs_and_stores_no_part_of_the_endpoint_url() {
 async fn released_deliveries_go_back_as_if_never_claimed() {
     let pool = one_endpoint(Some(5), 2).await;
     let worker = uuid::Uuid::now_v7();
-    let claimed = deliveries::claim(&pool, worker, Duration::from_secs(60), 10, 10, None)
+    let claimed = deliveries::claim(&pool, worker, Duration::from_secs(60), 10, 10, None, &[])
         .await
         .unwrap()
         .rows;
@@ -360,13 +360,50 @@ async fn released_deliveries_go_back_as_if_never_claimed() {
     assert!(tokens().await >= 4.99, "the tokens came back");
 }
 
+/// A request that is over takes no room at its endpoint, though its row stays in flight
+/// until its completion is written: the claim counts out its own worker's finished
+/// deliveries, and only those.
+#[tokio::test]
+async fn a_finished_request_leaves_room_before_its_completion_is_written() {
+    let pool = one_endpoint(None, 2).await;
+    sqlx::query("update endpoint set max_in_flight = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let lease = Duration::from_secs(60);
+    let claim = |worker, finished: Vec<DeliveryId>| {
+        let pool = pool.clone();
+        async move {
+            deliveries::claim(&pool, worker, lease, 10, 10, None, &finished)
+                .await
+                .unwrap()
+                .rows
+        }
+    };
+    let first = claim(a, vec![]).await;
+    assert_eq!(first.len(), 1, "the cap lets one go");
+    assert!(claim(a, vec![]).await.is_empty(), "the endpoint is full");
+    let done = vec![first[0].id];
+    assert!(
+        claim(b, done.clone()).await.is_empty(),
+        "another worker's finished deliveries are not its to count out"
+    );
+    let second = claim(a, done.clone()).await;
+    assert_eq!(second.len(), 1, "the finished request left its room");
+    assert!(
+        claim(a, done).await.is_empty(),
+        "the room is the finished request's, and the next row took it"
+    );
+}
+
 #[tokio::test]
 async fn a_worker_that_lost_its_lease_cannot_overwrite_a_newer_attempt() {
     let pool = one_endpoint(None, 1).await;
 
     let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     let lease = Duration::from_secs(60);
-    let claimed_a = deliveries::claim(&pool, a, lease, 10, 10, None)
+    let claimed_a = deliveries::claim(&pool, a, lease, 10, 10, None, &[])
         .await
         .unwrap()
         .rows;
@@ -374,7 +411,7 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_a_newer_attempt() {
     assert_eq!(claimed_a[0].attempt_count, 1);
     // A live lease is skipped by everyone else.
     assert!(
-        deliveries::claim(&pool, b, lease, 10, 10, None)
+        deliveries::claim(&pool, b, lease, 10, 10, None, &[])
             .await
             .unwrap()
             .rows
@@ -386,7 +423,7 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_a_newer_attempt() {
         .await
         .unwrap();
     assert_eq!(deliveries::reclaim_expired(&pool).await.unwrap(), 1);
-    let claimed_b = deliveries::claim(&pool, b, lease, 10, 10, None)
+    let claimed_b = deliveries::claim(&pool, b, lease, 10, 10, None, &[])
         .await
         .unwrap()
         .rows;

@@ -10,7 +10,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, warn};
 
 use super::Shared;
-use crate::db::deliveries::{self, Claimed, Completion};
+use crate::db::deliveries::{self, Claimed};
 use crate::domain::{DeliveryId, EndpointId};
 
 /// The per-endpoint bookkeeping. Its two maps keep one invariant: **a due row held back by
@@ -25,12 +25,14 @@ use crate::domain::{DeliveryId, EndpointId};
 /// - `capped` holds every endpoint where this process may have left due rows queued for
 ///   lack of room: one its claim filled (marked before any row of that claim can
 ///   complete), one its offer named busy (marked before the insert commits), one its insert
-///   queued. Only the completer unmarks, for the endpoints of the completions it writes,
-///   *before* their commit, and after the commit wakes the dispatcher if it unmarked any.
+///   queued. Only a worker whose request there ended unmarks, once it counted the delivery
+///   finished (the claim counts this process's finished requests out of the room, so
+///   that is when the room is made, not when the completion commits), and it wakes the
+///   dispatcher if it unmarked.
 ///
 /// So a mark always precedes the room it waits for, and an unmark never erases a mark made
-/// after the room: every claim from the commit on sees the room, and marks again what it
-/// fills; the wake makes sure one runs.
+/// after the room: every claim from then on sees the room, and marks again what it fills;
+/// the wake makes sure one runs.
 #[derive(Default)]
 pub(super) struct Capacity {
     capped: Mutex<HashSet<EndpointId>>,
@@ -63,17 +65,12 @@ impl Capacity {
         }
     }
 
-    /// Forgets the endpoints of `batch` as full; true if any was.
-    pub(super) fn uncap(&self, batch: &[Completion]) -> bool {
-        let mut capped = self.capped.lock().expect("capped set poisoned");
-        if capped.is_empty() {
-            return false;
-        }
-        let before = capped.len();
-        for c in batch {
-            capped.remove(&c.endpoint_id);
-        }
-        capped.len() < before
+    /// Forgets `endpoint` as full, where a request just ended; true if it was.
+    pub(super) fn uncap_one(&self, endpoint: EndpointId) -> bool {
+        self.capped
+            .lock()
+            .expect("capped set poisoned")
+            .remove(&endpoint)
     }
 
     /// Endpoints where this process holds as many deliveries as their cap.

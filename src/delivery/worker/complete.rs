@@ -1,5 +1,4 @@
-//! The completer: writes finished attempts back in batches, on a connection of its own,
-//! and wakes the dispatcher when they made room at a full endpoint.
+//! The completer: writes finished attempts back in batches, on a connection of its own.
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
@@ -34,12 +33,13 @@ pub(super) async fn complete(shared: Arc<Shared>, mut done: mpsc::Receiver<Compl
                 Err(_) => break,
             }
         }
-        // Unmark the endpoints before the commit, not after: a claim that runs right after
-        // the commit can fill an endpoint again and mark it, and an unmark landing after
-        // that mark would erase it, so that no later completion there would wake anyone
-        // and its queue would wait for the poll. Every claim from the commit on sees the
-        // room made, and marks what it fills; the wake below makes sure one runs.
-        let room_made = shared.capacity.uncap(&batch);
+        // Nothing here makes room at an endpoint: each of these deliveries left its room
+        // when its request ended (counted finished, see `deliver`), and the commit only
+        // turns "finished" into "written". So the completer neither unmarks a full endpoint
+        // nor wakes the dispatcher: an unmark here could erase the mark of a claim that
+        // filled the endpoint again since, and the next request to end there would find
+        // nothing to wake for.
+        //
         // A bug in the write must not stop the completer, or no attempt of this process
         // would be recorded again while it goes on sending: the batch is logged and left
         // to its leases (retried when they expire), and the next batch starts on a new
@@ -54,9 +54,13 @@ pub(super) async fn complete(shared: Arc<Shared>, mut done: mpsc::Receiver<Compl
             );
             conn = None;
         }
-        if room_made {
-            // Room was made at a full endpoint: rows held back by its cap can go now.
-            shared.wake.notify_one();
+        // Written (or left to their leases, in flight again as far as anyone can tell):
+        // no longer finished and unwritten.
+        {
+            let mut finished = shared.finished.lock().expect("finished set poisoned");
+            for c in &batch {
+                finished.remove(&c.delivery_id);
+            }
         }
     }
 }

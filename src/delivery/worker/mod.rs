@@ -12,9 +12,9 @@ mod complete;
 mod direct;
 mod send;
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
@@ -31,6 +31,7 @@ use super::RetrySchedule;
 use crate::config::Config;
 use crate::db;
 use crate::db::deliveries::{self, ClaimCursor, Claimed, Completion};
+use crate::domain::DeliveryId;
 use crate::metrics::Metrics;
 
 /// The channel deliveries are announced on (by `herald.send_message`).
@@ -104,6 +105,10 @@ struct Shared {
     drained: CancellationToken,
     /// This process's deliveries per endpoint, and the endpoints it left full.
     capacity: Capacity,
+    /// Deliveries whose request is over and whose completion is not written yet (queued
+    /// for the completer or in its batch): in flight in the table, but holding no room at
+    /// their endpoint, so the claim counts them out.
+    finished: Mutex<HashSet<DeliveryId>>,
     /// Deliveries handed over by direct dispatch that wait for a worker: each is as good
     /// as a taken permit for the next offer.
     direct_waiting: AtomicUsize,
@@ -131,6 +136,7 @@ impl WorkerPool {
             cancel: cancel.clone(),
             drained: CancellationToken::new(),
             capacity: Capacity::default(),
+            finished: Mutex::default(),
             direct_waiting: AtomicUsize::new(0),
             metrics: Metrics::new(),
         });
@@ -214,6 +220,13 @@ async fn claim_loop(shared: Arc<Shared>, cancel: CancellationToken) {
         if cursor.is_none() {
             lap_from_start = true;
         }
+        let finished: Vec<DeliveryId> = shared
+            .finished
+            .lock()
+            .expect("finished set poisoned")
+            .iter()
+            .copied()
+            .collect();
         let claimed = deliveries::claim(
             &shared.pool,
             shared.worker_id,
@@ -221,6 +234,7 @@ async fn claim_loop(shared: Arc<Shared>, cancel: CancellationToken) {
             limit as i64,
             shared.settings.endpoint_concurrency,
             cursor,
+            &finished,
         )
         .await;
         let more_due = match claimed {

@@ -45,7 +45,18 @@ impl Shared {
         } else {
             self.attempt(row).await
         };
+        // The request is over: from now on the claim counts it out of the endpoint's room,
+        // though the row stays in flight until the completer writes it. If the endpoint
+        // was left full, a claim may take its next rows now rather than after that write.
+        let endpoint = held.row.endpoint_id;
+        self.finished
+            .lock()
+            .expect("finished set poisoned")
+            .insert(held.row.id);
         drop(held);
+        if self.capacity.uncap_one(endpoint) {
+            self.wake.notify_one();
+        }
         if self.done.send(completion).await.is_err() {
             warn!("completer gone; the lease will expire and the delivery will be retried");
         }
