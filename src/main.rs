@@ -10,9 +10,6 @@ use herald::domain::SigningSecret;
 use herald::server::{Server, shutdown_signal};
 use herald::{db, telemetry};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Herald: reliable, signed webhook delivery on PostgreSQL.
 #[derive(Parser)]
 #[command(version)]
