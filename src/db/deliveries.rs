@@ -337,7 +337,7 @@ async fn insert_attempts(tx: &mut PgConnection, fenced: &[&Completion]) -> sqlx:
              -- messages' deliveries are looked up, by id; `(…) is true` keeps the planner
              -- off the pending index (0033). (Testing the batch's every id against the
              -- state made this a scan of the whole partition whenever its statistics were
-             -- older than its rows: 20 ms a batch in a fan-out.)
+             -- older than its rows: 10 to 20 ms a batch in a fan-out.)
              update delivery d
                 set state = 'dead', last_error = $16, updated_at = now()
               where exists (select 1 from erased)
