@@ -71,8 +71,12 @@ async fn a_rate_limit_and_a_cap_hold_under_load_across_two_processes() {
         .iter()
         .map(|t| (*t - first).to_std().unwrap())
         .collect();
+    // The bucket refills from its claim's time, which comes before the request it lets
+    // start by the claim's commit: on a loaded machine tens of milliseconds (seen: the 27th
+    // request 249 ms after the first, 0.02 of a request over a bound without that lag), so
+    // the bound allows 100 ms of it.
     for (n, t) in at.iter().enumerate() {
-        let allowed = RATE as f64 * (1.0 + t.as_secs_f64()) + 2.0;
+        let allowed = RATE as f64 * (1.1 + t.as_secs_f64()) + 2.0;
         assert!(
             (n + 1) as f64 <= allowed,
             "request {} was sent {t:?} after the first: over {RATE}/s",
