@@ -656,6 +656,8 @@ PARTITION BY RANGE (id);
 CREATE FUNCTION herald.enqueue(p_app text, p_event_type text, p_payload json, p_idempotency_key text, p_worker uuid, p_lease_secs double precision, p_busy_endpoints uuid[], p_channels text[] DEFAULT NULL::text[], OUT message herald.message, OUT claimed json, OUT pending_endpoints uuid[]) RETURNS record
     LANGUAGE plpgsql
     SET search_path TO 'herald', 'pg_temp'
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
     AS $_$
 declare
     v_floor uuid;
@@ -780,6 +782,8 @@ CREATE FUNCTION herald.enqueue_batch(p_apps text[], p_event_types text[], p_payl
     LANGUAGE plpgsql
     SET search_path TO 'herald', 'pg_temp'
     SET lock_timeout TO '250ms'
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
     AS $_$
 #variable_conflict use_column
 declare
@@ -986,6 +990,8 @@ CREATE FUNCTION herald.enqueue_many(p_apps text[], p_event_types text[], p_paylo
     LANGUAGE plpgsql
     SET search_path TO 'herald', 'pg_temp'
     SET lock_timeout TO '250ms'
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
     AS $_$
 #variable_conflict use_column
 declare

@@ -425,3 +425,70 @@ async fn a_key_with_nul_is_refused_before_it_joins_a_batch() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["code"], "invalid", "{body}");
 }
+
+/// A send checks each delivery's message by index even when the message partitions were
+/// vacuumed while empty (migration 0035): planned as they were before, the foreign-key
+/// checks scanned the partition they believed empty, and every check then read it whole.
+#[tokio::test]
+async fn a_batch_checks_its_keys_by_index_in_partitions_vacuumed_empty() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let app_id = app.acme_with_endpoint(&receiver).await;
+    let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("vacuum (analyze) herald.message, herald.delivery")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // Sequential scans of the message partitions by 8 batches of 25 messages, each planned
+    // on a connection of its own (a connection keeps its plans); `reset` plans them as
+    // before 0035. Rolled back: the partitions stay empty for the next.
+    let scans = async |reset: bool| -> i64 {
+        let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        const RESET: [&str; 2] = [
+            "alter function herald.enqueue_batch(text[], text[], text[], text[], text[], uuid,
+                                                 float8, int, uuid[], int[])
+             reset enable_seqscan",
+            "alter function herald.enqueue_batch(text[], text[], text[], text[], text[], uuid,
+                                                 float8, int, uuid[], int[])
+             reset jit",
+        ];
+        for sql in RESET.into_iter().filter(|_| reset) {
+            sqlx::query(sql).execute(&mut *tx).await.unwrap();
+        }
+        for _ in 0..8 {
+            let stored: i64 = sqlx::query_scalar(
+                "select count(*) filter (where endpoint_id is not null)
+                   from herald.enqueue_batch(array_fill($1::text, array[25]),
+                                             array_fill('invoice.paid'::text, array[25]),
+                                             array_fill('{}'::text, array[25]),
+                                             array_fill(''::text, array[25]),
+                                             array_fill(null::text, array[25]),
+                                             null, 30, 0, '{}', '{}')",
+            )
+            .bind(&app_id)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+            assert_eq!(stored, 25, "a delivery per message");
+        }
+        let scans: i64 = sqlx::query_scalar(
+            "select coalesce(sum(s.seq_scan), 0)::int8
+               from pg_stat_xact_user_tables s
+               join pg_inherits i on i.inhrelid = s.relid
+              where i.inhparent = 'herald.message'::regclass",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        tx.rollback().await.unwrap();
+        scans
+    };
+    let before = scans(true).await;
+    assert!(
+        before > 0,
+        "the control plans the checks as sequential scans ({before}): the test tests nothing"
+    );
+    assert_eq!(scans(false).await, 0, "no message partition is scanned");
+    app.stop().await;
+}
