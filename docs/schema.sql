@@ -10,7 +10,7 @@
 --
 --   herald.channel_routes              0023_routing
 --   herald.claim                       0004_limits
---   herald.claim_next                  0034_claim_in_its_partitions (earlier versions: 0005_claim_walk, 0018_live_floor, 0027_claim_per_endpoint, 0030_claim_as_0018, 0031_claim_per_endpoint_again, 0033_claim_by_id, 0034_claim_in_its_partitions)
+--   herald.claim_next                  0036_claim_counts_in_one_scan (earlier versions: 0005_claim_walk, 0018_live_floor, 0027_claim_per_endpoint, 0030_claim_as_0018, 0031_claim_per_endpoint_again, 0033_claim_by_id, 0034_claim_in_its_partitions, 0034_claim_in_its_partitions)
 --   herald.create_history_partition    0016_partitioned_history
 --   herald.drop_history_partition      0016_partitioned_history
 --   herald.endpoint_routes             0023_routing
@@ -265,9 +265,6 @@ declare
     v_walk uuid[];
     v_walk_end uuid;
     v_endpoints uuid[];
-    -- The bounds of p_finished, so that only their partitions are read.
-    v_finished_lo uuid := (select f from unnest(p_finished) f order by f limit 1);
-    v_finished_hi uuid := (select f from unnest(p_finished) f order by f desc limit 1);
 begin
     -- The endpoints with due rows, in id order: a loose index scan over
     -- delivery_endpoint_pending, one probe per endpoint.
@@ -311,29 +308,22 @@ begin
         -- A statement of its own, so its snapshot sees what the endpoints' previous lock
         -- holders committed: the room is exact.
         return query
-        with finished as materialized (
-            -- The caller's deliveries whose request is over but whose completion it has
-            -- not written yet: in flight in the table, no longer at the endpoint. Only
-            -- those still in flight in this statement's snapshot count, the snapshot the
-            -- room below counts in, so a completion committed meanwhile counts once.
-            select f.endpoint_id, count(*) as n
-              from delivery f
-             where f.id = any (p_finished)
-               and f.id >= v_finished_lo and f.id <= v_finished_hi
-               and f.state = 'in_flight' and f.locked_by = p_worker
-             group by f.endpoint_id
-        ), room as (
+        with room as (
             -- Room under the cap and, for a rate-limited endpoint, the tokens its bucket
             -- holds now (refilled at rate_limit per second, up to one second's worth).
+            -- In flight in the table but not at the endpoint: the caller's own rows among
+            -- p_finished, counted out in this statement's snapshot, so a completion
+            -- committed meanwhile counts once.
             select de.endpoint_id, de.n, l.free, l.tokens
               from unnest(v_endpoints) with ordinality as de(endpoint_id, n)
              cross join lateral (
                    select coalesce(e.max_in_flight, p_default_cap)
                             - (select count(*) from delivery f
                                 where f.state = 'in_flight' and f.endpoint_id = e.id
-                                  and f.id >= v_floor)
-                            + coalesce((select x.n from finished x
-                                         where x.endpoint_id = e.id), 0) as free,
+                                  and f.id >= v_floor
+                                  and (f.locked_by is distinct from p_worker
+                                       or f.id not in (select u from unnest(p_finished) u
+                                                    where u is not null))) as free,
                           least(e.rate_limit::float8,
                                 e.rate_tokens
                                 + greatest(extract(epoch from now() - e.rate_at)::float8, 0)

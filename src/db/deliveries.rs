@@ -65,7 +65,7 @@ pub struct ClaimBatch {
 }
 
 /// Claims up to `limit` due deliveries, endpoint by endpoint (`herald.claim_next`,
-/// migrations 0005 to 0034): it walks the endpoints that have due rows (in id order from `after`, a loose index
+/// migrations 0005 to 0036): it walks the endpoints that have due rows (in id order from `after`, a loose index
 /// scan, at most [`ENDPOINTS_PER_CLAIM`] of them), gives each no more rows than its cap
 /// leaves room for (counting what every worker has in flight there, under a lock on the
 /// endpoint) and its rate limit has tokens for, and takes its oldest due rows first. Rows

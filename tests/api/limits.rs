@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use serde_json::json;
 
-use crate::helpers::{Receiver, fresh_database, spawn_app_on, spawn_app_with};
+use crate::helpers::{Receiver, database_at, fresh_database, spawn_app_on, spawn_app_with};
 
 const RATE: usize = 20;
 const CAP: usize = 3;
@@ -205,4 +205,83 @@ async fn endpoints_without_room_do_not_starve_the_endpoints_walked_after_them() 
         "the busy endpoints had drained: the test proves nothing"
     );
     eprintln!("the free endpoint got its 3 messages in {took:?}");
+}
+
+/// A claim's room at an endpoint counts out the caller's own requests that are over and
+/// whose completions are not written yet (`p_finished`), and only those: not another
+/// worker's, not a row the caller no longer holds, not an id that is no delivery.
+#[tokio::test]
+async fn a_claim_counts_out_only_its_own_finished_requests() {
+    let (_url, pool) = database_at(i64::MAX).await;
+    let app: uuid::Uuid =
+        sqlx::query_scalar("insert into herald.application (name) values ('a') returning id")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    sqlx::query(
+        "insert into herald.endpoint (app_id, url, max_in_flight)
+         values ($1, 'http://127.0.0.1:9/', 2)",
+    )
+    .bind(app)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Four due deliveries, none sent directly.
+    let stored: i64 = sqlx::query_scalar(
+        "select count(delivery_id)
+           from herald.enqueue_batch(array_fill($1::text, array[4]),
+                                     array_fill('invoice.paid'::text, array[4]),
+                                     array_fill('{}'::text, array[4]),
+                                     array_fill(''::text, array[4]),
+                                     array_fill(null::text, array[4]),
+                                     null, 30, 0, '{}', '{}')",
+    )
+    .bind(format!("app_{}", app.simple()))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, 4, "a delivery per message");
+    let (mine, theirs) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    // The ids a claim by `worker` takes, given its finished requests.
+    let claim = async |worker: uuid::Uuid, finished: Vec<uuid::Uuid>| -> Vec<uuid::Uuid> {
+        sqlx::query_scalar(
+            "select id from herald.claim_next($1, 30, 10, 128, 10, $2, $3) where id is not null",
+        )
+        .bind(worker)
+        .bind(uuid::Uuid::nil())
+        .bind(finished)
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let first = claim(mine, vec![]).await;
+    assert_eq!(first.len(), 2, "the cap is 2");
+    assert!(claim(mine, vec![]).await.is_empty(), "no room left");
+    assert!(
+        claim(theirs, first.clone()).await.is_empty(),
+        "another worker's finished requests are not this one's to count out"
+    );
+    assert!(
+        claim(mine, vec![uuid::Uuid::now_v7()]).await.is_empty(),
+        "an id that is no delivery frees nothing"
+    );
+    let next = claim(mine, vec![first[0], uuid::Uuid::now_v7()]).await;
+    assert_eq!(next.len(), 1, "one request over: room for one");
+    // Its completion written, the first counts nowhere; still passed as finished, it is
+    // not counted out twice.
+    sqlx::query("update herald.delivery set state = 'succeeded', locked_by = null where id = $1")
+        .bind(first[0])
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(
+        claim(mine, vec![first[0]]).await.is_empty(),
+        "in flight: the second and the third, at the cap"
+    );
+    let last = claim(mine, vec![first[0], first[1], next[0]]).await;
+    assert_eq!(
+        last.len(),
+        1,
+        "the last due delivery, in the room the two over made"
+    );
 }
