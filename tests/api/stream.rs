@@ -765,3 +765,68 @@ async fn a_page_resumes_from_its_rendered_head_when_nothing_is_kept_before_it() 
     assert_eq!(next.json()["id"], second.as_str());
     assert!(resumed.next(Duration::from_millis(300)).await.is_none());
 }
+
+/// Attempts written by one statement, several to a message (a fan-out's completions), each
+/// get one feed event with their own message's event type, endpoint and application.
+#[tokio::test]
+async fn attempts_to_shared_messages_each_get_their_event_with_its_type() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
+    for _ in 0..2 {
+        app.create_endpoint(&app_id, json!({"url": receiver.url()}))
+            .await;
+    }
+    let mut sent = Vec::new();
+    for event_type in [
+        "invoice.paid",
+        "user.deleted",
+        "invoice.paid",
+        "user.created",
+    ] {
+        sent.push(app.send(&app_id, event_type, json!({})).await);
+    }
+    for msg in &sent {
+        app.wait_for_message(&app_id, msg, WAIT, all_delivered)
+            .await;
+    }
+    // Twelve attempts (four messages, three endpoints) written again by one statement.
+    let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let copies: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "insert into herald.attempt (id, delivery_id, message_id, endpoint_id, app_id, attempt,
+                                     trigger, outcome, response_status, response_body,
+                                     error_kind, error, duration_ms, created_at,
+                                     next_attempt_at)
+         select herald.uuid_v7(), delivery_id, message_id, endpoint_id, app_id, attempt + 1,
+                trigger, outcome, response_status, response_body, error_kind, error,
+                duration_ms, now(), next_attempt_at
+           from herald.attempt
+         returning id",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(copies.len(), 12);
+    let (events, typed): (i64, i64) = sqlx::query_as(
+        "select count(*),
+                count(*) filter (where e.event_type = m.event_type
+                                   and e.endpoint_id = a.endpoint_id
+                                   and e.app_id = a.app_id)
+           from herald.event e
+           join herald.attempt a on a.id = e.ref_id
+           join herald.message m on m.id = a.message_id
+          where e.kind = 'attempt' and e.ref_id = any($1)",
+    )
+    .bind(&copies)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(
+        (events, typed),
+        (12, 12),
+        "one event per attempt, with its own type"
+    );
+    tx.rollback().await.unwrap();
+    app.stop().await;
+}
