@@ -10,7 +10,7 @@
 --
 --   herald.channel_routes              0023_routing
 --   herald.claim                       0004_limits
---   herald.claim_next                  0036_claim_counts_in_one_scan (earlier versions: 0005_claim_walk, 0018_live_floor, 0027_claim_per_endpoint, 0030_claim_as_0018, 0031_claim_per_endpoint_again, 0033_claim_by_id, 0034_claim_in_its_partitions, 0034_claim_in_its_partitions)
+--   herald.claim_next                  0036_claim_counts_in_one_scan (earlier versions: 0005_claim_walk, 0018_live_floor, 0027_claim_per_endpoint, 0030_claim_as_0018, 0031_claim_per_endpoint_again, 0033_claim_by_id, 0034_claim_in_its_partitions)
 --   herald.create_history_partition    0016_partitioned_history
 --   herald.drop_history_partition      0016_partitioned_history
 --   herald.endpoint_routes             0023_routing

@@ -169,7 +169,9 @@ fn header(migrations: &Path, dump: &str) -> String {
                 continue;
             };
             let function = rest.split(['(', ' ']).next().unwrap_or(rest).to_owned();
+            // A migration that creates two overloads of a function is named once.
             match defined.iter_mut().find(|(f, _)| *f == function) {
+                Some((_, by)) if by.last() == Some(&name) => {}
                 Some((_, by)) => by.push(name.clone()),
                 None => defined.push((function, vec![name.clone()])),
             }
