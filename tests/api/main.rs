@@ -29,6 +29,7 @@ mod metrics;
 mod openapi;
 mod operational;
 mod outbox;
+mod plans;
 mod portal;
 mod removal;
 mod retention;
