@@ -40,7 +40,11 @@ impl Removals {
 
 async fn run(pool: PgPool, wake: Arc<Notify>, cancel: CancellationToken) {
     loop {
-        let pause = match removals::step(&pool, BATCH).await {
+        let batch = async {
+            let mut conn = pool.acquire().await?;
+            removals::step(&mut conn, BATCH).await
+        };
+        let pause = match batch.await {
             Ok(Some(batch)) => {
                 let r = &batch.removal;
                 if r.state == RemovalState::Done {

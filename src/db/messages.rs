@@ -365,6 +365,7 @@ pub async fn send_test(
     payload: &str,
 ) -> sqlx::Result<Result<MessageId, crate::db::replays::Refused>> {
     let mut tx = db.begin().await?;
+    super::plan_on_indexes(&mut tx).await?;
     let Some(sent) = send(
         &mut *tx,
         &app.to_string(),

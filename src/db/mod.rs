@@ -219,3 +219,20 @@ impl<T> Listing<T> {
         }
     }
 }
+
+/// Has the rest of the transaction plan every statement on an index wherever there is one,
+/// the foreign keys' own included, as the sends do (migration 0035): for transactions that
+/// insert or delete history rows outside those functions (replays, recovers, removals,
+/// test events).
+/// A foreign key's check (a delivery inserted) or action (a message deleted) is planned
+/// once per connection and kept, and Herald's plans are generic: planned while a partition
+/// was vacuumed empty (`reltuples` 0), it would scan the partition for every row until the
+/// next analyze, however full it grew meanwhile. `jit` off with it, as Herald's connections
+/// have it anyway: a table without an index (`live_floor`) keeps its scan at the disabled
+/// plan's cost, which would otherwise have it compiled at every call.
+pub(crate) async fn plan_on_indexes(tx: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("select set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)")
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}

@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgConnection, PgExecutor, PgPool};
+use sqlx::{Connection, PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{AppId, EndpointId, RemovalId};
@@ -93,8 +93,8 @@ const REASON: &str = "removed";
 
 /// Marks an application and its endpoints removed and queues the removal of their history.
 /// `None` when it was already removed.
-pub async fn queue_app(pool: &PgPool, app: AppId) -> sqlx::Result<Option<Removal>> {
-    let mut tx = pool.begin().await?;
+pub async fn queue_app(db: &mut PgConnection, app: AppId) -> sqlx::Result<Option<Removal>> {
+    let mut tx = db.begin().await?;
     let marked = sqlx::query(
         "update application set removed_at = now(), uid = null, updated_at = now()
           where id = $1 and removed_at is null",
@@ -189,8 +189,10 @@ pub struct Batch {
 
 /// Runs one batch of the removal that waited longest and that no other process is running.
 /// `None` when there is none.
-pub async fn step(pool: &PgPool, limit: i64) -> sqlx::Result<Option<Batch>> {
-    let mut tx = pool.begin().await?;
+pub async fn step(db: &mut PgConnection, limit: i64) -> sqlx::Result<Option<Batch>> {
+    let mut tx = db.begin().await?;
+    // By index, the foreign keys' cascades from the messages to their deliveries included.
+    super::plan_on_indexes(&mut tx).await?;
     // Locked for the batch: another process takes another removal, or none.
     let row: Option<Row> = sqlx::query_as(
         "select * from removal where finished_at is null

@@ -59,20 +59,6 @@ async fn notify_workers(db: &mut PgConnection) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// Has the rest of the transaction plan every statement, the foreign-key checks of the
-/// deliveries it inserts included, on an index wherever there is one, as the sends do
-/// (migration 0035). A check is planned once per connection and kept: planned while the
-/// message partition was vacuumed empty (`reltuples` 0), it would scan the partition for
-/// every delivery inserted until the next analyze, however full it grew meanwhile. `jit`
-/// off with it: a table without an index (`live_floor`) keeps its scan at the disabled
-/// plan's cost, which would otherwise have it compiled at every call.
-async fn plan_on_indexes(tx: &mut PgConnection) -> sqlx::Result<()> {
-    sqlx::query("select set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)")
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
-}
-
 /// Checks that `endpoint` belongs to `app` and can be sent to.
 async fn usable_endpoint(
     db: &mut PgConnection,
@@ -107,7 +93,7 @@ pub async fn replay_message(
     // replays racing to a new endpoint. The lock leaves sends and claims alone (their
     // foreign key checks take KEY SHARE).
     let mut tx = db.begin().await?;
-    plan_on_indexes(&mut tx).await?;
+    super::plan_on_indexes(&mut tx).await?;
     let owner: Option<(AppId, bool)> = sqlx::query_as(
         "select app_id, payload_erased_at is not null from message
           where id = $1 and ($2::uuid is null or app_id = $2)
@@ -317,7 +303,7 @@ pub async fn recover_batch(
     limit: i64,
 ) -> sqlx::Result<Option<RecoveryProgress>> {
     let mut tx = db.begin().await?;
-    plan_on_indexes(&mut tx).await?;
+    super::plan_on_indexes(&mut tx).await?;
     // What the batch queues becomes live: see replay_message. The window's start bounds it.
     sqlx::query("select herald.live_from(uuid_v7_floor(since)) from recovery where id = $1")
         .bind(recovery)

@@ -180,6 +180,8 @@ async fn remove(
     Path(app): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Removal>)> {
     let app = state.app(&app).await?;
-    let removal = db::removals::queue_app(&state.pool, app.id).await?;
+    let mut conn = state.pool.acquire().await?;
+    let removal = db::removals::queue_app(&mut conn, app.id).await?;
+    drop(conn);
     super::removals::queued(&state, removal, "application")
 }

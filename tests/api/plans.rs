@@ -1,9 +1,11 @@
 //! Plans that stay on the indexes whatever the statistics say: every statement that inserts
-//! deliveries checks them against their messages by index, even in message partitions
-//! vacuumed while empty (migration 0035 for the sends, `replays::plan_on_indexes` for
-//! replays and recovers). A connection plans such a check once and keeps it; planned as a
+//! deliveries checks them against their messages by index, and every removal deletes by
+//! index, even in partitions vacuumed while empty (migration 0035 for the sends,
+//! `db::plan_on_indexes` for replays, recovers and removals). A connection plans such a check once and keeps it; planned as a
 //! sequential scan of a partition believed empty, it then read the partition whole for
 //! every delivery inserted until the next analyze.
+
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use chrono::Utc;
@@ -11,10 +13,11 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
+use herald::db::removals::{self, RemovalState, Removed};
 use herald::db::replays::{self, Refused};
 use herald::domain::{AppId, EndpointId, MessageId};
 
-use crate::helpers::{Receiver, TestServer, spawn_app};
+use crate::helpers::{Receiver, TestServer, all_delivered, spawn_app};
 
 /// Vacuums and analyzes the message and delivery partitions while they are empty
 /// (`reltuples` 0), as an operator's VACUUM, `vacuumdb` after `pg_upgrade`, or autovacuum
@@ -29,15 +32,26 @@ async fn vacuum_empty(app: &TestServer) {
 
 /// Sequential scans of the message partitions by this transaction so far.
 async fn message_scans(tx: &mut PgConnection) -> i64 {
+    scans_of(tx, "herald.message").await
+}
+
+/// Sequential scans of `parent`'s partitions by this transaction so far.
+async fn scans_of(tx: &mut PgConnection, parent: &str) -> i64 {
     sqlx::query_scalar(
         "select coalesce(sum(s.seq_scan), 0)::int8
            from pg_stat_xact_user_tables s
            join pg_inherits i on i.inhrelid = s.relid
-          where i.inhparent = 'herald.message'::regclass",
+          where i.inhparent = $1::regclass",
     )
+    .bind(parent)
     .fetch_one(&mut *tx)
     .await
     .unwrap()
+}
+
+/// Sequential scans of the message and delivery partitions by this transaction so far.
+async fn history_scans(tx: &mut PgConnection) -> i64 {
+    scans_of(tx, "herald.message").await + scans_of(tx, "herald.delivery").await
 }
 
 #[tokio::test]
@@ -224,6 +238,76 @@ async fn a_recover_checks_its_new_deliveries_by_index_in_partitions_vacuumed_emp
         0,
         "no message partition is scanned"
     );
+    tx.rollback().await.unwrap();
+    setup.app.stop().await;
+}
+
+/// A removal deletes an application's deliveries and messages by index, the foreign key's
+/// cascade from each message to its deliveries included. The control deletes the same rows
+/// with two plain statements: they scan the partitions.
+#[tokio::test]
+async fn a_removal_deletes_by_index_in_partitions_vacuumed_empty() {
+    let setup = late_endpoint().await;
+    let app_key = setup.app_id.to_string();
+    for message in &setup.messages {
+        setup
+            .app
+            .wait_for_message(
+                &app_key,
+                &message.to_string(),
+                Duration::from_secs(10),
+                all_delivered,
+            )
+            .await;
+    }
+    let control = {
+        let mut conn = setup.connection().await;
+        let mut tx = conn.begin().await.unwrap();
+        for sql in [
+            "delete from delivery
+              where endpoint_id in (select id from endpoint where app_id = $1)",
+            "delete from message where app_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(setup.app_id)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        let scans = history_scans(&mut tx).await;
+        tx.rollback().await.unwrap();
+        scans
+    };
+    assert!(
+        control > 0,
+        "the control's deletions are sequential scans ({control}): the test tests nothing"
+    );
+
+    // Queued in the test's own transaction: the server's remover never sees it.
+    let mut conn = setup.connection().await;
+    let mut tx = conn.begin().await.unwrap();
+    removals::queue_app(&mut tx, setup.app_id)
+        .await
+        .unwrap()
+        .expect("queued");
+    let mut removed = Removed::default();
+    for _ in 0..10 {
+        let batch = removals::step(&mut tx, removals::BATCH)
+            .await
+            .unwrap()
+            .expect("the removal is there");
+        assert!(!batch.waiting, "nothing is in flight");
+        if batch.removal.state == RemovalState::Done {
+            removed = batch.removal.removed;
+            break;
+        }
+    }
+    assert_eq!(
+        (removed.messages, removed.deliveries),
+        (12, 12),
+        "every message and its delivery removed"
+    );
+    assert_eq!(history_scans(&mut tx).await, 0, "no partition is scanned");
     tx.rollback().await.unwrap();
     setup.app.stop().await;
 }
