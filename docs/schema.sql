@@ -24,7 +24,7 @@
 --   herald.feed_message_created        0016_partitioned_history (earlier versions: 0002_feed)
 --   herald.history_suffix              0016_partitioned_history
 --   herald.idempotency_window          0009_idempotency_window
---   herald.jsonb_or_null               0023_routing
+--   herald.jsonb_or_null               0037_json_and_time_guards (earlier versions: 0023_routing)
 --   herald.live_floor                  0016_partitioned_history
 --   herald.live_from                   0016_partitioned_history
 --   herald.manage_history              0016_partitioned_history
@@ -44,7 +44,7 @@
 --   herald.type_routes                 0023_routing
 --   herald.uuid_v7                     0001_core
 --   herald.uuid_v7_at                  0016_partitioned_history
---   herald.uuid_v7_floor               0002_feed
+--   herald.uuid_v7_floor               0037_json_and_time_guards (earlier versions: 0002_feed)
 
 --
 -- Name: herald; Type: SCHEMA; Schema: -; Owner: -
@@ -1288,7 +1288,7 @@ CREATE FUNCTION herald.jsonb_or_null(p_payload json) RETURNS jsonb
     AS $$
 begin
     return p_payload::jsonb;
-exception when untranslatable_character or invalid_parameter_value then
+exception when others then
     return null;
 end
 $$;
@@ -1837,7 +1837,9 @@ CREATE FUNCTION herald.uuid_v7_floor(p_at timestamp with time zone) RETURNS uuid
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
   select encode(overlay('\x00000000000070008000000000000000'::bytea
-                        placing substring(int8send((extract(epoch from p_at) * 1000)::bigint) from 3)
+                        placing substring(int8send(least(greatest(
+                                    (extract(epoch from p_at) * 1000)::numeric, 0),
+                                    281474976710655)::bigint) from 3)
                         from 1 for 6), 'hex')::uuid
 $$;
 

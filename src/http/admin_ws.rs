@@ -82,7 +82,10 @@ pub(super) async fn upgrade(
         ))
         .into_response();
     }
+    // The frame too: tungstenite would otherwise buffer a frame of up to 16 MiB, as its
+    // header declares, before it counted the message.
     ws.max_message_size(64 * 1024)
+        .max_frame_size(64 * 1024)
         .on_upgrade(move |socket| serve(state, access, socket))
 }
 

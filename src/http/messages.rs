@@ -68,6 +68,42 @@ fn check_idempotency_key(key: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// Deepest nesting of arrays and objects a payload may have. serde_json reads a raw
+/// payload at any depth, but PostgreSQL parses it again as it stores it, recursively: a
+/// payload of a few hundred thousand `[` (well under the size limit) ran it out of stack
+/// (54001), and the send failed with whatever shared its batch. 128 is serde_json's own
+/// limit for parsed values, which the event-type schemas are checked with.
+const MAX_PAYLOAD_DEPTH: usize = 128;
+
+/// Whether the JSON text `raw` (already known to be well-formed) nests arrays and objects
+/// more than `max` levels deep. Brackets inside strings do not count.
+fn nests_deeper_than(raw: &str, max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in raw.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 fn check<'a>(state: &ServerState, body: &'a SendMessage) -> ApiResult<Checked<'a>> {
     let event_type = EventType::parse(&body.event_type).map_err(ApiError::Invalid)?;
     let payload = body.payload.get();
@@ -76,6 +112,11 @@ fn check<'a>(state: &ServerState, body: &'a SendMessage) -> ApiResult<Checked<'a
             "payload is {} bytes; the limit is {}",
             payload.len(),
             state.config.max_payload_bytes
+        )));
+    }
+    if nests_deeper_than(payload, MAX_PAYLOAD_DEPTH) {
+        return Err(ApiError::Invalid(format!(
+            "payload nests arrays and objects more than {MAX_PAYLOAD_DEPTH} levels deep"
         )));
     }
     let channels = routing::channels(&body.channels, routing::MAX_MESSAGE_CHANNELS)
@@ -445,4 +486,23 @@ async fn erase_payload(
         .await?
         .ok_or(ApiError::NotFound("message"))?;
     Ok(Json(erased))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nests_deeper_than;
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        assert!(!nests_deeper_than(r#"{"a": [1, {"b": []}]}"#, 4));
+        assert!(nests_deeper_than(r#"{"a": [1, {"b": []}]}"#, 3));
+        assert!(!nests_deeper_than(r#"{"a": "[[[[[[{{{{"}"#, 1));
+        // An escaped quote does not end the string.
+        assert!(!nests_deeper_than(r#"["\"[[[[", "\\"]"#, 1));
+        assert!(nests_deeper_than(r#"["\\", [[]]]"#, 2));
+        let deep = format!("{}{}", "[".repeat(129), "]".repeat(129));
+        assert!(nests_deeper_than(&deep, 128));
+        let limit = format!("{}{}", "[".repeat(128), "]".repeat(128));
+        assert!(!nests_deeper_than(&limit, 128));
+    }
 }

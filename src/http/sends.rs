@@ -250,7 +250,7 @@ async fn alone(pool: &PgPool, direct: &Direct, m: &Outgoing) -> Answer {
 /// (40), lock timeouts (55) and a PL/pgSQL exception (P0). Not a database going away.
 fn resend_alone(code: Option<&str>) -> bool {
     code.is_some_and(|c| {
-        ["22", "23", "40", "55", "P0"]
+        ["22", "23", "40", "54", "55", "P0"]
             .iter()
             .any(|k| c.starts_with(k))
     })
@@ -271,7 +271,7 @@ mod tests {
 
     #[test]
     fn only_data_and_lock_errors_are_sent_again_alone() {
-        for code in ["22021", "23505", "40P01", "55P03", "P0001"] {
+        for code in ["22021", "23505", "40P01", "54001", "55P03", "P0001"] {
             assert!(resend_alone(Some(code)), "{code}");
         }
         for code in ["57P01", "08006", "53300", "XX000"] {

@@ -410,6 +410,30 @@ async fn recovering_one_window_twice_at_once_does_not_double_the_sends() {
     assert_eq!(receiver.count(), 2 * N, "a delivery was sent twice");
 }
 
+/// A window that starts before 1970 holds every dead delivery (`uuid_v7_floor` took such a
+/// time for one above every id until migration 0037, and the recover queued none).
+#[tokio::test]
+async fn a_recover_since_before_1970_takes_every_dead_delivery() {
+    const N: usize = 3;
+    let app = spawn_app_with(&[("HERALD_RETRY_SCHEDULE", "none")]).await;
+    let Dead {
+        receiver,
+        app_id,
+        ep,
+        ..
+    } = dead_deliveries(&app, N).await;
+    let (status, body) = app
+        .post(
+            &format!("/apps/{app_id}/endpoints/{ep}/recover"),
+            json!({"since": "1969-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 202, "{body}");
+    assert_eq!(body["queued"], N, "{body}");
+    // The N failed requests, then the N recovered ones.
+    receiver.wait_for(2 * N, Duration::from_secs(10)).await;
+}
+
 async fn wait_dead(app: &TestServer, n: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

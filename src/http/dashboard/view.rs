@@ -3,7 +3,7 @@
 //! how the pages' forms show and read times and build their "Older" links.
 
 use axum::http::StatusCode;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 
 use super::PageError;
 use crate::db::attempts::Attempt;
@@ -183,15 +183,19 @@ impl From<Endpoint> for EndpointRow {
     }
 }
 
-/// A time from a form: RFC 3339, or a `datetime-local` value read as UTC.
+/// A time from a form: RFC 3339, or a `datetime-local` value read as UTC. Years of four
+/// digits only, as `datetime-local` gives: `%Y` alone also reads `-100000`, a time that
+/// PostgreSQL cannot hold.
 pub(in crate::http) fn form_time_value(value: &str) -> Option<DateTime<Utc>> {
     let value = value.trim();
-    search::rfc3339(value).or_else(|| {
-        chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M")
-            .or_else(|_| chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S%.f"))
-            .ok()
-            .map(|t| t.and_utc())
-    })
+    search::rfc3339(value)
+        .or_else(|| {
+            chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M")
+                .or_else(|_| chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S%.f"))
+                .ok()
+                .map(|t| t.and_utc())
+        })
+        .filter(|t| (0..=9999).contains(&t.year()))
 }
 
 /// How a `datetime-local` input shows a time (UTC).
@@ -244,4 +248,18 @@ pub(in crate::http) fn pretty(payload: &str) -> String {
     serde_json::from_str::<serde_json::Value>(payload)
         .and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or_else(|_| payload.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::form_time_value;
+
+    #[test]
+    fn a_form_time_has_a_year_of_four_digits() {
+        assert!(form_time_value("2026-12-04T10:30").is_some());
+        assert!(form_time_value("1969-01-01T00:00:00.000").is_some());
+        assert!(form_time_value("2026-12-04T10:30:00Z").is_some());
+        assert_eq!(form_time_value("-100000-01-01T00:00"), None);
+        assert_eq!(form_time_value("100000-01-01T00:00"), None);
+    }
 }
