@@ -10,7 +10,7 @@
 --
 --   herald.channel_routes              0023_routing
 --   herald.claim                       0004_limits
---   herald.claim_next                  0036_claim_counts_in_one_scan (earlier versions: 0005_claim_walk, 0018_live_floor, 0027_claim_per_endpoint, 0030_claim_as_0018, 0031_claim_per_endpoint_again, 0033_claim_by_id, 0034_claim_in_its_partitions)
+--   herald.claim_next                  0038_claim_walk_reads_an_entry_an_endpoint (earlier versions: 0005_claim_walk, 0018_live_floor, 0027_claim_per_endpoint, 0030_claim_as_0018, 0031_claim_per_endpoint_again, 0033_claim_by_id, 0034_claim_in_its_partitions, 0036_claim_counts_in_one_scan)
 --   herald.create_history_partition    0016_partitioned_history
 --   herald.drop_history_partition      0016_partitioned_history
 --   herald.endpoint_routes             0023_routing
@@ -265,36 +265,48 @@ declare
     v_walk uuid[];
     v_walk_end uuid;
     v_endpoints uuid[];
+    -- Probes a walk may make: endpoints whose rows all wait count too.
+    v_steps bigint := 4 * p_endpoints;
+    v_last uuid;
+    v_n bigint;
+    v_k bigint;
 begin
-    -- The endpoints with due rows, in id order: a loose index scan over
-    -- delivery_endpoint_pending, one probe per endpoint.
-    v_walk := array(
-        with recursive due_endpoint as (
-            (select d.endpoint_id, 1 as n
+    -- The endpoints with due rows, in id order from p_after: a loose index scan over
+    -- delivery_endpoint_pending, one probe per endpoint with pending rows. Each probe takes
+    -- the first entry past the last endpoint, which is that endpoint's earliest pending row
+    -- (the index is in (endpoint_id, next_attempt_at) order): it is due if that row is. At
+    -- most p_endpoints endpoints with due rows, in at most v_steps probes: a walk through
+    -- endpoints whose rows all wait for a retry stops there, says where, and the next claim
+    -- goes on from it.
+    select array_agg(s.endpoint_id order by s.n) filter (where s.due),
+           (array_agg(s.endpoint_id order by s.n desc))[1],
+           max(s.n), max(s.k)
+      into v_walk, v_last, v_n, v_k
+      from (
+        with recursive step as (
+            (select d.endpoint_id, d.next_attempt_at <= now() as due, 1 as n,
+                    (d.next_attempt_at <= now())::int as k
                from delivery d
-              where d.state = 'pending' and d.next_attempt_at <= now() and d.id >= v_floor
-                and d.endpoint_id > p_after
-              order by d.endpoint_id
+              where d.state = 'pending' and d.id >= v_floor and d.endpoint_id > p_after
+              order by d.endpoint_id, d.next_attempt_at
               limit 1)
             union all
-            select next.endpoint_id, prev.n + 1
-              from due_endpoint prev
+            select next.endpoint_id, next.due, prev.n + 1, prev.k + next.due::int
+              from step prev
              cross join lateral (
-                   select d.endpoint_id
+                   select d.endpoint_id, d.next_attempt_at <= now() as due
                      from delivery d
-                    where d.state = 'pending' and d.next_attempt_at <= now() and d.id >= v_floor
+                    where d.state = 'pending' and d.id >= v_floor
                       and d.endpoint_id > prev.endpoint_id
-                    order by d.endpoint_id
+                    order by d.endpoint_id, d.next_attempt_at
                     limit 1) next
-             where prev.n < p_endpoints
+             where prev.n < v_steps and prev.k < p_endpoints
         )
-        select de.endpoint_id from due_endpoint de order by de.n);
-    if cardinality(v_walk) = 0 then
-        return;
-    end if;
+        select * from step) s;
+    v_walk := coalesce(v_walk, '{}');
     -- Stopped early: more endpoints may have due rows after the last one walked.
-    if cardinality(v_walk) >= p_endpoints then
-        v_walk_end := v_walk[cardinality(v_walk)];
+    if v_n >= v_steps or v_k >= p_endpoints then
+        v_walk_end := v_last;
     end if;
 
     -- Those endpoints, locked; the ones another transaction holds are skipped.

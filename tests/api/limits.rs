@@ -285,3 +285,198 @@ async fn a_claim_counts_out_only_its_own_finished_requests() {
         "the last due delivery, in the room the two over made"
     );
 }
+
+/// The claim walks past an endpoint whose rows all wait for a retry reading one index entry
+/// of it, not every one (migration 0038). The control asks as the walk did before, in one
+/// probe whose time condition cannot bound the scan: it reads them all. Both are counted in
+/// buffers, by EXPLAIN (a function's statements are counted in its call's node).
+#[tokio::test]
+async fn a_claim_walks_past_an_endpoint_whose_rows_all_wait_without_reading_them() {
+    const WAITING: i64 = 50_000;
+    let (_url, pool) = database_at(i64::MAX).await;
+    let app: uuid::Uuid =
+        sqlx::query_scalar("insert into herald.application (name) values ('a') returning id")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let app_key = format!("app_{}", app.simple());
+    // Two endpoints subscribed to nothing yet; the first in the walk's order will wait.
+    let mut endpoints: Vec<uuid::Uuid> = Vec::new();
+    for _ in 0..2 {
+        endpoints.push(
+            sqlx::query_scalar(
+                "insert into herald.endpoint (app_id, url, event_types)
+                 values ($1, 'http://127.0.0.1:9/', '{nothing.yet}') returning id",
+            )
+            .bind(app)
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        );
+    }
+    endpoints.sort();
+    let (waiting, due) = (endpoints[0], endpoints[1]);
+    let send = async |n: i64| {
+        sqlx::query(
+            "select count(*)
+               from herald.enqueue_batch(array_fill($1::text, array[$2::int]),
+                                         array_fill('invoice.paid'::text, array[$2::int]),
+                                         array_fill('{}'::text, array[$2::int]),
+                                         array_fill(''::text, array[$2::int]),
+                                         array_fill(null::text, array[$2::int]),
+                                         null, 30, 0, '{}', '{}')",
+        )
+        .bind(&app_key)
+        .bind(n)
+        .execute(&pool)
+        .await
+        .unwrap();
+    };
+    // WAITING messages, each with a delivery to `waiting` in backoff until tomorrow, each at
+    // its own time as retries are (equal keys would share an entry), and written as such (an
+    // update would leave the index the entries of the rows' old versions).
+    send(WAITING).await;
+    sqlx::query(
+        "insert into herald.delivery (id, message_id, endpoint_id, state, next_attempt_at)
+         select herald.uuid_v7_at(m.id), m.id, $1, 'pending',
+                now() + interval '1 day' + row_number() over (order by m.id) * interval '1 ms'
+           from herald.message m",
+    )
+    .bind(waiting)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // And one message for `due`, due now.
+    sqlx::query("update herald.endpoint set event_types = '{invoice.paid}' where id = $1")
+        .bind(due)
+        .execute(&pool)
+        .await
+        .unwrap();
+    send(1).await;
+    let one: uuid::Uuid =
+        sqlx::query_scalar("select id from herald.delivery where endpoint_id = $1")
+            .bind(due)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    sqlx::query("vacuum (analyze) herald.delivery")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // The buffers a statement read, from its plan's top node.
+    let buffers = async |tx: &mut sqlx::PgConnection, sql: &'static str| -> i64 {
+        let plan: serde_json::Value = sqlx::query_scalar(sql).fetch_one(&mut *tx).await.unwrap();
+        let top = &plan[0]["Plan"];
+        top["Shared Hit Blocks"].as_i64().unwrap() + top["Shared Read Blocks"].as_i64().unwrap()
+    };
+
+    // One connection for both, the claim's statements planned before it is counted.
+    let mut conn = pool.acquire().await.unwrap();
+    let claim_sql = "explain (analyze, buffers, format json)
+         select * from herald.claim_next(gen_random_uuid(), 30, 10, 128, 10,
+                                         '00000000-0000-0000-0000-000000000000', '{}')";
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    buffers(&mut tx, claim_sql).await;
+    tx.rollback().await.unwrap();
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    sqlx::query("set local enable_seqscan = off")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let control = buffers(
+        &mut tx,
+        "explain (analyze, buffers, format json)
+         select d.endpoint_id from herald.delivery d
+          where d.state = 'pending' and d.next_attempt_at <= now()
+            and d.endpoint_id > '00000000-0000-0000-0000-000000000000'
+          order by d.endpoint_id limit 1",
+    )
+    .await;
+    tx.rollback().await.unwrap();
+
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    let claim = buffers(&mut tx, claim_sql).await;
+    let claimed: Vec<uuid::Uuid> =
+        sqlx::query_scalar("select id from herald.delivery where state = 'in_flight'")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(claimed, vec![one], "the due endpoint's one row");
+    assert!(
+        control > 200,
+        "the control reads the waiting entries' pages ({control} buffers): the test tests nothing"
+    );
+    assert!(
+        claim * 3 < control,
+        "the claim read {claim} buffers, the control's probe alone {control}"
+    );
+}
+
+/// A walk through more endpoints that only wait than it may probe stops, takes nothing, and
+/// says where it stopped; the next claim goes on from there to the due one behind them.
+#[tokio::test]
+async fn a_walk_through_endpoints_that_only_wait_says_where_it_stopped() {
+    let (_url, pool) = database_at(i64::MAX).await;
+    let app: uuid::Uuid =
+        sqlx::query_scalar("insert into herald.application (name) values ('a') returning id")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    // p_endpoints 2 below: a walk makes at most 8 probes. Ten endpoints that wait, then one
+    // that is due.
+    let mut endpoints: Vec<uuid::Uuid> = Vec::new();
+    for _ in 0..11 {
+        endpoints.push(
+            sqlx::query_scalar(
+                "insert into herald.endpoint (app_id, url) values ($1, 'http://127.0.0.1:9/')
+                 returning id",
+            )
+            .bind(app)
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        );
+    }
+    endpoints.sort();
+    let stored: i64 = sqlx::query_scalar(
+        "select count(delivery_id)
+           from herald.enqueue_batch(array[$1::text], array['invoice.paid'], array['{}'],
+                                     array[''], array[null::text], null, 30, 0, '{}', '{}')",
+    )
+    .bind(format!("app_{}", app.simple()))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, 11);
+    sqlx::query(
+        "update herald.delivery set next_attempt_at = now() + interval '1 day'
+          where endpoint_id <> $1",
+    )
+    .bind(endpoints[10])
+    .execute(&pool)
+    .await
+    .unwrap();
+    let claim = async |after: uuid::Uuid| -> (Vec<uuid::Uuid>, Option<uuid::Uuid>) {
+        let rows: Vec<(Option<uuid::Uuid>, Option<uuid::Uuid>)> = sqlx::query_as(
+            "select endpoint_id, walk_end from herald.claim_next($1, 30, 10, 128, 2, $2, '{}')",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(after)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let taken = rows.iter().filter_map(|r| r.0).collect();
+        (taken, rows.first().and_then(|r| r.1))
+    };
+    let (taken, walk_end) = claim(uuid::Uuid::nil()).await;
+    assert!(taken.is_empty(), "{taken:?}");
+    assert_eq!(walk_end, Some(endpoints[7]), "stopped after 8 probes");
+    let (taken, walk_end) = claim(endpoints[7]).await;
+    assert_eq!(
+        taken,
+        vec![endpoints[10]],
+        "the due endpoint, behind the waiting ones"
+    );
+    assert_eq!(walk_end, None, "the walk reached the end");
+}
