@@ -12,7 +12,7 @@
 --   herald.claim                       0004_limits
 --   herald.claim_next                  0038_claim_walk_reads_an_entry_an_endpoint (earlier versions: 0005_claim_walk, 0018_live_floor, 0027_claim_per_endpoint, 0030_claim_as_0018, 0031_claim_per_endpoint_again, 0033_claim_by_id, 0034_claim_in_its_partitions, 0036_claim_counts_in_one_scan)
 --   herald.create_history_partition    0016_partitioned_history
---   herald.drop_history_partition      0016_partitioned_history
+--   herald.drop_history_partition      0039_retention_counts_by_index (earlier versions: 0016_partitioned_history)
 --   herald.endpoint_routes             0023_routing
 --   herald.endpoint_set_routes         0023_routing
 --   herald.enqueue                     0023_routing (earlier versions: 0001_core, 0004_limits, 0009_idempotency_window, 0016_partitioned_history, 0019_removal)
@@ -525,17 +525,29 @@ $_$;
 CREATE FUNCTION herald.drop_history_partition(p_kind text, p_suffix text, p_max_live bigint) RETURNS text
     LANGUAGE plpgsql
     SET search_path TO 'herald', 'pg_temp'
-    AS $$
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
+    AS $_$
 declare
     v_message text := 'message_' || p_suffix;
     v_delivery text := 'delivery_' || p_suffix;
     v_attempt text := 'attempt_' || p_suffix;
+    -- The partition's live deliveries, at most p_max_live + 1 of each state, each state on
+    -- its partial index.
+    v_count text := format(
+        'select (select count(*) from (select 1 from %1$I where state = ''pending''
+                                        limit $1 + 1) p)
+              + (select count(*) from (select 1 from %1$I where state = ''in_flight''
+                                        limit $1 + 1) f)', v_delivery);
+    v_live_ids text := format(
+        'select d.message_id from %1$I d where d.state = ''pending''
+         union all
+         select d.message_id from %1$I d where d.state = ''in_flight''', v_delivery);
     v_live bigint := 0;
     v_kept bigint := 0;
 begin
     if p_kind = 'message' then
-        execute format('select count(*) from %I where state in (''pending'', ''in_flight'')',
-                       v_delivery) into v_live;
+        execute v_count into v_live using p_max_live;
         if v_live > p_max_live then
             return format('kept message partition %s: %s deliveries still pending or in flight',
                           p_suffix, v_live);
@@ -544,8 +556,7 @@ begin
         lock table message, delivery in access exclusive mode;
         -- Counted again under the lock, always: it is this count that decides (a replay
         -- that committed while this waited made a delivery live).
-        execute format('select count(*) from %I where state in (''pending'', ''in_flight'')',
-                       v_delivery) into v_live;
+        execute v_count into v_live using p_max_live;
         if v_live > p_max_live then
             return format('kept message partition %s: %s deliveries still pending or in flight',
                           p_suffix, v_live);
@@ -555,16 +566,11 @@ begin
         if v_live > 0 then
             perform set_config('herald.moving', 'on', true);
             execute format('insert into message
-                            select m.* from %I m
-                             where m.id in (select d.message_id from %I d
-                                             where d.state in (''pending'', ''in_flight''))',
-                           v_message, v_delivery);
+                            select m.* from %I m where m.id in (%s)', v_message, v_live_ids);
             get diagnostics v_kept = row_count;
             execute format('insert into delivery
-                            select d.* from %I d
-                             where d.message_id in (select l.message_id from %I l
-                                                     where l.state in (''pending'', ''in_flight''))',
-                           v_delivery, v_delivery);
+                            select d.* from %I d where d.message_id in (%s)',
+                           v_delivery, v_live_ids);
             perform set_config('herald.moving', '', true);
         end if;
         execute format('drop table %I, %I', v_delivery, v_message);
@@ -579,7 +585,7 @@ begin
                        then format(', %s messages still being delivered kept', v_kept)
                        else '' end);
 end
-$$;
+$_$;
 
 
 --

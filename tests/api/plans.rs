@@ -1,7 +1,8 @@
 //! Plans that stay on the indexes whatever the statistics say: every statement that inserts
 //! deliveries checks them against their messages by index, and every removal deletes by
 //! index, even in partitions vacuumed while empty (migration 0035 for the sends,
-//! `db::plan_on_indexes` for replays, recovers and removals). A connection plans such a check once and keeps it; planned as a
+//! `db::plan_on_indexes` for replays, recovers and removals); and retention counts a
+//! partition's live deliveries on its partial indexes (migration 0039). A connection plans such a check once and keeps it; planned as a
 //! sequential scan of a partition believed empty, it then read the partition whole for
 //! every delivery inserted until the next analyze.
 
@@ -310,4 +311,70 @@ async fn a_removal_deletes_by_index_in_partitions_vacuumed_empty() {
     assert_eq!(history_scans(&mut tx).await, 0, "no partition is scanned");
     tx.rollback().await.unwrap();
     setup.app.stop().await;
+}
+
+/// Retention counts a partition's live deliveries on the partial indexes (migration 0039):
+/// `state in ('pending', 'in_flight')`, which no index answers, read the whole partition,
+/// under ACCESS EXCLUSIVE on all history the second time. The control counts that way.
+#[tokio::test]
+async fn retention_counts_a_partitions_live_deliveries_by_index() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let (app_id, _, _) = app.app_with_endpoint(&receiver).await;
+    let msg = app.send(&app_id, "invoice.paid", json!({})).await;
+    app.wait_for_message(&app_id, &msg, Duration::from_secs(10), all_delivered)
+        .await;
+    sqlx::query(
+        "update herald.delivery set state = 'pending', next_attempt_at = now() + interval '1 hour'
+          where message_id = substring($1 from 5)::uuid",
+    )
+    .bind(&msg)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let suffix: String = sqlx::query_scalar(
+        "select substring(tableoid::regclass::text from 9) from herald.message
+          where id = substring($1 from 5)::uuid",
+    )
+    .bind(&msg)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let connection = async || {
+        let pool = herald::db::connect(&app.db_url, 1).await.unwrap();
+        pool.acquire().await.unwrap().detach()
+    };
+
+    let mut conn = connection().await;
+    let mut tx = conn.begin().await.unwrap();
+    // The suffix is Herald's own, read from the catalog.
+    let live: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "select count(*) from delivery_{suffix} where state in ('pending', 'in_flight')"
+    )))
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(live, 1);
+    let control = history_scans(&mut tx).await;
+    tx.rollback().await.unwrap();
+    assert!(
+        control > 0,
+        "the control's count is a sequential scan ({control}): the test tests nothing"
+    );
+
+    let mut conn = connection().await;
+    let mut tx = conn.begin().await.unwrap();
+    let said: String = sqlx::query_scalar("select herald.drop_history_partition('message', $1, 0)")
+        .bind(&suffix)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert!(said.starts_with("kept message partition"), "{said}");
+    assert!(
+        said.ends_with(": 1 deliveries still pending or in flight"),
+        "{said}"
+    );
+    assert_eq!(history_scans(&mut tx).await, 0, "no partition is scanned");
+    tx.rollback().await.unwrap();
+    app.stop().await;
 }
