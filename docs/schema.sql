@@ -1544,6 +1544,7 @@ CREATE TABLE herald.endpoint (
     channels text[] DEFAULT '{}'::text[] NOT NULL,
     filter jsonb,
     routes text[] DEFAULT '{}'::text[] NOT NULL,
+    url_by_portal boolean DEFAULT false NOT NULL,
     CONSTRAINT endpoint_max_in_flight_check CHECK (((max_in_flight >= 1) AND (max_in_flight <= 1000))),
     CONSTRAINT endpoint_rate_limit_check CHECK (((rate_limit >= 1) AND (rate_limit <= 10000)))
 );

@@ -72,10 +72,16 @@ impl Server {
             config.allow_private_targets,
             config.worker_concurrency,
         )?;
+        // Private targets for the operator's endpoints but not for the portal's: those are
+        // sent with a client of their own, which resolves to public addresses only.
+        let portal_client = (config.allow_private_targets && !config.portal_allow_private_targets)
+            .then(|| client::build(config.request_timeout, false, config.worker_concurrency))
+            .transpose()?;
         let cancel = CancellationToken::new();
         let workers = WorkerPool::spawn(
             pool.clone(),
             client,
+            portal_client,
             WorkerSettings::from(&config),
             cancel.clone(),
         );

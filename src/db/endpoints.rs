@@ -53,6 +53,9 @@ pub fn shown_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
 #[derive(Debug, Default)]
 pub struct EndpointFields {
     pub url: Option<String>,
+    /// Whether `url` is set by a portal customer (for whom private targets are a setting
+    /// of their own, `HERALD_PORTAL_ALLOW_PRIVATE_TARGETS`), not through the API.
+    pub url_by_portal: bool,
     pub description: Option<String>,
     pub event_types: Option<Vec<String>>,
     pub channels: Option<Vec<String>>,
@@ -102,9 +105,9 @@ pub async fn create(
     let endpoint: Endpoint = sqlx::query_as(concat!(
         "insert into endpoint (id, app_id, url, description, event_types, disabled, \
                                disabled_reason, max_in_flight, rate_limit, headers, channels,
-                               filter)
+                               filter, url_by_portal)
          values ($1, $2, $3, $4, $5, $6, case when $6 then 'disabled by an operator' end, $7, $8,
-                 $9, $10, $11)
+                 $9, $10, $11, $12)
          returning ",
         endpoint_columns!()
     ))
@@ -119,6 +122,7 @@ pub async fn create(
     .bind(Json(fields.headers.unwrap_or_default()))
     .bind(fields.channels.unwrap_or_default())
     .bind(fields.filter.flatten().map(Json))
+    .bind(fields.url_by_portal)
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query("insert into endpoint_secret (endpoint_id, secret) values ($1, $2)")
@@ -181,6 +185,7 @@ pub async fn update(
     sqlx::query_as(concat!(
         "update endpoint set
              url = coalesce($3, url),
+             url_by_portal = case when $3 is null then url_by_portal else $15 end,
              description = coalesce($4, description),
              event_types = coalesce($5, event_types),
              disabled = coalesce($6, disabled),
@@ -214,6 +219,7 @@ pub async fn update(
     .bind(fields.channels)
     .bind(set_filter)
     .bind(filter.map(Json))
+    .bind(fields.url_by_portal)
     .fetch_optional(db)
     .await
 }

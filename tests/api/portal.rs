@@ -858,6 +858,69 @@ async fn customers_cannot_aim_endpoints_at_private_addresses_unless_both_setting
     server.stop().await;
 }
 
+/// A host name is resolved only when the worker connects: one that a portal customer set is
+/// sent to with a client that reaches public addresses only, while the operator's endpoints
+/// (the tests allow private targets) still reach the same address.
+#[tokio::test]
+async fn a_customers_host_name_that_resolves_to_a_private_address_is_never_called() {
+    let server = spawn_app_with(&[("HERALD_PORTAL_ALLOW_PRIVATE_TARGETS", "false")]).await;
+    let receiver = Receiver::start().await;
+    let app = server.create_app().await;
+    let portal = PortalClient::open(&server, &app).await;
+    let by_name = receiver.url().replace("127.0.0.1", "localhost");
+    let (status, page) = portal
+        .post(
+            "/endpoints",
+            &[("url", by_name.as_str()), ("rate_limit", "")],
+        )
+        .await;
+    assert!(
+        status.is_success() || status.is_redirection(),
+        "{status}: {page}"
+    );
+    let msg = server.send(&app, "invoice.paid", json!({})).await;
+    let m = server
+        .wait_for_message(&app, &msg, Duration::from_secs(10), |m| {
+            m["deliveries"][0]["last_error"].is_string()
+        })
+        .await;
+    let (_, attempts) = server
+        .get(&format!("/apps/{app}/messages/{msg}/attempts"))
+        .await;
+    assert_eq!(
+        attempts["data"][0]["error_kind"], "blocked",
+        "{attempts:#} {m:#}"
+    );
+    assert_eq!(
+        receiver.count(),
+        0,
+        "the customer's endpoint reached a private address"
+    );
+
+    // The operator's endpoint at the same name is sent to (and the customer's URL, set
+    // again through the API, is the operator's from then on).
+    let ep = m["deliveries"][0]["endpoint_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = server
+        .patch(
+            &format!("/apps/{app}/endpoints/{ep}"),
+            json!({"url": by_name}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let msg = server.send(&app, "invoice.paid", json!({})).await;
+    server
+        .wait_for_message(&app, &msg, Duration::from_secs(10), all_delivered)
+        .await;
+    assert!(
+        receiver.received().iter().any(|r| r.header("webhook-id") == msg),
+        "the operator's URL is sent to"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn many_endpoints_come_in_pages() {
     let server = spawn_app_with(&[]).await;

@@ -52,6 +52,9 @@ pub struct WorkerSettings {
     pub retry_schedule: RetrySchedule,
     pub disable_after: Duration,
     pub allow_private_targets: bool,
+    /// `HERALD_PORTAL_ALLOW_PRIVATE_TARGETS` (only ever true with the above): whether an
+    /// endpoint whose URL a portal customer set may reach private addresses too.
+    pub portal_allow_private_targets: bool,
     pub shutdown_grace: Duration,
 }
 
@@ -77,6 +80,7 @@ impl From<&Config> for WorkerSettings {
             retry_schedule: c.retry_schedule.clone(),
             disable_after: c.disable_after,
             allow_private_targets: c.allow_private_targets,
+            portal_allow_private_targets: c.portal_allow_private_targets,
             shutdown_grace: c.shutdown_grace,
         }
     }
@@ -90,6 +94,9 @@ pub struct WorkerPool {
 struct Shared {
     pool: PgPool,
     client: reqwest::Client,
+    /// Only when private targets are allowed but not to portal customers: a client that
+    /// reaches public addresses only, for the endpoints whose URL a customer set.
+    portal_client: Option<reqwest::Client>,
     settings: WorkerSettings,
     /// This process's identity in `delivery.locked_by`.
     worker_id: Uuid,
@@ -120,6 +127,7 @@ impl WorkerPool {
     pub fn spawn(
         pool: PgPool,
         client: reqwest::Client,
+        portal_client: Option<reqwest::Client>,
         settings: WorkerSettings,
         cancel: CancellationToken,
     ) -> Self {
@@ -127,6 +135,7 @@ impl WorkerPool {
         let shared = Arc::new(Shared {
             pool,
             client,
+            portal_client,
             permits: Arc::new(Semaphore::new(settings.concurrency)),
             settings,
             worker_id: Uuid::now_v7(),

@@ -150,12 +150,35 @@ impl Shared {
         }
     }
 
+    /// Whether the URL `row` is sent to is the endpoint's current one and was set through the
+    /// API (not by a portal customer), read now: asked only when private targets are allowed
+    /// to the operator but not to the portal. A URL changed since the claim, or a database
+    /// that does not answer, counts as the portal's: the attempt then reaches public
+    /// addresses only, and at worst fails as `blocked` and is retried.
+    async fn url_set_by_operator(&self, row: &Claimed) -> bool {
+        sqlx::query_scalar::<_, bool>(
+            "select not url_by_portal from endpoint where id = $1 and url = $2",
+        )
+        .bind(row.endpoint_id)
+        .bind(&row.url)
+        .fetch_optional(&self.pool)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    }
+
     async fn send(&self, row: &Claimed, timestamp: i64) -> Result<Response, Failure> {
         let url = reqwest::Url::parse(&row.url).map_err(|e| Failure {
             kind: "invalid_url",
             message: e.to_string(),
         })?;
-        if !self.settings.allow_private_targets {
+        let (client, public_only) = match &self.portal_client {
+            None => (&self.client, !self.settings.allow_private_targets),
+            Some(portal) if !self.url_set_by_operator(row).await => (portal, true),
+            Some(_) => (&self.client, false),
+        };
+        if public_only {
             client::refuse_private_literal(&url).map_err(|e| Failure {
                 kind: "blocked",
                 message: e.to_string(),
@@ -195,8 +218,7 @@ impl Shared {
             )),
         );
 
-        let mut response = self
-            .client
+        let mut response = client
             .post(url)
             .headers(headers)
             .body(body)

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use self::settings::{CreateEndpoint, UpdateEndpoint};
+use self::settings::{CreateEndpoint, UpdateEndpoint, UrlBy};
 use super::access::Access;
 use super::openapi::{AppParam, AttemptsList, EndpointParams, EndpointsList, ErrorBody};
 use super::paging::ListQuery;
@@ -70,7 +70,9 @@ async fn create(
     };
     let fields = body.settings.into_fields(
         Some(&body.url),
-        state.config.allow_private_targets,
+        UrlBy::Api {
+            allow_private: state.config.allow_private_targets,
+        },
         state.required_catalog(),
     )?;
     let mut tx = state.pool.begin().await?;
@@ -169,7 +171,9 @@ async fn update(
     }
     let fields = body.settings.into_fields(
         body.url.as_deref(),
-        state.config.allow_private_targets,
+        UrlBy::Api {
+            allow_private: state.config.allow_private_targets,
+        },
         state.required_catalog(),
     )?;
     actions::update_endpoint(

@@ -106,6 +106,24 @@ fn present_whole<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i32>>,
     Ok(Some(Some(n as i32)))
 }
 
+/// Who sets an endpoint's URL, with whether they may aim it at a private address
+/// (`HERALD_ALLOW_PRIVATE_TARGETS` for the API, `HERALD_PORTAL_ALLOW_PRIVATE_TARGETS` for
+/// the portal). The worker asks the same of the URL when it sends, so that a host name
+/// resolving to a private address is refused to a portal customer too.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum UrlBy {
+    Api { allow_private: bool },
+    Portal { allow_private: bool },
+}
+
+impl UrlBy {
+    fn allow_private(self) -> bool {
+        match self {
+            Self::Api { allow_private } | Self::Portal { allow_private } => allow_private,
+        }
+    }
+}
+
 impl EndpointSettings {
     /// What the customer portal's endpoint form sets: its description, event types and
     /// rate limit (`None`: unlimited).
@@ -123,13 +141,15 @@ impl EndpointSettings {
     }
 
     /// Checks every setting given. With `catalog` (`HERALD_REQUIRE_EVENT_TYPES`), each event
-    /// type named without a wildcard must be in it and not archived.
+    /// type named without a wildcard must be in it and not archived. `by` is who sets the
+    /// URL, which says whether it may aim at a private address.
     pub(crate) fn into_fields(
         self,
         url: Option<&str>,
-        allow_private: bool,
+        by: UrlBy,
         catalog: Option<&Catalog>,
     ) -> ApiResult<EndpointFields> {
+        let allow_private = by.allow_private();
         let url = url
             .map(|u| EndpointUrl::parse(u, allow_private).map(|u| u.to_string()))
             .transpose()
@@ -183,6 +203,7 @@ impl EndpointSettings {
         }
         Ok(EndpointFields {
             url,
+            url_by_portal: matches!(by, UrlBy::Portal { .. }),
             description: self.description,
             event_types,
             channels,

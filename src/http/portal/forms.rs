@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::http::access::{PORTAL_ACTOR, Scope};
 use crate::http::dashboard::PageError;
 use crate::http::dashboard::view::form_time_value;
-use crate::http::endpoints::settings::EndpointSettings;
+use crate::http::endpoints::settings::{EndpointSettings, UrlBy};
 use crate::http::{ServerState, actions, path_id};
 
 /// A form with its CSRF token.
@@ -176,7 +176,9 @@ impl EndpointFormBody {
         )
         .into_fields(
             Some(self.url.trim()).filter(|url| Some(*url) != shown),
-            state.config.portal_allow_private_targets,
+            UrlBy::Portal {
+                allow_private: state.config.portal_allow_private_targets,
+            },
             state.required_catalog(),
         )
         .map_err(|e| match e {
