@@ -12,7 +12,7 @@
 //! to the credential's application themselves.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use axum::RequestPartsExt;
 use axum::extract::{MatchedPath, RawPathParams, Request};
@@ -24,6 +24,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+
+use super::dashboard::session::{self, Revoked};
 
 use super::{AuthBy, app_key};
 use crate::db;
@@ -96,6 +98,9 @@ pub struct Access {
     /// For a portal link, when it was made: a long-lived stream checks now and then that
     /// the application's links were not revoked since.
     portal_issued: Option<DateTime<Utc>>,
+    /// For the dashboard's session, its cookie and this process's logged-out sessions: a
+    /// long-lived stream checks now and then that it was not logged out since.
+    session: Option<(String, Arc<Revoked>)>,
 }
 
 /// The actor of changes made in the customer portal.
@@ -115,7 +120,16 @@ impl Access {
             expires_at: None,
             token: None,
             portal_issued: None,
+            session: None,
         }
+    }
+
+    /// The dashboard's session of `cookie` (which [`session::session`] accepted): the
+    /// operator, until the cookie expires or is logged out.
+    pub fn dashboard_session(cookie: String, revoked: Arc<Revoked>) -> Self {
+        let mut access = Self::operator(AuthBy::Session).until(session::expiry(&cookie));
+        access.session = Some((cookie, revoked));
+        access
     }
 
     /// A credential limited to `scopes` and, with `app`, to one application.
@@ -127,6 +141,7 @@ impl Access {
             expires_at: None,
             token: None,
             portal_issued: None,
+            session: None,
         }
     }
 
@@ -148,11 +163,13 @@ impl Access {
         self
     }
 
-    /// Resolves when the credential stops being valid: at its expiry, or (for an API token
-    /// or a portal link) within [`RECHECK`] of its revocation. Never, for the admin token and
-    /// the dashboard's session. A stream or channel that outlives its request ends with it.
+    /// Resolves when the credential stops being valid: at its expiry, or (for an API token,
+    /// a portal link or the dashboard's session) within [`RECHECK`] of its revocation or
+    /// logout. Never, for the admin token. A stream or channel that outlives its request
+    /// ends with it.
     pub async fn ended(&self, pool: &PgPool) {
-        let revocable = self.token.is_some() || self.portal_issued.is_some();
+        let revocable =
+            self.token.is_some() || self.portal_issued.is_some() || self.session.is_some();
         if self.expires_at.is_none() && !revocable {
             return std::future::pending().await;
         }
@@ -176,6 +193,11 @@ impl Access {
             }
             if let (Some(issued), Some(app)) = (self.portal_issued, &self.app)
                 && matches!(db::apps::portal_ended(pool, app.id, issued).await, Ok(true))
+            {
+                return;
+            }
+            if let Some((cookie, revoked)) = &self.session
+                && revoked.has(cookie)
             {
                 return;
             }

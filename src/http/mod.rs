@@ -274,10 +274,10 @@ async fn authenticate(
                 None
             }
         }
-        None => ((request.method() == Method::GET || request.method() == Method::HEAD)
-            && session::session(&state.config, &state.revoked_sessions, request.headers())
-                .is_some())
-        .then(|| Access::operator(AuthBy::Session)),
+        None => (request.method() == Method::GET || request.method() == Method::HEAD)
+            .then(|| session::session(&state.config, &state.revoked_sessions, request.headers()))
+            .flatten()
+            .map(|cookie| Access::dashboard_session(cookie, state.revoked_sessions.clone())),
     };
     if let Some(access) = access {
         request.extensions_mut().insert(access);

@@ -255,6 +255,25 @@ async fn a_cookie_copied_before_logout_is_refused_after_it_on_every_process() {
 
 /// `next` after login stays on this site whatever it holds, and never makes a 500: browsers
 /// drop tabs and newlines from a `Location` and read `\\` as `/`.
+/// A live feed opened with the dashboard's session ends once that session is logged out
+/// (within 30 s, as a revoked token's), not only when the process stops.
+#[tokio::test]
+async fn a_feed_opened_with_a_session_ends_at_its_logout() {
+    let app = spawn_app().await;
+    let mut browser = Browser::new(&app);
+    browser.login().await;
+    let mut stream = browser.get("/api/v1/stream").await;
+    assert_eq!(stream.status(), 200);
+    let csrf = browser.csrf("/").await;
+    let out = browser.post_form("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status(), 303);
+    let ended = tokio::time::timeout(Duration::from_secs(40), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its session's logout");
+}
+
 #[tokio::test]
 async fn login_redirects_only_to_a_path_on_this_site() {
     let app = spawn_app().await;

@@ -915,7 +915,10 @@ async fn a_customers_host_name_that_resolves_to_a_private_address_is_never_calle
         .wait_for_message(&app, &msg, Duration::from_secs(10), all_delivered)
         .await;
     assert!(
-        receiver.received().iter().any(|r| r.header("webhook-id") == msg),
+        receiver
+            .received()
+            .iter()
+            .any(|r| r.header("webhook-id") == msg),
         "the operator's URL is sent to"
     );
     server.stop().await;

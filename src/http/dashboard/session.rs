@@ -19,7 +19,7 @@ use axum::http::header::{COOKIE, ORIGIN};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde::de::DeserializeOwned;
 use sha2::Sha256;
@@ -123,6 +123,26 @@ impl Revoked {
     fn contains(&self, id: &str) -> bool {
         self.0.lock().expect("revoked lock").contains_key(id)
     }
+
+    /// Whether the session of `cookie` (a value [`session`] accepted) was logged out since.
+    pub fn has(&self, cookie: &str) -> bool {
+        cookie
+            .split_once('.')
+            .is_some_and(|(id, _)| self.contains(id))
+    }
+}
+
+impl std::fmt::Debug for Revoked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Revoked")
+    }
+}
+
+/// When the session of `cookie` (a value [`session`] accepted) expires.
+pub fn expiry(cookie: &str) -> Option<DateTime<Utc>> {
+    let (_, rest) = cookie.split_once('.')?;
+    let (expires, _) = rest.split_once('.')?;
+    DateTime::from_timestamp(expires.parse().ok()?, 0)
 }
 
 /// What a logout tells the other processes: the session's id and expiry, not its MAC.
