@@ -100,7 +100,21 @@ pub struct Access {
     portal_issued: Option<DateTime<Utc>>,
     /// For the dashboard's session, its cookie and this process's logged-out sessions: a
     /// long-lived stream checks now and then that it was not logged out since.
-    session: Option<(String, Arc<Revoked>)>,
+    session: Option<SessionCheck>,
+}
+
+/// A dashboard session's cookie, with where its logout would be recorded. Its `Debug` names
+/// neither: the cookie is a credential.
+#[derive(Clone)]
+struct SessionCheck {
+    cookie: String,
+    revoked: Arc<Revoked>,
+}
+
+impl std::fmt::Debug for SessionCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionCheck")
+    }
 }
 
 /// The actor of changes made in the customer portal.
@@ -128,7 +142,7 @@ impl Access {
     /// operator, until the cookie expires or is logged out.
     pub fn dashboard_session(cookie: String, revoked: Arc<Revoked>) -> Self {
         let mut access = Self::operator(AuthBy::Session).until(session::expiry(&cookie));
-        access.session = Some((cookie, revoked));
+        access.session = Some(SessionCheck { cookie, revoked });
         access
     }
 
@@ -196,8 +210,8 @@ impl Access {
             {
                 return;
             }
-            if let Some((cookie, revoked)) = &self.session
-                && revoked.has(cookie)
+            if let Some(s) = &self.session
+                && s.revoked.has(&s.cookie)
             {
                 return;
             }
