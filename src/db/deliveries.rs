@@ -59,14 +59,17 @@ pub type ClaimCursor = Option<EndpointId>;
 #[derive(Debug, Default)]
 pub struct ClaimBatch {
     pub rows: Vec<Claimed>,
-    /// The last endpoint walked when the walk stopped at [`ENDPOINTS_PER_CLAIM`] endpoints:
-    /// more may have due rows after it. `None` when the walk reached the last one.
+    /// The last endpoint walked when the walk stopped early, at [`ENDPOINTS_PER_CLAIM`]
+    /// endpoints with due rows or at four times as many probes (migration 0038), even when
+    /// it took nothing: more may have due rows after it. `None` when the walk reached the
+    /// last one.
     pub walk_end: ClaimCursor,
 }
 
 /// Claims up to `limit` due deliveries, endpoint by endpoint (`herald.claim_next`,
-/// migrations 0005 to 0036): it walks the endpoints that have due rows (in id order from `after`, a loose index
-/// scan, at most [`ENDPOINTS_PER_CLAIM`] of them), gives each no more rows than its cap
+/// migrations 0005 to 0038): it walks the endpoints that have due rows (in id order from
+/// `after`, a loose index scan reading one entry an endpoint, at most
+/// [`ENDPOINTS_PER_CLAIM`] of them), gives each no more rows than its cap
 /// leaves room for (counting what every worker has in flight there, under a lock on the
 /// endpoint) and its rate limit has tokens for, and takes its oldest due rows first. Rows
 /// and endpoints other workers hold are skipped, never waited for. `finished` are the

@@ -247,7 +247,9 @@ async fn alone(pool: &PgPool, direct: &Direct, m: &Outgoing) -> Answer {
 
 /// The SQLSTATE classes of a batch that is worth sending again message by message: data
 /// exceptions (22), integrity constraints (23), transaction rollbacks such as deadlocks
-/// (40), lock timeouts (55) and a PL/pgSQL exception (P0). Not a database going away.
+/// (40), program limits that one value can reach (54: a JSON text nested too deep for
+/// PostgreSQL's parser), lock timeouts (55) and a PL/pgSQL exception (P0). Not a database
+/// going away.
 fn resend_alone(code: Option<&str>) -> bool {
     code.is_some_and(|c| {
         ["22", "23", "40", "54", "55", "P0"]

@@ -286,6 +286,36 @@ async fn a_claim_counts_out_only_its_own_finished_requests() {
     );
 }
 
+/// An application with `n` endpoints subscribed to `event_types` (none: every type),
+/// written straight to the tables; their ids in the claim's walk order.
+async fn app_with_endpoints(
+    pool: &sqlx::PgPool,
+    n: usize,
+    event_types: &[&str],
+) -> (uuid::Uuid, Vec<uuid::Uuid>) {
+    let app: uuid::Uuid =
+        sqlx::query_scalar("insert into herald.application (name) values ('a') returning id")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let mut endpoints: Vec<uuid::Uuid> = Vec::new();
+    for _ in 0..n {
+        endpoints.push(
+            sqlx::query_scalar(
+                "insert into herald.endpoint (app_id, url, event_types)
+                 values ($1, 'http://127.0.0.1:9/', $2) returning id",
+            )
+            .bind(app)
+            .bind(event_types)
+            .fetch_one(pool)
+            .await
+            .unwrap(),
+        );
+    }
+    endpoints.sort();
+    (app, endpoints)
+}
+
 /// The claim walks past an endpoint whose rows all wait for a retry reading one index entry
 /// of it, not every one (migration 0038). The control asks as the walk did before, in one
 /// probe whose time condition cannot bound the scan: it reads them all. Both are counted in
@@ -294,27 +324,9 @@ async fn a_claim_counts_out_only_its_own_finished_requests() {
 async fn a_claim_walks_past_an_endpoint_whose_rows_all_wait_without_reading_them() {
     const WAITING: i64 = 50_000;
     let (_url, pool) = database_at(i64::MAX).await;
-    let app: uuid::Uuid =
-        sqlx::query_scalar("insert into herald.application (name) values ('a') returning id")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    let app_key = format!("app_{}", app.simple());
     // Two endpoints subscribed to nothing yet; the first in the walk's order will wait.
-    let mut endpoints: Vec<uuid::Uuid> = Vec::new();
-    for _ in 0..2 {
-        endpoints.push(
-            sqlx::query_scalar(
-                "insert into herald.endpoint (app_id, url, event_types)
-                 values ($1, 'http://127.0.0.1:9/', '{nothing.yet}') returning id",
-            )
-            .bind(app)
-            .fetch_one(&pool)
-            .await
-            .unwrap(),
-        );
-    }
-    endpoints.sort();
+    let (app, endpoints) = app_with_endpoints(&pool, 2, &["nothing.yet"]).await;
+    let app_key = format!("app_{}", app.simple());
     let (waiting, due) = (endpoints[0], endpoints[1]);
     let send = async |n: i64| {
         sqlx::query(
@@ -418,27 +430,9 @@ async fn a_claim_walks_past_an_endpoint_whose_rows_all_wait_without_reading_them
 #[tokio::test]
 async fn a_walk_through_endpoints_that_only_wait_says_where_it_stopped() {
     let (_url, pool) = database_at(i64::MAX).await;
-    let app: uuid::Uuid =
-        sqlx::query_scalar("insert into herald.application (name) values ('a') returning id")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
     // p_endpoints 2 below: a walk makes at most 8 probes. Ten endpoints that wait, then one
     // that is due.
-    let mut endpoints: Vec<uuid::Uuid> = Vec::new();
-    for _ in 0..11 {
-        endpoints.push(
-            sqlx::query_scalar(
-                "insert into herald.endpoint (app_id, url) values ($1, 'http://127.0.0.1:9/')
-                 returning id",
-            )
-            .bind(app)
-            .fetch_one(&pool)
-            .await
-            .unwrap(),
-        );
-    }
-    endpoints.sort();
+    let (app, endpoints) = app_with_endpoints(&pool, 11, &[]).await;
     let stored: i64 = sqlx::query_scalar(
         "select count(delivery_id)
            from herald.enqueue_batch(array[$1::text], array['invoice.paid'], array['{}'],

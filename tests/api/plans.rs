@@ -31,6 +31,13 @@ async fn vacuum_empty(app: &TestServer) {
         .unwrap();
 }
 
+/// A new connection of Herald's own, with its settings (a connection keeps its plans, and
+/// Herald's are generic from the first call).
+async fn herald_connection(app: &TestServer) -> PgConnection {
+    let pool = herald::db::connect(&app.db_url, 1).await.unwrap();
+    pool.acquire().await.unwrap().detach()
+}
+
 /// Sequential scans of the message partitions by this transaction so far.
 async fn message_scans(tx: &mut PgConnection) -> i64 {
     scans_of(tx, "herald.message").await
@@ -152,18 +159,11 @@ async fn late_endpoint() -> Late {
 }
 
 impl Late {
-    /// A new connection of Herald's own (a connection keeps its plans; Herald's are generic
-    /// from the first call).
-    async fn connection(&self) -> PgConnection {
-        let pool = herald::db::connect(&self.app.db_url, 1).await.unwrap();
-        pool.acquire().await.unwrap().detach()
-    }
-
     /// The control: the late endpoint's deliveries inserted by a plain statement, rolled
     /// back, scan the partition. Otherwise the case is not one that would, and the test
     /// tests nothing.
     async fn assert_a_plain_insert_scans(&self) {
-        let mut conn = self.connection().await;
+        let mut conn = herald_connection(&self.app).await;
         let mut tx = conn.begin().await.unwrap();
         for &message in &self.messages {
             sqlx::query(
@@ -192,7 +192,7 @@ impl Late {
 async fn a_replay_checks_its_new_deliveries_by_index_in_partitions_vacuumed_empty() {
     let setup = late_endpoint().await;
     setup.assert_a_plain_insert_scans().await;
-    let mut conn = setup.connection().await;
+    let mut conn = herald_connection(&setup.app).await;
     let mut tx = conn.begin().await.unwrap();
     for &message in &setup.messages {
         let queued = replays::replay_message(&mut tx, message, None, Some(setup.late))
@@ -216,7 +216,7 @@ async fn a_replay_checks_its_new_deliveries_by_index_in_partitions_vacuumed_empt
 async fn a_recover_checks_its_new_deliveries_by_index_in_partitions_vacuumed_empty() {
     let setup = late_endpoint().await;
     setup.assert_a_plain_insert_scans().await;
-    let mut conn = setup.connection().await;
+    let mut conn = herald_connection(&setup.app).await;
     let mut tx = conn.begin().await.unwrap();
     let worker = Uuid::now_v7();
     let since = Utc::now() - chrono::Duration::hours(1);
@@ -262,7 +262,7 @@ async fn a_removal_deletes_by_index_in_partitions_vacuumed_empty() {
             .await;
     }
     let control = {
-        let mut conn = setup.connection().await;
+        let mut conn = herald_connection(&setup.app).await;
         let mut tx = conn.begin().await.unwrap();
         for sql in [
             "delete from delivery
@@ -285,7 +285,7 @@ async fn a_removal_deletes_by_index_in_partitions_vacuumed_empty() {
     );
 
     // Queued in the test's own transaction: the server's remover never sees it.
-    let mut conn = setup.connection().await;
+    let mut conn = herald_connection(&setup.app).await;
     let mut tx = conn.begin().await.unwrap();
     removals::queue_app(&mut tx, setup.app_id)
         .await
@@ -340,12 +340,8 @@ async fn retention_counts_a_partitions_live_deliveries_by_index() {
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    let connection = async || {
-        let pool = herald::db::connect(&app.db_url, 1).await.unwrap();
-        pool.acquire().await.unwrap().detach()
-    };
 
-    let mut conn = connection().await;
+    let mut conn = herald_connection(&app).await;
     let mut tx = conn.begin().await.unwrap();
     // The suffix is Herald's own, read from the catalog.
     let live: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -362,7 +358,7 @@ async fn retention_counts_a_partitions_live_deliveries_by_index() {
         "the control's count is a sequential scan ({control}): the test tests nothing"
     );
 
-    let mut conn = connection().await;
+    let mut conn = herald_connection(&app).await;
     let mut tx = conn.begin().await.unwrap();
     let said: String = sqlx::query_scalar("select herald.drop_history_partition('message', $1, 0)")
         .bind(&suffix)

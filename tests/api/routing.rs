@@ -82,40 +82,33 @@ async fn sent_as_text(
 ) -> BTreeSet<String> {
     let (status, msg) = post_text(server, &format!("/apps/{app}/messages"), body).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{msg}");
+    let app: herald::domain::AppId = app.parse().unwrap();
     let id: uuid::Uuid = sqlx::query_scalar(
-        "select m.id from herald.message m join herald.application a on a.id = m.app_id
-          where 'app_' || replace(a.id::text, '-', '') = $1 order by m.id desc limit 1",
+        "select id from herald.message where app_id = $1 order by id desc limit 1",
     )
     .bind(app)
     .fetch_one(&server.pool)
     .await
     .unwrap();
-    let id = format!("msg_{}", id.simple());
-    let mut done = false;
+    // (deliveries, those not succeeded yet)
+    let mut counts: (i64, i64) = (0, 1);
     for _ in 0..500 {
-        let pending: i64 = sqlx::query_scalar(
-            "select count(*) from herald.delivery d join herald.message m on m.id = d.message_id
-              where 'msg_' || replace(m.id::text, '-', '') = $1 and d.state <> 'succeeded'",
+        counts = sqlx::query_as(
+            "select count(*), count(*) filter (where state <> 'succeeded')
+               from herald.delivery where message_id = $1",
         )
-        .bind(&id)
+        .bind(id)
         .fetch_one(&server.pool)
         .await
         .unwrap();
-        if pending == 0 {
-            done = true;
+        if counts.1 == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(done, "{body}: deliveries still not succeeded");
-    let deliveries: i64 = sqlx::query_scalar(
-        "select count(*) from herald.delivery d join herald.message m on m.id = d.message_id
-          where 'msg_' || replace(m.id::text, '-', '') = $1",
-    )
-    .bind(&id)
-    .fetch_one(&server.pool)
-    .await
-    .unwrap();
+    let (deliveries, unfinished) = counts;
+    assert_eq!(unfinished, 0, "{body}: deliveries still not succeeded");
+    let id = format!("msg_{}", id.simple());
     reached_by_all(receiver, &id, deliveries as usize, body).await
 }
 
